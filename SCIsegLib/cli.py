@@ -1,0 +1,252 @@
+"""The ``sciseg`` command. Thin: every subcommand calls the library.
+
+Exit codes: 0 success, 2 bad input (the message says what to fix), 1 internal failure,
+130 cancelled (Ctrl-C or SIGTERM; no output is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, TextIO
+
+from . import __version__
+from .errors import CancelledError, InputError, SCIsegError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with our input-error code (2) and one line of usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INPUT, f"sciseg: error: {message}\n")
+
+
+def _folds(text: str) -> tuple[int | str, ...]:
+    return tuple("all" if f == "all" else int(f) for f in text.replace(",", " ").split())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sciseg", description="Spinal cord and lesion segmentation of SCI MRI (SCIseg, nnU-Net v2).")
+    parser.add_argument("--version", action="version", version=f"sciseg {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    segment = commands.add_parser("segment", help="segment spinal cord and lesion in T2w images")
+    segment.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="NIfTI or NRRD images")
+    segment.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: beside each input)")
+    segment.add_argument("--model", default="sciseg-v2", help="installed model name or model folder (default: sciseg-v2)")
+    segment.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda/gpu, mps or cpu")
+    segment.add_argument("--tta", action="store_true", help="test-time augmentation by mirroring (slower; off in SCT)")
+    segment.add_argument("--step", type=float, default=0.5, help="sliding-window step, fraction of the patch (default 0.5)")
+    segment.add_argument("--folds", type=_folds, default=None, help="folds to use, e.g. '0 1 2' (default: all present)")
+    segment.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    segment.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
+    segment.add_argument("--fill-holes", action="store_true", help="fill holes in the cord and lesion masks")
+    segment.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
+    segment.add_argument("--min-object-mm3", type=float, default=None, help="remove components smaller than this (mm3)")
+    segment.add_argument("--label-map", action="store_true", help="also write <stem>_labels.nii.gz (0/1/2)")
+    segment.add_argument("--probabilities", action="store_true", help="also write <stem>_<structure>_prob.nii.gz")
+    segment.add_argument("--replace-nonfinite", action="store_true", help="set NaN/inf voxels to 0 instead of refusing")
+    segment.add_argument(
+        "--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+        help="progress display: a bar on a terminal (auto), one JSON event per line on stdout (jsonl), or none",
+    )
+
+    models = commands.add_parser("models", help="list, inspect, install and remove models")
+    model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    model_commands.add_parser("list", help="list bundled and installed models")
+    info = model_commands.add_parser("info", help="describe one model (JSON)")
+    info.add_argument("name")
+    install = model_commands.add_parser("install", help="install from sciseg-v1, sciseg-v2, a URL, a zip or a folder")
+    install.add_argument("source")
+    install.add_argument("--name", default=None, help="name in the store (default: derived from the source)")
+    install.add_argument("--force", action="store_true", help="replace an installed model of the same name")
+    install.add_argument("--sha256", default=None, help="expected sha256 of the zip")
+    remove = model_commands.add_parser("remove", help="delete an installed model")
+    remove.add_argument("name")
+
+    demo = commands.add_parser("demo", help="segment a synthetic example with the bundled demo model")
+    demo.add_argument("-o", "--output", type=Path, default=Path("sciseg_demo_output"), help="output folder")
+    demo.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    return parser
+
+
+class _JsonLines:
+    """Writes one JSON object per line to a stream (the real stdout in jsonl mode)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, payload: dict) -> None:
+        self.stream.write(json.dumps(payload) + "\n")
+        self.stream.flush()
+
+
+def _progress_printer(mode: str, events: _JsonLines | None) -> tuple[Callable, Callable[[], None]]:
+    """Return (callback, close) for the chosen progress display."""
+    if mode == "jsonl" and events is not None:
+        return (lambda event: events(event.as_dict())), (lambda: None)
+    if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+        from tqdm import tqdm
+
+        bar = tqdm(total=1000, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+        def update(event) -> None:
+            bar.n = int(event.fraction * 1000)
+            bar.set_description(event.stage)
+            bar.refresh()
+
+        return update, bar.close
+    return (lambda event: None), (lambda: None)
+
+
+@contextlib.contextmanager
+def _cancel_on_signals(token):
+    """SIGINT/SIGTERM set the cancel token (the run stops between tiles); a second SIGINT aborts."""
+
+    def handler(signum, frame):
+        if token.cancelled and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        token.cancel()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
+    from .inference import CancelToken, InferenceSettings, NnUNetEngine
+    from .models import resolve_model
+    from .postprocess import PostprocessSettings
+    from .segment import segment_files
+
+    if not 0 < args.step <= 1:
+        raise InputError(f"--step must be in (0, 1], got {args.step}.")
+    model = resolve_model(args.model)
+    settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads)
+    postprocess = PostprocessSettings(
+        keep_largest_cord=args.keep_largest_cord,
+        fill_holes=args.fill_holes,
+        lesion_inside_cord=args.lesion_in_cord,
+        min_object_mm3=args.min_object_mm3,
+    )
+    callback, close = _progress_printer(args.progress, events)
+    token = CancelToken()
+    records: list[dict] = []
+    try:
+        with _cancel_on_signals(token):
+            engine = NnUNetEngine(model, settings)
+            by_folder: dict[Path, list[Path]] = {}
+            for path in args.inputs:
+                by_folder.setdefault(args.output or path.parent, []).append(path)
+            for folder, paths in by_folder.items():
+                records += segment_files(
+                    paths, folder, engine, settings=settings, postprocess=postprocess,
+                    write_label_map=args.label_map, want_probabilities=args.probabilities,
+                    replace_nonfinite=args.replace_nonfinite, progress=callback, cancel=token,
+                )
+    finally:
+        close()
+    if events is not None:
+        events({"event": "result", "model": model.name, "records": records})
+    else:
+        for record in records:
+            print(f"{record['input']}: {', '.join(record['outputs'])} ({record['seconds']:.1f} s on {record['device']})")
+    return EXIT_OK
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from . import models
+
+    if args.models_command == "list":
+        entries = models.list_models()
+        installed = {m.name for m in entries}
+        for entry in entries:
+            where = "bundled" if entry.path.parent == models.bundled_models_root() else "installed"
+            print(f"{entry.name:<20} {where:<10} {entry.configuration:<11} folds {entry.folds}  {entry.path}")
+        for name, known in models.KNOWN_MODELS.items():
+            if name not in installed:
+                print(f"{name:<20} {'available':<10} `sciseg models install {name}`: {known.description}")
+        return EXIT_OK
+    if args.models_command == "info":
+        print(json.dumps(models.resolve_model(args.name).summary(), indent=2, default=str))
+        return EXIT_OK
+    if args.models_command == "install":
+        def show(done: int, total: int | None) -> None:
+            if sys.stderr.isatty():
+                share = f"{100 * done / total:5.1f} %" if total else ""
+                sys.stderr.write(f"\rdownloading {done / 1e6:8.1f} MB {share}")
+
+        info = models.install(args.source, name=args.name, force=args.force, expected_sha256=args.sha256, progress=show)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(f"installed '{info.name}' in {info.path} (sha256 {info.metadata.get('sha256') or info.metadata.get('weights_sha256')})")
+        return EXIT_OK
+    removed = models.remove(args.name)
+    print(f"removed {removed}")
+    return EXIT_OK
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.output, device=args.device)
+    print(f"demo image:     {report['image']}")
+    for name, path in report["outputs"].items():
+        print(f"{name + ' mask:':<15} {path}")
+    print(f"Dice vs truth:  cord {report['dice']['sc']:.3f}, lesion {report['dice']['lesion']:.3f}")
+    print(f"inference took {report['seconds']:.1f} s on {report['device']}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sciseg`` and ``python -m SCIsegLib``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    jsonl = getattr(args, "progress", None) == "jsonl"
+    events = _JsonLines(sys.stdout) if jsonl else None
+    # In jsonl mode stdout carries only events: anything a library prints goes to stderr.
+    redirect = contextlib.redirect_stdout(sys.stderr) if jsonl else contextlib.nullcontext()
+    try:
+        with redirect:
+            if args.command == "segment":
+                return _run_segment(args, events)
+            if args.command == "models":
+                return _run_models(args)
+            return _run_demo(args)
+    except CancelledError as error:
+        _report(events, "cancelled", str(error))
+        return EXIT_CANCELLED
+    except InputError as error:
+        _report(events, "error", str(error), kind="input")
+        return EXIT_INPUT
+    except (SCIsegError, OSError, MemoryError) as error:
+        if args.verbose:
+            traceback.print_exc()
+        _report(events, "error", f"{error}" + ("" if args.verbose else " (run with --verbose for details)"), kind="internal")
+        return EXIT_INTERNAL
+    except Exception as error:  # noqa: BLE001 - last resort: one sentence, the traceback only on request
+        if args.verbose:
+            traceback.print_exc()
+        name = type(error).__name__
+        _report(events, "error", f"internal error ({name}: {error}); run with --verbose for the traceback.", kind="internal")
+        return EXIT_INTERNAL
+
+
+def _report(events: _JsonLines | None, kind_of_event: str, message: str, kind: str | None = None) -> None:
+    sys.stderr.write(f"sciseg: {message}\n")
+    if events is not None:
+        payload = {"event": kind_of_event, "message": message}
+        if kind:
+            payload["kind"] = kind
+        events(payload)

@@ -1,0 +1,406 @@
+"""The model store: install nnU-Net v2 models from a folder, a zip or a URL; validate, list, remove.
+
+A model is an nnU-Net v2 results folder named ``<trainer>__<plans>__<configuration>`` (for example
+``nnUNetTrainer__nnUNetPlans__3d_fullres``) holding ``plans.json``, ``dataset.json`` and
+``fold_*/checkpoint_final.pth`` (or ``checkpoint_best.pth``). Installed models live in
+``<store>/<name>/`` with a ``sciseg_model.json`` beside the files (source, sha256, date, lineage).
+
+The store is ``$SCISEG_MODELS_DIR`` when set, else the per-user data folder given by platformdirs
+(``~/.local/share/SCIseg/models`` on Linux). The bundled demo model is read from
+``Resources/Models/`` of the repository (or ``$SCISEG_BUNDLED_MODELS``) and cannot be removed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import platformdirs
+
+from .download import download_file
+from .errors import ModelError
+
+METADATA_FILE = "sciseg_model.json"
+RESULTS_FOLDER_PATTERN = re.compile(
+    r"^(?P<trainer>nnUNetTrainer\w*?)__(?P<plans>\w+?)__(?P<configuration>2d|3d_fullres|3d_lowres|3d_cascade_fullres)$"
+)
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
+BUNDLED_DEMO = "sciseg-demo"
+MAX_UNZIPPED_BYTES = 4 * 1024**3  # refuse archives that would expand beyond 4 GiB
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model SCIseg knows how to fetch by name."""
+
+    url: str
+    description: str
+    sha256: str | None = None  # None: not published; the sha256 of what was downloaded is recorded instead
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    "sciseg-v1": KnownModel(
+        url="https://github.com/ivadomed/model_seg_sci/releases/download/r20240130/model-sci-multisite_r20240130.zip",
+        description="SCIseg (Naga Karthik, Valosek et al. 2024), release r20240130: cord + T2w lesion, 3 sites",
+    ),
+    "sciseg-v2": KnownModel(
+        url="https://github.com/ivadomed/model_seg_sci/releases/download/r20240729/model_SCIsegV2_r20240729.zip",
+        description="SCIsegV2 (Karthik et al. 2024), release r20240729: cord + T2w lesion, 7 sites (sct_deepseg lesion_sci_t2)",
+    ),
+}
+
+
+@dataclass
+class ModelInfo:
+    """What SCIseg needs to know about one model, read from its files.
+
+    Attributes:
+        name: the store name (folder name) or the folder's name for a model given by path.
+        path: the folder holding the model (store entry or the given folder).
+        results_folder: the nnU-Net results folder inside it.
+        configuration: nnU-Net configuration ("3d_fullres", "2d", ...).
+        folds: the folds found (ints, or "all").
+        checkpoint_name: "checkpoint_final.pth", or "checkpoint_best.pth" when not every fold has a final one.
+        labels: dataset.json "labels" (region-based: values are lists).
+        regions_class_order: dataset.json "regions_class_order", None for plain labels.
+        orientation: the model orientation in SCT letters (e.g. "RPI").
+        dataset_name: the nnU-Net dataset name from plans.json.
+        metadata: the content of sciseg_model.json (source, sha256, installed_at, lineage, ...).
+    """
+
+    name: str
+    path: Path
+    results_folder: Path
+    configuration: str
+    folds: list[int | str]
+    checkpoint_name: str
+    labels: dict[str, object]
+    regions_class_order: list[int] | None
+    orientation: str
+    dataset_name: str
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def is_region_based(self) -> bool:
+        return self.regions_class_order is not None
+
+    @property
+    def structures(self) -> dict[str, list[int]]:
+        """Output masks and the label values each one gathers, e.g. {"sc": [1, 2], "lesion": [2]}."""
+        result: dict[str, list[int]] = {}
+        for key, value in self.labels.items():
+            if key == "background":
+                continue
+            result[key] = [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+        return result
+
+    def checkpoint_files(self) -> list[Path]:
+        return [self.results_folder / f"fold_{fold}" / self.checkpoint_name for fold in self.folds]
+
+    def weights_sha256(self) -> str:
+        """sha256 of the checkpoint files (in fold order): identifies the weights whatever the packaging."""
+        recorded = self.metadata.get("weights_sha256")
+        if recorded:
+            return recorded
+        digest = hashlib.sha256()
+        for file in self.checkpoint_files():
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+    def summary(self) -> dict:
+        """A JSON-friendly description (``sciseg models info``)."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "results_folder": str(self.results_folder),
+            "configuration": self.configuration,
+            "folds": self.folds,
+            "checkpoint": self.checkpoint_name,
+            "labels": self.labels,
+            "regions_class_order": self.regions_class_order,
+            "orientation": self.orientation,
+            "dataset_name": self.dataset_name,
+            "structures": self.structures,
+            **{k: v for k, v in self.metadata.items() if k not in {"name"}},
+        }
+
+
+def store_root() -> Path:
+    """The folder holding installed models (created on demand)."""
+    configured = os.environ.get("SCISEG_MODELS_DIR")
+    root = Path(configured) if configured else Path(platformdirs.user_data_dir("SCIseg", appauthor=False)) / "models"
+    return root
+
+
+def bundled_models_root() -> Path:
+    """``Resources/Models`` of the repository (override: ``$SCISEG_BUNDLED_MODELS``)."""
+    configured = os.environ.get("SCISEG_BUNDLED_MODELS")
+    return Path(configured) if configured else Path(__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def find_results_folder(folder: Path, max_depth: int = 3) -> Path:
+    """Find the single ``nnUNetTrainer*__*__<configuration>`` folder at most ``max_depth`` levels down."""
+    candidates: list[Path] = []
+    level = [folder]
+    for _ in range(max_depth + 1):
+        candidates += [p for p in level if p.is_dir() and RESULTS_FOLDER_PATTERN.match(p.name)]
+        if candidates:
+            break
+        level = [child for parent in level if parent.is_dir() for child in sorted(parent.iterdir()) if child.is_dir()]
+    if not candidates:
+        raise ModelError(
+            f"{folder} holds no nnU-Net results folder (a folder named like "
+            "'nnUNetTrainer__nnUNetPlans__3d_fullres' with plans.json, dataset.json and fold_*/)."
+        )
+    if len(candidates) > 1:
+        names = ", ".join(str(c.relative_to(folder)) for c in candidates)
+        raise ModelError(f"{folder} holds several nnU-Net results folders ({names}); install one at a time.")
+    return candidates[0]
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"{file} is not valid JSON ({error}).") from None
+
+
+def model_orientation(dataset_json: dict, dataset_name: str) -> str:
+    """The model orientation in SCT letters, chosen exactly as SCT's ``segment_nnunet`` does."""
+    if "image_orientation" in dataset_json:
+        return str(dataset_json["image_orientation"])
+    if "RegionBasedLesionSeg" in dataset_name:
+        return "AIL"
+    return "LPI"
+
+
+def read_model(folder: str | os.PathLike[str], name: str | None = None) -> ModelInfo:
+    """Validate a model folder and describe it; raise :class:`ModelError` saying exactly what is missing."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelError(f"{path} is not a folder with an nnU-Net model.")
+    results = find_results_folder(path)
+    missing = [n for n in ("plans.json", "dataset.json") if not (results / n).is_file()]
+    if missing:
+        raise ModelError(f"{results} is missing {' and '.join(missing)}; the model folder is incomplete.")
+    fold_dirs = sorted(p for p in results.glob("fold_*") if p.is_dir())
+    if not fold_dirs:
+        raise ModelError(f"{results} has no fold_* folder with trained weights.")
+    checkpoint_name = None
+    for candidate in CHECKPOINT_NAMES:
+        if all((fold / candidate).is_file() for fold in fold_dirs):
+            checkpoint_name = candidate
+            break
+    if checkpoint_name is None:
+        lacking = [f.name for f in fold_dirs if not any((f / c).is_file() for c in CHECKPOINT_NAMES)]
+        detail = ", ".join(lacking) if lacking else "some folds have only checkpoint_final.pth, others only checkpoint_best.pth"
+        raise ModelError(f"{results}: no checkpoint_final.pth or checkpoint_best.pth in {detail}.")
+    folds: list[int | str] = []
+    for fold in fold_dirs:
+        suffix = fold.name.removeprefix("fold_")
+        folds.append("all" if suffix == "all" else int(suffix) if suffix.isdigit() else suffix)
+    plans = _read_json(results / "plans.json")
+    dataset_json = _read_json(results / "dataset.json")
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, dict) or "background" not in labels:
+        raise ModelError(f"{results / 'dataset.json'} has no 'labels' with a 'background' entry.")
+    configuration = RESULTS_FOLDER_PATTERN.match(results.name).group("configuration")  # type: ignore[union-attr]
+    if configuration not in plans.get("configurations", {}):
+        raise ModelError(f"{results / 'plans.json'} has no configuration '{configuration}'.")
+    metadata_file = path / METADATA_FILE
+    metadata = _read_json(metadata_file) if metadata_file.is_file() else {}
+    dataset_name = str(plans.get("dataset_name", ""))
+    return ModelInfo(
+        name=name or metadata.get("name") or path.name,
+        path=path,
+        results_folder=results,
+        configuration=configuration,
+        folds=folds,
+        checkpoint_name=checkpoint_name,
+        labels=labels,
+        regions_class_order=dataset_json.get("regions_class_order"),
+        orientation=model_orientation(dataset_json, dataset_name),
+        dataset_name=dataset_name,
+        metadata=metadata,
+    )
+
+
+def list_models(store: Path | None = None) -> list[ModelInfo]:
+    """The bundled models first, then the installed ones; broken entries are skipped."""
+    found: list[ModelInfo] = []
+    for root in (bundled_models_root(), store or store_root()):
+        if not root.is_dir():
+            continue
+        for entry in sorted(root.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):
+                try:
+                    found.append(read_model(entry))
+                except ModelError:
+                    continue
+    return found
+
+
+def resolve_model(name_or_path: str, store: Path | None = None) -> ModelInfo:
+    """A model from a folder path, an installed name or a bundled name."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_dir():
+        return read_model(candidate)
+    for root in (store or store_root(), bundled_models_root()):
+        if (root / name_or_path).is_dir():
+            return read_model(root / name_or_path, name=name_or_path)
+    if name_or_path in KNOWN_MODELS:
+        raise ModelError(f"model '{name_or_path}' is not installed; run `sciseg models install {name_or_path}`.")
+    names = ", ".join(m.name for m in list_models(store)) or "none"
+    raise ModelError(f"no model named '{name_or_path}' (installed: {names}); give a model name or a model folder.")
+
+
+def safe_extract(archive: Path, destination: Path, max_bytes: int = MAX_UNZIPPED_BYTES) -> None:
+    """Extract a zip, refusing absolute paths, '..' components, links and archives larger than ``max_bytes``."""
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = bundle.infolist()
+            total = 0
+            for member in members:
+                name = member.filename
+                parts = Path(name.replace("\\", "/")).parts
+                if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+                    raise ModelError(f"{archive} contains an unsafe path ({name!r}); refusing to extract it.")
+                if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise ModelError(f"{archive} contains a symbolic link ({name!r}); refusing to extract it.")
+                total += member.file_size
+                if total > max_bytes:
+                    raise ModelError(f"{archive} expands beyond {max_bytes / 1024**3:.1f} GiB; refusing to extract it.")
+            broken = bundle.testzip()
+            if broken is not None:
+                raise ModelError(f"{archive} is corrupt (bad CRC in {broken!r}); download it again.")
+            for member in members:
+                bundle.extract(member, destination)
+    except zipfile.BadZipFile:
+        raise ModelError(f"{archive} is not a valid zip archive (corrupt or truncated); download it again.") from None
+
+
+def _sha256_of(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _default_name(source: str) -> str:
+    if source in KNOWN_MODELS:
+        return source
+    stem = Path(source.rstrip("/").split("?")[0]).name
+    return re.sub(r"\.zip$", "", stem, flags=re.IGNORECASE) or "model"
+
+
+def install(
+    source: str,
+    *,
+    name: str | None = None,
+    store: Path | None = None,
+    force: bool = False,
+    expected_sha256: str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    lineage: dict | None = None,
+) -> ModelInfo:
+    """Install a model from a known name, an http(s) URL, a zip file or a folder.
+
+    The model is assembled in a temporary folder inside the store, validated, and only then
+    renamed into place: an interrupted or invalid install leaves the store as it was.
+
+    Args:
+        source: "sciseg-v1", "sciseg-v2", a URL, a .zip path or a model folder.
+        name: store name (default: the known name, or the zip/folder name).
+        store: the store folder (default :func:`store_root`).
+        force: replace an installed model of the same name.
+        expected_sha256: checksum the zip must have (known models may carry one).
+        progress: called with (bytes done, total bytes or None) while downloading.
+        lineage: provenance to record (fine-tuned models: parent, dataset, epochs...).
+    """
+    root = store or store_root()
+    name = name or _default_name(source)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+        raise ModelError(f"'{name}' is not a valid model name; use letters, digits, '.', '_' and '-'.")
+    if name == BUNDLED_DEMO:
+        raise ModelError(f"'{BUNDLED_DEMO}' is the bundled demo model's name; choose another with --name.")
+    final = root / name
+    if final.exists() and not force:
+        raise ModelError(f"a model named '{name}' is already installed at {final}; remove it first or pass --force.")
+    root.mkdir(parents=True, exist_ok=True)
+    record: dict = {"name": name, "installed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+    known = KNOWN_MODELS.get(source)
+    url = known.url if known else source if re.match(r"^https?://", source) else None
+    expected = expected_sha256 or (known.sha256 if known else None)
+    staging = Path(tempfile.mkdtemp(prefix=f".install-{name}-", dir=root))
+    try:
+        if url is not None:
+            downloads = root / ".downloads"
+            archive = download_file(url, downloads / Path(url.split("?")[0]).name, progress=progress)
+            record.update(source=url)
+        else:
+            local = Path(source).expanduser()
+            if not local.exists():
+                raise ModelError(
+                    f"{source} is neither a known model ({', '.join(KNOWN_MODELS)}), a URL, a zip nor a folder."
+                )
+            archive = local if local.is_file() else None
+            record.update(source=str(local.resolve()))
+            if archive is None:
+                shutil.copytree(local, staging / "model", symlinks=False)
+        if archive is not None:
+            digest = _sha256_of(archive)
+            if expected and digest != expected.lower():
+                if url is not None:
+                    archive.unlink(missing_ok=True)
+                raise ModelError(
+                    f"{archive.name} has sha256 {digest}, expected {expected}; the file is corrupt or not the "
+                    "published model (the download was deleted; try again)."
+                )
+            record.update(sha256=digest, sha256_verified=bool(expected))
+            safe_extract(archive, staging / "model")
+        info = read_model(staging / "model", name=name)
+        record["weights_sha256"] = info.weights_sha256()
+        if known:
+            record["description"] = known.description
+        if lineage:
+            record["lineage"] = lineage
+        (staging / "model" / METADATA_FILE).write_text(json.dumps(record, indent=2))
+        if final.exists():
+            trash = root / f".trash-{name}-{os.getpid()}"
+            os.replace(final, trash)
+            os.replace(staging / "model", final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging / "model", final)
+        if url is not None:
+            archive.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return read_model(final, name=name)
+
+
+def remove(name: str, store: Path | None = None) -> Path:
+    """Delete an installed model; the bundled demo cannot be removed."""
+    root = store or store_root()
+    target = root / name
+    if not target.is_dir():
+        if (bundled_models_root() / name).is_dir():
+            raise ModelError(f"'{name}' is bundled with SCIseg and cannot be removed.")
+        raise ModelError(f"no installed model named '{name}' in {root}.")
+    trash = root / f".trash-{name}-{os.getpid()}"
+    os.replace(target, trash)
+    shutil.rmtree(trash)
+    return target

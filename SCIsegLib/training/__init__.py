@@ -1,0 +1,1 @@
+"""Active learning: nnU-Net datasets, export of corrections, fine-tuning."""

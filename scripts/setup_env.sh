@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv (if needed) and installs SCIseg with its test dependencies.
+# torch is pinned by constraints.txt in the same resolve as nnunetv2, so pip never pulls a
+# CUDA build or a newer torch (see README, "Installation").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.sciseg-installed
+wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+  echo "$wanted" > "$stamp"
+fi

@@ -1,0 +1,216 @@
+"""Recipe of the bundled demo model ``sciseg-demo`` (reproduces ``Resources/Models/sciseg-demo``).
+
+nnU-Net v2's own pipeline, shrunk to train on a 2-core CPU in about half an hour:
+
+1. Training data (written as an nnU-Net raw dataset, images in SCT "RPI"):
+   * synthetic phantoms (``SCIsegLib.phantom``): sagittal, axial and isotropic acquisitions in
+     several orientations, 0-3 lesions each;
+   * real scans of ``../shared/data`` with **manual** cord masks, with lesions painted by
+     ``SCIsegLib.phantom.paint_lesions`` (the only way to get lesion truth on real anatomy).
+   Real scans NOT used for training (held out for the model card): ``sct_testing_data/t2``,
+   ``sct_2014_errsm/errsm_21`` and ``gm_challenge/sub-10062Ses1``.
+2. ``nnUNetv2`` fingerprint + ``ExperimentPlanner``, then the 3d_fullres configuration is reduced
+   (1 mm spacing, 4 stages of [16, 32, 64, 96] features, patch 80x64x48, batch 2) and preprocessed.
+3. ``nnUNetTrainer`` (fold "all") for ``--epochs`` epochs of ``--iterations`` steps on CPU.
+4. The checkpoint is stripped of the optimiser state and the model folder is copied to
+   ``--output`` with the same layout as SCIseg's release (``nnUNetTrainer__nnUNetPlans__3d_fullres``).
+
+Usage::
+
+    python scripts/train_demo_model.py --work .work/demo_training --output Resources/Models/sciseg-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY))
+
+from SCIsegLib import phantom  # noqa: E402
+from SCIsegLib.training import nnunet_raw  # noqa: E402
+
+DATASET_ID = 990
+DATASET_NAME = "SCIsegDemo"
+SHARED = REPOSITORY.parent / "shared" / "data"
+
+#: Real scans with manual cord masks used for training: (image, cord mask) relative to ../shared/data.
+REAL_TRAINING = [
+    ("sct_2014_errsm/errsm_11/t2.nii.gz", "sct_2014_errsm/errsm_11/t2_manual_segmentation.nii.gz"),
+    ("sct_2014_errsm/errsm_18/t2.nii.gz", "sct_2014_errsm/errsm_18/t2_manual_segmentation.nii.gz"),
+    (
+        "gm_challenge/sub-9418/anat/sub-9418_run-1_T2starw.nii.gz",
+        "gm_challenge/derivatives/labels/sub-9418/anat/sub-9418_run-1_T2starw_seg-manual.nii.gz",
+    ),
+    (
+        "gm_challenge/sub-9584/anat/sub-9584_run-1_T2starw.nii.gz",
+        "gm_challenge/derivatives/labels/sub-9584/anat/sub-9584_run-1_T2starw_seg-manual.nii.gz",
+    ),
+]
+
+#: Real scans held out from training; the model card reports Dice on these.
+REAL_HELD_OUT = [
+    ("sct_testing_data/t2/t2.nii.gz", "sct_testing_data/t2/t2_seg-manual.nii.gz"),
+    ("sct_2014_errsm/errsm_21/t2.nii.gz", "sct_2014_errsm/errsm_21/t2_manual_segmentation.nii.gz"),
+    (
+        "gm_challenge/sub-10062Ses1/anat/sub-10062Ses1_run-1_T2starw.nii.gz",
+        "gm_challenge/derivatives/labels/sub-10062Ses1/anat/sub-10062Ses1_run-1_T2starw_seg-manual.nii.gz",
+    ),
+]
+
+PHANTOM_ACQUISITIONS = [
+    phantom.SAGITTAL,
+    phantom.AXIAL,
+    phantom.ISOTROPIC,
+    phantom.Acquisition(spacing_mm=(0.8, 0.8, 0.8), fov_mm=(40.0, 60.0, 96.0), orientation="RAS"),
+    phantom.Acquisition(spacing_mm=(0.5, 0.5, 5.0), fov_mm=(40.0, 40.0, 90.0), orientation="LPS"),
+    phantom.Acquisition(spacing_mm=(3.0, 0.9, 0.9), fov_mm=(36.0, 72.0, 140.0), orientation="PIL", tilt_deg=8.0),
+]
+
+
+def crop_around_cord(image: sitk.Image, cord: sitk.Image, margin_mm: float = 30.0) -> tuple[sitk.Image, sitk.Image]:
+    """Crop a large field of view to the cord's bounding box plus ``margin_mm`` in every direction."""
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(sitk.Cast(cord > 0, sitk.sitkUInt8))
+    x, y, z, sx, sy, sz = statistics.GetBoundingBox(1)
+    margin = [int(np.ceil(margin_mm / s)) for s in image.GetSpacing()]
+    lower = [max(0, start - m) for start, m in zip((x, y, z), margin)]
+    upper = [min(n, start + extent + m) for n, start, extent, m in zip(image.GetSize(), (x, y, z), (sx, sy, sz), margin)]
+    region = [u - lo for lo, u in zip(lower, upper)]
+    return sitk.RegionOfInterest(image, region, lower), sitk.RegionOfInterest(cord, region, lower)
+
+
+def build_raw_dataset(raw_root: Path, n_phantoms: int, seed: int) -> Path:
+    folder = nnunet_raw.dataset_folder(raw_root, DATASET_ID, DATASET_NAME)
+    if folder.exists():
+        shutil.rmtree(folder)
+    rng = np.random.default_rng(seed)
+    for index in range(n_phantoms):
+        acquisition = PHANTOM_ACQUISITIONS[index % len(PHANTOM_ACQUISITIONS)]
+        case = phantom.make_phantom(
+            seed=seed * 1000 + index,
+            acquisition=acquisition,
+            lesions=int(rng.integers(0, 4)),
+            noise=float(rng.uniform(0.01, 0.06)),
+            bias=float(rng.uniform(0.0, 0.25)),
+        )
+        nnunet_raw.write_case(folder, f"phantom_{index:03d}", case.image, case.labels)
+    real_cases = 0
+    for copy in range(2):
+        for index, (image_path, cord_path) in enumerate(REAL_TRAINING):
+            if not (SHARED / image_path).exists():
+                print(f"skipping {image_path}: ../shared/data is not here")
+                continue
+            image = sitk.Cast(sitk.ReadImage(str(SHARED / image_path)), sitk.sitkFloat32)
+            cord = sitk.ReadImage(str(SHARED / cord_path))
+            cord = sitk.Cast(sitk.Cast(cord, sitk.sitkFloat32) > 0.5, sitk.sitkUInt8)
+            cord.CopyInformation(image)
+            image, cord = crop_around_cord(image, cord)
+            painted = phantom.paint_lesions(image, cord, lesions=1 + copy, seed=seed + 17 * index + copy)
+            nnunet_raw.write_case(folder, f"real_{index:02d}_{copy}", painted.image, painted.labels)
+            real_cases += 1
+    nnunet_raw.write_dataset_json(
+        folder,
+        description=f"SCIseg demo: {n_phantoms} phantoms and {real_cases} real scans with painted lesions",
+    )
+    return folder
+
+
+def shrink_plans(plans_file: Path, patch_size: list[int], features: list[int], batch_size: int) -> None:
+    """Reduce the 3d_fullres network so that it trains on a CPU; keep nnU-Net's plans format."""
+    plans = json.loads(plans_file.read_text())
+    configuration = plans["configurations"]["3d_fullres"]
+    n_stages = len(features)
+    configuration["spacing"] = [1.0, 1.0, 1.0]
+    configuration["patch_size"] = patch_size
+    configuration["batch_size"] = batch_size
+    architecture = configuration["architecture"]["arch_kwargs"]
+    architecture["n_stages"] = n_stages
+    architecture["features_per_stage"] = features
+    architecture["kernel_sizes"] = [[3, 3, 3]] * n_stages
+    architecture["strides"] = [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1)
+    architecture["n_conv_per_stage"] = [2] * n_stages
+    architecture["n_conv_per_stage_decoder"] = [2] * (n_stages - 1)
+    for name in list(plans["configurations"]):
+        if name != "3d_fullres":
+            del plans["configurations"][name]
+    plans_file.write_text(json.dumps(plans, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=REPOSITORY / ".work" / "demo_training")
+    parser.add_argument("--output", type=Path, default=REPOSITORY / "Resources" / "Models" / "sciseg-demo")
+    parser.add_argument("--phantoms", type=int, default=36)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--iterations", type=int, default=40, help="training steps per epoch")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    arguments = parser.parse_args()
+
+    work = arguments.work.resolve()
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[name] = str(work / name)
+        (work / name).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("nnUNet_n_proc_DA", "2")
+    os.environ["nnUNet_compile"] = "false"
+
+    import torch
+
+    torch.set_num_threads(arguments.threads)
+    torch.manual_seed(arguments.seed)
+    started = time.time()
+    folder = build_raw_dataset(work / "nnUNet_raw", arguments.phantoms, arguments.seed)
+    print(f"raw dataset {folder} written in {time.time() - started:.0f} s")
+
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    extract_fingerprints([DATASET_ID], num_processes=arguments.threads, check_dataset_integrity=True)
+    plan_experiments([DATASET_ID])
+    preprocessed = work / "nnUNet_preprocessed" / folder.name
+    shrink_plans(preprocessed / "nnUNetPlans.json", [80, 64, 48], [16, 32, 64, 96], 2)
+    preprocess([DATASET_ID], configurations=("3d_fullres",), num_processes=(arguments.threads,))
+    print(f"preprocessed in {time.time() - started:.0f} s")
+
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    plans["continue_training"] = False  # nnunetv2 2.8 reads this flag from the plans dict
+    trainer = nnUNetTrainer(plans, "3d_fullres", "all", dataset_json, device=torch.device("cpu"))
+    trainer.num_epochs = arguments.epochs
+    trainer.num_iterations_per_epoch = arguments.iterations
+    trainer.num_val_iterations_per_epoch = max(2, arguments.iterations // 8)
+    trainer.save_every = 5
+    trainer.run_training()
+    print(f"trained in {time.time() - started:.0f} s")
+
+    results = Path(trainer.output_folder).parent
+    if arguments.output.exists():
+        shutil.rmtree(arguments.output)
+    target = arguments.output / results.name
+    (target / "fold_all").mkdir(parents=True)
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        shutil.copy2(results / name, target / name)
+    checkpoint = torch.load(results / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    slim = {key: checkpoint[key] for key in ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")}
+    torch.save(slim, target / "fold_all" / "checkpoint_final.pth")
+    for log in (results / "fold_all").glob("progress.png"):
+        shutil.copy2(log, target / "fold_all" / log.name)
+    print(f"model written to {arguments.output} ({time.time() - started:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
