@@ -122,7 +122,38 @@ def load_image(path: str | os.PathLike[str], *, replace_nonfinite: bool = False)
         raise InputError(
             f"{file} is not an image SimpleITK can read; give a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file."
         ) from None
+    nonfinite = _nifti_nonfinite_mask_zyx(file, image)
+    if nonfinite is not None:
+        count = int(nonfinite.sum())
+        if not replace_nonfinite:
+            raise InputError(
+                f"{file} has {count} NaN or infinite voxels; fix the image or pass --replace-nonfinite to set them to 0."
+            )
+        array = sitk.GetArrayFromImage(image)
+        array[nonfinite] = 0
+        image = image_from_array_zyx(array, image)
     return check_image(image, str(file), replace_nonfinite=replace_nonfinite)
+
+
+def _nifti_nonfinite_mask_zyx(file: Path, image: sitk.Image) -> np.ndarray | None:
+    """(z, y, x) mask of NaN/inf voxels of a floating-point NIfTI file, None when all are finite.
+
+    ITK's NIfTI reader silently turns NaN into 0, so the file is checked with nibabel.
+    """
+    if not file.name.lower().endswith((".nii", ".nii.gz")) or image.GetDimension() != 3:
+        return None
+    import nibabel
+
+    raw = nibabel.load(str(file))
+    if not np.issubdtype(raw.get_data_dtype(), np.floating):
+        return None
+    data = np.asanyarray(raw.dataobj)
+    if data.ndim != 3:
+        return None
+    finite = np.isfinite(data)
+    if finite.all():
+        return None
+    return ~finite.transpose(2, 1, 0)
 
 
 def check_image(image: sitk.Image, name: str = "the image", *, replace_nonfinite: bool = False) -> sitk.Image:

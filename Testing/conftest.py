@@ -1,0 +1,41 @@
+"""Shared fixtures: the real scans of ../shared/data, an isolated model store, the bundled model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPOSITORY.parent / "shared" / "data"
+DEMO_MODEL = REPOSITORY / "Resources" / "Models" / "sciseg-demo"
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ../shared/data, or skip the test (a fresh clone has no ../shared)."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"../shared/data/{relative} is not available (only the project's machines have ../shared)")
+    return path
+
+
+def real_scans() -> list[str]:
+    """Every 3D image of ../shared/data, relative paths (empty when the folder is absent)."""
+    if not SHARED_DATA.is_dir():
+        return []
+    return sorted(str(p.relative_to(SHARED_DATA)) for p in SHARED_DATA.rglob("*.nii.gz"))
+
+
+@pytest.fixture()
+def model_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty model store for this test only ($SCISEG_MODELS_DIR)."""
+    store = tmp_path / "store"
+    monkeypatch.setenv("SCISEG_MODELS_DIR", str(store))
+    return store
+
+
+@pytest.fixture(scope="session")
+def demo_model_path() -> Path:
+    if not (DEMO_MODEL / "nnUNetTrainer__nnUNetPlans__3d_fullres").is_dir():
+        pytest.fail("the bundled demo model is missing from Resources/Models/sciseg-demo")
+    return DEMO_MODEL
