@@ -31,6 +31,7 @@ from .volume import (
     image_from_array_zyx,
     image_stem,
     load_image,
+    publish_file,
     reorient,
     reorient_like,
     sct_to_itk_orientation,
@@ -235,7 +236,7 @@ def write_result(
                 json.dump(content, stream, indent=2)
             staged.append((Path(json_temporary), json_final))
         for temporary, final in staged:
-            os.replace(temporary, final)
+            publish_file(temporary, final)
     finally:
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)

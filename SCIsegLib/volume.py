@@ -218,6 +218,18 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-4) -> bool:
     )
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_file(temporary: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Give a temporary file the usual permissions (0666 minus umask) and rename it atomically."""
+    os.chmod(temporary, 0o666 & ~_current_umask())
+    os.replace(temporary, final)
+
+
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
     """Write ``image`` to ``path`` through a temporary file in the same folder and an atomic rename.
 
@@ -230,7 +242,7 @@ def write_image_atomic(image: sitk.Image, path: str | os.PathLike[str], *, compr
     os.close(handle)
     try:
         sitk.WriteImage(image, temporary, useCompression=compress)
-        os.replace(temporary, target)
+        publish_file(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
