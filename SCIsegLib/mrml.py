@@ -1,0 +1,230 @@
+"""The one bridge between SCIseg and Slicer's MRML scene. Imports ``slicer`` MRML/logic classes and ``vtk``, never Qt.
+
+Every function takes the scene (and the Segmentations module logic where needed) as arguments, so it
+runs the same inside Slicer (``slicer.mrmlScene``, ``slicer.modules.segmentations.logic()``) and in
+tests with the Qt-free ``slicer-core`` wheel (a ``vtkMRMLScene`` and a ``vtkSlicerSegmentationsModuleLogic``
+with ``SetMRMLScene(scene)``).
+
+Geometry: a volume node stores IJK-to-RAS; SimpleITK stores origin/direction in LPS. Conversion flips
+the first two physical axes. Arrays are indexed (z, y, x) = (k, j, i) on both sides.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .volume import image_from_array_zyx, reorient_like, same_grid, write_image_atomic
+
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
+TERMINOLOGY_CONTEXT = "SCIseg"
+TERMINOLOGY_FILE = Path(__file__).resolve().parents[1] / "Resources" / "Terminology" / "SCIseg.term.json"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """A segment SCIseg creates: fixed id, display name, colour (0-1 RGB), terminology entry string."""
+
+    segment_id: str
+    name: str
+    color: tuple[float, float, float]
+    terminology: str
+    label_value: int  # value in the exported label map (nnU-Net region convention)
+
+
+CORD = SegmentSpec(
+    segment_id="spinal_cord",
+    name="Spinal cord",
+    color=(1.0, 244 / 255, 209 / 255),
+    terminology="SCIseg~SCT^123037004^Anatomical Structure~SCT^2748008^Spinal cord~^^~~^^~^^",
+    label_value=1,
+)
+LESION = SegmentSpec(
+    segment_id="lesion",
+    name="Lesion",
+    color=(220 / 255, 55 / 255, 40 / 255),
+    terminology=(
+        "SCIseg~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^"
+        "~Anatomic codes - DICOM master list~SCT^2748008^Spinal cord~^^"
+    ),
+    label_value=2,
+)
+#: Export order: later wins where segments overlap, so lesion voxels get 2 and cord-only voxels 1.
+SCISEG_SEGMENTS = (CORD, LESION)
+
+
+def ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
+    """4x4 IJK-to-RAS matrix (mm) of a SimpleITK image."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = _RAS_FROM_LPS @ direction @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = _RAS_FROM_LPS @ np.array(image.GetOrigin())
+    return matrix
+
+
+def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, float(array[row, column]))
+    return matrix
+
+
+def _numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def image_from_volume_node(node) -> sitk.Image:
+    """A SimpleITK image with the voxels and exact geometry of a scalar volume node (parent transforms ignored)."""
+    image_data = node.GetImageData()
+    if image_data is None or image_data.GetPointData().GetScalars() is None:
+        raise ValueError(f"volume node '{node.GetName()}' has no voxels")
+    dimensions = image_data.GetDimensions()
+    array = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars())
+    array = array.reshape(dimensions[2], dimensions[1], dimensions[0]).copy()
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    matrix = _numpy_matrix(ijk_to_ras)
+    spacing = np.array(node.GetSpacing())
+    direction_lps = _RAS_FROM_LPS @ matrix[:3, :3] @ np.diag(1.0 / spacing)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in direction_lps.ravel()])
+    image.SetOrigin([float(v) for v in _RAS_FROM_LPS @ matrix[:3, 3]])
+    return image
+
+
+def update_volume_node_from_image(node, image: sitk.Image) -> None:
+    """Put the voxels and geometry of a SimpleITK image into an existing (scalar or labelmap) volume node."""
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image))
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    image_data.GetPointData().SetScalars(scalars)
+    node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_from_image(image)))
+    node.SetAndObserveImageData(image_data)
+
+
+def on_grid_of(image: sitk.Image, reference: sitk.Image, *, what: str = "the mask", where: str = "the volume") -> sitk.Image:
+    """``image`` on exactly the reference grid, re-indexed without interpolation when needed.
+
+    Slicer's NIfTI reader may flip an axis of a left-handed file (qfac -1): the volume node then has
+    the same voxels in mm on a flipped index grid. Masks of the file are re-indexed onto it here.
+    """
+    if same_grid(image, reference, tolerance_mm=1e-3):
+        aligned = sitk.Image(image)
+        aligned.CopyInformation(reference)
+        return aligned
+    try:
+        return reorient_like(image, reference)
+    except ValueError:
+        raise ValueError(f"{what} does not lie on the grid of {where} (different size, spacing or position)") from None
+
+
+def add_volume_node(scene, image: sitk.Image, name: str, *, labelmap: bool = False):
+    """Add a scalar (or labelmap) volume node holding ``image`` to the scene."""
+    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    scene.AddNode(node)
+    update_volume_node_from_image(node, image)
+    return node
+
+
+def save_volume_node_as_nifti(node, path: str | os.PathLike[str]) -> Path:
+    """Write a volume node to NIfTI with SimpleITK (atomic), e.g. as the input of the segmentation child process."""
+    return write_image_atomic(image_from_volume_node(node), path)
+
+
+def unique_node_name(scene, base: str) -> str:
+    """``base`` if no node has that name, else ``base 2``, ``base 3``..."""
+    existing = {scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())}
+    if base not in existing:
+        return base
+    index = 2
+    while f"{base} {index}" in existing:
+        index += 1
+    return f"{base} {index}"
+
+
+def create_segmentation_node(scene, reference_volume, name: str):
+    """A new segmentation node (with display node) whose geometry is the reference volume's."""
+    node = slicer.vtkMRMLSegmentationNode()
+    node.SetName(unique_node_name(scene, name))
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    return node
+
+
+def set_segment_from_mask(logic, scene, segmentation_node, spec: SegmentSpec, mask: sitk.Image, reference_volume) -> None:
+    """Create or replace segment ``spec.segment_id`` with a binary mask lying on the reference volume's grid."""
+    reference = image_from_volume_node(reference_volume)
+    mask = on_grid_of(mask, reference, what=f"the {spec.name} mask", where=f"volume '{reference_volume.GetName()}'")
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(spec.segment_id) is None:
+        segmentation.AddEmptySegment(spec.segment_id, spec.name, list(spec.color))
+    segment = segmentation.GetSegment(spec.segment_id)
+    segment.SetName(spec.name)
+    segment.SetColor(*spec.color)
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), spec.terminology)
+    binary = image_from_array_zyx((sitk.GetArrayFromImage(mask) > 0).astype(np.uint8), reference)
+    labelmap = add_volume_node(scene, binary, "__sciseg_temporary__", labelmap=True)
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(spec.segment_id)
+        if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, ids):
+            raise RuntimeError(f"Slicer could not import the {spec.name} mask into '{segmentation_node.GetName()}'")
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+def import_sciseg_masks(logic, scene, reference_volume, cord: sitk.Image, lesion: sitk.Image, name: str | None = None):
+    """A new segmentation node "<volume> SCIseg" with segments ``spinal_cord`` and ``lesion``; never reuses a node."""
+    node = create_segmentation_node(scene, reference_volume, name or f"{reference_volume.GetName()} SCIseg")
+    for spec, mask in ((CORD, cord), (LESION, lesion)):
+        set_segment_from_mask(logic, scene, node, spec, mask, reference_volume)
+    return node
+
+
+def segment_mask(logic, scene, segmentation_node, segment_id: str, reference_volume) -> np.ndarray:
+    """The binary (z, y, x) array of one segment resampled on the reference volume's grid."""
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    return export_label_array(logic, scene, segmentation_node, reference_volume, ids) > 0
+
+
+def export_label_array(logic, scene, segmentation_node, reference_volume, segment_ids: vtk.vtkStringArray) -> np.ndarray:
+    """Export segments to a (z, y, x) label array on the reference grid; segment n gets value n+1, later wins."""
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    labelmap.SetName("__sciseg_export__")
+    scene.AddNode(labelmap)
+    try:
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, segment_ids, labelmap, reference_volume):
+            raise RuntimeError(f"Slicer could not export the segments of '{segmentation_node.GetName()}'")
+        return sitk.GetArrayFromImage(image_from_volume_node(labelmap))
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+def export_sciseg_label_map(logic, scene, segmentation_node, reference_volume) -> sitk.Image:
+    """The corrected segments as one uint8 image on the reference grid: 0 background, 1 cord only, 2 lesion.
+
+    A missing segment counts as empty. Lesion wins where the segments overlap (nnU-Net's region
+    convention: label 2 lies inside the cord region {1, 2}).
+    """
+    reference = image_from_volume_node(reference_volume)
+    labels = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
+    segmentation = segmentation_node.GetSegmentation()
+    for spec in SCISEG_SEGMENTS:
+        if segmentation.GetSegment(spec.segment_id) is None:
+            continue
+        mask = segment_mask(logic, scene, segmentation_node, spec.segment_id, reference_volume)
+        labels[mask] = spec.label_value
+    return image_from_array_zyx(labels, reference)

@@ -1,0 +1,186 @@
+"""The MRML bridge against Slicer's real MRML and Segmentations logic (PyPI ``slicer-core``, no Qt, no mocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
+import vtk  # noqa: E402
+
+from conftest import shared_file  # noqa: E402
+from SCIsegLib import mrml  # noqa: E402
+from SCIsegLib.phantom import LesionSpec, paint_lesions  # noqa: E402
+
+REAL_SCANS = {
+    "t2 (PSR, int16)": ("sct_testing_data/t2/t2.nii.gz", "sct_testing_data/t2/t2_seg-manual.nii.gz"),
+    "t1w (RAS)": ("sct_testing_data/t1/t1w.nii.gz", "sct_testing_data/t1/t1w_seg-manual.nii.gz"),
+    "t2s (LAS, anisotropic)": ("sct_testing_data/t2s/t2s.nii.gz", "sct_testing_data/t2s/t2s_seg-deepseg.nii.gz"),
+    "gm challenge (LAS, float64 mask)": (
+        "gm_challenge/sub-9418/anat/sub-9418_run-1_T2starw.nii.gz",
+        "gm_challenge/derivatives/labels/sub-9418/anat/sub-9418_run-1_T2starw_seg-manual.nii.gz",
+    ),
+    "errsm_11 (full FOV)": ("sct_2014_errsm/errsm_11/t2.nii.gz", "sct_2014_errsm/errsm_11/t2_manual_segmentation.nii.gz"),
+}
+
+
+@pytest.fixture()
+def scene():
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    yield scene, logic
+    scene.Clear(True)
+
+
+def load_with_slicer(scene, path: Path):
+    """Load a file the way Slicer does (its archetype storage node and ITK reader)."""
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(path.name.split(".")[0])
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    scene.AddNode(node)
+    scene.AddNode(storage)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(node), f"Slicer could not read {path}"
+    return node
+
+
+def assert_same_physical_image(a: sitk.Image, b: sitk.Image) -> None:
+    """Same voxels at the same positions in mm; the index order may differ (Slicer flips left-handed files)."""
+    aligned = mrml.on_grid_of(a, b)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(aligned), sitk.GetArrayViewFromImage(b))
+    resampled = sitk.Resample(a, b, sitk.Transform(), sitk.sitkNearestNeighbor)  # independent check: ITK resampling
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(resampled), sitk.GetArrayViewFromImage(b))
+
+
+def assert_same_geometry(a: sitk.Image, b: sitk.Image, atol: float = 1e-4) -> None:
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=atol)
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=atol)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+@pytest.mark.parametrize("case", list(REAL_SCANS))
+def test_volume_node_round_trip_and_segments_on_real_scans(scene, tmp_path: Path, case: str) -> None:
+    scene, logic = scene
+    image_path, cord_path = (shared_file(p) for p in REAL_SCANS[case])
+    volume = load_with_slicer(scene, image_path)
+    expected = sitk.ReadImage(str(image_path))
+    as_image = mrml.image_from_volume_node(volume)
+    assert_same_physical_image(as_image, expected)
+
+    # The temporary NIfTI the module hands to the child process is the same scan.
+    written = sitk.ReadImage(str(mrml.save_volume_node_as_nifti(volume, tmp_path / "input.nii.gz")))
+    assert_same_geometry(written, as_image)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(as_image))
+
+    # Masks in, segments out: voxel-exact and on the reference grid.
+    cord = sitk.ReadImage(str(cord_path))
+    cord = sitk.Cast(sitk.Cast(cord, sitk.sitkFloat64) > 0.5, sitk.sitkUInt8)
+    cord.CopyInformation(expected)
+    painted = paint_lesions(expected, cord, lesions=[LesionSpec(length_mm=12.0, width_fraction=0.9)])
+    lesion = painted.lesion
+    node = mrml.import_sciseg_masks(logic, scene, volume, cord, lesion)
+    assert node.GetName() == f"{volume.GetName()} SCIseg"
+    labels = mrml.export_sciseg_label_map(logic, scene, node, volume)
+    assert_same_geometry(labels, as_image)  # exported on the volume node's grid
+    assert_same_physical_image(labels, painted.labels)  # voxel-exact against the masks given
+
+
+def test_segment_ids_names_colours_and_terminology(scene) -> None:
+    scene, logic = scene
+    volume = load_with_slicer(scene, shared_file("sct_testing_data/t2/t2.nii.gz"))
+    cord = sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz")))
+    empty = sitk.Image(cord.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(cord)
+    node = mrml.import_sciseg_masks(logic, scene, volume, cord, empty)
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == ["spinal_cord", "lesion"]
+    terminology = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert terminology.LoadContextFromFile(str(mrml.TERMINOLOGY_FILE))
+    for spec in mrml.SCISEG_SEGMENTS:
+        segment = segmentation.GetSegment(spec.segment_id)
+        assert segment.GetName() == spec.name
+        assert segment.GetColor() == pytest.approx(spec.color)
+        tag = vtk.mutable("")
+        assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag)
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert terminology.DeserializeTerminologyEntry(str(tag), entry)
+        assert entry.GetTerminologyContextName() == "SCIseg"
+    cord_entry = slicer.vtkSlicerTerminologyEntry()
+    terminology.DeserializeTerminologyEntry(mrml.CORD.terminology, cord_entry)
+    assert (cord_entry.GetTypeObject().GetCodeValue(), cord_entry.GetCategoryObject().GetCodeValue()) == ("2748008", "123037004")
+    lesion_entry = slicer.vtkSlicerTerminologyEntry()
+    terminology.DeserializeTerminologyEntry(mrml.LESION.terminology, lesion_entry)
+    assert lesion_entry.GetTypeObject().GetCodeValue() == "52988006"
+    assert lesion_entry.GetRegionObject().GetCodeValue() == "2748008"
+    # The shipped terminology file knows both types, with the segment colours.
+    category = slicer.vtkSlicerTerminologyCategory()
+    assert terminology.GetNthCategoryInTerminology("SCIseg", 1, category)
+    kind = slicer.vtkSlicerTerminologyType()
+    terminology.GetNthTypeInTerminologyCategory("SCIseg", category, 0, kind)
+    assert kind.GetCodeValue() == "52988006"
+
+
+def test_rater_edits_are_exported_lesion_wins_and_nodes_are_never_reused(scene) -> None:
+    scene, logic = scene
+    volume = load_with_slicer(scene, shared_file("sct_testing_data/t2/t2.nii.gz"))
+    reference = mrml.image_from_volume_node(volume)
+    cord = mrml.on_grid_of(sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))), reference)
+    cord_array = sitk.GetArrayFromImage(cord)
+    lesion_array = np.zeros_like(cord_array)
+    node = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, lesion_array))
+
+    # A rater paints a lesion: inside the cord (becomes 2) and one voxel outside it (2 as well: lesion wins).
+    z, y, x = np.argwhere(cord_array > 0)[len(np.argwhere(cord_array > 0)) // 2]
+    edited = np.zeros_like(cord_array)
+    edited[z - 1 : z + 2, y, x] = 1
+    outside = tuple(np.argwhere(cord_array == 0)[0])
+    edited[outside] = 1
+    mrml.set_segment_from_mask(logic, scene, node, mrml.LESION, _on(reference, edited), volume)
+    labels = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume))
+    expected = (cord_array > 0).astype(np.uint8)
+    expected[edited > 0] = 2
+    np.testing.assert_array_equal(labels, expected)
+    assert np.array_equal(mrml.segment_mask(logic, scene, node, "lesion", volume), edited > 0)
+
+    # Segmenting again makes a new node; the rater's node is untouched.
+    second = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, np.zeros_like(cord_array)))
+    assert second.GetID() != node.GetID() and second.GetName() == "t2 SCIseg 2"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume)), expected)
+
+
+def test_masks_on_another_grid_are_refused(scene) -> None:
+    scene, logic = scene
+    volume = load_with_slicer(scene, shared_file("sct_testing_data/t2/t2.nii.gz"))
+    other = sitk.ReadImage(str(shared_file("sct_testing_data/t1/t1w_seg-manual.nii.gz")))
+    node = mrml.create_segmentation_node(scene, volume, "x")
+    with pytest.raises(ValueError, match="does not lie on the grid"):
+        mrml.set_segment_from_mask(logic, scene, node, mrml.CORD, other, volume)
+
+
+def test_geometry_conversion_of_an_oblique_image(scene) -> None:
+    scene, _ = scene
+    image = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 100, size=(7, 8, 9)).astype(np.int16))
+    transform = sitk.Euler3DTransform()
+    transform.SetRotation(0.3, -0.2, 1.1)
+    image.SetDirection(transform.GetMatrix())
+    image.SetSpacing((0.5, 0.8, 2.5))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    node = mrml.add_volume_node(scene, image, "oblique")
+    back = mrml.image_from_volume_node(node)
+    assert_same_geometry(back, image, atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
+    ras = mrml.ijk_to_ras_from_image(image) @ np.array([1, 2, 3, 1.0])
+    lps = image.TransformIndexToPhysicalPoint((1, 2, 3))
+    np.testing.assert_allclose(ras[:3], [-lps[0], -lps[1], lps[2]], atol=1e-9)
+
+
+def _on(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.CopyInformation(reference)
+    return image
