@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     remove = model_commands.add_parser("remove", help="delete an installed model")
     remove.add_argument("name")
 
+    analyze = commands.add_parser("analyze", help="lesion morphometrics as SCT's sct_analyze_lesion")
+    analyze.add_argument("--lesion", type=Path, required=True, help="binary lesion mask (e.g. <stem>_lesion_seg.nii.gz)")
+    analyze.add_argument("--cord", type=Path, default=None, help="binary cord mask on the same grid (else volume only)")
+    analyze.add_argument("--image", type=Path, default=None, help="image for mean/std inside each lesion")
+    analyze.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
+
+    cord = commands.add_parser("cord", help="cord cross-sectional area per slice as sct_process_segmentation -perslice 1")
+    cord.add_argument("--cord", type=Path, required=True, help="binary or soft cord mask")
+    cord.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
+    cord.add_argument("--no-angle-correction", action="store_true", help="measure the axial sections as they are")
+
+    commands.add_parser("devices", help="list the devices torch can use here (JSON)")
+
     demo = commands.add_parser("demo", help="segment a synthetic example with the bundled demo model")
     demo.add_argument("-o", "--output", type=Path, default=Path("sciseg_demo_output"), help="output folder")
     demo.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
@@ -198,6 +211,38 @@ def _run_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_analyze(args: argparse.Namespace) -> int:
+    from .analysis_files import write_lesion_analysis
+    from .lesions import analyze_lesions
+    from .volume import image_stem, load_mask
+
+    lesion = load_mask(args.lesion)
+    cord = load_mask(args.cord) if args.cord else None
+    image = load_mask(args.image, binary=False) if args.image else None
+    result = analyze_lesions(lesion, cord, image, image_name=image_stem(args.image) if args.image else "image")
+    for warning in result.warnings:
+        sys.stderr.write(f"sciseg: warning: {warning}\n")
+    if result.summary["lesion_count"] == 0:
+        sys.stderr.write(f"sciseg: No lesion found in {args.lesion}.\n")
+        return EXIT_INTERNAL
+    for path in write_lesion_analysis(result, args.lesion, args.output):
+        print(path)
+    summary = result.summary
+    print(f"{summary['lesion_count']} lesion(s), total volume {summary['total_volume_mm3']:.2f} mm3")
+    return EXIT_OK
+
+
+def _run_cord(args: argparse.Namespace) -> int:
+    from .analysis_files import write_table
+    from .cord import cord_morphometry
+    from .volume import image_stem, load_mask
+
+    table = cord_morphometry(load_mask(args.cord, binary=False), angle_correction=not args.no_angle_correction)
+    for path in write_table(table, args.output / f"{image_stem(args.cord)}_csa.csv", sheet="csa"):
+        print(path)
+    return EXIT_OK
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -223,6 +268,15 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_segment(args, events)
             if args.command == "models":
                 return _run_models(args)
+            if args.command == "analyze":
+                return _run_analyze(args)
+            if args.command == "cord":
+                return _run_cord(args)
+            if args.command == "devices":
+                from .inference import available_devices
+
+                print(json.dumps(available_devices()))
+                return EXIT_OK
             return _run_demo(args)
     except CancelledError as error:
         _report(events, "cancelled", str(error))

@@ -18,13 +18,12 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
-import platformdirs
 
 from .download import download_file
 from .errors import ModelError
@@ -139,8 +138,20 @@ class ModelInfo:
 def store_root() -> Path:
     """The folder holding installed models (created on demand)."""
     configured = os.environ.get("SCISEG_MODELS_DIR")
-    root = Path(configured) if configured else Path(platformdirs.user_data_dir("SCIseg", appauthor=False)) / "models"
-    return root
+    return Path(configured) if configured else user_data_dir() / "models"
+
+
+def user_data_dir() -> Path:
+    """The per-user SCIseg data folder (platformdirs; a plain fallback inside Slicer when it is absent)."""
+    try:
+        import platformdirs
+    except ImportError:  # Slicer's own Python may lack platformdirs; use the same folders it would give
+        if os.name == "nt":
+            return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "SCIseg"
+        if sys.platform == "darwin":
+            return Path.home() / "Library" / "Application Support" / "SCIseg"
+        return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "SCIseg"
+    return Path(platformdirs.user_data_dir("SCIseg", appauthor=False))
 
 
 def bundled_models_root() -> Path:

@@ -186,10 +186,21 @@ def set_segment_from_mask(logic, scene, segmentation_node, spec: SegmentSpec, ma
 
 
 def import_sciseg_masks(logic, scene, reference_volume, cord: sitk.Image, lesion: sitk.Image, name: str | None = None):
-    """A new segmentation node "<volume> SCIseg" with segments ``spinal_cord`` and ``lesion``; never reuses a node."""
+    """A new segmentation node "<volume> SCIseg" with segments ``spinal_cord`` and ``lesion``; never reuses a node.
+
+    The segments do not overlap, like the labels 1 and 2 of the model: "Spinal cord" holds the cord
+    voxels outside the lesion (label 1) and "Lesion" the lesion (label 2); the cord region of SCT's
+    ``_sc_seg`` is their union. With Segment Editor's "overwrite all segments" mode, painting lesion
+    takes the voxels from the cord and the other way round, so the two stay a partition.
+    """
     node = create_segmentation_node(scene, reference_volume, name or f"{reference_volume.GetName()} SCIseg")
-    for spec, mask in ((CORD, cord), (LESION, lesion)):
-        set_segment_from_mask(logic, scene, node, spec, mask, reference_volume)
+    reference = image_from_volume_node(reference_volume)
+    lesion = on_grid_of(lesion, reference, what="the lesion mask", where=f"volume '{reference_volume.GetName()}'")
+    cord = on_grid_of(cord, reference, what="the cord mask", where=f"volume '{reference_volume.GetName()}'")
+    lesion_array = sitk.GetArrayFromImage(lesion) > 0
+    cord_only = (sitk.GetArrayFromImage(cord) > 0) & ~lesion_array
+    set_segment_from_mask(logic, scene, node, CORD, image_from_array_zyx(cord_only.astype(np.uint8), reference), reference_volume)
+    set_segment_from_mask(logic, scene, node, LESION, image_from_array_zyx(lesion_array.astype(np.uint8), reference), reference_volume)
     return node
 
 

@@ -25,9 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
-
 from .errors import SCIsegError
+from .models import user_data_dir
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +65,8 @@ class RunOptions:
 
 
 def default_log_dir() -> Path:
-    return Path(platformdirs.user_log_dir("SCIseg", appauthor=False))
+    """Where the child processes' logs are kept (``<user data>/logs``)."""
+    return user_data_dir() / "logs"
 
 
 class SegmentationRun:
@@ -232,3 +232,31 @@ class SegmentationRun:
     def cleanup(self) -> None:
         """Delete the work folder (input copy and outputs); the log is kept."""
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+class DeviceProbe:
+    """Ask a child Python which devices torch sees (``sciseg devices``), without importing torch here."""
+
+    def __init__(self, python_executable: str | None = None, timeout_s: float = 120.0) -> None:
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH")]))
+        self._deadline = time.monotonic() + timeout_s
+        self.process = subprocess.Popen(
+            [python_executable or sys.executable, "-m", "SCIsegLib", "devices"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=environment,
+        )
+
+    def poll(self) -> dict[str, str] | None:
+        """None while running; then the devices ({"cuda": "NVIDIA ...", "cpu": "..."}) or {} when torch is missing."""
+        if self.process.poll() is None:
+            if time.monotonic() > self._deadline:
+                self.process.kill()
+                self.process.wait()
+                return {}
+            return None
+        output, _ = self.process.communicate()
+        try:
+            lines = [line for line in output.splitlines() if line.startswith("{")]
+            return json.loads(lines[-1]) if self.process.returncode == 0 and lines else {}
+        except json.JSONDecodeError:
+            return {}

@@ -156,6 +156,25 @@ def _nifti_nonfinite_mask_zyx(file: Path, image: sitk.Image) -> np.ndarray | Non
     return ~finite.transpose(2, 1, 0)
 
 
+def load_mask(path: str | os.PathLike[str], *, binary: bool = True) -> sitk.Image:
+    """Read a 3D mask (or image) with the same clear errors as :func:`load_image`; empty masks are allowed."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{file}: no such file; check the path.")
+    try:
+        image = sitk.ReadImage(str(file))
+    except RuntimeError:
+        raise InputError(f"{file} is not an image SimpleITK can read; give a NIfTI or NRRD file.") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{file} is not a 3D single-channel image.")
+    if binary:
+        values = np.unique(sitk.GetArrayViewFromImage(image))
+        if not set(values.tolist()) <= {0, 1}:
+            raise InputError(f"{file} is not a binary mask with 0 and 1 values (found {', '.join(map(str, values[:6]))}).")
+        image = sitk.Cast(image, sitk.sitkUInt8)
+    return image
+
+
 def check_image(image: sitk.Image, name: str = "the image", *, replace_nonfinite: bool = False) -> sitk.Image:
     """Refuse images that cannot be segmented (2D, 4D, multi-component, non-finite, constant)."""
     if image.GetNumberOfComponentsPerPixel() != 1:

@@ -147,10 +147,13 @@ def test_rater_edits_are_exported_lesion_wins_and_nodes_are_never_reused(scene) 
     expected[edited > 0] = 2
     np.testing.assert_array_equal(labels, expected)
     assert np.array_equal(mrml.segment_mask(logic, scene, node, "lesion", volume), edited > 0)
+    # The imported segments are a partition: "Spinal cord" holds label 1 only.
+    imported = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, edited))
+    assert not np.any(mrml.segment_mask(logic, scene, imported, "spinal_cord", volume) & (edited > 0))
 
     # Segmenting again makes a new node; the rater's node is untouched.
     second = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, np.zeros_like(cord_array)))
-    assert second.GetID() != node.GetID() and second.GetName() == "t2 SCIseg 2"
+    assert second.GetID() != node.GetID() and second.GetName() == "t2 SCIseg 3"
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume)), expected)
 
 

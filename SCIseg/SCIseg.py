@@ -1,0 +1,504 @@
+"""SCIseg: spinal cord and lesion segmentation of SCI MRI in 3D Slicer.
+
+The module is glue: what it decides, a tested SCIsegLib function decides. Segmentation runs in a
+child process (``PythonSlicer -m SCIsegLib segment ... --progress jsonl``) driven by a timer, so the
+UI never blocks and torch is never imported into Slicer's own process.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# SCIsegLib lies beside this file in an installed extension, one folder up in the source tree.
+_MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+for _candidate in (_MODULE_DIR, os.path.dirname(_MODULE_DIR)):
+    if os.path.isdir(os.path.join(_candidate, "SCIsegLib")):
+        if _candidate not in sys.path:
+            sys.path.insert(0, _candidate)
+        _RESOURCES_DIR = os.path.join(_candidate, "Resources")
+        break
+else:
+    raise ImportError("SCIseg: the SCIsegLib package was not found next to the module")
+
+from SCIsegLib import dependencies, models, mrml  # noqa: E402
+from SCIsegLib.runner import DeviceProbe, RunOptions, SegmentationRun  # noqa: E402
+
+CITATION = (
+    "Naga Karthik E, Valosek J, et al. SCIseg: Automatic Segmentation of Intramedullary Lesions in Spinal Cord "
+    "Injury on T2-weighted MRI Scans. Radiology: Artificial Intelligence 2024. https://doi.org/10.1148/ryai.240005"
+)
+
+
+def resourcePath(*parts: str) -> str:
+    return os.path.join(_RESOURCES_DIR, *parts)
+
+
+#
+# SCIseg
+#
+
+
+class SCIseg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("SCIseg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "SegmentEditor", "Terminologies"]
+        self.parent.contributors = ["SCIseg developers"]
+        self.parent.helpText = _(
+            "Segments the spinal cord and intramedullary T2w lesions in spinal cord injury MRI with the SCIseg "
+            "nnU-Net model, lets you correct them in Segment Editor and export them for training. "
+            "Click <b>Segment</b>, then <b>Edit in Segment Editor</b>."
+        )
+        self.parent.acknowledgementText = _(
+            "SCIseg model: {citation}. Built on nnU-Net (Isensee et al., Nature Methods 2021) and compatible with "
+            "the Spinal Cord Toolbox (De Leener et al., NeuroImage 2017)."
+        ).format(citation=CITATION)
+        slicer.app.connect("startupCompleted()", loadSCIsegTerminology)
+
+
+def loadSCIsegTerminology():
+    """Make the SCIseg terminology (spinal cord, lesion) known to Slicer's terminology picker."""
+    logic = slicer.modules.terminologies.logic()
+    loader = getattr(logic, "LoadContextFromFile", None) or logic.LoadTerminologyFromFile
+    if not loader(str(mrml.TERMINOLOGY_FILE)):
+        slicer.util.warningDisplay(_("SCIseg could not load its terminology file {path}").format(path=mrml.TERMINOLOGY_FILE))
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class SCIsegParameterNode:
+    """State of the panel, saved with the scene.
+
+    inputVolume: the T2w scan; segmentation: the SCIseg result being corrected; model and device as
+    chosen in the combo boxes; the options mirror ``sciseg segment``.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    model: str = models.BUNDLED_DEMO
+    device: str = "auto"
+    stepSize: Annotated[float, WithinRange(0.1, 1.0)] = 0.5
+    testTimeAugmentation: bool = False
+    keepLargestCord: bool = False
+    fillHoles: bool = False
+    lesionInsideCord: bool = False
+
+
+#
+# SCIsegWidget
+#
+
+
+class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None
+        self._probe = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onTimer)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(resourcePath("UI", "SCIseg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SCIsegLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        menu = qt.QMenu(self.ui.modelMenuButton)
+        menu.addAction(_("Install from file..."), self.onInstallFromFile)
+        menu.addAction(_("Download SCIseg v2"), lambda: self.onDownloadModel("sciseg-v2"))
+        menu.addAction(_("Download SCIseg v1"), lambda: self.onDownloadModel("sciseg-v1"))
+        menu.addAction(_("Refresh list"), self.refreshModels)
+        self.ui.modelMenuButton.setMenu(menu)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+
+        self.refreshModels()
+        self.refreshDevices({})
+        self._probe = DeviceProbe(self.logic.pythonExecutable())
+        self._timer.start()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._timer.stop()
+        if self._run is not None and self._run.is_running:
+            self._run.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._run is not None and self._run.is_running:
+            self._run.cancel()
+            self._run = None
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[SCIsegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._selectComboText(self.ui.modelComboBox, self._parameterNode.model)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self._run is not None and self._run.is_running
+        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
+        hasModel = self.ui.modelComboBox.count > 0
+        self.ui.segmentButton.enabled = hasInput and hasModel and not running
+        self.ui.segmentButton.toolTip = (
+            _("Segment the spinal cord and the lesion (runs in the background).")
+            if hasInput and hasModel
+            else _("Select a T2w volume and a model first.")
+        )
+        self.ui.cancelButton.enabled = running
+        self.ui.editButton.enabled = bool(self._parameterNode and self._parameterNode.segmentation)
+
+    # Models and devices
+
+    def refreshModels(self) -> None:
+        current = self.ui.modelComboBox.currentText
+        self.ui.modelComboBox.clear()
+        for info in models.list_models():
+            self.ui.modelComboBox.addItem(info.name)
+        self._selectComboText(self.ui.modelComboBox, current or (self._parameterNode.model if self._parameterNode else ""))
+
+    @staticmethod
+    def _selectComboText(comboBox, text: str) -> None:
+        index = comboBox.findText(text)
+        if index >= 0:
+            comboBox.setCurrentIndex(index)
+
+    def onModelChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.currentText
+        if self.ui.modelComboBox.currentText == models.BUNDLED_DEMO:
+            self.ui.statusLabel.text = _("sciseg-demo is a small demonstration model: install SCIseg v2 for real scans.")
+
+    def refreshDevices(self, devices: dict) -> None:
+        self.ui.deviceComboBox.clear()
+        self.ui.deviceComboBox.addItem(_("Auto"), "auto")
+        if "cuda" in devices:
+            self.ui.deviceComboBox.addItem(_("GPU ({name})").format(name=devices["cuda"]), "cuda")
+        if "mps" in devices:
+            self.ui.deviceComboBox.addItem(_("GPU (Apple MPS)"), "mps")
+        self.ui.deviceComboBox.addItem(_("CPU"), "cpu")
+        self.ui.deviceInfoLabel.text = self.logic.deviceSummary(devices)
+
+    def onDeviceChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    def onInstallFromFile(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Install an nnU-Net model"), "", _("Model zip (*.zip)"))
+        if path:
+            self._install(path)
+
+    def onDownloadModel(self, name: str) -> None:
+        if slicer.util.confirmOkCancelDisplay(
+            _("Download {name} (about 250 MB) from GitHub and install it?").format(name=name), windowTitle="SCIseg"
+        ):
+            self._install(name)
+
+    def _install(self, source: str) -> None:
+        progress = slicer.util.createProgressDialog(labelText=_("Installing {source}...").format(source=source), maximum=1000)
+
+        def onProgress(done, total):
+            if total:
+                progress.setValue(int(1000 * done / total))
+            slicer.app.processEvents()
+
+        try:
+            with slicer.util.tryWithErrorDisplay(_("The model could not be installed."), waitCursor=True):
+                info = models.install(source, progress=onProgress)
+                self.refreshModels()
+                self._selectComboText(self.ui.modelComboBox, info.name)
+        finally:
+            progress.close()
+
+    # Segment, cancel, import
+
+    def onSegmentButton(self) -> None:
+        if not self.logic.ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay(_("The segmentation could not be started."), waitCursor=True):
+            self._run = self.logic.startSegmentation(self._parameterNode)
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Starting...")
+        self._updateButtons()
+
+    def onCancelButton(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+            self.ui.statusLabel.text = _("Cancelled.")
+            self.ui.progressBar.value = 0
+            self._run = None
+        self._updateButtons()
+
+    def onTimer(self) -> None:
+        if self._probe is not None:
+            devices = self._probe.poll()
+            if devices is not None:
+                self._probe = None
+                self.refreshDevices(devices)
+        if self._run is None:
+            return
+        for event in self._run.poll():
+            if event.get("event") == "progress":
+                self.ui.progressBar.value = int(1000 * event["fraction"])
+                self.ui.statusLabel.text = event.get("message") or event.get("stage", "")
+        if self._run.finished:
+            run, self._run = self._run, None
+            self._finishRun(run)
+            self._updateButtons()
+
+    def _finishRun(self, run: SegmentationRun) -> None:
+        try:
+            segmentationNode = self.logic.importResult(run, self._parameterNode.inputVolume)
+        except Exception as error:  # shown to the user with the child's log
+            self.ui.statusLabel.text = _("Segmentation failed.")
+            slicer.util.errorDisplay(str(error), detailedText=run.log_tail(40), windowTitle="SCIseg")
+            return
+        finally:
+            run.cleanup()
+        self._parameterNode.segmentation = segmentationNode
+        self.ui.progressBar.value = 1000
+        self.ui.statusLabel.text = _("Done: '{name}'. Correct it with Edit.").format(name=segmentationNode.GetName())
+
+    def onEditButton(self) -> None:
+        self.logic.openSegmentEditor(self._parameterNode.segmentation, self._parameterNode.inputVolume)
+
+
+#
+# SCIsegLogic
+#
+
+
+class SCIsegLogic(ScriptedLoadableModuleLogic):
+    """Starts segmentations in a child process and brings their masks into the scene."""
+
+    def getParameterNode(self):
+        return SCIsegParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """Slicer's Python launcher (runs the child with Slicer's environment)."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    @staticmethod
+    def deviceSummary(devices: dict) -> str:
+        if not devices:
+            return _("PyTorch is not installed yet: it will be offered at the first segmentation.")
+        if "cuda" in devices:
+            return _("GPU found: {name}.").format(name=devices["cuda"])
+        if "mps" in devices:
+            return _("Apple GPU (MPS) found.")
+        return _("No GPU found: segmentation runs on the CPU and can take several minutes per scan.")
+
+    def ensureDependencies(self) -> bool:
+        """Offer to install torch and nnU-Net when missing; True when the child can segment."""
+        missing = dependencies.missing_modules()
+        if not missing:
+            return True
+        try:
+            import PyTorchUtils  # the PyTorch extension picks the right CUDA build
+
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        except ImportError:
+            torchLogic = None
+        steps = dependencies.install_plan(missing, torchLogic is not None)
+        if not slicer.util.confirmOkCancelDisplay(
+            _("SCIseg needs PyTorch and nnU-Net. Install them now?") + "\n\n- " + "\n- ".join(steps), windowTitle="SCIseg"
+        ):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
+            if "torch" in missing:
+                if torchLogic is not None:
+                    if torchLogic.installTorch(askConfirmation=False) is None:
+                        return False
+                else:
+                    slicer.util.pip_install("torch")
+            if "nnunetv2" in missing:
+                constraints = os.path.join(tempfile.mkdtemp(prefix="sciseg-"), "constraints.txt")
+                with open(constraints, "w") as stream:
+                    stream.write("\n".join(dependencies.pinned_constraints()) + "\n")
+                slicer.util.pip_install(f"nnunetv2 -c {constraints}")
+        return not dependencies.missing_modules()
+
+    def startSegmentation(self, parameters: SCIsegParameterNode, pythonExecutable: Optional[str] = None) -> SegmentationRun:
+        """Write the volume to a temporary NIfTI and start the child process."""
+        if not parameters.inputVolume:
+            raise ValueError(_("Select a T2w volume first."))
+        options = RunOptions(
+            model=parameters.model,
+            device=parameters.device,
+            tta=parameters.testTimeAugmentation,
+            step=parameters.stepSize,
+            keep_largest_cord=parameters.keepLargestCord,
+            fill_holes=parameters.fillHoles,
+            lesion_in_cord=parameters.lesionInsideCord,
+        )
+        run = SegmentationRun(options, python_executable=pythonExecutable or self.pythonExecutable())
+        mrml.save_volume_node_as_nifti(parameters.inputVolume, run.input_path)
+        run.start()
+        return run
+
+    def importResult(self, run: SegmentationRun, volumeNode):
+        """A new segmentation node with the run's masks (raises with the reason when the run failed)."""
+        import SimpleITK as sitk
+
+        outputs = run.outputs()
+        segmentationNode = mrml.import_sciseg_masks(
+            slicer.modules.segmentations.logic(),
+            slicer.mrmlScene,
+            volumeNode,
+            sitk.ReadImage(str(outputs["sc"])),
+            sitk.ReadImage(str(outputs["lesion"])),
+        )
+        segmentationNode.CreateClosedSurfaceRepresentation()
+        return segmentationNode
+
+    @staticmethod
+    def openSegmentEditor(segmentationNode, volumeNode) -> None:
+        """Segment Editor on this segmentation and volume; painting one segment takes voxels from the other."""
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentationNode)
+        setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
+        setSource(volumeNode)
+        editorNode = editor.mrmlSegmentEditorNode()
+        editorNode.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments)
+        editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+        editorNode.SetSelectedSegmentID(mrml.LESION.segment_id)
+
+
+#
+# SCIsegTest
+#
+
+
+class SCIsegTest(ScriptedLoadableModuleTest):
+    """The click path inside a real Slicer with the bundled demo model: segment, check, edit, export.
+
+    Run it from the module panel (Reload and Test) or with
+    ``Slicer --no-main-window --python-code "slicer.util.selectModule('SCIseg'); ..."``.
+    """
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentEditExport()
+
+    def test_SegmentEditExport(self):
+        import numpy as np
+        import SimpleITK as sitk
+
+        from SCIsegLib.phantom import SAGITTAL, LesionSpec, make_phantom
+
+        self.delayDisplay("Synthesising a T2w scan with two lesions")
+        case = make_phantom(
+            seed=5,
+            acquisition=SAGITTAL,
+            lesions=[LesionSpec(center_si_mm=-15.0, length_mm=16.0, width_fraction=0.9), LesionSpec(center_si_mm=20.0)],
+        )
+        logic = segmentationsLogic = slicer.modules.segmentations.logic()
+        volumeNode = mrml.add_volume_node(slicer.mrmlScene, case.image, "phantom")
+        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+
+        self.delayDisplay("Segmenting with sciseg-demo in a child process")
+        moduleLogic = SCIsegLogic()
+        parameters = moduleLogic.getParameterNode()
+        parameters.inputVolume = volumeNode
+        parameters.model = models.BUNDLED_DEMO
+        parameters.device = "cpu"
+        run = moduleLogic.startSegmentation(parameters)
+        events = run.wait(timeout_s=900)
+        self.assertTrue(any(e.get("event") == "progress" for e in events))
+        segmentationNode = moduleLogic.importResult(run, volumeNode)
+        run.cleanup()
+        self.assertFalse(os.path.exists(run.work_dir))
+
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual(segmentation.GetNthSegmentID(0), "spinal_cord")
+        self.assertEqual(segmentation.GetNthSegmentID(1), "lesion")
+        self.assertEqual(segmentation.GetSegment("lesion").GetName(), "Lesion")
+        truth = sitk.GetArrayFromImage(case.cord) > 0
+        cord = mrml.segment_mask(logic, slicer.mrmlScene, segmentationNode, "spinal_cord", volumeNode)
+        lesion = mrml.segment_mask(logic, slicer.mrmlScene, segmentationNode, "lesion", volumeNode)
+        dice = 2 * np.sum((cord | lesion) & truth) / (np.sum(cord | lesion) + np.sum(truth))
+        self.assertGreater(dice, 0.8)
+
+        self.delayDisplay("Editing: the rater adds lesion voxels")
+        added = np.zeros_like(lesion)
+        z, y, x = np.argwhere(cord)[len(np.argwhere(cord)) // 2]
+        added[z - 1 : z + 2, y, x] = True
+        reference = mrml.image_from_volume_node(volumeNode)
+        edited = sitk.GetImageFromArray((lesion | added).astype(np.uint8))
+        edited.CopyInformation(reference)
+        mrml.set_segment_from_mask(segmentationsLogic, slicer.mrmlScene, segmentationNode, mrml.LESION, edited, volumeNode)
+
+        self.delayDisplay("Exporting the corrected label map")
+        labels = mrml.export_sciseg_label_map(logic, slicer.mrmlScene, segmentationNode, volumeNode)
+        path = os.path.join(tempfile.mkdtemp(prefix="sciseg-test-"), "phantom_labels.nii.gz")
+        sitk.WriteImage(labels, path)
+        written = sitk.GetArrayFromImage(sitk.ReadImage(path))
+        self.assertTrue(np.all(written[added] == 2))
+        self.assertEqual(set(np.unique(written).tolist()) - {0, 1, 2}, set())
+        self.delayDisplay("Test passed")

@@ -1,0 +1,47 @@
+"""Writing the morphometrics tables: CSV (always), Excel (when openpyxl is installed), label map, JSON summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .lesions import LesionAnalysis
+from .volume import image_stem, publish_file, write_image_atomic
+
+
+def _write_text_atomic(text: str, path: Path) -> Path:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    publish_file(temporary, path)
+    return path
+
+
+def write_table(table: pd.DataFrame, path: Path, sheet: str = "measures") -> list[Path]:
+    """``path`` as CSV, and the same sheet as ``.xlsx`` beside it when openpyxl is available."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = [_write_text_atomic(table.to_csv(index=False), path)]
+    try:
+        import openpyxl  # noqa: F401
+    except ImportError:
+        return written
+    excel = path.with_suffix(".xlsx")
+    handle, temporary = tempfile.mkstemp(prefix=f".{excel.name}.", suffix=".xlsx", dir=excel.parent)
+    os.close(handle)
+    table.to_excel(temporary, sheet_name=sheet, index=False)
+    publish_file(temporary, excel)
+    return written + [excel]
+
+
+def write_lesion_analysis(result: LesionAnalysis, lesion_path: Path, output_dir: Path) -> list[Path]:
+    """SCT's outputs: ``<stem>_analysis.csv`` (+ ``.xlsx``), ``<stem>_label.nii.gz``, and ``<stem>_analysis.json``."""
+    stem = image_stem(lesion_path)
+    written = write_table(result.table, output_dir / f"{stem}_analysis.csv")
+    written.append(write_image_atomic(result.labels, output_dir / f"{stem}_label.nii.gz"))
+    summary = {**result.summary, "warnings": result.warnings, "lesion_mask": str(Path(lesion_path).resolve())}
+    written.append(_write_text_atomic(json.dumps(summary, indent=2), output_dir / f"{stem}_analysis.json"))
+    return written

@@ -1,0 +1,260 @@
+"""Lesion morphometrics computed the way SCT's ``sct_analyze_lesion -m LESION -s CORD`` computes them.
+
+All measures are taken in SCT's RPI orientation with arrays indexed (x, y, z) = (R->L, P->A, I->S)
+and voxel sizes (px, py, pz) in mm, whatever the input orientation; sagittal slice numbers in
+the output are those of the input file. Column names and units are SCT's:
+
+* ``volume [mm3]``: voxels x px*py*pz.
+* ``length [mm]``: sum over the axial slices holding the lesion of pz / cos(3D cord angle).
+* ``width [mm]``: max over axial slices of the A-P extent (voxels) x py x cos(sagittal angle).
+* ``max_equivalent_diameter [mm]``: 2 sqrt(max over slices of area x cos(3D angle) / pi).
+* ``max_axial_damage_ratio []``: max over slices of lesion area / cord area (no angle correction).
+* the interpolated midsagittal slice (mean cord centre of mass in x over 5 slices around the largest
+  lesion), the lesion's length and width on it, and the tissue bridges (spared cord dorsal and
+  ventral to the lesion) on it and on every sagittal slice holding the lesion.
+
+Lesions are the 18-connected components (skimage ``label``, connectivity 2) of the lesion mask,
+labelled on the whole mask and then restricted to the cord mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from scipy.ndimage import center_of_mass
+from skimage.measure import label as label_components
+
+from .centerline import CordAngles, cord_angles
+from .errors import InputError
+from .volume import orientation_of, reorient, reorient_like, same_grid, sct_to_itk_orientation
+
+RPI = sct_to_itk_orientation("RPI")  # ITK "LAS"
+BASE_COLUMNS = ["label", "volume [mm3]", "length [mm]", "width [mm]", "max_equivalent_diameter [mm]", "max_axial_damage_ratio []"]
+MIDSAGITTAL_COLUMNS = [
+    "interpolated_midsagittal_slice",
+    "length_interpolated_midsagittal_slice [mm]",
+    "width_interpolated_midsagittal_slice [mm]",
+    "interpolated_dorsal_bridge_width [mm]",
+    "interpolated_ventral_bridge_width [mm]",
+    "interpolated_total_bridge_width [mm]",
+    "dorsal_bridge_ratio [%]",
+    "ventral_bridge_ratio [%]",
+]
+
+
+@dataclass
+class LesionAnalysis:
+    """Result of :func:`analyze_lesions`.
+
+    Attributes:
+        table: one row per lesion, SCT's columns.
+        labels: the lesions numbered 1..N (after restriction to the cord) on the input grid.
+        summary: total volume (mm3), total length (mm), max width (mm), lesion count.
+        warnings: sentences about lesions that could not be measured.
+    """
+
+    table: pd.DataFrame
+    labels: sitk.Image
+    summary: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def _binary_xyz(image: sitk.Image, name: str) -> np.ndarray:
+    """The image in RPI as an (x, y, z) array; refuses values other than 0 and 1."""
+    array = sitk.GetArrayFromImage(reorient(image, RPI)).transpose(2, 1, 0)
+    values = np.unique(array)
+    if not set(values.tolist()) <= {0, 1}:
+        shown = ", ".join(str(v) for v in values[:6])
+        raise InputError(f"{name} is not a binary mask with 0 and 1 values (found {shown}).")
+    return array.astype(bool)
+
+
+def _stored_index(rpi_index: float, size: int, image: sitk.Image) -> float:
+    """Convert an RPI x (R->L) index to the input file's index along the same axis."""
+    code = orientation_of(image)
+    axis = next(i for i, letter in enumerate(code) if letter in "LR")
+    flipped = code[axis] == "R"  # RPI's x runs towards Left; this file's axis runs towards Right
+    return (size - 1 - rpi_index) if flipped else rpi_index
+
+
+def analyze_lesions(
+    lesion: sitk.Image,
+    cord: sitk.Image | None = None,
+    image: sitk.Image | None = None,
+    image_name: str = "image",
+) -> LesionAnalysis:
+    """Measure every lesion of a binary lesion mask (and its cord mask, on the same grid).
+
+    Args:
+        lesion: binary lesion mask (0/1), any orientation.
+        cord: binary cord mask on the same grid; without it only the volume is computed (NaN elsewhere), as in SCT.
+        image: optional image on the same grid: mean and std of its nonzero voxels inside each lesion.
+        image_name: names the ``mean_<name>`` and ``std_<name>`` columns.
+    """
+    for other, what in ((cord, "the cord mask"), (image, "the image")):
+        if other is not None and not same_grid(other, lesion, tolerance_mm=1e-3):
+            raise InputError(f"{what} and the lesion mask do not lie on the same grid (size, spacing, origin, direction).")
+    lesion_xyz = _binary_xyz(lesion, "the lesion mask")
+    cord_xyz = _binary_xyz(cord, "the cord mask") if cord is not None else None
+    px, py, pz = reorient(lesion, RPI).GetSpacing()
+    nx = lesion_xyz.shape[0]
+
+    labelled = label_components(lesion_xyz, connectivity=2)
+    warnings: list[str] = []
+    if cord_xyz is not None:
+        labelled = np.where(cord_xyz, labelled, 0)
+    found = [int(v) for v in np.unique(labelled) if v]
+    all_labels = int(label_components(lesion_xyz, connectivity=2).max())
+    for missing in sorted(set(range(1, all_labels + 1)) - set(found)):
+        warnings.append(f"lesion {missing} lies entirely outside the cord mask and was not measured.")
+
+    image_columns = [f"mean_{image_name}", f"std_{image_name}"] if image is not None else []
+    rows: list[dict] = [{"label": value, "volume [mm3]": float(np.sum(labelled == value) * px * py * pz)} for value in found]
+    slice_columns: list[str] = []
+
+    if cord_xyz is not None and found:
+        angles = cord_angles(cord_xyz, (px, py, pz))
+        largest = found[int(np.argmax([row["volume [mm3]"] for row in rows]))]
+        midsagittal = _interpolated_midsagittal_slice(labelled == largest, cord_xyz)
+        for row in rows:
+            row.update(_lesion_measures(labelled == row["label"], cord_xyz, angles, midsagittal, (px, py, pz)))
+            row["interpolated_midsagittal_slice"] = _stored_index(midsagittal, nx, lesion)
+            for sagittal, (dorsal, ventral) in _bridges_per_sagittal_slice(labelled == row["label"], cord_xyz, angles, py).items():
+                prefix = f"slice_{int(_stored_index(sagittal, nx, lesion))}"
+                for suffix, value in (("dorsal", dorsal), ("ventral", ventral), ("total", dorsal + ventral)):
+                    column = f"{prefix}_{suffix}_bridge_width [mm]"
+                    row[column] = value
+                    if column not in slice_columns:
+                        slice_columns.append(column)
+    if image is not None:
+        reference = sitk.GetArrayFromImage(reorient(image, RPI)).transpose(2, 1, 0).astype(float)
+        for row in rows:
+            inside = (labelled == row["label"]) & (reference != 0)
+            row[image_columns[0]] = float(np.mean(reference[inside])) if inside.any() else np.nan
+            row[image_columns[1]] = float(np.std(reference[inside])) if inside.any() else np.nan
+
+    columns = BASE_COLUMNS + image_columns + (MIDSAGITTAL_COLUMNS if cord_xyz is not None else []) + slice_columns
+    table = pd.DataFrame(rows, columns=columns)
+    table["label"] = table["label"].astype(int)
+    summary = {
+        "lesion_count": len(rows),
+        "total_volume_mm3": float(table["volume [mm3]"].sum()) if rows else 0.0,
+        "total_length_mm": float(table["length [mm]"].sum()) if rows and cord_xyz is not None else None,
+        "max_width_mm": float(table["width [mm]"].max()) if rows and cord_xyz is not None else None,
+    }
+    labels_rpi = sitk.GetImageFromArray(labelled.transpose(2, 1, 0).astype(np.uint16))
+    labels_rpi.CopyInformation(reorient(lesion, RPI))
+    return LesionAnalysis(table=table, labels=reorient_like(labels_rpi, lesion), summary=summary, warnings=warnings)
+
+
+def _interpolated_midsagittal_slice(largest_xyz: np.ndarray, cord_xyz: np.ndarray) -> float:
+    """Mean cord centre of mass in x over the 5 axial slices centred on the largest lesion (RPI x, voxels)."""
+    z_center = int(round(center_of_mass(largest_xyz)[2]))
+    centres = [
+        center_of_mass(cord_xyz[:, :, z])[0]
+        for z in range(z_center - 2, z_center + 3)
+        if 0 <= z < cord_xyz.shape[2] and np.any(cord_xyz[:, :, z])
+    ]
+    return float(np.mean(centres))
+
+
+def _interpolate(first, second, position: float):
+    """SCT's ``_interpolate_values``: (1 - f) * first + f * second with f the fractional part of ``position``."""
+    factor = position - int(position)
+    return (1 - factor) * first + factor * second
+
+
+def _lesion_measures(
+    lesion_xyz: np.ndarray, cord_xyz: np.ndarray, angles: CordAngles, midsagittal: float, spacing: tuple[float, float, float]
+) -> dict:
+    px, py, pz = spacing
+    x, y, z = np.nonzero(lesion_xyz)
+    slices = np.unique(z)
+    area_per_slice = lesion_xyz.sum(axis=(0, 1))
+    cord_per_slice = cord_xyz.sum(axis=(0, 1))
+    widths = [(y[z == s].max() - y[z == s].min() + 1) * py * np.cos(angles.angle_sagittal[s]) for s in slices]
+    areas = area_per_slice * np.cos(angles.angle_3d) * px * py
+    measures = {
+        "length [mm]": float(np.sum([pz / np.cos(angles.angle_3d[s]) for s in slices])),
+        "width [mm]": float(max(widths)),
+        "max_equivalent_diameter [mm]": float(2 * np.sqrt(areas.max() / np.pi)),
+        "max_axial_damage_ratio []": float(max((area_per_slice[s] * px * py) / (cord_per_slice[s] * px * py) for s in slices)),
+    }
+
+    slice1, slice2 = int(np.floor(midsagittal)), int(np.ceil(midsagittal))
+    plane = _interpolate(lesion_xyz[slice1].astype(float), lesion_xyz[slice2].astype(float), midsagittal)  # (y, z)
+    lengths, widths_mid = [], []
+    for s in np.unique(np.nonzero(plane)[1]):
+        column = plane[:, s]
+        lengths.append(np.mean(column[column > 0]) * pz / np.cos(angles.angle_sagittal[s]))
+        widths_mid.append(py * np.cos(angles.angle_sagittal[s]) * np.sum(column[column > 0]))
+    measures["length_interpolated_midsagittal_slice [mm]"] = float(np.sum(lengths))
+    measures["width_interpolated_midsagittal_slice [mm]"] = float(max(widths_mid)) if widths_mid else 0.0
+    measures.update(_interpolated_bridges(lesion_xyz, cord_xyz, angles, midsagittal, py, slices))
+    return measures
+
+
+def _bridge_voxels(lesion_column: np.ndarray, cord_column: np.ndarray) -> tuple[int, int]:
+    """(dorsal, ventral) spared cord voxels along one A-P column (y: posterior -> anterior)."""
+    lesion_y = np.nonzero(lesion_column)[0]
+    cord_y = np.nonzero(cord_column)[0]
+    return max(int(lesion_y[0] - cord_y[0]), 0), max(int(cord_y[-1] - lesion_y[-1]), 0)
+
+
+def _bridges_per_sagittal_slice(lesion_xyz: np.ndarray, cord_xyz: np.ndarray, angles: CordAngles, py: float) -> dict[int, tuple[float, float]]:
+    """For every sagittal slice holding the lesion: the minimum dorsal and ventral bridges (mm) over its axial slices."""
+    result = {}
+    for x in np.unique(np.nonzero(lesion_xyz)[0]):
+        dorsal, ventral = [], []
+        for z in np.unique(np.nonzero(lesion_xyz[x])[1]):
+            d, v = _bridge_voxels(lesion_xyz[x, :, z], cord_xyz[x, :, z])
+            scale = py * np.cos(angles.angle_sagittal[z])
+            dorsal.append(d * scale)
+            ventral.append(v * scale)
+        result[int(x)] = (float(min(dorsal)), float(min(ventral)))
+    return result
+
+
+def _interpolated_bridges(
+    lesion_xyz: np.ndarray, cord_xyz: np.ndarray, angles: CordAngles, midsagittal: float, py: float, lesion_slices: np.ndarray
+) -> dict:
+    """Tissue bridges on the interpolated midsagittal slice, with the fall-backs of SCT 7.3.
+
+    * lesion on both interpolation slices of an axial slice: their bridges are interpolated;
+    * on one of them only: that slice's bridges are used;
+    * on neither (a parasagittal lesion): each bridge is half the narrowest interpolated cord A-P
+      diameter over the lesion's axial slices.
+    """
+    slice1, slice2 = int(np.floor(midsagittal)), int(np.ceil(midsagittal))
+    axial = sorted({int(z) for x in {slice1, slice2} for z in np.unique(np.nonzero(lesion_xyz[x])[1])})
+    if not axial:
+        diameters = []
+        for z in lesion_slices:
+            counts = cord_xyz[slice1, :, z].sum(), cord_xyz[slice2, :, z].sum()
+            if counts[0] and counts[1]:
+                diameters.append(_interpolate(float(counts[0]), float(counts[1]), midsagittal) * py * np.cos(angles.angle_sagittal[z]))
+        diameter = float(min(diameters)) if diameters else np.nan
+        dorsal = ventral = diameter / 2
+    else:
+        dorsal_values, ventral_values = [], []
+        for z in axial:
+            pairs = [
+                _bridge_voxels(lesion_xyz[x, :, z], cord_xyz[x, :, z]) if lesion_xyz[x, :, z].any() else None
+                for x in (slice1, slice2)
+            ]
+            first, second = pairs[0] or pairs[1], pairs[1] or pairs[0]
+            scale = py * np.cos(angles.angle_sagittal[z])
+            dorsal_values.append(_interpolate(first[0], second[0], midsagittal) * scale)
+            ventral_values.append(_interpolate(first[1], second[1], midsagittal) * scale)
+        dorsal, ventral = float(min(dorsal_values)), float(min(ventral_values))
+    total = dorsal + ventral
+    return {
+        "interpolated_dorsal_bridge_width [mm]": dorsal,
+        "interpolated_ventral_bridge_width [mm]": ventral,
+        "interpolated_total_bridge_width [mm]": total,
+        "dorsal_bridge_ratio [%]": dorsal / total * 100 if total > 0 else 0.0,
+        "ventral_bridge_ratio [%]": ventral / total * 100 if total > 0 else 0.0,
+    }

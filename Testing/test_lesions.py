@@ -1,0 +1,238 @@
+"""Lesion morphometrics: boxes painted on SCT's real t2 scan (as SCT's own tests do) and synthetic cords."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from conftest import shared_file
+from SCIsegLib.errors import InputError
+from SCIsegLib.lesions import analyze_lesions
+from SCIsegLib.volume import reorient
+
+
+def rpi_xyz(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(reorient(image, "LAS")).transpose(2, 1, 0)
+
+
+def from_rpi_xyz(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    """An image on ``like``'s grid from an RPI (x, y, z) array."""
+    rpi_like = reorient(like, "LAS")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.uint8))
+    image.CopyInformation(rpi_like)
+    return reorient(image, sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(like.GetDirection()))
+
+
+@pytest.fixture(scope="module")
+def t2_cord() -> sitk.Image:
+    return sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz")))
+
+
+def box_inside_cord(cord_xyz: np.ndarray, z_range: range, half: int = 1) -> np.ndarray:
+    """A box of voxels around the cord centre of every slice of ``z_range`` (all inside the cord)."""
+    box = np.zeros_like(cord_xyz, dtype=bool)
+    for z in z_range:
+        x, y = np.argwhere(cord_xyz[:, :, z]).mean(axis=0).round().astype(int)
+        box[x - half : x + half + 1, y - half : y + half + 1, z] = True
+    assert np.all(cord_xyz[box]), "the test box must lie inside the cord"
+    return box
+
+
+def test_box_lesion_on_the_real_scan_exact_volume_ratio_and_bounds(t2_cord: sitk.Image) -> None:
+    cord_xyz = rpi_xyz(t2_cord).astype(bool)
+    box = box_inside_cord(cord_xyz, range(20, 30))
+    result = analyze_lesions(from_rpi_xyz(box, t2_cord), t2_cord)
+    row = result.table.iloc[0]
+    assert result.summary["lesion_count"] == 1 and row["label"] == 1
+    assert row["volume [mm3]"] == pytest.approx(box.sum() * 1.0)  # 1 mm isotropic
+    expected_ratio = max(box[:, :, z].sum() / cord_xyz[:, :, z].sum() for z in range(20, 30))
+    assert row["max_axial_damage_ratio []"] == pytest.approx(expected_ratio, rel=1e-12)
+    assert 10.0 <= row["length [mm]"] <= 10.0 / np.cos(np.deg2rad(30))  # 10 slices, angle-corrected up
+    assert 3.0 * np.cos(np.deg2rad(30)) <= row["width [mm]"] <= 3.0
+    assert 2 * np.sqrt(9 * np.cos(np.deg2rad(30)) / np.pi) <= row["max_equivalent_diameter [mm]"] <= 2 * np.sqrt(9 / np.pi)
+    bridges = row["interpolated_dorsal_bridge_width [mm]"] + row["interpolated_ventral_bridge_width [mm]"]
+    assert bridges == pytest.approx(row["interpolated_total_bridge_width [mm]"])
+    assert row["dorsal_bridge_ratio [%]"] + row["ventral_bridge_ratio [%]"] == pytest.approx(100.0)
+    assert 0 < row["length_interpolated_midsagittal_slice [mm]"] <= row["length [mm]"] + 1e-9
+
+
+def test_lesion_partly_outside_the_cord_is_restricted_and_outside_one_dropped(t2_cord: sitk.Image) -> None:
+    cord_xyz = rpi_xyz(t2_cord).astype(bool)
+    lesion = box_inside_cord(cord_xyz, range(18, 24))
+    x, y = np.argwhere(cord_xyz[:, :, 20]).mean(axis=0).round().astype(int)
+    lesion[x, y:, 20] = True  # a streak leaving the cord anteriorly, connected to the box
+    outside = np.zeros_like(lesion)
+    outside[2:4, 2:4, 40:42] = True  # far from the cord
+    assert not np.any(outside & cord_xyz)
+    result = analyze_lesions(from_rpi_xyz(lesion | outside, t2_cord), t2_cord)
+    # Labelled on the whole mask first (SCT): the outside blob comes first in scan order and takes label 1.
+    assert list(result.table["label"]) == [2]
+    assert result.table.iloc[0]["volume [mm3]"] == pytest.approx(float((lesion & cord_xyz).sum()))
+    assert result.warnings == ["lesion 1 lies entirely outside the cord mask and was not measured."]
+    labels = rpi_xyz(result.labels)
+    assert set(np.unique(labels)) == {0, 2} and not np.any(labels[~cord_xyz])
+
+
+def test_several_lesions_are_numbered_and_summarised(t2_cord: sitk.Image) -> None:
+    cord_xyz = rpi_xyz(t2_cord).astype(bool)
+    first = box_inside_cord(cord_xyz, range(10, 14))
+    second = box_inside_cord(cord_xyz, range(30, 40), half=2) & cord_xyz
+    result = analyze_lesions(from_rpi_xyz(first | second, t2_cord), t2_cord)
+    assert list(result.table["label"]) == [1, 2]
+    volumes = sorted(result.table["volume [mm3]"])
+    assert volumes == pytest.approx(sorted([float(first.sum()), float(second.sum())]))
+    assert result.summary["total_volume_mm3"] == pytest.approx(first.sum() + second.sum())
+    assert result.summary["total_length_mm"] == pytest.approx(result.table["length [mm]"].sum())
+    assert result.summary["max_width_mm"] == pytest.approx(result.table["width [mm]"].max())
+    # Both lesions share the midsagittal slice of the largest one.
+    assert result.table["interpolated_midsagittal_slice"].nunique() == 1
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LAS", "LPI", "AIL", "SPL"])
+def test_orientation_copies_give_the_same_numbers(t2_cord: sitk.Image, orientation: str) -> None:
+    cord_xyz = rpi_xyz(t2_cord).astype(bool)
+    lesion = from_rpi_xyz(box_inside_cord(cord_xyz, range(22, 31)), t2_cord)
+    reference = analyze_lesions(lesion, t2_cord).table
+    copy = analyze_lesions(reorient(lesion, orientation), reorient(t2_cord, orientation)).table
+    numeric = [c for c in reference.columns if not c.startswith("slice_") and c != "interpolated_midsagittal_slice"]
+    pd.testing.assert_frame_equal(copy[numeric], reference[numeric], rtol=1e-12, atol=1e-12)
+    # The midsagittal slice is reported in each file's own index along R-L.
+    nx = reorient(t2_cord, "LAS").GetSize()[0]
+    ours, theirs = reference["interpolated_midsagittal_slice"][0], copy["interpolated_midsagittal_slice"][0]
+    assert theirs in (pytest.approx(ours), pytest.approx(nx - 1 - ours))
+
+
+def test_oblique_copy_gives_the_same_numbers(t2_cord: sitk.Image) -> None:
+    cord_xyz = rpi_xyz(t2_cord).astype(bool)
+    lesion = from_rpi_xyz(box_inside_cord(cord_xyz, range(22, 31)), t2_cord)
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(0.12, -0.08, 0.05)
+    tilted = [sitk.Image(image) for image in (lesion, t2_cord)]
+    direction = (np.array(rotation.GetMatrix()).reshape(3, 3) @ np.array(t2_cord.GetDirection()).reshape(3, 3)).ravel()
+    for image in tilted:
+        image.SetDirection(direction.tolist())
+    pd.testing.assert_frame_equal(analyze_lesions(*tilted).table, analyze_lesions(lesion, t2_cord).table, rtol=1e-12)
+
+
+def straight_cord(shape=(20, 24, 40), spacing=(0.8, 0.6, 2.0), tilt_voxels_per_slice: float = 0.0) -> tuple[np.ndarray, tuple]:
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    centre_y = 12 + tilt_voxels_per_slice * (z - shape[2] / 2)
+    cord = ((x - 10) * spacing[0] / 5.0) ** 2 + ((y - centre_y) * spacing[1] / 4.0) ** 2 <= 1.0
+    return cord, spacing
+
+
+def as_image(array_xyz: np.ndarray, spacing) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)).astype(np.uint8))
+    image.SetSpacing(spacing)
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # ITK LAS = SCT RPI
+    return image
+
+
+def test_straight_cord_gives_exact_geometry() -> None:
+    cord, spacing = straight_cord()
+    lesion = np.zeros_like(cord)
+    lesion[8:13, 10:15, 10:18] = True  # 5 x 5 voxels on 8 slices, inside the cord
+    assert np.all(cord[lesion])
+    row = analyze_lesions(as_image(lesion, spacing), as_image(cord, spacing)).table.iloc[0]
+    assert row["volume [mm3]"] == pytest.approx(200 * np.prod(spacing))
+    assert row["length [mm]"] == pytest.approx(8 * 2.0, abs=1e-9)
+    assert row["width [mm]"] == pytest.approx(5 * 0.6, abs=1e-9)
+    assert row["max_equivalent_diameter [mm]"] == pytest.approx(2 * np.sqrt(25 * 0.8 * 0.6 / np.pi), abs=1e-9)
+    assert row["interpolated_midsagittal_slice"] == pytest.approx(10.0)
+    assert row["length_interpolated_midsagittal_slice [mm]"] == pytest.approx(16.0, abs=1e-9)
+    assert row["width_interpolated_midsagittal_slice [mm]"] == pytest.approx(3.0, abs=1e-9)
+    cord_y = np.nonzero(cord[10, :, 12])[0]
+    assert row["interpolated_dorsal_bridge_width [mm]"] == pytest.approx((10 - cord_y[0]) * 0.6, abs=1e-9)
+    assert row["interpolated_ventral_bridge_width [mm]"] == pytest.approx((cord_y[-1] - 14) * 0.6, abs=1e-9)
+
+
+def test_tilted_cord_length_is_angle_corrected() -> None:
+    slope = 0.5  # voxels of y per slice: tan(angle) = 0.5 * 0.6 / 2.0
+    cord, spacing = straight_cord(tilt_voxels_per_slice=slope)
+    lesion = np.zeros_like(cord)
+    for z in range(12, 28):
+        centre = int(round(12 + slope * (z - 20)))
+        lesion[9:12, centre - 1 : centre + 2, z] = True
+    lesion &= cord
+    row = analyze_lesions(as_image(lesion, spacing), as_image(cord, spacing)).table.iloc[0]
+    angle = np.arctan(slope * 0.6 / 2.0)
+    assert row["length [mm]"] == pytest.approx(16 * 2.0 / np.cos(angle), rel=0.01)
+
+
+def test_without_cord_only_the_volume(t2_cord: sitk.Image) -> None:
+    cord_xyz = rpi_xyz(t2_cord).astype(bool)
+    lesion = from_rpi_xyz(box_inside_cord(cord_xyz, range(20, 25)), t2_cord)
+    result = analyze_lesions(lesion)
+    row = result.table.iloc[0]
+    assert row["volume [mm3]"] == pytest.approx(45.0)
+    assert np.isnan(row["length [mm]"]) and np.isnan(row["max_axial_damage_ratio []"])
+    assert "interpolated_midsagittal_slice" not in result.table.columns
+
+
+def test_image_statistics_inside_the_lesion(t2_cord: sitk.Image) -> None:
+    image = sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2.nii.gz")))
+    cord_xyz = rpi_xyz(t2_cord).astype(bool)
+    box = box_inside_cord(cord_xyz, range(20, 25))
+    result = analyze_lesions(from_rpi_xyz(box, t2_cord), t2_cord, image=image, image_name="t2")
+    values = rpi_xyz(image)[box].astype(float)
+    values = values[values != 0]
+    assert result.table.iloc[0]["mean_t2"] == pytest.approx(values.mean())
+    assert result.table.iloc[0]["std_t2"] == pytest.approx(values.std())
+
+
+def test_bad_masks_are_refused(t2_cord: sitk.Image) -> None:
+    with pytest.raises(InputError, match="not a binary mask"):
+        analyze_lesions(sitk.Cast(t2_cord, sitk.sitkUInt8) * 3, t2_cord)
+    other = sitk.ReadImage(str(shared_file("sct_testing_data/t1/t1w_seg-manual.nii.gz")))
+    with pytest.raises(InputError, match="same grid"):
+        analyze_lesions(sitk.Cast(other > 0, sitk.sitkUInt8), t2_cord)
+
+
+def test_cli_analyze_on_sct_fake_lesion_outputs(tmp_path) -> None:
+    """`sciseg analyze` on SCT's test masks (SCIsegV2 outputs of a painted lesion): files and one lesion."""
+    import json
+    import subprocess
+    import sys
+
+    folder = shared_file("sct_testing_data/t2")
+    lesion = folder / "t2_fake_lesion_lesion_seg.nii.gz"
+    result = subprocess.run(
+        [sys.executable, "-m", "SCIsegLib", "analyze", "--lesion", str(lesion), "--cord", str(folder / "t2_fake_lesion_sc_seg.nii.gz"),
+         "--image", str(folder / "t2_fake_lesion.nii.gz"), "-o", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "t2_fake_lesion_lesion_seg_analysis.csv")
+    assert len(table) == 1
+    lesion_voxels = int(sitk.GetArrayFromImage(sitk.ReadImage(str(lesion))).sum())
+    cord = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "t2_fake_lesion_sc_seg.nii.gz")))
+    inside = int((sitk.GetArrayFromImage(sitk.ReadImage(str(lesion))) & cord).sum())
+    assert lesion_voxels == 163
+    assert table["volume [mm3]"][0] == pytest.approx(inside * 0.8**3, rel=1e-6)
+    assert "mean_t2_fake_lesion" in table.columns
+    summary = json.loads((tmp_path / "t2_fake_lesion_lesion_seg_analysis.json").read_text())
+    assert summary["lesion_count"] == 1
+    labels = sitk.ReadImage(str(tmp_path / "t2_fake_lesion_lesion_seg_label.nii.gz"))
+    assert labels.GetSize() == sitk.ReadImage(str(lesion)).GetSize()
+    assert (tmp_path / "t2_fake_lesion_lesion_seg_analysis.xlsx").is_file()
+
+
+def test_cli_analyze_no_lesion_exits_1_and_bad_mask_2(tmp_path, t2_cord: sitk.Image) -> None:
+    import subprocess
+    import sys
+
+    empty = sitk.Image(t2_cord.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(t2_cord)
+    sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
+    sitk.WriteImage(sitk.Cast(t2_cord, sitk.sitkUInt8) * 2, str(tmp_path / "twos.nii.gz"))
+    cord = str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))
+    run = lambda name: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "SCIsegLib", "analyze", "--lesion", str(tmp_path / name), "--cord", cord, "-o", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )
+    no_lesion = run("empty.nii.gz")
+    assert no_lesion.returncode == 1 and "No lesion found in" in no_lesion.stderr
+    bad = run("twos.nii.gz")
+    assert bad.returncode == 2 and "not a binary mask" in bad.stderr and "Traceback" not in bad.stderr
