@@ -210,7 +210,8 @@ def test_cli_analyze_on_sct_fake_lesion_outputs(tmp_path) -> None:
     cord = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "t2_fake_lesion_sc_seg.nii.gz")))
     inside = int((sitk.GetArrayFromImage(sitk.ReadImage(str(lesion))) & cord).sum())
     assert lesion_voxels == 163
-    assert table["volume [mm3]"][0] == pytest.approx(inside * 0.8**3, rel=1e-6)
+    voxel_mm3 = float(np.prod(sitk.ReadImage(str(lesion)).GetSpacing()))
+    assert table["volume [mm3]"][0] == pytest.approx(inside * voxel_mm3, rel=1e-9)
     assert "mean_t2_fake_lesion" in table.columns
     summary = json.loads((tmp_path / "t2_fake_lesion_lesion_seg_analysis.json").read_text())
     assert summary["lesion_count"] == 1
