@@ -38,7 +38,7 @@ else:
     raise ImportError("SCIseg: the SCIsegLib package was not found next to the module")
 
 from SCIsegLib import dependencies, models, mrml  # noqa: E402
-from SCIsegLib.runner import DeviceProbe, RunOptions, SegmentationRun  # noqa: E402
+from SCIsegLib.runner import ChildCommand, DeviceProbe, RunOptions, SegmentationRun  # noqa: E402
 
 CITATION = (
     "Naga Karthik E, Valosek J, et al. SCIseg: Automatic Segmentation of Intramedullary Lesions in Spinal Cord "
@@ -120,6 +120,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._probe = None
+        self._measurement = None
+        self._lesionCentres = {}
+        self._tableView = None
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onTimer)
@@ -146,6 +149,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+        self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
 
         self.refreshModels()
         self.refreshDevices({})
@@ -207,7 +211,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else _("Select a T2w volume and a model first.")
         )
         self.ui.cancelButton.enabled = running
-        self.ui.editButton.enabled = bool(self._parameterNode and self._parameterNode.segmentation)
+        hasSegmentation = bool(self._parameterNode and self._parameterNode.segmentation)
+        self.ui.editButton.enabled = hasSegmentation
+        self.ui.measureButton.enabled = hasSegmentation and hasInput and self._measurement is None
 
     # Models and devices
 
@@ -292,10 +298,14 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTimer(self) -> None:
         if self._probe is not None:
-            devices = self._probe.poll()
+            devices = self._probe.devices()
             if devices is not None:
                 self._probe = None
                 self.refreshDevices(devices)
+        if self._measurement is not None and self._measurement.poll():
+            measurement, self._measurement = self._measurement, None
+            self._showMeasurement(measurement)
+            self._updateButtons()
         if self._run is None:
             return
         for event in self._run.poll():
@@ -322,6 +332,43 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onEditButton(self) -> None:
         self.logic.openSegmentEditor(self._parameterNode.segmentation, self._parameterNode.inputVolume)
+
+    # Measure
+
+    def onMeasureButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The lesions could not be measured."), waitCursor=True):
+            self._measurement = self.logic.startMeasurement(self._parameterNode.segmentation, self._parameterNode.inputVolume)
+            self.ui.statusLabel.text = _("Measuring lesions...")
+        self._updateButtons()
+
+    def _showMeasurement(self, measurement) -> None:
+        try:
+            tableNode, chartNode, self._lesionCentres = self.logic.finishMeasurement(measurement, self._parameterNode.inputVolume)
+        except Exception as error:
+            self.ui.statusLabel.text = _("Measurement failed.")
+            slicer.util.errorDisplay(str(error), detailedText=measurement.stderr, windowTitle="SCIseg")
+            return
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(tableNode.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        slicer.modules.plots.logic().ShowChartInLayout(chartNode)
+        self._tableView = layoutManager.tableWidget(0).tableView()
+        self._tableView.connect("selectionChanged()", self.onLesionRowSelected)
+        self.ui.statusLabel.text = _("{count} lesion(s) measured: click a row to jump to the lesion.").format(
+            count=tableNode.GetNumberOfRows()
+        )
+
+    def onLesionRowSelected(self) -> None:
+        rows = self._tableView.selectedMRMLTableRowIndices() if self._tableView else []
+        tableNode = self._tableView.mrmlTableNode() if self._tableView else None
+        if not rows or tableNode is None:
+            return
+        label = int(float(tableNode.GetCellText(rows[0], 0)))
+        centre = self._lesionCentres.get(label)
+        if centre is not None:
+            slicer.modules.markups.logic().JumpSlicesToLocation(*centre, True)
 
 
 #
@@ -413,6 +460,41 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         segmentationNode.CreateClosedSurfaceRepresentation()
         return segmentationNode
 
+    def startMeasurement(self, segmentationNode, volumeNode) -> ChildCommand:
+        """Write the current segments as masks and run ``sciseg analyze`` on them in a child process."""
+        import SimpleITK as sitk
+
+        labels = mrml.export_sciseg_label_map(slicer.modules.segmentations.logic(), slicer.mrmlScene, segmentationNode, volumeNode)
+        folder = tempfile.mkdtemp(prefix="sciseg-measure-")
+        stem = volumeNode.GetName().replace(" ", "_") or "volume"
+        cordPath = os.path.join(folder, f"{stem}_sc_seg.nii.gz")
+        lesionPath = os.path.join(folder, f"{stem}_lesion_seg.nii.gz")
+        sitk.WriteImage(sitk.Cast(labels > 0, sitk.sitkUInt8), cordPath)
+        sitk.WriteImage(sitk.Cast(labels == 2, sitk.sitkUInt8), lesionPath)
+        command = ChildCommand(["analyze", "--lesion", lesionPath, "--cord", cordPath, "-o", folder], self.pythonExecutable())
+        command.folder, command.stem = folder, f"{stem}_lesion_seg"
+        return command
+
+    def finishMeasurement(self, command: ChildCommand, volumeNode):
+        """Table node (one row per lesion), plot of the per-slice damage ratio and cord area, lesion centres (RAS)."""
+        import SimpleITK as sitk
+
+        try:
+            if command.returncode != 0:
+                message = command.stderr.strip().splitlines()[-1] if command.stderr.strip() else _("sciseg analyze failed")
+                raise RuntimeError(message.removeprefix("sciseg: "))
+            base = os.path.join(command.folder, command.stem)
+            tableNode = mrml.table_node_from_csv(slicer.mrmlScene, base + "_analysis.csv", f"{volumeNode.GetName()} lesions")
+            profileNode = mrml.table_node_from_csv(slicer.mrmlScene, base + "_perslice.csv", f"{volumeNode.GetName()} per slice")
+            chartNode = mrml.plot_chart_from_table(
+                slicer.mrmlScene, profileNode, "slice (I->S)", ["axial_damage_ratio []", "cord_area [mm2]"],
+                f"{volumeNode.GetName()} damage ratio and cord area",
+            )
+            centres = mrml.lesion_centroids_ras(sitk.ReadImage(base + "_label.nii.gz"))
+        finally:
+            shutil.rmtree(command.folder, ignore_errors=True)
+        return tableNode, chartNode, centres
+
     @staticmethod
     def openSegmentEditor(segmentationNode, volumeNode) -> None:
         """Segment Editor on this segmentation and volume; painting one segment takes voxels from the other."""
@@ -501,4 +583,12 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         written = sitk.GetArrayFromImage(sitk.ReadImage(path))
         self.assertTrue(np.all(written[added] == 2))
         self.assertEqual(set(np.unique(written).tolist()) - {0, 1, 2}, set())
+
+        self.delayDisplay("Measuring the lesions")
+        command = moduleLogic.startMeasurement(segmentationNode, volumeNode).wait(timeout_s=300)
+        tableNode, chartNode, centres = moduleLogic.finishMeasurement(command, volumeNode)
+        self.assertGreaterEqual(tableNode.GetNumberOfRows(), 1)
+        self.assertEqual(tableNode.GetTable().GetColumnName(1), "volume [mm3]")
+        self.assertEqual(chartNode.GetNumberOfPlotSeriesNodes(), 2)
+        self.assertEqual(len(centres), tableNode.GetNumberOfRows())
         self.delayDisplay("Test passed")

@@ -37,10 +37,15 @@ def write_table(table: pd.DataFrame, path: Path, sheet: str = "measures") -> lis
     return written + [excel]
 
 
-def write_lesion_analysis(result: LesionAnalysis, lesion_path: Path, output_dir: Path) -> list[Path]:
-    """SCT's outputs: ``<stem>_analysis.csv`` (+ ``.xlsx``), ``<stem>_label.nii.gz``, and ``<stem>_analysis.json``."""
+def write_lesion_analysis(
+    result: LesionAnalysis, lesion_path: Path, output_dir: Path, profile: pd.DataFrame | None = None
+) -> list[Path]:
+    """SCT's outputs: ``<stem>_analysis.csv`` (+ ``.xlsx``), ``<stem>_label.nii.gz``, ``<stem>_analysis.json``,
+    and the per-slice profile ``<stem>_perslice.csv`` when given."""
     stem = image_stem(lesion_path)
     written = write_table(result.table, output_dir / f"{stem}_analysis.csv")
+    if profile is not None:
+        written.append(_write_text_atomic(profile.to_csv(index=False), output_dir / f"{stem}_perslice.csv"))
     written.append(write_image_atomic(result.labels, output_dir / f"{stem}_label.nii.gz"))
     summary = {**result.summary, "warnings": result.warnings, "lesion_mask": str(Path(lesion_path).resolve())}
     written.append(_write_text_atomic(json.dumps(summary, indent=2), output_dir / f"{stem}_analysis.json"))

@@ -213,7 +213,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from .analysis_files import write_lesion_analysis
-    from .lesions import analyze_lesions
+    from .lesions import analyze_lesions, per_slice_profile
     from .volume import image_stem, load_mask
 
     lesion = load_mask(args.lesion)
@@ -225,7 +225,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
     if result.summary["lesion_count"] == 0:
         sys.stderr.write(f"sciseg: No lesion found in {args.lesion}.\n")
         return EXIT_INTERNAL
-    for path in write_lesion_analysis(result, args.lesion, args.output):
+    profile = per_slice_profile(lesion, cord) if cord is not None else None
+    for path in write_lesion_analysis(result, args.lesion, args.output, profile):
         print(path)
     summary = result.summary
     print(f"{summary['lesion_count']} lesion(s), total volume {summary['total_volume_mm3']:.2f} mm3")

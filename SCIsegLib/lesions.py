@@ -150,6 +150,29 @@ def analyze_lesions(
     return LesionAnalysis(table=table, labels=reorient_like(labels_rpi, lesion), summary=summary, warnings=warnings)
 
 
+def per_slice_profile(lesion: sitk.Image, cord: sitk.Image) -> pd.DataFrame:
+    """Per axial slice (RPI z, I->S): cord and lesion areas (mm2, no angle correction) and their ratio.
+
+    The lesion is restricted to the cord, as in :func:`analyze_lesions`; slices without cord are left out.
+    """
+    if not same_grid(cord, lesion, tolerance_mm=1e-3):
+        raise InputError("the cord mask and the lesion mask do not lie on the same grid.")
+    lesion_xyz = _binary_xyz(lesion, "the lesion mask")
+    cord_xyz = _binary_xyz(cord, "the cord mask")
+    px, py, _ = reorient(lesion, RPI).GetSpacing()
+    cord_area = cord_xyz.sum(axis=(0, 1)) * px * py
+    lesion_area = (lesion_xyz & cord_xyz).sum(axis=(0, 1)) * px * py
+    slices = np.nonzero(cord_area)[0]
+    return pd.DataFrame(
+        {
+            "slice (I->S)": slices,
+            "cord_area [mm2]": cord_area[slices],
+            "lesion_area [mm2]": lesion_area[slices],
+            "axial_damage_ratio []": lesion_area[slices] / cord_area[slices],
+        }
+    )
+
+
 def _interpolated_midsagittal_slice(largest_xyz: np.ndarray, cord_xyz: np.ndarray) -> float:
     """Mean cord centre of mass in x over the 5 axial slices centred on the largest lesion (RPI x, voxels)."""
     z_center = int(round(center_of_mass(largest_xyz)[2]))

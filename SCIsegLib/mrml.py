@@ -239,3 +239,62 @@ def export_sciseg_label_map(logic, scene, segmentation_node, reference_volume) -
         mask = segment_mask(logic, scene, segmentation_node, spec.segment_id, reference_volume)
         labels[mask] = spec.label_value
     return image_from_array_zyx(labels, reference)
+
+
+def table_node_from_csv(scene, csv_path: str | os.PathLike[str], name: str):
+    """A table node holding a CSV file: numeric columns become double columns (empty cells NaN), others text."""
+    import csv
+
+    with open(csv_path, newline="") as stream:
+        rows = list(csv.reader(stream))
+    header, body = rows[0], rows[1:]
+    table = vtk.vtkTable()
+    for index, column_name in enumerate(header):
+        cells = [row[index] if index < len(row) else "" for row in body]
+        try:
+            numbers = [float(cell) if cell != "" else float("nan") for cell in cells]
+            column = vtk.vtkDoubleArray()
+            for value in numbers:
+                column.InsertNextValue(value)
+        except ValueError:
+            column = vtk.vtkStringArray()
+            for cell in cells:
+                column.InsertNextValue(cell)
+        column.SetName(column_name)
+        table.AddColumn(column)
+    node = slicer.vtkMRMLTableNode()
+    node.SetName(unique_node_name(scene, name))
+    node.SetAndObserveTable(table)
+    scene.AddNode(node)
+    return node
+
+
+def plot_chart_from_table(scene, table_node, x_column: str, y_columns: list[str], title: str):
+    """A plot chart node with one line series per column of ``y_columns`` against ``x_column``."""
+    chart = slicer.vtkMRMLPlotChartNode()
+    chart.SetName(unique_node_name(scene, title))
+    chart.SetTitle(title)
+    chart.SetXAxisTitle(x_column)
+    scene.AddNode(chart)
+    for column in y_columns:
+        series = slicer.vtkMRMLPlotSeriesNode()
+        series.SetName(f"{title}: {column}")
+        scene.AddNode(series)
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName(x_column)
+        series.SetYColumnName(column)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart
+
+
+def lesion_centroids_ras(labels: sitk.Image) -> dict[int, tuple[float, float, float]]:
+    """Centre of every labelled lesion in RAS mm (Slicer's world coordinates), to jump the views to it."""
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(sitk.Cast(labels, sitk.sitkUInt32))
+    centres = {}
+    for value in statistics.GetLabels():
+        x, y, z = statistics.GetCentroid(value)  # LPS mm
+        centres[int(value)] = (-x, -y, z)
+    return centres

@@ -234,29 +234,53 @@ class SegmentationRun:
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-class DeviceProbe:
-    """Ask a child Python which devices torch sees (``sciseg devices``), without importing torch here."""
+class ChildCommand:
+    """Any ``python -m SCIsegLib ...`` command in a child process, polled without blocking (devices, analyze)."""
 
-    def __init__(self, python_executable: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(self, arguments: list[str], python_executable: str | None = None, timeout_s: float = 300.0) -> None:
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH")]))
         self._deadline = time.monotonic() + timeout_s
         self.process = subprocess.Popen(
-            [python_executable or sys.executable, "-m", "SCIsegLib", "devices"],
+            [python_executable or sys.executable, "-m", "SCIsegLib", *arguments],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=environment,
         )
+        self.stdout = self.stderr = ""
+        self.returncode: int | None = None
 
-    def poll(self) -> dict[str, str] | None:
-        """None while running; then the devices ({"cuda": "NVIDIA ...", "cpu": "..."}) or {} when torch is missing."""
+    def poll(self) -> bool:
+        """True once the command has ended (or was killed at its time limit); then read stdout/stderr/returncode."""
+        if self.returncode is not None:
+            return True
         if self.process.poll() is None:
-            if time.monotonic() > self._deadline:
-                self.process.kill()
-                self.process.wait()
-                return {}
+            if time.monotonic() <= self._deadline:
+                return False
+            self.process.kill()
+        self.stdout, self.stderr = self.process.communicate()
+        self.returncode = self.process.returncode
+        return True
+
+    def wait(self, timeout_s: float = 300.0) -> "ChildCommand":
+        deadline = time.monotonic() + timeout_s
+        while not self.poll():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the command did not end within {timeout_s} s")
+            time.sleep(0.05)
+        return self
+
+
+class DeviceProbe(ChildCommand):
+    """Ask a child Python which devices torch sees (``sciseg devices``), without importing torch here."""
+
+    def __init__(self, python_executable: str | None = None, timeout_s: float = 120.0) -> None:
+        super().__init__(["devices"], python_executable, timeout_s)
+
+    def devices(self) -> dict[str, str] | None:
+        """None while running; then the devices ({"cuda": "NVIDIA ...", "cpu": "..."}) or {} when torch is missing."""
+        if not self.poll():
             return None
-        output, _ = self.process.communicate()
+        lines = [line for line in self.stdout.splitlines() if line.startswith("{")]
         try:
-            lines = [line for line in output.splitlines() if line.startswith("{")]
-            return json.loads(lines[-1]) if self.process.returncode == 0 and lines else {}
+            return json.loads(lines[-1]) if self.returncode == 0 and lines else {}
         except json.JSONDecodeError:
             return {}

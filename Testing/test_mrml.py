@@ -187,3 +187,27 @@ def _on(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
     image = sitk.GetImageFromArray(array.astype(np.uint8))
     image.CopyInformation(reference)
     return image
+
+
+def test_lesion_table_plot_and_centroids(scene, tmp_path: Path) -> None:
+    import pandas as pd
+
+    scene, _ = scene
+    table = pd.DataFrame({"label": [1, 2], "volume [mm3]": [12.5, 40.0], "length [mm]": [3.0, 8.25]})
+    table.to_csv(tmp_path / "t_analysis.csv", index=False)
+    node = mrml.table_node_from_csv(scene, tmp_path / "t_analysis.csv", "lesions")
+    vtk_table = node.GetTable()
+    assert node.GetNumberOfRows() == 2 and vtk_table.GetColumnByName("volume [mm3]").GetValue(1) == 40.0
+    assert vtk_table.GetColumnByName("length [mm]").GetValue(0) == 3.0
+    chart = mrml.plot_chart_from_table(scene, node, "label", ["volume [mm3]", "length [mm]"], "profile")
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    assert chart.GetNthPlotSeriesNode(0).GetYColumnName() == "volume [mm3]"
+
+    labels = sitk.Image([10, 12, 14], sitk.sitkUInt16)
+    labels.SetOrigin((5.0, -3.0, 2.0))
+    labels.SetSpacing((0.5, 1.0, 2.0))
+    labels[2, 3, 4] = 1
+    labels[6, 7, 8] = 2
+    centres = mrml.lesion_centroids_ras(labels)
+    lps = labels.TransformIndexToPhysicalPoint((6, 7, 8))
+    assert centres[2] == pytest.approx((-lps[0], -lps[1], lps[2]))
