@@ -121,6 +121,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None
         self._probe = None
         self._measurement = None
+        self._export = None
         self._lesionCentres = {}
         self._tableView = None
         self._timer = qt.QTimer()
@@ -150,6 +151,12 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        settings = qt.QSettings()
+        self.ui.raterLineEdit.text = settings.value("SCIseg/Rater", "")
+        self.ui.exportFolderPathLineEdit.currentPath = settings.value("SCIseg/ExportFolder", "")
+        self.ui.raterLineEdit.connect("textChanged(QString)", self._updateButtons)
+        self.ui.exportFolderPathLineEdit.connect("currentPathChanged(QString)", self._updateButtons)
 
         self.refreshModels()
         self.refreshDevices({})
@@ -214,6 +221,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasSegmentation = bool(self._parameterNode and self._parameterNode.segmentation)
         self.ui.editButton.enabled = hasSegmentation
         self.ui.measureButton.enabled = hasSegmentation and hasInput and self._measurement is None
+        canExport = bool(self.ui.raterLineEdit.text.strip() and self.ui.exportFolderPathLineEdit.currentPath)
+        self.ui.exportButton.enabled = hasSegmentation and hasInput and canExport and self._export is None
 
     # Models and devices
 
@@ -302,6 +311,10 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if devices is not None:
                 self._probe = None
                 self.refreshDevices(devices)
+        if self._export is not None and self._export.poll():
+            command, self._export = self._export, None
+            self._showExport(command)
+            self._updateButtons()
         if self._measurement is not None and self._measurement.poll():
             measurement, self._measurement = self._measurement, None
             self._showMeasurement(measurement)
@@ -332,6 +345,31 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onEditButton(self) -> None:
         self.logic.openSegmentEditor(self._parameterNode.segmentation, self._parameterNode.inputVolume)
+
+    # Export
+
+    def onExportButton(self) -> None:
+        rater = self.ui.raterLineEdit.text.strip()
+        folder = self.ui.exportFolderPathLineEdit.currentPath
+        settings = qt.QSettings()
+        settings.setValue("SCIseg/Rater", rater)
+        settings.setValue("SCIseg/ExportFolder", folder)
+        with slicer.util.tryWithErrorDisplay(_("The corrections could not be exported."), waitCursor=True):
+            self._export = self.logic.startExport(
+                self._parameterNode.segmentation, self._parameterNode.inputVolume, folder, rater
+            )
+            self.ui.statusLabel.text = _("Exporting...")
+        self._updateButtons()
+
+    def _showExport(self, command) -> None:
+        shutil.rmtree(command.folder, ignore_errors=True)
+        if command.returncode != 0:
+            self.ui.statusLabel.text = _("Export failed.")
+            message = command.stderr.strip().splitlines()[-1] if command.stderr.strip() else ""
+            slicer.util.errorDisplay(message.removeprefix("sciseg: "), detailedText=command.stderr, windowTitle="SCIseg")
+            return
+        self.ui.statusLabel.text = _("Exported {what}").format(what=command.stdout.strip().splitlines()[0])
+        slicer.util.infoDisplay(command.stdout, windowTitle=_("SCIseg: exported"))
 
     # Measure
 
@@ -450,15 +488,56 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         import SimpleITK as sitk
 
         outputs = run.outputs()
+        cord, lesion = sitk.ReadImage(str(outputs["sc"])), sitk.ReadImage(str(outputs["lesion"]))
         segmentationNode = mrml.import_sciseg_masks(
-            slicer.modules.segmentations.logic(),
-            slicer.mrmlScene,
-            volumeNode,
-            sitk.ReadImage(str(outputs["sc"])),
-            sitk.ReadImage(str(outputs["lesion"])),
+            slicer.modules.segmentations.logic(), slicer.mrmlScene, volumeNode, cord, lesion
         )
+        # Keep the model's own label map, so an export can record what the rater changed.
+        predictions = os.path.join(str(models.user_data_dir()), "predictions")
+        os.makedirs(predictions, exist_ok=True)
+        predictionPath = os.path.join(predictions, f"{segmentationNode.GetID()}-{os.path.basename(run.work_dir)}.nii.gz")
+        labels = sitk.Maximum(sitk.Cast(cord > 0, sitk.sitkUInt8), sitk.Cast(lesion > 0, sitk.sitkUInt8) * 2)
+        sitk.WriteImage(labels, predictionPath)
+        segmentationNode.SetAttribute(self.PREDICTION_ATTRIBUTE, predictionPath)
+        segmentationNode.SetAttribute("SCIseg.Model", run.options.model)
         segmentationNode.CreateClosedSurfaceRepresentation()
         return segmentationNode
+
+    PREDICTION_ATTRIBUTE = "SCIseg.PredictionFile"
+
+    @staticmethod
+    def sourceImagePath(volumeNode, root: str) -> str:
+        """The file the volume was loaded from; a volume without one is saved into the BIDS dataset first."""
+        storage = volumeNode.GetStorageNode()
+        if storage is not None and storage.GetFileName() and os.path.isfile(storage.GetFileName()):
+            return storage.GetFileName()
+        subject = "".join(c for c in volumeNode.GetName() if c.isalnum()) or "unnamed"
+        path = os.path.join(root, f"sub-{subject}", "anat", f"sub-{subject}_T2w.nii.gz")
+        if not os.path.exists(path):
+            mrml.save_volume_node_as_nifti(volumeNode, path)
+        return path
+
+    def startExport(self, segmentationNode, volumeNode, root: str, rater: str, model: Optional[str] = None) -> ChildCommand:
+        """Write the corrected label map and run ``sciseg export`` (new BIDS version) in a child process."""
+        import SimpleITK as sitk
+
+        labels = mrml.export_sciseg_label_map(slicer.modules.segmentations.logic(), slicer.mrmlScene, segmentationNode, volumeNode)
+        folder = tempfile.mkdtemp(prefix="sciseg-export-")
+        labelsPath = os.path.join(folder, "corrected_labels.nii.gz")
+        sitk.WriteImage(labels, labelsPath)
+        source = self.sourceImagePath(volumeNode, root)
+        arguments = ["export", "--root", root, "--source", source, "--labels", labelsPath, "--rater", rater]
+        if not os.path.basename(source).startswith("sub-"):
+            arguments += ["--subject", "".join(c for c in volumeNode.GetName() if c.isalnum()) or "unnamed"]
+        prediction = segmentationNode.GetAttribute(self.PREDICTION_ATTRIBUTE)
+        if prediction and os.path.isfile(prediction):
+            arguments += ["--predicted-labels", prediction]
+        model = model or segmentationNode.GetAttribute("SCIseg.Model")
+        if model:
+            arguments += ["--model", model]
+        command = ChildCommand(arguments, self.pythonExecutable())
+        command.folder = folder
+        return command
 
     def startMeasurement(self, segmentationNode, volumeNode) -> ChildCommand:
         """Write the current segments as masks and run ``sciseg analyze`` on them in a child process."""
@@ -591,4 +670,14 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         self.assertEqual(tableNode.GetTable().GetColumnName(1), "volume [mm3]")
         self.assertEqual(chartNode.GetNumberOfPlotSeriesNodes(), 2)
         self.assertEqual(len(centres), tableNode.GetNumberOfRows())
+
+        self.delayDisplay("Exporting for training (twice: two versions)")
+        root = tempfile.mkdtemp(prefix="sciseg-bids-")
+        for expected in (1, 2):
+            command = moduleLogic.startExport(segmentationNode, volumeNode, root, "SCIsegTest").wait(timeout_s=300)
+            self.assertEqual(command.returncode, 0, command.stderr)
+            self.assertTrue(command.stdout.startswith(f"version {expected}:"))
+        dseg = os.path.join(root, "derivatives", "labels", "sub-phantom", "anat", "sub-phantom_T2w_dseg.nii.gz")
+        exported = sitk.GetArrayFromImage(sitk.ReadImage(dseg))
+        self.assertTrue(np.all(exported[added] == 2))
         self.delayDisplay("Test passed")

@@ -15,6 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, TextIO
 
+import numpy as np
+
 from . import __version__
 from .errors import CancelledError, InputError, SCIsegError
 
@@ -83,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     cord.add_argument("--cord", type=Path, required=True, help="binary or soft cord mask")
     cord.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
     cord.add_argument("--no-angle-correction", action="store_true", help="measure the axial sections as they are")
+
+    export = commands.add_parser("export", help="save corrected masks as a new version in a BIDS derivatives folder")
+    export.add_argument("--root", type=Path, required=True, help="BIDS dataset; labels go to ROOT/derivatives/labels")
+    export.add_argument("--source", type=Path, required=True, help="the image the masks were drawn on")
+    export.add_argument("--rater", required=True, help="who corrected the masks")
+    masks = export.add_mutually_exclusive_group(required=True)
+    masks.add_argument("--labels", type=Path, help="label map: 1 cord only, 2 lesion")
+    masks.add_argument("--seg-nrrd", type=Path, help="Slicer segmentation with segments spinal_cord and lesion")
+    masks.add_argument("--cord", type=Path, help="cord mask (use with --lesion)")
+    export.add_argument("--lesion", type=Path, help="lesion mask (with --cord)")
+    export.add_argument("--model", default=None, help="the model that made the prediction")
+    export.add_argument("--predicted-labels", type=Path, default=None, help="the model's label map, to record what changed")
+    export.add_argument("--subject", default=None, help="BIDS subject label when the file name has none")
+    export.add_argument("--session", default=None, help="BIDS session label")
+    export.add_argument("--note", default="", help="free text kept in the sidecars")
 
     commands.add_parser("devices", help="list the devices torch can use here (JSON)")
 
@@ -244,6 +261,38 @@ def _run_cord(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from .training.export import export_correction, masks_from_seg_nrrd
+    from .volume import load_mask
+
+    def split(label_map: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
+        values = set(np.unique(sitk.GetArrayViewFromImage(label_map)).tolist())
+        if not values <= {0, 1, 2}:
+            raise InputError(f"a label map must hold 0, 1 and 2 only (found {sorted(values)[:6]}).")
+        return sitk.Cast(label_map > 0, sitk.sitkUInt8), sitk.Cast(label_map == 2, sitk.sitkUInt8)
+
+    if args.labels:
+        cord, lesion = split(load_mask(args.labels, binary=False))
+    elif args.seg_nrrd:
+        cord, lesion = masks_from_seg_nrrd(args.seg_nrrd)
+    else:
+        if not args.lesion:
+            raise InputError("--cord needs --lesion too.")
+        cord, lesion = load_mask(args.cord), load_mask(args.lesion)
+    predicted = split(load_mask(args.predicted_labels, binary=False)) if args.predicted_labels else (None, None)
+    result = export_correction(
+        root=args.root, source=args.source, cord=cord, lesion=lesion, rater=args.rater, model=args.model,
+        predicted_cord=predicted[0], predicted_lesion=predicted[1], subject=args.subject, session=args.session,
+        note=args.note,
+    )
+    print(f"version {result.version}: {result.version_folder}")
+    for path in result.files.values():
+        print(path)
+    return EXIT_OK
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -273,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_analyze(args)
             if args.command == "cord":
                 return _run_cord(args)
+            if args.command == "export":
+                return _run_export(args)
             if args.command == "devices":
                 from .inference import available_devices
 

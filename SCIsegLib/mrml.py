@@ -21,7 +21,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .volume import image_from_array_zyx, reorient_like, same_grid, write_image_atomic
+from .volume import image_from_array_zyx, on_grid_of, write_image_atomic
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 TERMINOLOGY_CONTEXT = "SCIseg"
@@ -110,22 +110,6 @@ def update_volume_node_from_image(node, image: sitk.Image) -> None:
     image_data.GetPointData().SetScalars(scalars)
     node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_from_image(image)))
     node.SetAndObserveImageData(image_data)
-
-
-def on_grid_of(image: sitk.Image, reference: sitk.Image, *, what: str = "the mask", where: str = "the volume") -> sitk.Image:
-    """``image`` on exactly the reference grid, re-indexed without interpolation when needed.
-
-    Slicer's NIfTI reader may flip an axis of a left-handed file (qfac -1): the volume node then has
-    the same voxels in mm on a flipped index grid. Masks of the file are re-indexed onto it here.
-    """
-    if same_grid(image, reference, tolerance_mm=1e-3):
-        aligned = sitk.Image(image)
-        aligned.CopyInformation(reference)
-        return aligned
-    try:
-        return reorient_like(image, reference)
-    except ValueError:
-        raise ValueError(f"{what} does not lie on the grid of {where} (different size, spacing or position)") from None
 
 
 def add_volume_node(scene, image: sitk.Image, name: str, *, labelmap: bool = False):

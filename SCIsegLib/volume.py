@@ -96,6 +96,23 @@ def reorient_like(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return back
 
 
+def on_grid_of(image: sitk.Image, reference: sitk.Image, *, what: str = "the mask", where: str = "the volume") -> sitk.Image:
+    """``image`` on exactly the reference grid, re-indexed without interpolation when needed.
+
+    The same voxels in mm may be stored with another axis order (Slicer's NIfTI reader flips an axis
+    of left-handed files, qfac -1): such an image is re-indexed onto the reference grid exactly. Any
+    other difference (size, spacing, position) raises ``ValueError``.
+    """
+    if same_grid(image, reference, tolerance_mm=1e-3):
+        aligned = sitk.Image(image)
+        aligned.CopyInformation(reference)
+        return aligned
+    try:
+        return reorient_like(image, reference)
+    except ValueError:
+        raise ValueError(f"{what} does not lie on the grid of {where} (different size, spacing or position)") from None
+
+
 def load_image(path: str | os.PathLike[str], *, replace_nonfinite: bool = False) -> sitk.Image:
     """Read a 3D scalar image (NIfTI or NRRD) and check that it can be segmented.
 
