@@ -101,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--session", default=None, help="BIDS session label")
     export.add_argument("--note", default="", help="free text kept in the sidecars")
 
+    dataset = commands.add_parser("dataset", help="nnU-Net datasets from exported corrections")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
+    build = dataset_commands.add_parser("build", help="build or update an nnU-Net raw dataset (RPI, region labels)")
+    build.add_argument("--bids", type=Path, nargs="+", required=True, help="BIDS datasets with derivatives/labels")
+    build.add_argument("-o", "--output", type=Path, required=True, help="nnU-Net raw folder (nnUNet_raw)")
+    build.add_argument("--id", type=int, required=True, help="nnU-Net dataset id (1-999)")
+    build.add_argument("--name", required=True, help="dataset name, e.g. SCIsegFinetune")
+    build.add_argument("--test-fraction", type=float, default=0.2, help="share of subjects held out for testing")
+    build.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+
     commands.add_parser("devices", help="list the devices torch can use here (JSON)")
 
     demo = commands.add_parser("demo", help="segment a synthetic example with the bundled demo model")
@@ -324,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_cord(args)
             if args.command == "export":
                 return _run_export(args)
+            if args.command == "dataset":
+                from .training.dataset import build_dataset
+
+                folder, cases, written = build_dataset(
+                    args.bids, args.output, args.id, args.name, test_fraction=args.test_fraction, seed=args.seed
+                )
+                train = sum(c.split == "train" for c in cases)
+                print(f"{folder}: {train} training and {len(cases) - train} test cases ({len(written)} written now)")
+                return EXIT_OK
             if args.command == "devices":
                 from .inference import available_devices
 
