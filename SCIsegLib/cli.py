@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--test-fraction", type=float, default=0.2, help="share of subjects held out for testing")
     build.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
 
+    tune = commands.add_parser("finetune", help="fine-tune a model on a built dataset and register the result")
+    tune.add_argument("--base", required=True, help="installed model (name or folder) to start from")
+    tune.add_argument("--dataset", type=Path, required=True, help="nnU-Net raw dataset folder (DatasetXXX_Name)")
+    tune.add_argument("--name", required=True, help="name of the new model in the store")
+    tune.add_argument("--work", type=Path, required=True, help="work folder (preprocessed data, checkpoints; reuse it to resume)")
+    tune.add_argument("--epochs", type=int, default=10)
+    tune.add_argument("--iterations", type=int, default=50, help="training steps per epoch")
+    tune.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (nnU-Net's poly schedule)")
+    tune.add_argument("--device", default="auto", help="auto (GPU when present), cuda, mps or cpu")
+
     commands.add_parser("devices", help="list the devices torch can use here (JSON)")
 
     demo = commands.add_parser("demo", help="segment a synthetic example with the bundled demo model")
@@ -342,6 +352,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 train = sum(c.split == "train" for c in cases)
                 print(f"{folder}: {train} training and {len(cases) - train} test cases ({len(written)} written now)")
+                return EXIT_OK
+            if args.command == "finetune":
+                from .models import resolve_model
+                from .training.finetune import finetune
+
+                result = finetune(
+                    resolve_model(args.base), args.dataset, name=args.name, work_dir=args.work, epochs=args.epochs,
+                    iterations_per_epoch=args.iterations, learning_rate=args.lr, device=args.device,
+                )
+                print(f"registered '{result.model.name}' ({result.model.path}); test Dice {result.test_dice}")
                 return EXIT_OK
             if args.command == "devices":
                 from .inference import available_devices
