@@ -158,9 +158,15 @@ def main() -> None:
                         help="share of patches centred on cord or lesion (nnU-Net's default 0.33 starves the small lesion class)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--package-only", action="store_true",
+                        help="skip training: package the results already in --work (checkpoint_final, else checkpoint_best)")
     arguments = parser.parse_args()
 
     work = arguments.work.resolve()
+    if arguments.package_only:
+        results = work / "nnUNet_results" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+        print(f"packaged {package_results(results, arguments.output)}")
+        return
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[name] = str(work / name)
         (work / name).mkdir(parents=True, exist_ok=True)
@@ -201,19 +207,28 @@ def main() -> None:
     trainer.run_training()
     print(f"trained in {time.time() - started:.0f} s")
 
-    results = Path(trainer.output_folder).parent
-    target = arguments.output / results.name  # MODEL_CARD.md beside it is kept
+    package_results(Path(trainer.output_folder).parent, arguments.output)
+    print(f"model written to {arguments.output} ({time.time() - started:.0f} s in all)")
+
+
+def package_results(results: Path, output: Path) -> Path:
+    """Copy an nnU-Net results folder into ``output`` with a slim checkpoint (weights only, no optimiser)."""
+    import torch
+
+    target = output / results.name  # MODEL_CARD.md beside it is kept
     if target.exists():
         shutil.rmtree(target)
     (target / "fold_all").mkdir(parents=True)
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         shutil.copy2(results / name, target / name)
-    checkpoint = torch.load(results / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    slim = {key: checkpoint[key] for key in ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")}
-    torch.save(slim, target / "fold_all" / "checkpoint_final.pth")
-    for log in (results / "fold_all").glob("progress.png"):
-        shutil.copy2(log, target / "fold_all" / log.name)
-    print(f"model written to {arguments.output} ({time.time() - started:.0f} s in all)")
+    source = results / "fold_all" / "checkpoint_final.pth"
+    if not source.is_file():
+        source = results / "fold_all" / "checkpoint_best.pth"
+    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    keys = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")
+    torch.save({key: checkpoint[key] for key in keys}, target / "fold_all" / "checkpoint_final.pth")
+    shutil.copy2(results / "fold_all" / "progress.png", target / "fold_all" / "progress.png")
+    return target
 
 
 if __name__ == "__main__":
