@@ -399,11 +399,13 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def onLesionRowSelected(self) -> None:
-        rows = self._tableView.selectedMRMLTableRowIndices() if self._tableView else []
-        tableNode = self._tableView.mrmlTableNode() if self._tableView else None
-        if not rows or tableNode is None:
+        if self._tableView is None or self._tableView.mrmlTableNode() is None:
             return
-        label = int(float(tableNode.GetCellText(rows[0], 0)))
+        row = self._tableView.currentIndex().row()  # the lesion table is not sorted: view row = table row
+        tableNode = self._tableView.mrmlTableNode()
+        if row < 0 or row >= tableNode.GetNumberOfRows():
+            return
+        label = int(float(tableNode.GetCellText(row, 0)))
         centre = self._lesionCentres.get(label)
         if centre is not None:
             slicer.modules.markups.logic().JumpSlicesToLocation(*centre, True)

@@ -121,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (nnU-Net's poly schedule)")
     tune.add_argument("--device", default="auto", help="auto (GPU when present), cuda, mps or cpu")
 
+    review = commands.add_parser("queue", help="rank scans by model uncertainty for review")
+    review_commands = review.add_subparsers(dest="queue_command", required=True, parser_class=_Parser)
+    score = review_commands.add_parser("score", help="predict and score scans; store the scores in the queue file")
+    score.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    score.add_argument("--queue", type=Path, required=True, help="queue file (JSON), created or updated")
+    score.add_argument("--model", default="sciseg-v2", help="model name or folder")
+    score.add_argument("--device", default="auto")
+    listing = review_commands.add_parser("list", help="the scans from most to least uncertain")
+    listing.add_argument("--queue", type=Path, required=True)
+    following = review_commands.add_parser("next", help="the most uncertain scan not corrected yet")
+    following.add_argument("--queue", type=Path, required=True)
+    following.add_argument("--bids", type=Path, default=None, help="BIDS dataset whose exported corrections mark scans done")
+
     commands.add_parser("devices", help="list the devices torch can use here (JSON)")
 
     demo = commands.add_parser("demo", help="segment a synthetic example with the bundled demo model")
@@ -313,6 +326,28 @@ def _run_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_queue(args: argparse.Namespace) -> int:
+    from .training import queue
+
+    if args.queue_command == "score":
+        from .inference import InferenceSettings, NnUNetEngine
+        from .models import resolve_model
+
+        engine = NnUNetEngine(resolve_model(args.model), InferenceSettings(device=args.device))
+        records = queue.score_scans(args.inputs, engine, args.queue)
+    elif args.queue_command == "list":
+        records = queue.ranked(queue.load_queue(args.queue))
+    else:
+        record = queue.next_scan(args.queue, args.bids)
+        if record is None:
+            print("every scan of the queue has a correction")
+            return EXIT_OK
+        records = [record]
+    for record in records:
+        print(f"{record['score']:.4f}  {record['path']}")
+    return EXIT_OK
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -363,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"registered '{result.model.name}' ({result.model.path}); test Dice {result.test_dice}")
                 return EXIT_OK
+            if args.command == "queue":
+                return _run_queue(args)
             if args.command == "devices":
                 from .inference import available_devices
 
