@@ -10,6 +10,8 @@ crops around the cord first.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import threading
@@ -187,19 +189,20 @@ class NnUNetEngine:
                 engine._on_tile()
                 return super()._internal_maybe_mirror_and_predict(x)
 
-        self._predictor = ObservedPredictor(
-            tile_step_size=settings.step_size,
-            use_gaussian=settings.use_gaussian,
-            use_mirroring=settings.tta,
-            perform_everything_on_device=self.device.type == "cuda",
-            device=self.device,
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
-        self._predictor.initialize_from_trained_model_folder(
-            str(model.results_folder), use_folds=tuple(folds), checkpoint_name=model.checkpoint_name
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints notes about the device on stdout
+            self._predictor = ObservedPredictor(
+                tile_step_size=settings.step_size,
+                use_gaussian=settings.use_gaussian,
+                use_mirroring=settings.tta,
+                perform_everything_on_device=self.device.type == "cuda",
+                device=self.device,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
+            self._predictor.initialize_from_trained_model_folder(
+                str(model.results_folder), use_folds=tuple(folds), checkpoint_name=model.checkpoint_name
+            )
         self._n_folds = len(folds)
         self._tiles_per_fold = 0
         self._tiles_done = 0

@@ -11,8 +11,11 @@ fi
 stamp=.venv/.sciseg-installed
 wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)"
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+  echo "Installing SCIseg into .venv (the first time takes a few minutes; log: .venv/install.log)..."
+  {
+    .venv/bin/python -m pip install --upgrade pip &&
+    .venv/bin/python -m pip install -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)" &&
+    .venv/bin/python -m pip install -c constraints.txt -e ".[test]"
+  } > .venv/install.log 2>&1 || { tail -n 40 .venv/install.log; echo "Installation failed; the full log is .venv/install.log"; exit 1; }
   echo "$wanted" > "$stamp"
 fi
