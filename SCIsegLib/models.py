@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .download import download_file
+from .hashing import file_sha256
 from .errors import ModelError
 
 METADATA_FILE = "sciseg_model.json"
@@ -301,12 +302,6 @@ def safe_extract(archive: Path, destination: Path, max_bytes: int = MAX_UNZIPPED
         raise ModelError(f"{archive} is not a valid zip archive (corrupt or truncated); download it again.") from None
 
 
-def _sha256_of(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _default_name(source: str) -> str:
@@ -372,7 +367,7 @@ def install(
             if archive is None:
                 shutil.copytree(local, staging / "model", symlinks=False)
         if archive is not None:
-            digest = _sha256_of(archive)
+            digest = file_sha256(archive)
             if expected and digest != expected.lower():
                 if url is not None:
                     archive.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ map ``<stem>_labels.nii.gz`` (0 background, 1 cord only, 2 lesion) and the proba
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
+from .hashing import file_sha256
 from .errors import InputError
 from .inference import CancelToken, Engine, InferenceSettings, ProgressCallback, ProgressEvent
 from .models import ModelInfo
@@ -132,12 +132,6 @@ def segment_image(
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sidecar(
@@ -170,7 +164,7 @@ def sidecar(
             }
         ],
         "Sources": [str(source.resolve())],
-        "SourceSha256": _sha256(source),
+        "SourceSha256": file_sha256(source),
         "InferenceSeconds": round(result.seconds, 3),
     }
     if mask is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from ..hashing import file_sha256
 from ..errors import InputError
 from ..volume import image_stem, publish_file, same_grid
 from .export import FILES, VERSIONS, labels_folder, version_numbers
@@ -44,8 +45,6 @@ class Case:
     split: str = ""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _sites(bids_root: Path) -> dict[str, str]:
@@ -83,7 +82,7 @@ def find_cases(bids_root: Path, tag: str) -> list[Case]:
         case_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{tag}_{stem}")
         cases.append(
             Case(case_id=case_id, subject=f"{tag}:{subject}", session=session, site=sites.get(subject, tag),
-                 source=str(source), labels=str(labels), version=version, labels_sha256=_sha256(labels))
+                 source=str(source), labels=str(labels), version=version, labels_sha256=file_sha256(labels))
         )
     return cases
 

@@ -18,7 +18,6 @@ store is the source of truth (:func:`latest_version`), and the next export re-sy
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import SimpleITK as sitk
 from filelock import FileLock
 
 from .. import __version__
+from ..hashing import file_sha256
 from ..errors import InputError
 from ..metrics import dice
 from ..volume import image_from_array_zyx, image_stem, on_grid_of, publish_file
@@ -70,12 +70,6 @@ def _anat_relative(subject: str, session: str | None) -> Path:
     return relative / "anat"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def label_map_from_masks(cord: np.ndarray, lesion: np.ndarray) -> np.ndarray:
@@ -182,7 +176,7 @@ def export_correction(
     store = labels_root / VERSIONS / anat / stem
     store.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    source_info = {"Path": str(source.resolve()), "Sha256": _sha256(source)}
+    source_info = {"Path": str(source.resolve()), "Sha256": file_sha256(source)}
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
     try:
