@@ -134,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
     following.add_argument("--queue", type=Path, required=True)
     following.add_argument("--bids", type=Path, default=None, help="BIDS dataset whose exported corrections mark scans done")
 
+    evaluate = commands.add_parser("evaluate", help="segmentation and lesion-wise metrics against references")
+    evaluate.add_argument("--pred", type=Path, nargs="+", required=True, help="predicted masks or label maps")
+    evaluate.add_argument("--ref", type=Path, nargs="+", required=True, help="reference masks or label maps")
+    evaluate.add_argument("-o", "--output", type=Path, required=True, help="output folder (CSV, summary, plots)")
+    evaluate.add_argument("--method", default="prediction", help="name of the method in the tables and plots")
+    evaluate.add_argument("--cord-labels", default="1,2", help="labels forming the cord in label maps: '1,2' or '1'")
+    evaluate.add_argument("--tolerance-mm", type=float, default=1.0, help="tolerance of the normalised surface Dice")
+    evaluate.add_argument("--groups", type=Path, default=None, help="TSV with participant_id and site (or group) columns")
+
+    compare = commands.add_parser("stats", help="agreement of two morphometrics tables (Wilcoxon, Bland-Altman, Spearman)")
+    compare.add_argument("--a", type=Path, required=True, help="first table (CSV with a 'subject' column), e.g. manual")
+    compare.add_argument("--b", type=Path, required=True, help="second table, e.g. automatic")
+    compare.add_argument("--columns", nargs="+", default=["volume [mm3]", "length [mm]", "max_axial_damage_ratio []"])
+    compare.add_argument("--clinical", type=Path, default=None, help="TSV with participant_id and clinical scores")
+    compare.add_argument("--score", default=None, help="clinical score column for Spearman correlations")
+    compare.add_argument("-o", "--output", type=Path, required=True)
+
+    vote = commands.add_parser("consensus", help="consensus of several raters' masks and their reproducibility")
+    vote.add_argument("masks", nargs="+", type=Path, help="binary masks or label maps of one subject, same grid")
+    vote.add_argument("--method", choices=("majority", "staple"), default="majority")
+    vote.add_argument("--tie", choices=("background", "foreground"), default="background", help="majority vote ties")
+    vote.add_argument("-o", "--output", type=Path, required=True, help="consensus file (.nii.gz)")
+
     commands.add_parser("devices", help="list the devices torch can use here (JSON)")
 
     demo = commands.add_parser("demo", help="segment a synthetic example with the bundled demo model")
@@ -348,6 +371,94 @@ def _run_queue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import csv
+
+    from .analysis_files import write_table
+    from .evaluation import evaluate, raincloud, summarise
+
+    cord_labels = tuple(int(v) for v in args.cord_labels.split(","))
+    table = evaluate(args.pred, args.ref, method=args.method, cord_labels=cord_labels, tolerance_mm=args.tolerance_mm)
+    groups = None
+    if args.groups:
+        with open(args.groups, newline="") as stream:
+            rows = list(csv.DictReader(stream, delimiter="\t"))
+        column = next((c for c in ("site", "group") if rows and c in rows[0]), None)
+        groups = {row["participant_id"]: row[column] for row in rows} if column else None
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_table(table, args.output / "evaluation.csv", sheet="evaluation")
+    write_table(summarise(table, groups), args.output / "summary.csv", sheet="summary")
+    for structure in sorted(set(table["structure"])):
+        subset = table[table["structure"] == structure]
+        raincloud(subset, "dice", args.output / f"dice_{structure}.png", f"Dice, {structure}")
+        raincloud(subset, "relative_volume_error_percent", args.output / f"rve_{structure}.png", f"RVE (%), {structure}")
+    print(table.groupby("structure")["dice"].agg(["mean", "std", "count"]).to_string())
+    print(f"tables and plots in {args.output}")
+    return EXIT_OK
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .analysis_files import write_table
+    from .stats import agreement, clinical_correlation, scatter_plot
+
+    first, second = pd.read_csv(args.a), pd.read_csv(args.b)
+    for table, path in ((first, args.a), (second, args.b)):
+        if "subject" not in table.columns:
+            raise InputError(f"{path} needs a 'subject' column to pair the measures.")
+    merged = first.merge(second, on="subject", suffixes=("_a", "_b"))
+    if merged.empty:
+        raise InputError("the two tables share no subject.")
+    clinical = pd.read_csv(args.clinical, sep="\t") if args.clinical else None
+    rows = []
+    args.output.mkdir(parents=True, exist_ok=True)
+    for column in args.columns:
+        if f"{column}_a" not in merged.columns:
+            raise InputError(f"column '{column}' is missing from one of the tables.")
+        result = agreement(merged[f"{column}_a"].to_numpy(float), merged[f"{column}_b"].to_numpy(float)).as_dict()
+        if clinical is not None and args.score:
+            scores = merged["subject"].map(dict(zip(clinical["participant_id"], clinical[args.score])))
+            for side in ("a", "b"):
+                result[f"spearman_{args.score}_{side}"], result[f"spearman_{args.score}_{side}_p"] = clinical_correlation(
+                    merged[f"{column}_{side}"].to_numpy(float), scores.to_numpy(float))
+        rows.append({"measure": column, **result})
+        safe = "".join(ch if ch.isalnum() else "_" for ch in column).strip("_")
+        scatter_plot(merged[f"{column}_a"], merged[f"{column}_b"], args.output / f"scatter_{safe}.png",
+                     label_a=f"{column} ({args.a.stem})", label_b=f"{column} ({args.b.stem})", title=column)
+    write_table(pd.DataFrame(rows), args.output / "agreement.csv", sheet="agreement")
+    print(pd.DataFrame(rows)[["measure", "n", "wilcoxon_p", "bland_altman_bias", "spearman_rho"]].to_string(index=False))
+    return EXIT_OK
+
+
+def _run_consensus(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from .consensus import majority_vote, majority_vote_labels, reproducibility, staple
+    from .volume import load_mask, on_grid_of, write_image_atomic
+
+    images = [load_mask(path, binary=False) for path in args.masks]
+    try:
+        arrays = [sitk.GetArrayFromImage(on_grid_of(image, images[0])) for image in images]
+    except ValueError:
+        raise InputError("the masks do not lie on the same grid.") from None
+    label_maps = any(np.any(a == 2) for a in arrays)
+    if args.method == "staple":
+        if label_maps:
+            raise InputError("STAPLE takes binary masks; give the cord or the lesion masks.")
+        result = staple([a > 0 for a in arrays])[0].astype(np.uint8)
+    elif label_maps:
+        result = majority_vote_labels(arrays, args.tie)
+    else:
+        result = majority_vote([a > 0 for a in arrays], args.tie).astype(np.uint8)
+    output = sitk.GetImageFromArray(result)
+    output.CopyInformation(images[0])
+    write_image_atomic(output, args.output)
+    measures = reproducibility([a > 0 for a in arrays], tuple(reversed(images[0].GetSpacing())))
+    print(json.dumps({"consensus": str(args.output), **measures}, indent=2))
+    return EXIT_OK
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -400,6 +511,12 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_OK
             if args.command == "queue":
                 return _run_queue(args)
+            if args.command == "evaluate":
+                return _run_evaluate(args)
+            if args.command == "stats":
+                return _run_stats(args)
+            if args.command == "consensus":
+                return _run_consensus(args)
             if args.command == "devices":
                 from .inference import available_devices
 
