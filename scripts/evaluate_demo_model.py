@@ -26,6 +26,7 @@ from SCIsegLib import phantom  # noqa: E402
 from SCIsegLib.inference import InferenceSettings, NnUNetEngine  # noqa: E402
 from SCIsegLib.metrics import dice  # noqa: E402
 from SCIsegLib.models import read_model  # noqa: E402
+from SCIsegLib.postprocess import keep_largest_component  # noqa: E402
 from SCIsegLib.segment import segment_image  # noqa: E402
 
 sys.path.insert(0, str(REPOSITORY / "scripts"))
@@ -65,6 +66,7 @@ def main() -> None:
             "case": name,
             "size": list(image.GetSize()),
             "cord_dice": round(dice(predicted_cord, sitk.GetArrayFromImage(cord) > 0), 4),
+            "cord_dice_largest_component": round(dice(keep_largest_component(predicted_cord), sitk.GetArrayFromImage(cord) > 0), 4),
             "lesion_dice": None if lesion is None else round(dice(predicted_lesion, sitk.GetArrayFromImage(lesion) > 0), 4),
             "false_lesion_voxels": int(predicted_lesion.sum()) if lesion is None else None,
             "seconds_cpu": round(time.perf_counter() - started, 1),
@@ -73,12 +75,12 @@ def main() -> None:
         print(record, flush=True)
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps({"model": str(arguments.model), "records": records}, indent=2))
-    print("\n| case | cord Dice | lesion Dice | CPU s |\n|---|---|---|---|")
+    print("\n| case | cord Dice | cord Dice, largest component | lesion Dice | CPU s |\n|---|---|---|---|---|")
     for r in records:
         lesion = "-" if r["lesion_dice"] is None else f"{r['lesion_dice']:.3f}"
         if r["false_lesion_voxels"] is not None:
             lesion = f"no lesion; {r['false_lesion_voxels']} false lesion voxels"
-        print(f"| {r['case']} | {r['cord_dice']:.3f} | {lesion} | {r['seconds_cpu']} |")
+        print(f"| {r['case']} | {r['cord_dice']:.3f} | {r['cord_dice_largest_component']:.3f} | {lesion} | {r['seconds_cpu']} |")
 
 
 if __name__ == "__main__":
