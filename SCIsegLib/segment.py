@@ -254,9 +254,8 @@ def segment_files(
 
     Every input is checked before the first is segmented, so a bad file in a long list fails fast.
     """
-    images = {}
-    for path in inputs:
-        images[path] = load_image(path, replace_nonfinite=replace_nonfinite)
+    for path in inputs:  # check every file first; keep none in memory (cohorts of hundreds of scans)
+        load_image(path, replace_nonfinite=replace_nonfinite)
     stems = [image_stem(p) for p in inputs]
     duplicates = {s for s in stems if stems.count(s) > 1}
     if duplicates:
@@ -270,7 +269,7 @@ def segment_files(
                 progress(ProgressEvent((index + event.fraction) / count, event.stage, event.message, event.input))
 
         result = segment_image(
-            images[path],
+            load_image(path, replace_nonfinite=replace_nonfinite),
             engine,
             postprocess=postprocess,
             want_probabilities=want_probabilities,
