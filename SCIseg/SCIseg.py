@@ -122,6 +122,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._probe = None
         self._measurement = None
         self._export = None
+        self._nextCase = None
         self._lesionCentres = {}
         self._tableView = None
         self._timer = qt.QTimer()
@@ -152,6 +153,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCaseButton)
+        self.ui.queuePathLineEdit.currentPath = settings.value("SCIseg/Queue", "")
         settings = qt.QSettings()
         self.ui.raterLineEdit.text = settings.value("SCIseg/Rater", "")
         self.ui.exportFolderPathLineEdit.currentPath = settings.value("SCIseg/ExportFolder", "")
@@ -223,6 +227,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.measureButton.enabled = hasSegmentation and hasInput and self._measurement is None
         canExport = bool(self.ui.raterLineEdit.text.strip() and self.ui.exportFolderPathLineEdit.currentPath)
         self.ui.exportButton.enabled = hasSegmentation and hasInput and canExport and self._export is None
+        self.ui.compareButton.enabled = hasSegmentation and hasInput
+        self.ui.nextCaseButton.enabled = self._nextCase is None and not running and bool(self.ui.queuePathLineEdit.currentPath)
 
     # Models and devices
 
@@ -311,6 +317,10 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if devices is not None:
                 self._probe = None
                 self.refreshDevices(devices)
+        if self._nextCase is not None and self._nextCase.poll():
+            command, self._nextCase = self._nextCase, None
+            self._openNextCase(command)
+            self._updateButtons()
         if self._export is not None and self._export.poll():
             command, self._export = self._export, None
             self._showExport(command)
@@ -370,6 +380,41 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.statusLabel.text = _("Exported {what}").format(what=command.stdout.strip().splitlines()[0])
         slicer.util.infoDisplay(command.stdout, windowTitle=_("SCIseg: exported"))
+
+    # Compare, review queue
+
+    def onCompareButton(self) -> None:
+        other = self.ui.compareSegmentationSelector.currentNode()
+        if other is None or other == self._parameterNode.segmentation:
+            slicer.util.warningDisplay(_("Choose another segmentation to compare with."), windowTitle="SCIseg")
+            return
+        with slicer.util.tryWithErrorDisplay(_("The segmentations could not be compared."), waitCursor=True):
+            result = self.logic.compare(other, self._parameterNode.segmentation, self._parameterNode.inputVolume)
+            self.ui.statusLabel.text = _(
+                "Versus '{other}': cord Dice {cord:.3f} (+{added} / -{removed} voxels), lesion Dice {lesion:.3f}, "
+                "lesion-wise F1 {f1:.2f} ({before} -> {after} lesions)."
+            ).format(other=other.GetName(), cord=result["cord_dice"], added=result["cord_voxels_added"],
+                     removed=result["cord_voxels_removed"], lesion=result["lesion_dice"], f1=result["lesion_f1"],
+                     before=result["lesions_a"], after=result["lesions_b"])
+
+    def onNextCaseButton(self) -> None:
+        queuePath = self.ui.queuePathLineEdit.currentPath
+        qt.QSettings().setValue("SCIseg/Queue", queuePath)
+        arguments = ["queue", "next", "--queue", queuePath]
+        if self.ui.exportFolderPathLineEdit.currentPath:
+            arguments += ["--bids", self.ui.exportFolderPathLineEdit.currentPath]
+        self._nextCase = ChildCommand(arguments, self.logic.pythonExecutable())
+        self.ui.statusLabel.text = _("Looking for the next case...")
+        self._updateButtons()
+
+    def _openNextCase(self, command) -> None:
+        path = self.logic.nextCasePath(command)
+        if path is None:
+            self.ui.statusLabel.text = command.stdout.strip() or command.stderr.strip() or _("The queue is empty.")
+            return
+        volumeNode = slicer.util.loadVolume(path)
+        self._parameterNode.inputVolume = volumeNode
+        self.onSegmentButton()
 
     # Measure
 
@@ -506,6 +551,30 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         return segmentationNode
 
     PREDICTION_ATTRIBUTE = "SCIseg.PredictionFile"
+
+    @staticmethod
+    def compare(firstNode, secondNode, volumeNode) -> dict:
+        """What changed from ``firstNode`` to ``secondNode`` (both exported on the volume's grid)."""
+        import SimpleITK as sitk
+
+        from SCIsegLib.metrics import compare_label_maps
+
+        logic = slicer.modules.segmentations.logic()
+        first = mrml.export_sciseg_label_map(logic, slicer.mrmlScene, firstNode, volumeNode)
+        second = mrml.export_sciseg_label_map(logic, slicer.mrmlScene, secondNode, volumeNode)
+        return compare_label_maps(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(second),
+                                  tuple(reversed(first.GetSpacing())))
+
+    @staticmethod
+    def nextCasePath(command: ChildCommand) -> Optional[str]:
+        """The scan path printed by ``sciseg queue next`` ("<score>  <path>"), None when the queue is done."""
+        if command.returncode != 0:
+            return None
+        for line in command.stdout.splitlines():
+            score, _separator, path = line.strip().partition("  ")
+            if path and os.path.isfile(path):
+                return path
+        return None
 
     @staticmethod
     def sourceImagePath(volumeNode, root: str) -> str:
@@ -682,4 +751,13 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         dseg = os.path.join(root, "derivatives", "labels", "sub-phantom", "anat", "sub-phantom_T2w_dseg.nii.gz")
         exported = sitk.GetArrayFromImage(sitk.ReadImage(dseg))
         self.assertTrue(np.all(exported[added] == 2))
+
+        self.delayDisplay("Comparing with a fresh automatic segmentation")
+        run = moduleLogic.startSegmentation(parameters)
+        run.wait(timeout_s=900)
+        automatic = moduleLogic.importResult(run, volumeNode)
+        run.cleanup()
+        changes = moduleLogic.compare(automatic, segmentationNode, volumeNode)
+        self.assertGreater(changes["lesion_voxels_added"], 0)
+        self.assertLess(changes["lesion_dice"], 1.0)
         self.delayDisplay("Test passed")

@@ -205,3 +205,21 @@ def overlap_detection(
     detected = int(sum(overlap[i] / sizes[i] >= min_overlap for i in range(1, n_reference + 1)))
     touching = set(np.unique(predicted_labels[reference & prediction]).tolist()) - {0}
     return _scores(n_reference, n_predicted, detected, len(touching))
+
+
+def compare_label_maps(a: np.ndarray, b: np.ndarray, spacing_mm) -> dict[str, float]:
+    """How much two SCIseg label maps (0, 1 cord only, 2 lesion) differ: what a rater changed.
+
+    Returns the Dice of the cord region (labels {1, 2}) and of the lesion, voxels added and removed
+    for each, and the lesion-wise F1 and sensitivity (MetricsReloaded's rule) of ``a`` against ``b``.
+    """
+    result: dict[str, float] = {}
+    for name, region_a, region_b in (("cord", a > 0, b > 0), ("lesion", a == 2, b == 2)):
+        result[f"{name}_dice"] = dice(region_a, region_b)
+        result[f"{name}_voxels_added"] = int(np.count_nonzero(region_b & ~region_a))
+        result[f"{name}_voxels_removed"] = int(np.count_nonzero(region_a & ~region_b))
+    detection = overlap_detection(a == 2, b == 2)
+    result["lesion_f1"] = detection.f1
+    result["lesion_sensitivity"] = detection.sensitivity
+    result["lesions_a"], result["lesions_b"] = detection.predicted_lesions, detection.reference_lesions
+    return result

@@ -153,3 +153,17 @@ def test_no_lesions_anywhere(canvas) -> None:
     box(reference, slice(2, 5), slice(2, 5), slice(2, 5))
     missed = metrics.overlap_detection(canvas, reference)
     assert (missed.sensitivity, missed.ppv, missed.f1) == (0.0, 0.0, 0.0)
+
+
+def test_compare_label_maps_reports_what_changed(canvas) -> None:
+    before = np.zeros((20, 20, 20), np.uint8)
+    before[2:10, 2:10, 2:10] = 1
+    before[4:6, 4:6, 4:6] = 2
+    after = before.copy()
+    after[4:6, 4:6, 6:8] = 2  # lesion grown by 8 voxels inside the cord
+    after[12:14, 12:14, 12:14] = 2  # a new lesion outside (8 voxels, also new cord region)
+    result = metrics.compare_label_maps(before, after, (1, 1, 1))
+    assert result["lesion_voxels_added"] == 16 and result["lesion_voxels_removed"] == 0
+    assert result["cord_voxels_added"] == 8
+    assert result["lesion_dice"] == pytest.approx(2 * 8 / (8 + 24))
+    assert (result["lesions_a"], result["lesions_b"]) == (1, 2) and result["lesion_sensitivity"] == 0.5
