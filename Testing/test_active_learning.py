@@ -61,3 +61,37 @@ def test_loop_segment_correct_export_build_finetune_use(tmp_path: Path, demo_mod
     generated = json.loads((tmp_path / "tuned_out" / "sub-01_T2w_sc_seg.json").read_text())["GeneratedBy"][0]
     assert generated["Model"]["Name"] == "tuned"
     assert np.count_nonzero(sitk.GetArrayViewFromImage(mask)) > 0
+
+
+def test_finetune_resumes_after_being_killed(tmp_path: Path, demo_model_path: Path) -> None:
+    import time
+
+    import torch
+
+    env = {**os.environ, "SCISEG_MODELS_DIR": str(tmp_path / "store"), "nnUNet_n_proc_DA": "0"}
+    bids = tmp_path / "bids"
+    for index, subject in enumerate(("01", "02")):
+        case = make_phantom(seed=800 + index, acquisition=SAGITTAL, lesions=1)
+        source = write_image_atomic(case.image, bids / f"sub-{subject}" / "anat" / f"sub-{subject}_T2w.nii.gz")
+        export.export_correction(root=bids, source=source, cord=case.cord, lesion=case.lesion, rater="sim")
+    sciseg("dataset", "build", "--bids", str(bids), "-o", str(tmp_path / "raw"), "--id", "612", "--name", "Resume",
+           "--test-fraction", "0", env=env)
+    command = [sys.executable, "-m", "SCIsegLib", "finetune", "--base", str(demo_model_path), "--dataset",
+               str(tmp_path / "raw" / "Dataset612_Resume"), "--name", "resumed", "--work", str(tmp_path / "work"),
+               "--epochs", "4", "--iterations", "2", "--device", "cpu"]
+    fold = tmp_path / "work" / "results" / "Dataset612_Resume" / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all"
+    first = subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (fold / "checkpoint_latest.pth").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)
+    first.kill()  # interrupted after at least one epoch
+    first.wait()
+    interrupted_at = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
+    assert 1 <= interrupted_at < 4 and not (fold / "checkpoint_final.pth").exists()
+    resumed = sciseg(*command[3:], env=env)
+    assert "registered 'resumed'" in resumed.stdout
+    assert torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"] == 4
+    logs = sorted(fold.glob("training_log_*.txt"))
+    assert len(logs) == 2 and f"Epoch {interrupted_at}" in logs[-1].read_text()
+    assert "Epoch 0\n" not in logs[-1].read_text()  # the second run did not start over
