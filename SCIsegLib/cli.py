@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     following.add_argument("--bids", type=Path, default=None, help="BIDS dataset whose exported corrections mark scans done")
 
     evaluate = commands.add_parser("evaluate", help="segmentation and lesion-wise metrics against references")
-    evaluate.add_argument("--pred", type=Path, nargs="+", required=True, help="predicted masks or label maps")
-    evaluate.add_argument("--ref", type=Path, nargs="+", required=True, help="reference masks or label maps")
+    evaluate.add_argument("--pred", type=Path, nargs="+", required=True, help="predicted masks or label maps, or folders of them")
+    evaluate.add_argument("--ref", type=Path, nargs="+", required=True, help="reference masks or label maps, or folders (e.g. a BIDS derivatives tree)")
     evaluate.add_argument("-o", "--output", type=Path, required=True, help="output folder (CSV, summary, plots)")
     evaluate.add_argument("--method", default="prediction", help="name of the method in the tables and plots")
     evaluate.add_argument("--cord-labels", default="1,2", help="labels forming the cord in label maps: '1,2' or '1'")

@@ -44,8 +44,21 @@ def structures(path: Path, cord_labels: tuple[int, ...]) -> tuple[sitk.Image, di
     return image, {kind: array > 0}
 
 
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder (e.g. a BIDS tree or its derivatives) stands for every NIfTI below it,
+    except SCIseg's version store (only the latest corrections count)."""
+    files: list[Path] = []
+    for path in paths:
+        if Path(path).is_dir():
+            files += sorted(p for p in Path(path).rglob("*.nii*") if ".sciseg_versions" not in p.parts)
+        else:
+            files.append(Path(path))
+    return files
+
+
 def pair_files(predictions: list[Path], references: list[Path]) -> list[tuple[str, Path, Path]]:
     """(key, prediction, reference) for every key present in both lists; raises when none match."""
+    predictions, references = expand_inputs(predictions), expand_inputs(references)
     reference_by_key: dict[tuple[str, str], Path] = {}
     for path in references:
         key, kind = subject_key(path)

@@ -106,3 +106,25 @@ def test_cli_evaluate_stats_consensus(tmp_path) -> None:
     assert '"pairwise_dice_mean": 1.0' in consensus_run.stdout
     voted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "consensus.nii.gz")))
     assert np.array_equal(voted, sitk.GetArrayFromImage(sitk.ReadImage(str(references[0]))))
+
+
+def test_evaluate_two_trees_by_folder(tmp_path) -> None:
+    import SimpleITK as sitk
+
+    from SCIsegLib.evaluation import evaluate
+    from SCIsegLib.phantom import SAGITTAL, make_phantom
+    from SCIsegLib.training import export
+    from SCIsegLib.volume import write_image_atomic
+
+    bids = tmp_path / "bids"
+    for index in range(2):
+        case = make_phantom(seed=950 + index, acquisition=SAGITTAL, lesions=1)
+        source = write_image_atomic(case.image, bids / f"sub-0{index}" / "anat" / f"sub-0{index}_T2w.nii.gz")
+        export.export_correction(root=bids, source=source, cord=case.cord, lesion=case.lesion, rater="R")
+        export.export_correction(root=bids, source=source, cord=case.cord, lesion=case.lesion, rater="R")  # two versions
+        write_image_atomic(case.cord, tmp_path / "pred" / f"sub-0{index}_T2w_sc_seg.nii.gz")
+        write_image_atomic(sitk.BinaryDilate(case.lesion, [1, 1, 1]), tmp_path / "pred" / f"sub-0{index}_T2w_lesion_seg.nii.gz")
+    table = evaluate([tmp_path / "pred"], [bids / "derivatives" / "labels"])
+    assert len(table) == 4  # 2 subjects x (cord, lesion); the version store is not counted twice
+    assert (table[table["structure"] == "sc"]["dice"] == 1.0).all()
+    assert (table[table["structure"] == "lesion"]["dice"] < 1.0).all()
