@@ -1,8 +1,6 @@
 """``python -m SCIsegLib ...`` runs the ``sciseg`` command (the Slicer module starts it this way)."""
 
-import sys
-
-from .cli import main
+from .cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import traceback
@@ -549,3 +550,19 @@ def _report(events: _JsonLines | None, kind_of_event: str, message: str, kind: s
         if kind:
             payload["kind"] = kind
         events(payload)
+
+
+def console_main() -> None:
+    """``sciseg`` and ``python -m SCIsegLib``: run :func:`main` and exit with its code.
+
+    A cancelled run leaves nnU-Net's tile-feeding thread (and torch's workers) behind; letting the
+    interpreter tear them down can abort the process ("terminate called without an active exception"),
+    so after a cancel the process ends at once, its outputs flushed (nothing else is pending: every
+    file is written atomically and temporary files are removed before this point).
+    """
+    code = main()
+    if code == EXIT_CANCELLED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
