@@ -103,11 +103,11 @@ def analyze_lesions(
     nx = lesion_xyz.shape[0]
 
     labelled = label_components(lesion_xyz, connectivity=2)
+    all_labels = int(labelled.max())
     warnings: list[str] = []
     if cord_xyz is not None:
         labelled = np.where(cord_xyz, labelled, 0)
     found = [int(v) for v in np.unique(labelled) if v]
-    all_labels = int(label_components(lesion_xyz, connectivity=2).max())
     for missing in sorted(set(range(1, all_labels + 1)) - set(found)):
         warnings.append(f"lesion {missing} lies entirely outside the cord mask and was not measured.")
 
