@@ -350,6 +350,36 @@ def _run_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_dataset(args: argparse.Namespace) -> int:
+    from .training.dataset import build_dataset
+
+    folder, cases, written = build_dataset(
+        args.bids, args.output, args.id, args.name, test_fraction=args.test_fraction, seed=args.seed
+    )
+    train = sum(c.split == "train" for c in cases)
+    print(f"{folder}: {train} training and {len(cases) - train} test cases ({len(written)} written now)")
+    return EXIT_OK
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from .models import resolve_model
+    from .training.finetune import finetune
+
+    result = finetune(
+        resolve_model(args.base), args.dataset, name=args.name, work_dir=args.work, epochs=args.epochs,
+        iterations_per_epoch=args.iterations, learning_rate=args.lr, device=args.device,
+    )
+    print(f"registered '{result.model.name}' ({result.model.path}); test Dice {result.test_dice}")
+    return EXIT_OK
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    from .inference import available_devices
+
+    print(json.dumps(available_devices()))
+    return EXIT_OK
+
+
 def _run_queue(args: argparse.Namespace) -> int:
     from .training import queue
 
@@ -472,6 +502,23 @@ def _run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Subcommand -> handler (``segment`` also takes the JSON-lines event writer).
+HANDLERS = {
+    "models": _run_models,
+    "analyze": _run_analyze,
+    "cord": _run_cord,
+    "export": _run_export,
+    "dataset": _run_dataset,
+    "finetune": _run_finetune,
+    "queue": _run_queue,
+    "evaluate": _run_evaluate,
+    "stats": _run_stats,
+    "consensus": _run_consensus,
+    "devices": _run_devices,
+    "demo": _run_demo,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``sciseg`` and ``python -m SCIsegLib``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -483,47 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         with redirect:
             if args.command == "segment":
                 return _run_segment(args, events)
-            if args.command == "models":
-                return _run_models(args)
-            if args.command == "analyze":
-                return _run_analyze(args)
-            if args.command == "cord":
-                return _run_cord(args)
-            if args.command == "export":
-                return _run_export(args)
-            if args.command == "dataset":
-                from .training.dataset import build_dataset
-
-                folder, cases, written = build_dataset(
-                    args.bids, args.output, args.id, args.name, test_fraction=args.test_fraction, seed=args.seed
-                )
-                train = sum(c.split == "train" for c in cases)
-                print(f"{folder}: {train} training and {len(cases) - train} test cases ({len(written)} written now)")
-                return EXIT_OK
-            if args.command == "finetune":
-                from .models import resolve_model
-                from .training.finetune import finetune
-
-                result = finetune(
-                    resolve_model(args.base), args.dataset, name=args.name, work_dir=args.work, epochs=args.epochs,
-                    iterations_per_epoch=args.iterations, learning_rate=args.lr, device=args.device,
-                )
-                print(f"registered '{result.model.name}' ({result.model.path}); test Dice {result.test_dice}")
-                return EXIT_OK
-            if args.command == "queue":
-                return _run_queue(args)
-            if args.command == "evaluate":
-                return _run_evaluate(args)
-            if args.command == "stats":
-                return _run_stats(args)
-            if args.command == "consensus":
-                return _run_consensus(args)
-            if args.command == "devices":
-                from .inference import available_devices
-
-                print(json.dumps(available_devices()))
-                return EXIT_OK
-            return _run_demo(args)
+            return HANDLERS[args.command](args)
     except CancelledError as error:
         _report(events, "cancelled", str(error))
         return EXIT_CANCELLED
