@@ -37,7 +37,7 @@ for _candidate in (_MODULE_DIR, os.path.dirname(_MODULE_DIR)):
 else:
     raise ImportError("SCIseg: the SCIsegLib package was not found next to the module")
 
-from SCIsegLib import dependencies, models, mrml  # noqa: E402
+from SCIsegLib import dependencies, models, mrml, volume  # noqa: E402
 from SCIsegLib.runner import ChildCommand, DeviceProbe, RunOptions, SegmentationRun  # noqa: E402
 
 CITATION = (
@@ -104,6 +104,7 @@ class SCIsegParameterNode:
     keepLargestCord: bool = False
     fillHoles: bool = False
     lesionInsideCord: bool = False
+    nliSlice: Annotated[int, WithinRange(-1, 9999)] = -1
 
 
 #
@@ -420,7 +421,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onMeasureButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("The lesions could not be measured."), waitCursor=True):
-            self._measurement = self.logic.startMeasurement(self._parameterNode.segmentation, self._parameterNode.inputVolume)
+            self._measurement = self.logic.startMeasurement(
+                self._parameterNode.segmentation, self._parameterNode.inputVolume, self._parameterNode.nliSlice
+            )
             self.ui.statusLabel.text = _("Measuring lesions...")
         self._updateButtons()
 
@@ -439,9 +442,13 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.modules.plots.logic().ShowChartInLayout(chartNode)
         self._tableView = layoutManager.tableWidget(0).tableView()
         self._tableView.connect("selectionChanged()", self.onLesionRowSelected)
-        self.ui.statusLabel.text = _("{count} lesion(s) measured: click a row to jump to the lesion.").format(
-            count=tableNode.GetNumberOfRows()
-        )
+        lesionCount = len(self._lesionCentres)
+        if lesionCount == 0:
+            self.ui.statusLabel.text = _("No lesion: the tissue bridges are the cord A-P diameter at the NLI slice {nli}.").format(
+                nli=self._parameterNode.nliSlice
+            )
+        else:
+            self.ui.statusLabel.text = _("{count} lesion(s) measured: click a row to jump to the lesion.").format(count=lesionCount)
 
     def onLesionRowSelected(self) -> None:
         if self._tableView is None or self._tableView.mrmlTableNode() is None:
@@ -610,8 +617,11 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         command.folder = folder
         return command
 
-    def startMeasurement(self, segmentationNode, volumeNode) -> ChildCommand:
-        """Write the current segments as masks and run ``sciseg analyze`` on them in a child process."""
+    def startMeasurement(self, segmentationNode, volumeNode, nliSlice: int = -1) -> ChildCommand:
+        """Write the current segments as masks and run ``sciseg analyze`` on them in a child process.
+
+        nliSlice: axial slice (I->S) of the neurological level of injury, used when there is no lesion; -1 for none.
+        """
         import SimpleITK as sitk
 
         labels = mrml.export_sciseg_label_map(slicer.modules.segmentations.logic(), slicer.mrmlScene, segmentationNode, volumeNode)
@@ -621,7 +631,10 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         lesionPath = os.path.join(folder, f"{stem}_lesion_seg.nii.gz")
         sitk.WriteImage(sitk.Cast(labels > 0, sitk.sitkUInt8), cordPath)
         sitk.WriteImage(sitk.Cast(labels == 2, sitk.sitkUInt8), lesionPath)
-        command = ChildCommand(["analyze", "--lesion", lesionPath, "--cord", cordPath, "-o", folder], self.pythonExecutable())
+        arguments = ["analyze", "--lesion", lesionPath, "--cord", cordPath, "-o", folder]
+        if nliSlice >= 0:
+            arguments += ["--nli-slice", str(nliSlice)]
+        command = ChildCommand(arguments, self.pythonExecutable())
         command.folder, command.stem = folder, f"{stem}_lesion_seg"
         return command
 
@@ -760,4 +773,17 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         changes = moduleLogic.compare(automatic, segmentationNode, volumeNode)
         self.assertGreater(changes["lesion_voxels_added"], 0)
         self.assertLess(changes["lesion_dice"], 1.0)
+
+        self.delayDisplay("Measuring a scan without lesion at the NLI slice")
+        empty = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+        empty.CopyInformation(reference)
+        mrml.set_segment_from_mask(segmentationsLogic, slicer.mrmlScene, segmentationNode, mrml.LESION, empty, volumeNode)
+        cordRPI = sitk.GetArrayFromImage(volume.reorient(labels > 0, volume.sct_to_itk_orientation("RPI")))  # (z I->S, y, x)
+        nliSlice = int(np.nonzero(cordRPI.any(axis=(1, 2)))[0].mean())
+        command = moduleLogic.startMeasurement(segmentationNode, volumeNode, nliSlice).wait(timeout_s=300)
+        tableNode, chartNode, centres = moduleLogic.finishMeasurement(command, volumeNode)
+        self.assertEqual(tableNode.GetNumberOfRows(), 1)
+        self.assertEqual(centres, {})
+        totalColumn = tableNode.GetColumnIndex("interpolated_total_bridge_width [mm]")
+        self.assertGreater(float(tableNode.GetCellText(0, totalColumn)), 0.0)
         self.delayDisplay("Test passed")

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--lesion", type=Path, required=True, help="binary lesion mask (e.g. <stem>_lesion_seg.nii.gz)")
     analyze.add_argument("--cord", type=Path, default=None, help="binary cord mask on the same grid (else volume only)")
     analyze.add_argument("--image", type=Path, default=None, help="image for mean/std inside each lesion")
+    analyze.add_argument(
+        "--nli-slice", type=int, default=None, metavar="N",
+        help="axial slice (numbered I->S, SCT's 'Slice (I->S)') of the neurological level of injury: for a mask without "
+        "lesion, the tissue bridges are the cord A-P diameter there (SCT's -nli-slice)",
+    )
     analyze.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
 
     cord = commands.add_parser("cord", help="cord cross-sectional area per slice as sct_process_segmentation -perslice 1")
@@ -293,17 +298,22 @@ def _run_analyze(args: argparse.Namespace) -> int:
     lesion = load_mask(args.lesion)
     cord = load_mask(args.cord) if args.cord else None
     image = load_mask(args.image, binary=False) if args.image else None
-    result = analyze_lesions(lesion, cord, image, image_name=image_stem(args.image) if args.image else "image")
+    result = analyze_lesions(
+        lesion, cord, image, image_name=image_stem(args.image) if args.image else "image", nli_slice=args.nli_slice
+    )
     for warning in result.warnings:
         sys.stderr.write(f"sciseg: warning: {warning}\n")
-    if result.summary["lesion_count"] == 0:
-        sys.stderr.write(f"sciseg: No lesion found in {args.lesion}.\n")
+    if result.summary["lesion_count"] == 0 and args.nli_slice is None:
+        sys.stderr.write(f"sciseg: No lesion found in {args.lesion}. (--nli-slice measures the cord at the level of injury.)\n")
         return EXIT_INTERNAL
     profile = per_slice_profile(lesion, cord) if cord is not None else None
     for path in write_lesion_analysis(result, args.lesion, args.output, profile):
         print(path)
     summary = result.summary
-    print(f"{summary['lesion_count']} lesion(s), total volume {summary['total_volume_mm3']:.2f} mm3")
+    if summary["lesion_count"] == 0:
+        print(f"no lesion; cord A-P diameter at the NLI slice {summary['nli_slice']}: {summary['nli_cord_ap_diameter_mm']:.2f} mm")
+    else:
+        print(f"{summary['lesion_count']} lesion(s), total volume {summary['total_volume_mm3']:.2f} mm3")
     return EXIT_OK
 
 

@@ -15,6 +15,12 @@ the output are those of the input file. Column names and units are SCT's:
 
 Lesions are the 18-connected components (skimage ``label``, connectivity 2) of the lesion mask,
 labelled on the whole mask and then restricted to the cord mask.
+
+Sources: SCT 7.x ``spinalcordtoolbox/scripts/sct_analyze_lesion.py`` for the measures and the
+midsagittal interpolation; for what SCT 7.3 changed (its source was not readable here) the pull requests
+that made it: #5179 (a parasagittal lesion and ``-nli-slice`` report the cord A-P diameter, half of it per
+bridge), #5202 and issue #5184 (the midsagittal bridges interpolate the two sagittal slices' minimum bridges,
+or use the one slice holding the lesion).
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ def analyze_lesions(
     cord: sitk.Image | None = None,
     image: sitk.Image | None = None,
     image_name: str = "image",
+    nli_slice: int | None = None,
 ) -> LesionAnalysis:
     """Measure every lesion of a binary lesion mask (and its cord mask, on the same grid).
 
@@ -93,6 +100,10 @@ def analyze_lesions(
         cord: binary cord mask on the same grid; without it only the volume is computed (NaN elsewhere), as in SCT.
         image: optional image on the same grid: mean and std of its nonzero voxels inside each lesion.
         image_name: names the ``mean_<name>`` and ``std_<name>`` columns.
+        nli_slice: axial slice of the neurological level of injury, numbered I->S as SCT's ``Slice (I->S)``
+            (index along RPI z). Used only when the mask holds no lesion (SCT's ``-nli-slice``): the table then has
+            one row, label 0, whose tissue bridges are the cord A-P diameter on the interpolated midsagittal slice
+            at that level (total) and half of it (dorsal, ventral); the lesion measures are NaN.
     """
     for other, what in ((cord, "the cord mask"), (image, "the image")):
         if other is not None and not same_grid(other, lesion, tolerance_mm=1e-3):
@@ -111,6 +122,13 @@ def analyze_lesions(
     for missing in sorted(set(range(1, all_labels + 1)) - set(found)):
         warnings.append(f"lesion {missing} lies entirely outside the cord mask and was not measured.")
 
+    if nli_slice is not None and found:
+        warnings.append("the NLI slice is used only when the mask holds no lesion; it was ignored.")
+    if nli_slice is not None and not found:
+        if cord_xyz is None:
+            raise InputError("--nli-slice needs the cord mask (--cord): the tissue bridges are measured on it.")
+        return _analysis_at_nli(lesion, cord_xyz, int(nli_slice), (px, py, pz), warnings)
+
     image_columns = [f"mean_{image_name}", f"std_{image_name}"] if image is not None else []
     rows: list[dict] = [{"label": value, "volume [mm3]": float(np.sum(labelled == value) * px * py * pz)} for value in found]
     slice_columns: list[str] = []
@@ -118,7 +136,7 @@ def analyze_lesions(
     if cord_xyz is not None and found:
         angles = cord_angles(cord_xyz, (px, py, pz))
         largest = found[int(np.argmax([row["volume [mm3]"] for row in rows]))]
-        midsagittal = _interpolated_midsagittal_slice(labelled == largest, cord_xyz)
+        midsagittal = _interpolated_midsagittal_slice(cord_xyz, int(round(center_of_mass(labelled == largest)[2])))
         for row in rows:
             row.update(_lesion_measures(labelled == row["label"], cord_xyz, angles, midsagittal, (px, py, pz)))
             row["interpolated_midsagittal_slice"] = _stored_index(midsagittal, nx, lesion)
@@ -150,6 +168,38 @@ def analyze_lesions(
     return LesionAnalysis(table=table, labels=reorient_like(labels_rpi, lesion), summary=summary, warnings=warnings)
 
 
+def _analysis_at_nli(
+    lesion: sitk.Image, cord_xyz: np.ndarray, nli_slice: int, spacing: tuple[float, float, float], warnings: list[str]
+) -> LesionAnalysis:
+    """A mask without lesion and an NLI slice: the cord A-P diameter as tissue bridges (SCT 7.3 ``-nli-slice``)."""
+    cord_slices = np.nonzero(cord_xyz.any(axis=(0, 1)))[0]
+    if not (0 <= nli_slice < cord_xyz.shape[2]) or not cord_xyz[:, :, nli_slice].any():
+        span = f"{cord_slices[0]}-{cord_slices[-1]}" if len(cord_slices) else "none"
+        raise InputError(
+            f"the NLI slice {nli_slice} is outside the cord mask (axial slices numbered I->S; the cord spans slices {span})."
+        )
+    _, py, _ = spacing
+    angles = cord_angles(cord_xyz, spacing)
+    midsagittal = _interpolated_midsagittal_slice(cord_xyz, nli_slice)
+    bridges = _cord_diameter_as_bridges(cord_xyz, angles, midsagittal, py, [nli_slice])
+    if bridges is None:
+        raise InputError(f"no cord A-P diameter could be measured at the NLI slice {nli_slice}: the cord misses the midsagittal slice there.")
+    row = {"label": 0, "interpolated_midsagittal_slice": _stored_index(midsagittal, cord_xyz.shape[0], lesion), **bridges}
+    table = pd.DataFrame([row], columns=BASE_COLUMNS + MIDSAGITTAL_COLUMNS)
+    table["label"] = table["label"].astype(int)
+    summary = {
+        "lesion_count": 0,
+        "total_volume_mm3": 0.0,
+        "total_length_mm": None,
+        "max_width_mm": None,
+        "nli_slice": nli_slice,
+        "nli_cord_ap_diameter_mm": bridges["interpolated_total_bridge_width [mm]"],
+    }
+    labels = sitk.Image(lesion.GetSize(), sitk.sitkUInt16)
+    labels.CopyInformation(lesion)
+    return LesionAnalysis(table=table, labels=labels, summary=summary, warnings=warnings)
+
+
 def per_slice_profile(lesion: sitk.Image, cord: sitk.Image) -> pd.DataFrame:
     """Per axial slice (RPI z, I->S): cord and lesion areas (mm2, no angle correction) and their ratio.
 
@@ -173,9 +223,8 @@ def per_slice_profile(lesion: sitk.Image, cord: sitk.Image) -> pd.DataFrame:
     )
 
 
-def _interpolated_midsagittal_slice(largest_xyz: np.ndarray, cord_xyz: np.ndarray) -> float:
-    """Mean cord centre of mass in x over the 5 axial slices centred on the largest lesion (RPI x, voxels)."""
-    z_center = int(round(center_of_mass(largest_xyz)[2]))
+def _interpolated_midsagittal_slice(cord_xyz: np.ndarray, z_center: int) -> float:
+    """Mean cord centre of mass in x over the 5 axial slices z_center - 2 .. z_center + 2 that hold cord (RPI x, voxels)."""
     centres = [
         center_of_mass(cord_xyz[:, :, z])[0]
         for z in range(z_center - 2, z_center + 3)
@@ -228,7 +277,10 @@ def _bridge_voxels(lesion_column: np.ndarray, cord_column: np.ndarray) -> tuple[
 
 
 def _bridges_per_sagittal_slice(lesion_xyz: np.ndarray, cord_xyz: np.ndarray, angles: CordAngles, py: float) -> dict[int, tuple[float, float]]:
-    """For every sagittal slice holding the lesion: the minimum dorsal and ventral bridges (mm) over its axial slices."""
+    """For every sagittal slice x (RPI) holding the lesion: the minimum dorsal and ventral bridges (mm) over its axial slices.
+
+    Each bridge is counted in voxels along y on the axial slice z and scaled by py x cos(sagittal angle at z).
+    """
     result = {}
     for x in np.unique(np.nonzero(lesion_xyz)[0]):
         dorsal, ventral = [], []
@@ -241,39 +293,24 @@ def _bridges_per_sagittal_slice(lesion_xyz: np.ndarray, cord_xyz: np.ndarray, an
     return result
 
 
-def _interpolated_bridges(
-    lesion_xyz: np.ndarray, cord_xyz: np.ndarray, angles: CordAngles, midsagittal: float, py: float, lesion_slices: np.ndarray
-) -> dict:
-    """Tissue bridges on the interpolated midsagittal slice, with the fall-backs of SCT 7.3.
+def _cord_ap_diameter(cord_xyz: np.ndarray, x: int, axial_slices, angles: CordAngles, py: float) -> float | None:
+    """Narrowest cord A-P diameter (mm) on sagittal slice x over ``axial_slices``: cord voxels of the A-P column
+    x py x cos(sagittal angle); None where the cord is absent from every one of those columns."""
+    diameters = [
+        cord_xyz[x, :, z].sum() * py * np.cos(angles.angle_sagittal[z]) for z in axial_slices if cord_xyz[x, :, z].any()
+    ]
+    return float(min(diameters)) if diameters else None
 
-    * lesion on both interpolation slices of an axial slice: their bridges are interpolated;
-    * on one of them only: that slice's bridges are used;
-    * on neither (a parasagittal lesion): each bridge is half the narrowest interpolated cord A-P
-      diameter over the lesion's axial slices.
-    """
-    slice1, slice2 = int(np.floor(midsagittal)), int(np.ceil(midsagittal))
-    axial = sorted({int(z) for x in {slice1, slice2} for z in np.unique(np.nonzero(lesion_xyz[x])[1])})
-    if not axial:
-        diameters = []
-        for z in lesion_slices:
-            counts = cord_xyz[slice1, :, z].sum(), cord_xyz[slice2, :, z].sum()
-            if counts[0] and counts[1]:
-                diameters.append(_interpolate(float(counts[0]), float(counts[1]), midsagittal) * py * np.cos(angles.angle_sagittal[z]))
-        diameter = float(min(diameters)) if diameters else np.nan
-        dorsal = ventral = diameter / 2
-    else:
-        dorsal_values, ventral_values = [], []
-        for z in axial:
-            pairs = [
-                _bridge_voxels(lesion_xyz[x, :, z], cord_xyz[x, :, z]) if lesion_xyz[x, :, z].any() else None
-                for x in (slice1, slice2)
-            ]
-            first, second = pairs[0] or pairs[1], pairs[1] or pairs[0]
-            scale = py * np.cos(angles.angle_sagittal[z])
-            dorsal_values.append(_interpolate(first[0], second[0], midsagittal) * scale)
-            ventral_values.append(_interpolate(first[1], second[1], midsagittal) * scale)
-        dorsal, ventral = float(min(dorsal_values)), float(min(ventral_values))
-    total = dorsal + ventral
+
+def _interpolate_available(first: float | None, second: float | None, position: float) -> float | None:
+    """Interpolate two per-slice values; when only one slice has a value, that value (SCT 7.3's one-slice fall-back)."""
+    if first is None or second is None:
+        return first if second is None else second
+    return float(_interpolate(first, second, position))
+
+
+def _bridge_columns(dorsal: float, ventral: float, total: float) -> dict:
+    """SCT's midsagittal bridge columns; the ratios are dorsal (ventral) over total, in %."""
     return {
         "interpolated_dorsal_bridge_width [mm]": dorsal,
         "interpolated_ventral_bridge_width [mm]": ventral,
@@ -281,3 +318,40 @@ def _interpolated_bridges(
         "dorsal_bridge_ratio [%]": dorsal / total * 100 if total > 0 else 0.0,
         "ventral_bridge_ratio [%]": ventral / total * 100 if total > 0 else 0.0,
     }
+
+
+def _cord_diameter_as_bridges(cord_xyz: np.ndarray, angles: CordAngles, midsagittal: float, py: float, axial_slices) -> dict | None:
+    """Bridges when no lesion lies on the midsagittal slice: total = the interpolated narrowest cord A-P diameter over
+    ``axial_slices``, dorsal = ventral = half of it (SCT 7.3, PR #5179). None where the cord is absent there."""
+    slice1, slice2 = int(np.floor(midsagittal)), int(np.ceil(midsagittal))
+    diameter = _interpolate_available(
+        _cord_ap_diameter(cord_xyz, slice1, axial_slices, angles, py),
+        _cord_ap_diameter(cord_xyz, slice2, axial_slices, angles, py),
+        midsagittal,
+    )
+    if diameter is None:
+        return None
+    return _bridge_columns(diameter / 2, diameter / 2, diameter)
+
+
+def _interpolated_bridges(
+    lesion_xyz: np.ndarray, cord_xyz: np.ndarray, angles: CordAngles, midsagittal: float, py: float, lesion_slices: np.ndarray
+) -> dict:
+    """Tissue bridges on the interpolated midsagittal slice, with the fall-backs of SCT 7.3.
+
+    The bridges of a sagittal slice are its minimum dorsal and ventral bridges over the lesion's axial slices
+    (the ``slice_<k>_*`` columns); on the interpolated midsagittal slice they are
+
+    * lesion on both interpolation slices: the two slices' bridges interpolated linearly;
+    * lesion on one of them only: that slice's bridges;
+    * lesion on neither (a parasagittal lesion): the cord A-P diameter, see :func:`_cord_diameter_as_bridges`.
+    """
+    slice1, slice2 = int(np.floor(midsagittal)), int(np.ceil(midsagittal))
+    per_slice = _bridges_per_sagittal_slice(lesion_xyz, cord_xyz, angles, py)
+    first, second = per_slice.get(slice1), per_slice.get(slice2)
+    if first is None and second is None:
+        columns = _cord_diameter_as_bridges(cord_xyz, angles, midsagittal, py, lesion_slices)
+        return columns if columns is not None else _bridge_columns(np.nan, np.nan, np.nan)
+    dorsal = _interpolate_available(first[0] if first else None, second[0] if second else None, midsagittal)
+    ventral = _interpolate_available(first[1] if first else None, second[1] if second else None, midsagittal)
+    return _bridge_columns(dorsal, ventral, dorsal + ventral)

@@ -116,10 +116,14 @@ def test_oblique_copy_gives_the_same_numbers(t2_cord: sitk.Image) -> None:
     pd.testing.assert_frame_equal(analyze_lesions(*tilted).table, analyze_lesions(lesion, t2_cord).table, rtol=1e-12)
 
 
-def straight_cord(shape=(20, 24, 40), spacing=(0.8, 0.6, 2.0), tilt_voxels_per_slice: float = 0.0) -> tuple[np.ndarray, tuple]:
+def straight_cord(
+    shape=(20, 24, 40), spacing=(0.8, 0.6, 2.0), tilt_voxels_per_slice: float = 0.0, centre_x: float = 10.0
+) -> tuple[np.ndarray, tuple]:
+    """An elliptic cord (5 mm R-L, 4 mm A-P semi-axes) along z, RPI (x, y, z) array; centre_x 9.5 puts the
+    midsagittal slice between two sagittal slices."""
     x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
     centre_y = 12 + tilt_voxels_per_slice * (z - shape[2] / 2)
-    cord = ((x - 10) * spacing[0] / 5.0) ** 2 + ((y - centre_y) * spacing[1] / 4.0) ** 2 <= 1.0
+    cord = ((x - centre_x) * spacing[0] / 5.0) ** 2 + ((y - centre_y) * spacing[1] / 4.0) ** 2 <= 1.0
     return cord, spacing
 
 
@@ -237,3 +241,125 @@ def test_cli_analyze_no_lesion_exits_1_and_bad_mask_2(tmp_path, t2_cord: sitk.Im
     assert no_lesion.returncode == 1 and "No lesion found in" in no_lesion.stderr
     bad = run("twos.nii.gz")
     assert bad.returncode == 2 and "not a binary mask" in bad.stderr and "Traceback" not in bad.stderr
+
+
+BRIDGES = ["interpolated_dorsal_bridge_width [mm]", "interpolated_ventral_bridge_width [mm]", "interpolated_total_bridge_width [mm]"]
+
+
+def half_way_cord() -> tuple[np.ndarray, tuple]:
+    """A straight cord whose midsagittal slice is 9.5: bridges are interpolated half-way between x = 9 and x = 10."""
+    cord, spacing = straight_cord(centre_x=9.5)
+    assert np.array_equal(cord[9], cord[10])
+    return cord, spacing
+
+
+def column_bridges(cord: np.ndarray, x: int, z: int, y_first: int, y_last: int) -> tuple[int, int]:
+    cord_y = np.nonzero(cord[x, :, z])[0]
+    return y_first - cord_y[0], cord_y[-1] - y_last
+
+
+def test_bridges_interpolate_the_minimum_of_each_sagittal_slice() -> None:
+    cord, spacing = half_way_cord()
+    lesion = np.zeros_like(cord)
+    lesion[9, 10:13, 14:18] = True  # x = 9: y 10-12 on z 14-17
+    lesion[9, 9:13, 16] = True  # ... reaching y 9 on z 16 only: x = 9's narrowest dorsal bridge
+    lesion[10, 10:15, 14:18] = True  # x = 10: y 10-14
+    lesion[10, 10:16, 15] = True  # ... reaching y 15 on z 15 only: x = 10's narrowest ventral bridge
+    lesion[10, 8:15, 14] = True  # ... and y 8 on z 14 only: its narrowest dorsal bridge, not on x = 9's slice
+    assert np.all(cord[lesion])
+    row = analyze_lesions(as_image(lesion, spacing), as_image(cord, spacing)).table.iloc[0]
+    assert row["interpolated_midsagittal_slice"] == pytest.approx(9.5)
+    dorsal_9, ventral_9 = column_bridges(cord, 9, 16, 9, 12)[0], column_bridges(cord, 9, 14, 10, 12)[1]
+    dorsal_10, ventral_10 = column_bridges(cord, 10, 14, 8, 14)[0], column_bridges(cord, 10, 15, 10, 15)[1]
+    assert row["slice_9_dorsal_bridge_width [mm]"] == pytest.approx(dorsal_9 * 0.6)
+    assert row["slice_10_ventral_bridge_width [mm]"] == pytest.approx(ventral_10 * 0.6)
+    # The minima of the two slices lie on different axial slices (16 and 14): interpolating per axial slice first
+    # and taking the minimum after would give a wider dorsal bridge than SCT's.
+    per_axial_first = min((column_bridges(cord, 9, z, 9 if z == 16 else 10, 12)[0] + column_bridges(cord, 10, z, 8 if z == 14 else 10, 14)[0]) / 2 for z in range(14, 18))
+    assert per_axial_first * 0.6 > (dorsal_9 + dorsal_10) / 2 * 0.6
+    expected_dorsal = (dorsal_9 + dorsal_10) / 2 * 0.6
+    expected_ventral = (ventral_9 + ventral_10) / 2 * 0.6
+    assert [row[c] for c in BRIDGES] == pytest.approx([expected_dorsal, expected_ventral, expected_dorsal + expected_ventral], abs=1e-12)
+    assert row["dorsal_bridge_ratio [%]"] == pytest.approx(100 * expected_dorsal / (expected_dorsal + expected_ventral))
+
+
+def test_lesion_on_one_interpolation_slice_uses_that_slice() -> None:
+    cord, spacing = half_way_cord()
+    lesion = np.zeros_like(cord)
+    lesion[7:10, 11:14, 14:18] = True  # reaches x = 9, not x = 10
+    row = analyze_lesions(as_image(lesion, spacing), as_image(cord, spacing)).table.iloc[0]
+    dorsal, ventral = column_bridges(cord, 9, 15, 11, 13)
+    assert [row[c] for c in BRIDGES] == pytest.approx([dorsal * 0.6, ventral * 0.6, (dorsal + ventral) * 0.6], abs=1e-12)
+    # Not interpolated with zero or with a missing slice: the value lies on slice 9's own bridges.
+    assert row["interpolated_dorsal_bridge_width [mm]"] == pytest.approx(row["slice_9_dorsal_bridge_width [mm]"])
+
+
+def test_parasagittal_lesion_gives_the_cord_diameter() -> None:
+    cord, spacing = half_way_cord()
+    lesion = np.zeros_like(cord)
+    lesion[5:7, 11:13, 20:24] = True  # lateral: neither x = 9 nor x = 10
+    assert np.all(cord[lesion])
+    row = analyze_lesions(as_image(lesion, spacing), as_image(cord, spacing)).table.iloc[0]
+    diameter = cord[9, :, 20].sum() * 0.6  # straight cord: the same on every slice and on x = 9 and 10
+    assert [row[c] for c in BRIDGES] == pytest.approx([diameter / 2, diameter / 2, diameter], abs=1e-12)
+    assert row["dorsal_bridge_ratio [%]"] == pytest.approx(50.0)
+
+
+def test_nli_slice_without_lesion_reports_the_cord_diameter() -> None:
+    cord, spacing = half_way_cord()
+    upper = cord[:, :, 25:]
+    cord[:, :, 25:] = upper & np.roll(upper, 1, axis=1) & np.roll(upper, -1, axis=1)  # narrower A-P above 25, same centre
+    empty = np.zeros_like(cord)
+    result = analyze_lesions(as_image(empty, spacing), as_image(cord, spacing), nli_slice=30)
+    assert result.summary["lesion_count"] == 0 and result.summary["nli_slice"] == 30
+    row = result.table.iloc[0]
+    assert len(result.table) == 1 and row["label"] == 0 and np.isnan(row["volume [mm3]"]) and np.isnan(row["length [mm]"])
+    diameter = cord[9, :, 30].sum() * 0.6
+    assert diameter < cord[9, :, 20].sum() * 0.6
+    assert [row[c] for c in BRIDGES] == pytest.approx([diameter / 2, diameter / 2, diameter], abs=1e-12)
+    assert row["interpolated_midsagittal_slice"] == pytest.approx(9.5)
+    assert result.summary["nli_cord_ap_diameter_mm"] == pytest.approx(diameter)
+    assert not sitk.GetArrayViewFromImage(result.labels).any()
+
+
+def test_nli_slice_errors_and_ignored_with_a_lesion() -> None:
+    cord, spacing = half_way_cord()
+    cord[:, :, 35:] = False
+    empty = np.zeros_like(cord)
+    with pytest.raises(InputError, match="NLI slice 37 is outside the cord mask .* spans slices 0-34"):
+        analyze_lesions(as_image(empty, spacing), as_image(cord, spacing), nli_slice=37)
+    with pytest.raises(InputError, match="outside the cord"):
+        analyze_lesions(as_image(empty, spacing), as_image(cord, spacing), nli_slice=-1)
+    with pytest.raises(InputError, match="needs the cord mask"):
+        analyze_lesions(as_image(empty, spacing), None, nli_slice=10)
+    lesion = empty.copy()
+    lesion[9:11, 11:13, 14:18] = True
+    result = analyze_lesions(as_image(lesion, spacing), as_image(cord, spacing), nli_slice=30)
+    assert list(result.table["label"]) == [1] and "ignored" in result.warnings[0]
+
+
+def test_cli_nli_slice_on_the_real_scan(tmp_path, t2_cord: sitk.Image) -> None:
+    """An empty lesion mask on SCT's t2 with --nli-slice: exit 0, the files, and bounds from the manual cord mask."""
+    import json
+    import subprocess
+    import sys
+
+    empty = sitk.Image(t2_cord.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(t2_cord)
+    sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
+    cord_path = str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))
+    run = lambda slice_number: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "SCIsegLib", "analyze", "--lesion", str(tmp_path / "empty.nii.gz"), "--cord", cord_path,
+         "--nli-slice", str(slice_number), "-o", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )
+    done = run(25)
+    assert done.returncode == 0, done.stderr
+    row = pd.read_csv(tmp_path / "out" / "empty_analysis.csv").iloc[0]
+    cord_xyz = rpi_xyz(t2_cord).astype(bool)
+    counts = [cord_xyz[x, :, 25].sum() for x in range(cord_xyz.shape[0]) if cord_xyz[x, :, 25].any()]
+    assert np.cos(np.deg2rad(30)) * 1.0 <= row["interpolated_total_bridge_width [mm]"] <= max(counts) * 1.0
+    assert row["interpolated_dorsal_bridge_width [mm]"] == pytest.approx(row["interpolated_total_bridge_width [mm]"] / 2)
+    assert json.loads((tmp_path / "out" / "empty_analysis.json").read_text())["nli_slice"] == 25
+    outside = run(cord_xyz.shape[2] + 5)
+    assert outside.returncode == 2 and "outside the cord mask" in outside.stderr and "Traceback" not in outside.stderr

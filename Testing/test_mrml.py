@@ -211,3 +211,21 @@ def test_lesion_table_plot_and_centroids(scene, tmp_path: Path) -> None:
     centres = mrml.lesion_centroids_ras(labels)
     lps = labels.TransformIndexToPhysicalPoint((6, 7, 8))
     assert centres[2] == pytest.approx((-lps[0], -lps[1], lps[2]))
+
+
+def test_an_empty_mask_clears_the_segment(scene) -> None:
+    """A rater who erases the lesion: the segment becomes empty (Slicer imports nothing from an empty label map)."""
+    scene, logic = scene
+    volume = load_with_slicer(scene, shared_file("sct_testing_data/t2/t2.nii.gz"))
+    reference = mrml.image_from_volume_node(volume)
+    cord = mrml.on_grid_of(sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))), reference)
+    cord_array = sitk.GetArrayFromImage(cord)
+    lesion_array = np.zeros_like(cord_array)
+    z, y, x = np.argwhere(cord_array > 0)[len(np.argwhere(cord_array > 0)) // 2]
+    lesion_array[z - 1 : z + 2, y, x] = 1
+    node = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, lesion_array))
+    assert mrml.segment_mask(logic, scene, node, "lesion", volume).sum() == 3
+    mrml.set_segment_from_mask(logic, scene, node, mrml.LESION, _on(reference, np.zeros_like(cord_array)), volume)
+    assert not mrml.segment_mask(logic, scene, node, "lesion", volume).any()
+    labels = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume))
+    assert not np.any(labels == 2) and np.count_nonzero(labels) == np.count_nonzero(cord_array) - 3
