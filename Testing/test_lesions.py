@@ -363,3 +363,44 @@ def test_cli_nli_slice_on_the_real_scan(tmp_path, t2_cord: sitk.Image) -> None:
     assert json.loads((tmp_path / "out" / "empty_analysis.json").read_text())["nli_slice"] == 25
     outside = run(cord_xyz.shape[2] + 5)
     assert outside.returncode == 2 and "outside the cord mask" in outside.stderr and "Traceback" not in outside.stderr
+
+
+@pytest.mark.parametrize(
+    "start, size, rtol",
+    [
+        ((29, 45, 25), (3, 10, 2), 0.001),  # straight part of the cord
+        ((29, 27, 25), (1, 4, 1), 0.001),  # SCT issue #3633
+        ((29, 0, 25), (4, 15, 3), 0.01),  # curved part: larger angle corrections
+    ],
+)
+def test_sct_test_suite_dummy_lesions(start, size, rtol, t2_cord: sitk.Image) -> None:
+    """SCT's own ``test_cli_sct_analyze_lesion`` cases: boxes given in t2.nii.gz's file index order (AIL), with SCT's
+    expectations (exact volume and damage ratio; length, equivalent diameter and per-sagittal-slice bridges within
+    SCT's tolerance, and on the side the angle correction pushes them)."""
+    seg = sitk.GetArrayFromImage(t2_cord).transpose(2, 1, 0).astype(int)  # file index order (i, j, k), as SCT's Image.data
+    lesion = np.zeros_like(seg, dtype=np.uint8)
+    (a, s, r), (da, ds, dr) = start, size
+    lesion[a : a + da, s : s + ds, r : r + dr] = 1
+    image = sitk.GetImageFromArray(lesion.transpose(2, 1, 0))
+    image.CopyInformation(t2_cord)
+    row = analyze_lesions(image, t2_cord).table.iloc[0]
+
+    inside = lesion.astype(bool) & (seg > 0)
+    if inside.all() or inside.sum() == lesion.sum():  # SCT's formulas, for a box inside the cord
+        assert row["volume [mm3]"] == da * ds * dr  # 1 mm isotropic
+        min_area = min(np.sum(seg[:, k, :]) for k in range(s, s + ds))
+        assert row["max_axial_damage_ratio []"] == da * dr / min_area
+    else:  # the curved case pokes 3 voxels out of the manual cord mask: SCT >= 7 measures the part inside the cord
+        assert lesion.sum() - inside.sum() == 3
+        assert row["volume [mm3]"] == inside.sum()
+        assert row["max_axial_damage_ratio []"] == max(inside[:, k, :].sum() / seg[:, k, :].sum() for k in range(s, s + ds))
+    assert row["length [mm]"] == pytest.approx(ds, rel=rtol) and row["length [mm]"] >= ds
+    diameter = 2 * np.sqrt(da * dr / np.pi)
+    assert row["max_equivalent_diameter [mm]"] == pytest.approx(diameter, rel=rtol) and row["max_equivalent_diameter [mm]"] <= diameter
+    split = a + da // 2
+    for k in range(r, r + dr):
+        ventral = min(max(0.0, np.sum(seg[:split, j, k]) - (split - a)) for j in range(s, s + ds))
+        dorsal = min(max(0.0, np.sum(seg[split:, j, k]) - (a + da - split)) for j in range(s, s + ds))
+        for side, expected in (("dorsal", dorsal), ("ventral", ventral), ("total", dorsal + ventral)):
+            value = row[f"slice_{k}_{side}_bridge_width [mm]"]  # our slice numbers are the file's own
+            assert value == pytest.approx(expected, rel=rtol) and value <= expected + 1e-12
