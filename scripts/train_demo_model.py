@@ -92,7 +92,9 @@ def crop_around_cord(image: sitk.Image, cord: sitk.Image, margin_mm: float = 30.
     return sitk.RegionOfInterest(image, region, lower), sitk.RegionOfInterest(cord, region, lower)
 
 
-def build_raw_dataset(raw_root: Path, n_phantoms: int, seed: int) -> Path:
+def build_raw_dataset(raw_root: Path, n_phantoms: int, seed: int, uncropped_copies: int = 0) -> Path:
+    """Phantoms, and two painted copies of every real training scan; the last ``uncropped_copies`` copies keep the
+    scan's whole field of view (brain, neck, back muscles), the others are cropped to 30 mm around the cord."""
     folder = nnunet_raw.dataset_folder(raw_root, DATASET_ID, DATASET_NAME)
     if folder.exists():
         shutil.rmtree(folder)
@@ -117,7 +119,8 @@ def build_raw_dataset(raw_root: Path, n_phantoms: int, seed: int) -> Path:
             cord = sitk.ReadImage(str(SHARED / cord_path))
             cord = sitk.Cast(sitk.Cast(cord, sitk.sitkFloat32) > 0.5, sitk.sitkUInt8)
             cord.CopyInformation(image)
-            image, cord = crop_around_cord(image, cord)
+            if copy < 2 - uncropped_copies:
+                image, cord = crop_around_cord(image, cord)
             painted = phantom.paint_lesions(image, cord, lesions=1 + copy, seed=seed + 17 * index + copy)
             nnunet_raw.write_case(folder, f"real_{index:02d}_{copy}", painted.image, painted.labels)
             real_cases += 1
@@ -162,6 +165,11 @@ def main() -> None:
     parser.add_argument("--lesion-weight", type=float, default=10.0, help="BCE weight of lesion voxels (region 2)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--uncropped-copies", type=int, choices=(0, 1, 2), default=0,
+                        help="painted copies of each real scan (of 2) that keep the whole field of view")
+    parser.add_argument("--initial-checkpoint", type=Path, default=None,
+                        help="start from these weights (e.g. the bundled model's checkpoint_final.pth) instead of random ones")
+    parser.add_argument("--learning-rate", type=float, default=1e-2, help="initial learning rate (nnU-Net's 1e-2)")
     parser.add_argument("--package-only", action="store_true",
                         help="skip training: package the results already in --work (checkpoint_final, else checkpoint_best)")
     arguments = parser.parse_args()
@@ -182,7 +190,7 @@ def main() -> None:
     torch.set_num_threads(arguments.threads)
     torch.manual_seed(arguments.seed)
     started = time.time()
-    folder = build_raw_dataset(work / "nnUNet_raw", arguments.phantoms, arguments.seed)
+    folder = build_raw_dataset(work / "nnUNet_raw", arguments.phantoms, arguments.seed, arguments.uncropped_copies)
     print(f"raw dataset {folder} written in {time.time() - started:.0f} s")
 
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
@@ -222,7 +230,12 @@ def main() -> None:
     trainer.num_iterations_per_epoch = arguments.iterations
     trainer.num_val_iterations_per_epoch = max(2, arguments.iterations // 8)
     trainer.oversample_foreground_percent = arguments.oversample
+    trainer.initial_lr = arguments.learning_rate
     trainer.save_every = 5
+    if arguments.initial_checkpoint is not None:
+        trainer.initialize()  # every layer, the output layers included (same labels), as `sciseg finetune` does
+        trainer.network.load_state_dict(torch.load(arguments.initial_checkpoint, map_location="cpu", weights_only=False)["network_weights"])
+        print(f"starting from the weights of {arguments.initial_checkpoint}")
     trainer.run_training()
     print(f"trained in {time.time() - started:.0f} s")
 
