@@ -18,7 +18,9 @@ nnU-Net v2's own pipeline, shrunk to train on a 2-core CPU in about an hour:
 4. The checkpoint is stripped of the optimiser state and the model folder is copied to
    ``--output`` with the same layout as SCIseg's release (``nnUNetTrainer__nnUNetPlans__3d_fullres``).
 
-Usage::
+Usage (one stage; the bundled model is three stages, each started from the last one's weights with
+``--initial-checkpoint``, the later ones with ``--uncropped-copies`` so that real scans keep their whole
+field of view: the exact commands are in ``Resources/Models/sciseg-demo/MODEL_CARD.md``)::
 
     python scripts/train_demo_model.py --work .work/demo_training --output Resources/Models/sciseg-demo
 """
