@@ -138,9 +138,11 @@ def analyze_lesions(
         largest = found[int(np.argmax([row["volume [mm3]"] for row in rows]))]
         midsagittal = _interpolated_midsagittal_slice(cord_xyz, int(round(center_of_mass(labelled == largest)[2])))
         for row in rows:
-            row.update(_lesion_measures(labelled == row["label"], cord_xyz, angles, midsagittal, (px, py, pz)))
+            lesion_mask = labelled == row["label"]
+            per_sagittal = _bridges_per_sagittal_slice(lesion_mask, cord_xyz, angles, py)
+            row.update(_lesion_measures(lesion_mask, cord_xyz, angles, midsagittal, (px, py, pz), per_sagittal))
             row["interpolated_midsagittal_slice"] = _stored_index(midsagittal, nx, lesion)
-            for sagittal, (dorsal, ventral) in _bridges_per_sagittal_slice(labelled == row["label"], cord_xyz, angles, py).items():
+            for sagittal, (dorsal, ventral) in per_sagittal.items():
                 prefix = f"slice_{int(_stored_index(sagittal, nx, lesion))}"
                 for suffix, value in (("dorsal", dorsal), ("ventral", ventral), ("total", dorsal + ventral)):
                     column = f"{prefix}_{suffix}_bridge_width [mm]"
@@ -240,8 +242,14 @@ def _interpolate(first, second, position: float):
 
 
 def _lesion_measures(
-    lesion_xyz: np.ndarray, cord_xyz: np.ndarray, angles: CordAngles, midsagittal: float, spacing: tuple[float, float, float]
+    lesion_xyz: np.ndarray,
+    cord_xyz: np.ndarray,
+    angles: CordAngles,
+    midsagittal: float,
+    spacing: tuple[float, float, float],
+    per_sagittal: dict[int, tuple[float, float]],
 ) -> dict:
+    """SCT's measures of one lesion; ``per_sagittal`` is :func:`_bridges_per_sagittal_slice` of it."""
     px, py, pz = spacing
     x, y, z = np.nonzero(lesion_xyz)
     slices = np.unique(z)
@@ -265,7 +273,7 @@ def _lesion_measures(
         widths_mid.append(py * np.cos(angles.angle_sagittal[s]) * np.sum(column[column > 0]))
     measures["length_interpolated_midsagittal_slice [mm]"] = float(np.sum(lengths))
     measures["width_interpolated_midsagittal_slice [mm]"] = float(max(widths_mid)) if widths_mid else 0.0
-    measures.update(_interpolated_bridges(lesion_xyz, cord_xyz, angles, midsagittal, py, slices))
+    measures.update(_interpolated_bridges(per_sagittal, cord_xyz, angles, midsagittal, py, slices))
     return measures
 
 
@@ -335,7 +343,12 @@ def _cord_diameter_as_bridges(cord_xyz: np.ndarray, angles: CordAngles, midsagit
 
 
 def _interpolated_bridges(
-    lesion_xyz: np.ndarray, cord_xyz: np.ndarray, angles: CordAngles, midsagittal: float, py: float, lesion_slices: np.ndarray
+    per_sagittal: dict[int, tuple[float, float]],
+    cord_xyz: np.ndarray,
+    angles: CordAngles,
+    midsagittal: float,
+    py: float,
+    lesion_slices: np.ndarray,
 ) -> dict:
     """Tissue bridges on the interpolated midsagittal slice, with the fall-backs of SCT 7.3.
 
@@ -346,9 +359,7 @@ def _interpolated_bridges(
     * lesion on one of them only: that slice's bridges;
     * lesion on neither (a parasagittal lesion): the cord A-P diameter, see :func:`_cord_diameter_as_bridges`.
     """
-    slice1, slice2 = int(np.floor(midsagittal)), int(np.ceil(midsagittal))
-    per_slice = _bridges_per_sagittal_slice(lesion_xyz, cord_xyz, angles, py)
-    first, second = per_slice.get(slice1), per_slice.get(slice2)
+    first, second = per_sagittal.get(int(np.floor(midsagittal))), per_sagittal.get(int(np.ceil(midsagittal)))
     if first is None and second is None:
         columns = _cord_diameter_as_bridges(cord_xyz, angles, midsagittal, py, lesion_slices)
         return columns if columns is not None else _bridge_columns(np.nan, np.nan, np.nan)
