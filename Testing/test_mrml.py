@@ -126,17 +126,23 @@ def test_segment_ids_names_colours_and_terminology(scene) -> None:
     assert kind.GetCodeValue() == "52988006"
 
 
-def test_rater_edits_are_exported_lesion_wins_and_nodes_are_never_reused(scene) -> None:
-    scene, logic = scene
+def t2_in_slicer(scene):
+    """SCT's t2 loaded by Slicer, its image, the manual cord on that grid (array z, y, x) and a voxel mid-cord."""
     volume = load_with_slicer(scene, shared_file("sct_testing_data/t2/t2.nii.gz"))
     reference = mrml.image_from_volume_node(volume)
     cord = mrml.on_grid_of(sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))), reference)
     cord_array = sitk.GetArrayFromImage(cord)
+    inside = np.argwhere(cord_array > 0)
+    return volume, reference, cord, cord_array, tuple(inside[len(inside) // 2])
+
+
+def test_rater_edits_are_exported_lesion_wins_and_nodes_are_never_reused(scene) -> None:
+    scene, logic = scene
+    volume, reference, cord, cord_array, (z, y, x) = t2_in_slicer(scene)
     lesion_array = np.zeros_like(cord_array)
     node = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, lesion_array))
 
     # A rater paints a lesion: inside the cord (becomes 2) and one voxel outside it (2 as well: lesion wins).
-    z, y, x = np.argwhere(cord_array > 0)[len(np.argwhere(cord_array > 0)) // 2]
     edited = np.zeros_like(cord_array)
     edited[z - 1 : z + 2, y, x] = 1
     outside = tuple(np.argwhere(cord_array == 0)[0])
@@ -216,12 +222,8 @@ def test_lesion_table_plot_and_centroids(scene, tmp_path: Path) -> None:
 def test_an_empty_mask_clears_the_segment(scene) -> None:
     """A rater who erases the lesion: the segment becomes empty (Slicer imports nothing from an empty label map)."""
     scene, logic = scene
-    volume = load_with_slicer(scene, shared_file("sct_testing_data/t2/t2.nii.gz"))
-    reference = mrml.image_from_volume_node(volume)
-    cord = mrml.on_grid_of(sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))), reference)
-    cord_array = sitk.GetArrayFromImage(cord)
+    volume, reference, cord, cord_array, (z, y, x) = t2_in_slicer(scene)
     lesion_array = np.zeros_like(cord_array)
-    z, y, x = np.argwhere(cord_array > 0)[len(np.argwhere(cord_array > 0)) // 2]
     lesion_array[z - 1 : z + 2, y, x] = 1
     node = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, lesion_array))
     assert mrml.segment_mask(logic, scene, node, "lesion", volume).sum() == 3
