@@ -459,7 +459,7 @@ def _run_stats(args: argparse.Namespace) -> int:
             raise InputError(f"column '{column}' is missing from one of the tables.")
         result = agreement(merged[f"{column}_a"].to_numpy(float), merged[f"{column}_b"].to_numpy(float)).as_dict()
         if clinical is not None and args.score:
-            scores = merged["subject"].map(dict(zip(clinical["participant_id"], clinical[args.score])))
+            scores = merged["subject"].map(dict(zip(clinical["participant_id"], clinical[args.score], strict=True)))
             for side in ("a", "b"):
                 result[f"spearman_{args.score}_{side}"], result[f"spearman_{args.score}_{side}_p"] = clinical_correlation(
                     merged[f"{column}_{side}"].to_numpy(float), scores.to_numpy(float))

@@ -14,7 +14,7 @@ from SCIsegLib.errors import InputError
 def elliptic_cylinder(semi_rl_mm: float, semi_ap_mm: float, tilt_deg: float = 0.0, spacing=(0.5, 0.5, 1.0), size=(80, 80, 60)) -> sitk.Image:
     """A cylinder along S-I (tilted about R-L by ``tilt_deg``) in an RPI (ITK LAS) image, sampled 4x per voxel axis."""
     sub = 4
-    axes = [(np.arange(n * sub) + 0.5) / sub * s for n, s in zip(size, spacing)]
+    axes = [(np.arange(n * sub) + 0.5) / sub * s for n, s in zip(size, spacing, strict=True)]
     x, y, z = np.meshgrid(*axes, indexing="ij")
     centre = np.array(size) * np.array(spacing) / 2
     tilt = np.deg2rad(tilt_deg)

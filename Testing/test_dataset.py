@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -68,7 +67,6 @@ def test_incremental_update_rewrites_only_what_changed(tmp_path: Path) -> None:
     stamp = {p.name: p.stat().st_mtime_ns for p in folder.rglob("*.nii.gz")}
     # A new correction of one scan, and a new subject.
     source = bids / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T2w.nii.gz"
-    case = make_phantom(seed=77, acquisition=AXIAL, lesions=2)
     image = sitk.ReadImage(str(source))
     cord = sitk.Image(image.GetSize(), sitk.sitkUInt8)
     cord.CopyInformation(image)

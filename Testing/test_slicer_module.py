@@ -6,7 +6,6 @@ import ast
 import re
 import subprocess
 import xml.etree.ElementTree as ElementTree
-from pathlib import Path
 
 from conftest import REPOSITORY
 

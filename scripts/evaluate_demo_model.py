@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 REPOSITORY = Path(__file__).resolve().parents[1]

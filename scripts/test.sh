@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The README's test command: set up .venv, then run the whole pytest suite.
+# The README's test command: set up .venv and the system packages, lint, then run the whole pytest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+bash scripts/system_packages.sh
+.venv/bin/ruff check --output-format concise .
 exec .venv/bin/python -m pytest -q -ra "$@"

@@ -88,9 +88,9 @@ def crop_around_cord(image: sitk.Image, cord: sitk.Image, margin_mm: float = 30.
     statistics.Execute(sitk.Cast(cord > 0, sitk.sitkUInt8))
     x, y, z, sx, sy, sz = statistics.GetBoundingBox(1)
     margin = [int(np.ceil(margin_mm / s)) for s in image.GetSpacing()]
-    lower = [max(0, start - m) for start, m in zip((x, y, z), margin)]
-    upper = [min(n, start + extent + m) for n, start, extent, m in zip(image.GetSize(), (x, y, z), (sx, sy, sz), margin)]
-    region = [u - lo for lo, u in zip(lower, upper)]
+    lower = [max(0, start - m) for start, m in zip((x, y, z), margin, strict=True)]
+    upper = [min(n, start + extent + m) for n, start, extent, m in zip(image.GetSize(), (x, y, z), (sx, sy, sz), margin, strict=True)]
+    region = [u - lo for lo, u in zip(lower, upper, strict=True)]
     return sitk.RegionOfInterest(image, region, lower), sitk.RegionOfInterest(cord, region, lower)
 
 

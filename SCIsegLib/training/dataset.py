@@ -95,7 +95,7 @@ def assign_splits(cases: list[Case], previous: dict[str, str], test_fraction: fl
         by_site.setdefault(case.site, [])
         if case.subject not in by_site[case.site]:
             by_site[case.site].append(case.subject)
-    for site, subjects in sorted(by_site.items()):
+    for _site, subjects in sorted(by_site.items()):
         known = [s for s in subjects if s in subject_split]
         test_count = sum(subject_split[s] == "test" for s in known)
         fresh = sorted((s for s in subjects if s not in subject_split), key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
