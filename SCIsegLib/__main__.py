@@ -1,6 +1,19 @@
-"""``python -m SCIsegLib ...`` runs the ``sciseg`` command (the Slicer module starts it this way)."""
+"""``python -m SCIsegLib ...`` runs the ``sciseg`` command (the Slicer module starts it this way).
 
-from .cli import console_main
+The cancel handling (SIGINT, SIGTERM, ``$SCISEG_CANCEL_FILE``; see :mod:`SCIsegLib.cancel`) is installed
+before anything heavy is imported, so a cancel at any moment ends with exit code 130.
+"""
+
+import sys
+
+from .cancel import install
+from .errors import CancelledError
 
 if __name__ == "__main__":
+    install()
+    try:
+        from .cli import console_main
+    except CancelledError as error:  # cancelled while numpy and the CLI were still being imported
+        sys.stderr.write(f"sciseg: {error}\n")
+        sys.exit(130)
     console_main()
