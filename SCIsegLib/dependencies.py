@@ -24,13 +24,14 @@ from typing import Callable
 NNUNET_REQUIREMENT = "nnunetv2==2.8.1"
 
 #: Python modules a child process imports, per action of the Slicer module.
+#: (numpy: the CLI imports it for every command.)
 ACTION_MODULES: dict[str, tuple[str, ...]] = {
     "segment": ("torch", "nnunetv2", "numpy", "SimpleITK", "scipy", "nibabel"),
-    "devices": ("torch",),
+    "devices": ("torch", "numpy"),
     "measure": ("numpy", "SimpleITK", "scipy", "pandas", "skimage"),
-    "export": ("numpy", "SimpleITK", "filelock"),
-    "next_case": ("numpy", "SimpleITK", "filelock"),
-    "install_model": (),
+    "export": ("numpy", "SimpleITK", "scipy", "filelock"),
+    "next_case": ("numpy", "SimpleITK", "scipy", "filelock"),
+    "install_model": ("numpy",),
 }
 #: Every module any child imports: what :func:`missing_modules` checks by default.
 REQUIRED_MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for modules in ACTION_MODULES.values() for m in modules))
