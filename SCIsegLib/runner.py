@@ -258,7 +258,7 @@ class _Child:
             return
         self.cancelled = True
         self._grace_s = grace_s
-        if self.process is None:  # never started
+        if self.process is None or self._done:  # never started, or already over: only remove what is left
             self._after_cancel()
             self._done = True
             return
