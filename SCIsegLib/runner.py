@@ -183,10 +183,19 @@ class _Child:
             log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the stderr reader
             log.write(f"$ {' '.join(self.command())}\n")
             log.flush()
-        self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, encoding="utf-8", errors="replace", env=environment, cwd=self._cwd, **platform_popen_options(),
-        )
+        try:
+            self.process = subprocess.Popen(
+                self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                text=True, encoding="utf-8", errors="replace", env=environment, cwd=self._cwd, **platform_popen_options(),
+            )
+        except OSError as error:
+            if log is not None:
+                log.write(f"cannot start: {error}\n")
+                log.close()
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            raise RunnerError(
+                f"cannot start {self.python_executable} ({error.strerror or error}); check the Python executable."
+            ) from None
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True, name="sciseg-child-stdout"),
             threading.Thread(target=self._read_stderr, args=(log,), daemon=True, name="sciseg-child-stderr"),

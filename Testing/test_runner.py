@@ -173,6 +173,32 @@ def test_a_child_that_ignores_terminate_too_is_killed_without_polling(tmp_path: 
     assert not run.work_dir.exists()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in child is a POSIX shell script")
+def test_a_killed_model_install_child_leaves_no_staging_folder_or_partial_download(tmp_path: Path, model_store: Path) -> None:
+    """A child killed mid-install cannot clean up after itself: the runner removes what it left in the store."""
+    stuck = script(tmp_path, "stuck-python", 'mkdir -p "$SCISEG_MODELS_DIR/.install-stuck-x1/model" "$SCISEG_MODELS_DIR/.downloads"\n'
+                                             'echo weights > "$SCISEG_MODELS_DIR/.install-stuck-x1/model/w.pth"\n'
+                                             'echo part > "$SCISEG_MODELS_DIR/.downloads/m.zip.part"\n'
+                                             'echo \'{"event": "progress", "stage": "download", "done": 5, "total": 9}\'\n'
+                                             "trap '' TERM\nwhile true; do sleep 0.05; done\n")
+    install = ModelInstallRun("http://127.0.0.1:9/m.zip", name="stuck", python_executable=stuck, log_dir=tmp_path / "logs")
+    install.start()
+    deadline = time.monotonic() + 10
+    while not any(e["event"] == "progress" for e in install.poll()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert (model_store / ".downloads" / "m.zip.part").is_file()
+    assert timed_cancel(install, grace_s=0.2) < 0.1
+    poll_until_finished(install, timeout_s=5)
+    assert install.cancel_outcome == "killed" and install.returncode == -signal.SIGKILL
+    assert [p for p in model_store.rglob("*") if p.is_file()] == []
+
+
+def test_a_missing_python_is_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(RunnerError, match="cannot start .*no-such-python"):
+        ChildCommand(["devices"], python_executable=str(tmp_path / "no-such-python"))
+
+
 def test_windows_branch_uses_no_console_and_no_console_events() -> None:
     """What the runner would do on Windows (checked here without Windows): CREATE_NO_WINDOW, TerminateProcess."""
     assert runner.platform_popen_options("nt") == {"creationflags": 0x08000000}
@@ -274,12 +300,18 @@ def test_device_probe_lists_the_cpu_and_can_be_cancelled(tmp_path: Path) -> None
     assert cancelled.devices() == {}
 
 
-@pytest.mark.parametrize("delay_s", [0.15, 0.3])
-def test_an_early_sigterm_exits_with_130(tmp_path: Path, delay_s: float) -> None:
-    """SIGTERM while the child is still importing (long before torch) is a cancel, not a crash."""
+@pytest.mark.parametrize("entry", ["python -m SCIsegLib", "sciseg script"])
+@pytest.mark.parametrize("delay_s", [0.3, 0.6])
+def test_an_early_sigterm_exits_with_130(tmp_path: Path, delay_s: float, entry: str) -> None:
+    """SIGTERM while the child is still importing (numpy, long before torch) is a cancel, not a crash.
+
+    The ``sciseg`` script runs ``SCIsegLib.__main__:main`` (pyproject.toml), run here as the script would.
+    """
     environment = runner.child_environment(None, tmp_path / "never-created")
+    launcher = ["-m", "SCIsegLib"] if entry.startswith("python") else [
+        "-c", "import sys; from SCIsegLib.__main__ import main; sys.argv[0] = 'sciseg'; main()"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "SCIsegLib", "segment", str(tmp_path / "absent.nii.gz"), "--device", "cpu"],
+        [sys.executable, *launcher, "segment", str(tmp_path / "absent.nii.gz"), "--device", "cpu"],
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     time.sleep(delay_s)
@@ -287,6 +319,11 @@ def test_an_early_sigterm_exits_with_130(tmp_path: Path, delay_s: float) -> None
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "cancelled" in stderr and "Traceback" not in stderr
+
+
+def test_the_sciseg_script_installs_the_cancel_handling_first() -> None:
+    text = (REPOSITORY / "pyproject.toml").read_text()
+    assert 'sciseg = "SCIsegLib.__main__:main"' in text
 
 
 # Model installs in a child
