@@ -118,10 +118,10 @@ def test_cancel_mid_run_returns_at_once_and_the_child_stops_cooperatively(tmp_pa
     else:
         pytest.fail("no tile event arrived")
     pid = run.process.pid
-    assert timed_cancel(run) < 0.1  # the caller's time: the child is still running
-    events, seconds = poll_until_finished(run, timeout_s=10)
+    assert timed_cancel(run, grace_s=10) < 0.1  # the caller's time: the child is still running
+    events, seconds = poll_until_finished(run, timeout_s=15)
     assert run.cancel_outcome == "cooperative" and run.returncode == 130  # the cancel file, before any signal
-    assert seconds < 4.9  # ended before the terminate step (grace 5 s)
+    assert seconds < 10  # the next tile (1-2.5 s here, benchmarks/cancel_latency.py), before the terminate step
     assert any(e["event"] == "cancelled" for e in events) and not any(e["event"] == "result" for e in events)
     assert run.left_behind == []  # no output was written
     assert_group_gone(pid)
