@@ -165,6 +165,7 @@ class _Child:
         self._log_all: list[str] = []
         self._stdout_lines: list[str] = []
         self._done = False  # the exit was handled (and a cancel completed)
+        self._group_killed = False
 
     def command(self) -> list[str]:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
@@ -301,8 +302,9 @@ class _Child:
                     stop_child(self.process, step)
                     self._cancel_step, self._cancel_step_at = step, time.monotonic()
                 return
-            if os.name == "posix":
-                stop_child(self.process, "kill")  # anything the child left in its process group
+            if os.name == "posix" and not self._group_killed:
+                self._group_killed = True
+                stop_child(self.process, "kill")  # anything the child left in its process group (pipes then close)
             if any(reader.is_alive() for reader in self._readers):
                 return
             if self.cancelled and self.cancel_outcome is None:

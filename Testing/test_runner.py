@@ -285,6 +285,16 @@ def test_child_command_reads_large_output_without_blocking_and_stops_at_its_time
     assert_group_gone(slow.process.pid)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in child is a POSIX shell script")
+def test_a_process_the_child_leaves_behind_is_killed_and_does_not_hold_the_pipes(tmp_path: Path) -> None:
+    leaving = script(tmp_path, "leaving-python", "sleep 60 &\necho '{\"done\": true}'\nexit 0\n")
+    command = ChildCommand(["devices"], python_executable=leaving)
+    started = time.monotonic()
+    command.wait(timeout_s=10)
+    assert time.monotonic() - started < 5 and command.returncode == 0 and command.stdout == '{"done": true}\n'
+    assert_group_gone(command.process.pid)  # the background `sleep 60` went with the group
+
+
 def test_device_probe_lists_the_cpu_and_can_be_cancelled(tmp_path: Path) -> None:
     probe = DeviceProbe()
     assert probe.devices() is None  # still running: never blocks
