@@ -431,3 +431,29 @@ def test_a_model_install_with_the_wrong_checksum_reports_it(tmp_path: Path, mode
         install.installed()
     assert not (model_store / "local-model").exists()
     assert zipfile.is_zipfile(archive)  # a local source is never deleted
+
+
+def test_what_a_cancel_does_in_each_phase_of_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SCIsegLib.cancel's handler, called directly (no signal is sent to the test process)."""
+    from SCIsegLib import cancel
+    from SCIsegLib.errors import CancelledError
+
+    monkeypatch.setattr(cancel, "_flag", threading.Event())
+    monkeypatch.setattr(cancel, "_modes", [])
+    monkeypatch.setattr(cancel, "_callbacks", [])
+    cancel._handler(signal.SIGTERM, None)  # start-up: only recorded (raising inside an import breaks it)
+    assert cancel.cancelled()
+    with pytest.raises(CancelledError):  # the command never starts
+        with cancel.checked():
+            pass
+    monkeypatch.setattr(cancel, "_flag", threading.Event())
+    tokens: list[str] = []
+    with cancel.checked():
+        with cancel.cooperative(lambda: tokens.append("cancel")):
+            cancel._handler(signal.SIGTERM, None)  # cooperative: the token is set, the code stops at its next check
+            assert tokens == ["cancel"]
+            with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: the user insists
+                cancel._handler(signal.SIGINT, None)
+        with pytest.raises(CancelledError):  # any other command: stops at once
+            cancel._handler(signal.SIGTERM, None)
+    assert cancel._callbacks == [] and cancel._modes == []
