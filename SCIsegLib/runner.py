@@ -54,6 +54,8 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 CREATE_NO_WINDOW = 0x08000000
 #: Seconds between the steps of a cancel (cooperative -> terminate -> kill).
 DEFAULT_GRACE_S = 5.0
+#: Seconds to wait for the child's output after it ended (a descendant outside its group can hold the pipes).
+PIPE_GRACE_S = 5.0
 #: How often the background thread moves a pending cancel forward, in seconds.
 ESCALATION_INTERVAL_S = 0.05
 
@@ -166,6 +168,7 @@ class _Child:
         self._stdout_lines: list[str] = []
         self._done = False  # the exit was handled (and a cancel completed)
         self._group_killed = False
+        self._ended_at = 0.0
 
     def command(self) -> list[str]:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
@@ -305,8 +308,9 @@ class _Child:
             if os.name == "posix" and not self._group_killed:
                 self._group_killed = True
                 stop_child(self.process, "kill")  # anything the child left in its process group (pipes then close)
-            if any(reader.is_alive() for reader in self._readers):
-                return
+            self._ended_at = self._ended_at or time.monotonic()
+            if any(reader.is_alive() for reader in self._readers) and time.monotonic() - self._ended_at < PIPE_GRACE_S:
+                return  # output still arriving (or, past the grace, held open by a process outside the group)
             if self.cancelled and self.cancel_outcome is None:
                 self.cancel_outcome = {"cooperative": "cooperative", "terminate": "terminated"}.get(
                     self._cancel_step or "", "killed")

@@ -4,6 +4,7 @@ cooperatively (or by terminate/kill when it does not listen), no orphans or left
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -293,6 +294,20 @@ def test_a_process_the_child_leaves_behind_is_killed_and_does_not_hold_the_pipes
     command.wait(timeout_s=10)
     assert time.monotonic() - started < 5 and command.returncode == 0 and command.stdout == '{"done": true}\n'
     assert_group_gone(command.process.pid)  # the background `sleep 60` went with the group
+
+
+@pytest.mark.skipif(os.name != "posix" or shutil.which("setsid") is None, reason="needs a POSIX shell and setsid")
+def test_pipes_held_by_a_process_outside_the_group_do_not_keep_the_child_unfinished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "PIPE_GRACE_S", 0.5)
+    escaping = script(tmp_path, "escaping-python", f"setsid sleep 30 &\necho $! > {tmp_path / 'escaped.pid'}\nexit 0\n")
+    command = ChildCommand(["devices"], python_executable=escaping)
+    try:
+        command.wait(timeout_s=10)
+        assert command.returncode == 0
+    finally:
+        os.kill(int((tmp_path / "escaped.pid").read_text()), signal.SIGKILL)
 
 
 def test_device_probe_lists_the_cpu_and_can_be_cancelled(tmp_path: Path) -> None:
