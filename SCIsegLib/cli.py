@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Callable, TextIO
 
 import numpy as np
 
-from . import __version__
+from . import __version__, cancel
 from .errors import CancelledError, InputError, SCIsegError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -73,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--name", default=None, help="name in the store (default: derived from the source)")
     install.add_argument("--force", action="store_true", help="replace an installed model of the same name")
     install.add_argument("--sha256", default=None, help="expected sha256 of the zip")
+    install.add_argument(
+        "--progress", choices=("auto", "jsonl", "none"), default="auto",
+        help="progress display: download progress on a terminal (auto), one JSON event per line on stdout (jsonl), or none",
+    )
     remove = model_commands.add_parser("remove", help="delete an installed model")
     remove.add_argument("name")
 
@@ -202,19 +205,12 @@ def _progress_printer(mode: str, events: _JsonLines | None) -> tuple[Callable, C
 
 @contextlib.contextmanager
 def _cancel_on_signals(token):
-    """SIGINT/SIGTERM set the cancel token (the run stops between tiles); a second SIGINT aborts."""
+    """SIGINT/SIGTERM/the cancel file set the cancel token (the run stops between tiles); a second SIGINT aborts.
 
-    def handler(signum, frame):
-        if token.cancelled and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        token.cancel()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    The signal set-up itself lives in :mod:`SCIsegLib.cancel` (one place, installed at start-up).
+    """
+    with cancel.cooperative(token.cancel):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
@@ -258,7 +254,7 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
     return EXIT_OK
 
 
-def _run_models(args: argparse.Namespace) -> int:
+def _run_models(args: argparse.Namespace, events: _JsonLines | None = None) -> int:
     from . import models
 
     if args.models_command == "list":
@@ -275,18 +271,48 @@ def _run_models(args: argparse.Namespace) -> int:
         print(json.dumps(models.resolve_model(args.name).summary(), indent=2, default=str))
         return EXIT_OK
     if args.models_command == "install":
-        def show(done: int, total: int | None) -> None:
-            if sys.stderr.isatty():
-                share = f"{100 * done / total:5.1f} %" if total else ""
-                sys.stderr.write(f"\rdownloading {done / 1e6:8.1f} MB {share}")
-
-        info = models.install(args.source, name=args.name, force=args.force, expected_sha256=args.sha256, progress=show)
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        print(f"installed '{info.name}' in {info.path} (sha256 {info.metadata.get('sha256') or info.metadata.get('weights_sha256')})")
-        return EXIT_OK
+        return _run_models_install(args, events)
     removed = models.remove(args.name)
     print(f"removed {removed}")
+    return EXIT_OK
+
+
+#: Share of the whole install each stage of ``models install --progress jsonl`` covers (start, end).
+INSTALL_STAGES = {"download": (0.0, 0.7), "verify": (0.7, 0.8), "unzip": (0.8, 0.95), "check": (0.95, 1.0)}
+
+
+def _run_models_install(args: argparse.Namespace, events: _JsonLines | None) -> int:
+    """``models install``: progress events (at most 10 per second) and a cancel checked between chunks."""
+    import time
+
+    from . import models
+
+    last_event = [0.0]
+
+    def show(stage: str, done: int, total: int | None) -> None:
+        cancel.raise_if_cancelled("model install cancelled; nothing was installed.")
+        if events is not None:
+            now = time.monotonic()
+            if now - last_event[0] < 0.1 and done != total:
+                return
+            last_event[0] = now
+            start, end = INSTALL_STAGES[stage]
+            share = done / total if total else 0.0
+            message = f"{stage} {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total and stage != "check" else "")
+            events({"event": "progress", "stage": stage, "fraction": round(start + (end - start) * share, 4),
+                    "done": done, "total": total, "message": message})
+        elif stage == "download" and args.progress == "auto" and sys.stderr.isatty():
+            percent = f"{100 * done / total:5.1f} %" if total else ""
+            sys.stderr.write(f"\rdownloading {done / 1e6:8.1f} MB {percent}")
+
+    with cancel.cooperative():
+        info = models.install(args.source, name=args.name, force=args.force, expected_sha256=args.sha256, stage_progress=show)
+    if events is None and args.progress == "auto" and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    digest = info.metadata.get("sha256") or info.metadata.get("weights_sha256")
+    if events is not None:
+        events({"event": "result", "name": info.name, "path": str(info.path), "sha256": digest})
+    print(f"installed '{info.name}' in {info.path} (sha256 {digest})")
     return EXIT_OK
 
 
@@ -537,9 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     # In jsonl mode stdout carries only events: anything a library prints goes to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if jsonl else contextlib.nullcontext()
     try:
-        with redirect:
+        with redirect, cancel.checked():
             if args.command == "segment":
                 return _run_segment(args, events)
+            if args.command == "models":
+                return _run_models(args, events)
             return HANDLERS[args.command](args)
     except CancelledError as error:
         _report(events, "cancelled", str(error))
@@ -576,8 +604,14 @@ def console_main() -> None:
     interpreter tear them down can abort the process ("terminate called without an active exception"),
     so after a cancel the process ends at once, its outputs flushed (nothing else is pending: every
     file is written atomically and temporary files are removed before this point).
+    SIGINT, SIGTERM and ``$SCISEG_CANCEL_FILE`` are routed by :mod:`SCIsegLib.cancel` (exit code 130).
     """
-    code = main()
+    cancel.install()
+    try:
+        code = main()
+    except CancelledError as error:  # cancelled before main's own handling (start-up, argument parsing)
+        sys.stderr.write(f"sciseg: {error}\n")
+        code = EXIT_CANCELLED
     if code == EXIT_CANCELLED:
         sys.stdout.flush()
         sys.stderr.flush()

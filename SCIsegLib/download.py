@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from .errors import DownloadError
+from .errors import CancelledError, DownloadError
 
 CHUNK_BYTES = 1 << 16
 
@@ -30,7 +30,8 @@ def download_file(
     Args:
         url: http(s) address.
         target: final path of the file.
-        progress: called with (bytes done, total bytes or None) after every chunk.
+        progress: called with (bytes done, total bytes or None) after every chunk; a
+            :class:`CancelledError` it raises stops the download and deletes the ``.part`` file.
         timeout_s: socket timeout in seconds.
     """
     target = Path(target)
@@ -68,6 +69,9 @@ def download_file(
                         done += len(block)
                         if progress:
                             progress(done, total)
+            except CancelledError:  # the progress callback's cancel: a cancelled download leaves nothing behind
+                partial.unlink(missing_ok=True)
+                raise
             except (OSError, urllib.error.URLError) as error:
                 raise DownloadError(
                     f"the download of {url} broke off after {done} bytes ({error}); run the same command again to resume."

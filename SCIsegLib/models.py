@@ -277,8 +277,17 @@ def resolve_model(name_or_path: str, store: Path | None = None) -> ModelInfo:
     raise ModelError(f"no model named '{name_or_path}' (installed: {names}); give a model name or a model folder.")
 
 
-def safe_extract(archive: Path, destination: Path, max_bytes: int = MAX_UNZIPPED_BYTES) -> None:
-    """Extract a zip, refusing absolute paths, '..' components, links and archives larger than ``max_bytes``."""
+def safe_extract(
+    archive: Path,
+    destination: Path,
+    max_bytes: int = MAX_UNZIPPED_BYTES,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> None:
+    """Extract a zip, refusing absolute paths, '..' components, links and archives larger than ``max_bytes``.
+
+    ``progress`` is called with (bytes extracted, total bytes) after every member; an exception it
+    raises (a cancel) stops the extraction.
+    """
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = bundle.infolist()
@@ -296,8 +305,12 @@ def safe_extract(archive: Path, destination: Path, max_bytes: int = MAX_UNZIPPED
             broken = bundle.testzip()
             if broken is not None:
                 raise ModelError(f"{archive} is corrupt (bad CRC in {broken!r}); download it again.")
+            extracted = 0
             for member in members:
                 bundle.extract(member, destination)
+                extracted += member.file_size
+                if progress:
+                    progress(extracted, total)
     except zipfile.BadZipFile:
         raise ModelError(f"{archive} is not a valid zip archive (corrupt or truncated); download it again.") from None
 
@@ -320,6 +333,7 @@ def install(
     expected_sha256: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     lineage: dict | None = None,
+    stage_progress: Callable[[str, int, int | None], None] | None = None,
 ) -> ModelInfo:
     """Install a model from a known name, an http(s) URL, a zip file or a folder.
 
@@ -334,7 +348,17 @@ def install(
         expected_sha256: checksum the zip must have (known models may carry one).
         progress: called with (bytes done, total bytes or None) while downloading.
         lineage: provenance to record (fine-tuned models: parent, dataset, epochs...).
+        stage_progress: called with (stage, done, total or None) during "download", "verify" (sha256 of the
+            zip) and "unzip" (bytes), and "check" (0 then 1 around validating and hashing the weights). An
+            exception it raises (the child's cancel) stops the install; the store stays as it was.
     """
+
+    def report(stage: str, done: int, total: int | None) -> None:
+        if stage_progress:
+            stage_progress(stage, done, total)
+        if progress and stage == "download":
+            progress(done, total)
+
     root = store or store_root()
     name = name or _default_name(source)
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
@@ -354,7 +378,9 @@ def install(
     try:
         if url is not None:
             downloads = root / ".downloads"
-            archive = download_file(url, downloads / Path(url.split("?")[0]).name, progress=progress)
+            archive = download_file(
+                url, downloads / Path(url.split("?")[0]).name, progress=lambda done, total: report("download", done, total)
+            )
             record.update(source=url)
         else:
             local = Path(source).expanduser()
@@ -367,7 +393,7 @@ def install(
             if archive is None:
                 shutil.copytree(local, staging / "model", symlinks=False)
         if archive is not None:
-            digest = file_sha256(archive)
+            digest = file_sha256(archive, progress=lambda done, total: report("verify", done, total))
             if expected and digest != expected.lower():
                 if url is not None:
                     archive.unlink(missing_ok=True)
@@ -376,9 +402,11 @@ def install(
                     "published model (the download was deleted; try again)."
                 )
             record.update(sha256=digest, sha256_verified=bool(expected))
-            safe_extract(archive, staging / "model")
+            safe_extract(archive, staging / "model", progress=lambda done, total: report("unzip", done, total))
+        report("check", 0, 1)
         info = read_model(staging / "model", name=name)
         record["weights_sha256"] = info.weights_sha256()
+        report("check", 1, 1)
         if known:
             record["description"] = known.description
         if lineage:
