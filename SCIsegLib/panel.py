@@ -90,12 +90,12 @@ def version_mismatch(requirement: str, installed: str | None) -> str | None:
 def pip_install_call(requirement: str, constraints_path: str, slicer_version: tuple[int, int]) -> tuple[list[str], dict[str, Any]]:
     """Arguments for ``slicer.util.pip_install``: always a list (never one string Slicer would ``shlex.split``).
 
-    Slicer 5.12 and newer take ``constraints=`` (``slicer.packaging.pip_install``); 5.10 takes only the
+    Slicer 5.12 and newer take ``constraints=`` and ``requester=`` (``slicer.packaging.pip_install``); 5.10 takes only the
     requirement list, so the constraints file goes in as two list items ``-c PATH`` (a path with spaces or
     backslashes stays one argument).
     """
     if tuple(slicer_version) >= (5, 12):
-        return [requirement], {"constraints": constraints_path}
+        return [requirement], {"constraints": constraints_path, "requester": "SCIseg"}
     return [requirement, "-c", constraints_path], {}
 
 
@@ -171,6 +171,7 @@ class Job:
     volume_id: str | None = None
     segmentation_id: str | None = None
     cancel_requested: bool = False
+    abandoned: bool = False  # the scene closed: let it end, show nothing
 
 
 @dataclass
@@ -201,6 +202,8 @@ def decide(job: Job) -> Finished:
     """What a finished job means: cancelled (Cancel, or exit code 130), failed, or succeeded, and what follows."""
     run = job.run
     returncode = getattr(run, "returncode", None)
+    if job.abandoned and job.action not in CANCELLABLE:
+        return Finished(job, Outcome.CANCELLED, f"The scene was closed before {job.action.value} ended: its result is not shown.")
     if job.cancel_requested or getattr(run, "cancelled", False) or returncode == 130:
         return Finished(job, Outcome.CANCELLED, "Cancelled: nothing was changed.")
     failed = (returncode not in (0, None)) or bool(getattr(run, "error", None))
@@ -265,9 +268,11 @@ class PanelState:
         return cancelled
 
     def cancel_all(self) -> None:
-        """Scene closing or module cleanup: every job is asked to stop."""
-        for job in list(self.jobs.values()):
-            if not job.cancel_requested:
+        """Scene closing or module cleanup: the segmentation and model install stop; measure, export and the
+        queue look-up (short, and an export must finish writing its version) end on their own, unshown."""
+        for action, job in list(self.jobs.items()):
+            job.abandoned = True
+            if action in CANCELLABLE and not job.cancel_requested:
                 job.cancel_requested = True
                 job.run.cancel()
 
@@ -356,6 +361,12 @@ def lesion_centre_for_row(table_node, lesion_table_id: str | None, row: int, cen
     except ValueError:
         return None
     return centres.get(label)
+
+
+def new_log_lines(run: Any) -> list[str]:
+    """The child's log lines since the last call, for the panel's log box (children without a streamed log: none)."""
+    reader = getattr(run, "new_log_lines", None)
+    return list(reader()) if reader is not None else []
 
 
 def segment_choice_items(choices: list[str], segments: list[tuple[str, str]], what: str) -> list[tuple[str, str | None]]:

@@ -160,14 +160,19 @@ def test_failed_and_cancelled_jobs(tmp_path: Path) -> None:
     assert ended[Action.INSTALL_MODEL].outcome == Outcome.SUCCEEDED and ended[Action.INSTALL_MODEL].refresh_models
 
 
-def test_scene_close_cancels_every_job() -> None:
+def test_scene_close_stops_the_segmentation_and_shows_no_result() -> None:
     state = PanelState()
-    for action in (Action.SEGMENT, Action.EXPORT, Action.NEXT_CASE):
-        state.start(action, PythonChild("import time; time.sleep(30)"))
+    state.start(Action.SEGMENT, PythonChild("import time; time.sleep(30)"))
+    state.start(Action.EXPORT, PythonChild("import time; time.sleep(0.3)"))  # an export finishes writing its version
+    state.start(Action.NEXT_CASE, PythonChild("pass"))
+    started = time.monotonic()
     state.cancel_all()
-    ended = poll_until_done(state)
-    assert sorted(f.job.action.value for f in ended) == ["export", "next_case", "segment"]
-    assert {f.outcome for f in ended} == {Outcome.CANCELLED}
+    assert time.monotonic() - started < 0.1
+    ended = {f.job.action: f for f in poll_until_done(state)}
+    assert ended[Action.SEGMENT].outcome == Outcome.CANCELLED and ended[Action.SEGMENT].job.run.returncode != 0
+    assert ended[Action.EXPORT].job.run.returncode == 0 and ended[Action.NEXT_CASE].job.run.returncode == 0
+    assert {f.outcome for f in ended.values()} == {Outcome.CANCELLED}
+    assert "scene was closed" in ended[Action.EXPORT].message and not ended[Action.SEGMENT].import_result
 
 
 def test_device_list_keeps_the_saved_device_and_is_probed_again_after_installing() -> None:
@@ -210,7 +215,7 @@ def test_pip_arguments_are_a_list_with_constraints_for_each_slicer_version() -> 
     # What Slicer 5.10 does with one string (shlex.split): the path loses its backslashes and splits at the space.
     assert windows_path not in shlex.split(f"nnunetv2 -c {windows_path}")
     arguments, options = panel.pip_install_call("nnunetv2==2.8.1", windows_path, (5, 12))
-    assert arguments == ["nnunetv2==2.8.1"] and options == {"constraints": windows_path}
+    assert arguments == ["nnunetv2==2.8.1"] and options == {"constraints": windows_path, "requester": "SCIseg"}
     assert panel.version_mismatch("nnunetv2==2.8.1", "2.8.1") is None
     assert panel.version_mismatch("nnunetv2==2.8.1", None) is None
     assert panel.version_mismatch("nnunetv2==2.8.1", "2.6.2") == (
