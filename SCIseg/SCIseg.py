@@ -331,6 +331,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startModelInstall(self, source: str) -> None:
         """Download, unzip and hash in a child (``sciseg models install --progress jsonl``), with progress and Cancel."""
+        if not self.ensureDependencies(Action.INSTALL_MODEL):
+            return
         with slicer.util.tryWithErrorDisplay(_("The model could not be installed."), waitCursor=True):
             run = runner.ModelInstallRun(source, python_executable=self.logic.pythonExecutable())
             run.start()
