@@ -349,6 +349,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = self.logic.ensureDependencies(action)
         self.appendLog(self.logic.installed)
         if self.logic.installed:
+            self.ui.statusLabel.text = "; ".join(self.logic.installed)  # which torch build arrived, and nnU-Net
             self.logic.installed = []
             self.state.dependencies_installed()  # torch may have arrived: probe the devices again
             self.showDevices()

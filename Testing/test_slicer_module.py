@@ -214,6 +214,9 @@ def test_module_follows_the_slicer_template() -> None:
     waiting = ast.unparse(_method(tree, "SCIsegTest", "waitFor"))
     assert "slicer.app.processEvents()" in waiting
     assert ".wait(" not in ast.unparse([n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SCIsegTest"][0])
+    # Without torch/nnU-Net it asks (interactive) or, under CTest, stops saying why.
+    ready = ast.unparse(_method(tree, "SCIsegTest", "dependenciesReady"))
+    assert "testingEnabled" in ready and "self.skipTest(" in ready and "ensureDependencies" in ready
 
 
 def sciseglib_modules_named_in(source: str) -> set[str]:
