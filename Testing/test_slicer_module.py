@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import pytest
 
@@ -251,8 +252,9 @@ def test_module_and_everything_it_imports_load_no_torch_or_nnunet() -> None:
 
 def test_module_file_has_no_pyflakes_findings() -> None:
     """SCIseg.py used ``settings`` before assigning it (F821): an empty panel. ruff catches that class of bug."""
-    ruff = shutil.which("ruff") or str(REPOSITORY / ".venv" / "bin" / "ruff")
-    if not shutil.which(ruff):
+    beside_python = Path(sys.executable).parent / "ruff"
+    ruff = str(beside_python) if beside_python.is_file() else shutil.which("ruff")
+    if ruff is None:
         pytest.skip("ruff is not installed (scripts/test.sh runs it over the whole repository anyway)")
     result = subprocess.run([ruff, "check", "--select", "F,E9,B", "SCIseg", "SCIsegLib/panel.py", "SCIsegLib/mrml.py"],
                             cwd=REPOSITORY, capture_output=True, text=True)
