@@ -422,6 +422,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.showExport(job)
             elif job.action == Action.NEXT_CASE:
                 self.openNextCase(job)
+            elif job.action == Action.COMPARE:
+                self.showComparison(job)
         finally:
             folder = getattr(job.run, "folder", None)
             if folder:
@@ -516,6 +518,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Compare, review queue
 
     def onCompareButton(self) -> None:
+        if not self.ensureDependencies(Action.COMPARE):
+            return
         other = self.ui.compareSegmentationSelector.currentNode()
         current = self._parameterNode.segmentation
         otherChoices = self.askSegmentChoices(other)
@@ -523,13 +527,20 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if currentChoices is None:
             return
         with slicer.util.tryWithErrorDisplay(_("The segmentations could not be compared."), waitCursor=True):
-            result = self.logic.compare(other, current, self._parameterNode.inputVolume, otherChoices, currentChoices)
-            self.ui.statusLabel.text = _(
-                "Versus '{other}': cord Dice {cord:.3f} (+{added} / -{removed} voxels), lesion Dice {lesion:.3f}, "
-                "lesion-wise F1 {f1:.2f} ({before} -> {after} lesions)."
-            ).format(other=other.GetName(), cord=result["cord_dice"], added=result["cord_voxels_added"],
-                     removed=result["cord_voxels_removed"], lesion=result["lesion_dice"], f1=result["lesion_f1"],
-                     before=result["lesions_a"], after=result["lesions_b"])
+            command = self.logic.startCompare(other, current, self._parameterNode.inputVolume, otherChoices, currentChoices)
+            command.otherName = other.GetName()
+            self.state.start(Action.COMPARE, command, volume_id=self._parameterNode.inputVolume.GetID())
+            self.ui.statusLabel.text = _("Comparing...")
+        self.updateGUIFromState()
+
+    def showComparison(self, job) -> None:
+        result = panel.compare_result(job.run.stdout)
+        self.ui.statusLabel.text = _(
+            "Versus '{other}': cord Dice {cord:.3f} (+{added} / -{removed} voxels), lesion Dice {lesion:.3f}, "
+            "lesion-wise F1 {f1:.2f} ({before} -> {after} lesions)."
+        ).format(other=job.run.otherName, cord=result["cord_dice"], added=result["cord_voxels_added"],
+                 removed=result["cord_voxels_removed"], lesion=result["lesion_dice"], f1=result["lesion_f1"],
+                 before=result["lesions_a"], after=result["lesions_b"])
 
     def onNextCaseButton(self) -> None:
         if not self.ensureDependencies(Action.NEXT_CASE):
@@ -749,17 +760,22 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
     # Compare, export, measure
 
     @staticmethod
-    def compare(firstNode, secondNode, volumeNode, firstChoices=None, secondChoices=None) -> dict:
-        """What changed from ``firstNode`` to ``secondNode`` (both exported on the volume's grid)."""
-        import SimpleITK as sitk
+    def exportLabelMaps(nodes, volumeNode, choices, prefix: str):
+        """Each segmentation as a label map file on the volume's grid (0, 1 cord only, 2 lesion) in a new folder."""
+        folder = tempfile.mkdtemp(prefix=prefix)
+        paths = []
+        for index, (node, chosen) in enumerate(zip(nodes, choices, strict=True)):
+            labels = mrml.export_sciseg_label_map(slicer.modules.segmentations.logic(), slicer.mrmlScene, node, volumeNode, chosen)
+            paths.append(os.path.join(folder, f"labels_{index}.nii.gz"))
+            volume.write_image_atomic(labels, paths[-1])
+        return folder, paths
 
-        from SCIsegLib.metrics import compare_label_maps
-
-        logic = slicer.modules.segmentations.logic()
-        first = mrml.export_sciseg_label_map(logic, slicer.mrmlScene, firstNode, volumeNode, firstChoices)
-        second = mrml.export_sciseg_label_map(logic, slicer.mrmlScene, secondNode, volumeNode, secondChoices)
-        return compare_label_maps(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(second),
-                                  tuple(reversed(first.GetSpacing())))
+    def startCompare(self, firstNode, secondNode, volumeNode, firstChoices=None, secondChoices=None):
+        """What changed from ``firstNode`` to ``secondNode``: ``sciseg compare`` in a child (numbers in its stdout)."""
+        folder, paths = self.exportLabelMaps([firstNode, secondNode], volumeNode, [firstChoices, secondChoices], "sciseg-compare-")
+        command = runner.ChildCommand(["compare", *paths], self.pythonExecutable())
+        command.folder = folder
+        return command
 
     @staticmethod
     def sourceImagePath(volumeNode, root: str) -> str:
@@ -985,7 +1001,11 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         self.waitFor(run, self.TIMEOUT_S)
         automatic = moduleLogic.importResult(run, volumeNode)
         run.cleanup()
-        changes = moduleLogic.compare(automatic, segmentationNode, volumeNode)
+        command = moduleLogic.startCompare(automatic, segmentationNode, volumeNode)
+        self.waitFor(command, 300)
+        shutil.rmtree(command.folder, ignore_errors=True)
+        self.assertEqual(command.returncode, 0, command.stderr)
+        changes = panel.compare_result(command.stdout)
         self.assertGreater(changes["lesion_voxels_added"], 0)
         self.assertLess(changes["lesion_dice"], 1.0)
 

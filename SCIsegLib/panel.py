@@ -15,6 +15,7 @@ qt, ctk, slicer, torch or nnunetv2: node ids and scenes are passed in.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -42,12 +43,12 @@ ACTION_MODULES: dict[Action, tuple[str, ...]] = {
     Action.EXPORT: ("pandas", "filelock"),
     Action.NEXT_CASE: ("pandas", "filelock"),
     Action.INSTALL_MODEL: (),
-    Action.COMPARE: (),
+    Action.COMPARE: (),  # sciseg compare: numpy and scipy, which Slicer bundles
     Action.EDIT: (),
 }
 
 #: Actions that run a child process: each is guarded by the one dependency check (``modules_needed``).
-CHILD_ACTIONS = (Action.SEGMENT, Action.INSTALL_MODEL, Action.MEASURE, Action.EXPORT, Action.NEXT_CASE)
+CHILD_ACTIONS = (Action.SEGMENT, Action.INSTALL_MODEL, Action.MEASURE, Action.EXPORT, Action.NEXT_CASE, Action.COMPARE)
 #: Jobs the Cancel button stops.
 CANCELLABLE = (Action.SEGMENT, Action.INSTALL_MODEL)
 
@@ -314,7 +315,7 @@ class PanelState:
             "exportButton": has_segmentation and has_input and bool(inputs.rater.strip()) and bool(inputs.export_folder)
             and not self.busy(Action.EXPORT),
             "compareButton": has_segmentation and has_input and bool(inputs.compare_id)
-            and inputs.compare_id != inputs.segmentation_id,
+            and inputs.compare_id != inputs.segmentation_id and not self.busy(Action.COMPARE),
             "nextCaseButton": bool(inputs.queue_path) and not self.busy(Action.NEXT_CASE) and not segmenting,
         }
 
@@ -343,6 +344,14 @@ def next_case_path(returncode: int | None, stdout: str, is_file) -> str | None:
         if path and is_file(path):
             return path
     return None
+
+
+def compare_result(stdout: str) -> dict[str, float]:
+    """The JSON line ``sciseg compare`` printed (cord/lesion Dice, voxels added/removed, lesion-wise F1)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise ValueError("sciseg compare printed no result")
+    return json.loads(lines[-1])
 
 
 def lesion_centre_for_row(table_node, lesion_table_id: str | None, row: int, centres: dict[int, tuple[float, float, float]]):

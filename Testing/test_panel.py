@@ -194,7 +194,7 @@ def test_every_child_action_is_guarded_by_the_modules_its_child_imports() -> Non
         Action.NEXT_CASE: "import SCIsegLib.training.queue",
         Action.SEGMENT: "import SCIsegLib.inference, SCIsegLib.segment",
         Action.INSTALL_MODEL: "import SCIsegLib.cli, SCIsegLib.models, SCIsegLib.download",
-        Action.COMPARE: "import SCIsegLib.metrics",  # in Slicer's own process: must need nothing Slicer lacks
+        Action.COMPARE: "import SCIsegLib.cli, SCIsegLib.metrics",
     }
     not_in_fresh_slicer = {"pandas", "skimage", "filelock", "torch", "nnunetv2"}
     for action, code in handlers.items():
@@ -203,7 +203,7 @@ def test_every_child_action_is_guarded_by_the_modules_its_child_imports() -> Non
         loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
         needed = loaded & not_in_fresh_slicer
         assert needed <= set(panel.modules_needed(action)), f"{action.value} child imports {sorted(needed)}"
-        assert action in panel.CHILD_ACTIONS or action == Action.COMPARE
+        assert action in panel.CHILD_ACTIONS
     assert panel.packages_to_install(["pandas", "skimage"]) == ["nnunetv2"]
     assert panel.packages_to_install(["torch", "nnunetv2"]) == ["torch", "nnunetv2"]
     assert panel.packages_to_install([], nnunet_version_problem=True) == ["nnunetv2"]
@@ -260,6 +260,61 @@ def test_the_rater_is_asked_which_segment_is_the_lesion(scene) -> None:
     assert items == [("cord (Segment_1)", "Segment_1"), ("Segment_2 (Segment_2)", "Segment_2"), ("None: no lesion in this segmentation", None)]
     labels = mrml.export_sciseg_label_map(logic, scene, node, volume, chosen={"lesion": items[1][1]})
     assert np.count_nonzero(sitk.GetArrayFromImage(labels) == 1) == np.count_nonzero(cord)
+
+
+def test_compare_runs_in_a_child_and_gives_what_the_library_computes(scene, tmp_path: Path) -> None:
+    """Compare (360 ms on a full-FOV scan in Slicer's thread) runs as ``sciseg compare``: same numbers as in process."""
+    from SCIsegLib.metrics import compare_label_maps
+
+    scene, logic = scene
+    volume = load_with_slicer(scene, shared_file("sct_2014_errsm/errsm_11/t2.nii.gz"))
+    reference = mrml.image_from_volume_node(volume)
+    manual = sitk.ReadImage(str(shared_file("sct_2014_errsm/errsm_11/t2_manual_segmentation.nii.gz")))
+    cord = sitk.GetArrayFromImage(mrml.on_grid_of(sitk.Cast(manual > 0.5, sitk.sitkUInt8), reference))
+    automatic = mrml.import_sciseg_masks(logic, scene, volume, mrml.image_from_array_zyx(cord, reference),
+                                         mrml.image_from_array_zyx(np.zeros_like(cord), reference))
+    z, y, x = np.argwhere(cord)[len(np.argwhere(cord)) // 2]
+    lesion = np.zeros_like(cord)
+    lesion[z - 2 : z + 3, y - 1 : y + 2, x - 1 : x + 2] = 1
+    lesion &= cord  # painted inside the cord: the cord region stays the same
+    corrected = mrml.import_sciseg_masks(logic, scene, volume, mrml.image_from_array_zyx(cord, reference),
+                                         mrml.image_from_array_zyx(lesion, reference))
+    paths = []
+    for node in (automatic, corrected):
+        paths.append(tmp_path / f"{node.GetName()}.nii.gz")
+        sitk.WriteImage(mrml.export_sciseg_label_map(logic, scene, node, volume), str(paths[-1]))
+    state = PanelState()
+    state.start(Action.COMPARE, CliChild(["compare", *map(str, paths)]))
+    [finished] = poll_until_done(state, timeout_s=120)
+    assert finished.outcome == Outcome.SUCCEEDED, finished.message
+    result = panel.compare_result(finished.job.run.stdout)
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in paths)
+    expected = compare_label_maps(a, b, tuple(reversed(reference.GetSpacing())))
+    assert result == pytest.approx(expected)
+    assert result["lesion_voxels_added"] == np.count_nonzero(lesion) and result["cord_dice"] == 1.0
+    # Label maps of two different scans: exit 2 with one sentence.
+    other = tmp_path / "t2_other.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))), str(other))
+    state.start(Action.COMPARE, CliChild(["compare", str(paths[0]), str(other)]))
+    [finished] = poll_until_done(state, timeout_s=120)
+    assert finished.outcome == Outcome.FAILED and finished.job.run.returncode == 2
+    assert "does not lie on the grid" in finished.message and "export both label maps on the same volume" in finished.message
+
+
+class CliChild(PythonChild):
+    """``python -m SCIsegLib ARGUMENTS`` (this checkout's) through the same job interface, with its stdout."""
+
+    def __init__(self, arguments: list[str]) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "SCIsegLib", *arguments], cwd=REPOSITORY,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.returncode = None
+        self.stderr = self.stdout = ""
+
+    def poll(self) -> list[dict]:
+        if self.returncode is None and self.process.poll() is not None:
+            self.stdout, self.stderr = self.process.communicate()
+            self.returncode = self.process.returncode
+        return []
 
 
 def test_next_case_path(tmp_path: Path) -> None:
