@@ -353,6 +353,10 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.installed = []
             self.state.dependencies_installed()  # torch may have arrived: probe the devices again
             self.showDevices()
+        if not ready:
+            self.ui.statusLabel.text = _("Not started: {modules} must be installed first.").format(
+                modules=", ".join(dependencies.missing_modules(panel.modules_needed(action))) or _("a dependency")
+            )
         return ready
 
     def onSegmentButton(self) -> None:
