@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     vote.add_argument("--tie", choices=("background", "foreground"), default="background", help="majority vote ties")
     vote.add_argument("-o", "--output", type=Path, required=True, help="consensus file (.nii.gz)")
 
+    changes = commands.add_parser("compare", help="how much two SCIseg label maps of one scan differ (JSON): what a rater changed")
+    changes.add_argument("first", type=Path, help="label map before (0 background, 1 cord only, 2 lesion)")
+    changes.add_argument("second", type=Path, help="label map after, on the same grid")
+
     commands.add_parser("devices", help="list the devices torch can use here (JSON)")
 
     demo = commands.add_parser("demo", help="segment a synthetic example with the bundled demo model")
@@ -409,6 +413,28 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_compare(args: argparse.Namespace) -> int:
+    """Print compare_label_maps(first, second) as one JSON line (the Slicer panel's Compare runs this)."""
+    from .metrics import compare_label_maps
+    from .volume import load_image, on_grid_of
+
+    first, second = load_image(args.first), load_image(args.second)
+    try:
+        second = on_grid_of(second, first, what=str(args.second), where=str(args.first))
+    except ValueError as error:
+        raise InputError(f"{error}; export both label maps on the same volume.") from None
+    spacing_zyx = tuple(reversed(first.GetSpacing()))
+    print(json.dumps(compare_label_maps(sitk_array(first), sitk_array(second), spacing_zyx)))
+    return EXIT_OK
+
+
+def sitk_array(image) -> np.ndarray:
+    """The voxels of a SimpleITK image as a (z, y, x) array."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(image)
+
+
 def _run_devices(args: argparse.Namespace) -> int:
     from .inference import available_devices
 
@@ -550,6 +576,7 @@ HANDLERS = {
     "evaluate": _run_evaluate,
     "stats": _run_stats,
     "consensus": _run_consensus,
+    "compare": _run_compare,
     "devices": _run_devices,
     "demo": _run_demo,
 }

@@ -11,7 +11,9 @@ the first two physical axes. Arrays are indexed (z, y, x) = (k, j, i) on both si
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +149,20 @@ def create_segmentation_node(scene, reference_volume, name: str):
     return node
 
 
+@contextlib.contextmanager
+def removing_nodes_added(scene) -> Iterator[None]:
+    """Remove, on leaving, every node added to the scene inside the block (temporary label maps and the
+    display and colour-table nodes Slicer's export creates for them), so nothing is left in a saved scene."""
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    finally:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node is not None and node.GetID() not in before and scene.IsNodePresent(node):
+                scene.RemoveNode(node)
+
+
 def set_segment_from_mask(logic, scene, segmentation_node, spec: SegmentSpec, mask: sitk.Image, reference_volume) -> None:
     """Create or replace segment ``spec.segment_id`` with a binary mask lying on the reference volume's grid."""
     reference = image_from_volume_node(reference_volume)
@@ -159,14 +175,12 @@ def set_segment_from_mask(logic, scene, segmentation_node, spec: SegmentSpec, ma
     segment.SetColor(*spec.color)
     segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), spec.terminology)
     binary = image_from_array_zyx((sitk.GetArrayFromImage(mask) > 0).astype(np.uint8), reference)
-    labelmap = add_volume_node(scene, binary, "__sciseg_temporary__", labelmap=True)
-    try:
+    with removing_nodes_added(scene):
+        labelmap = add_volume_node(scene, binary, "__sciseg_temporary__", labelmap=True)
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(spec.segment_id)
         if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, ids):
             raise RuntimeError(f"Slicer could not import the {spec.name} mask into '{segmentation_node.GetName()}'")
-    finally:
-        scene.RemoveNode(labelmap)
 
 
 def import_sciseg_masks(logic, scene, reference_volume, cord: sitk.Image, lesion: sitk.Image, name: str | None = None):
@@ -196,31 +210,125 @@ def segment_mask(logic, scene, segmentation_node, segment_id: str, reference_vol
 
 
 def export_label_array(logic, scene, segmentation_node, reference_volume, segment_ids: vtk.vtkStringArray) -> np.ndarray:
-    """Export segments to a (z, y, x) label array on the reference grid; segment n gets value n+1, later wins."""
-    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-    labelmap.SetName("__sciseg_export__")
-    scene.AddNode(labelmap)
-    try:
+    """Export segments to a (z, y, x) label array on the reference grid; segment n gets value n+1, later wins.
+
+    The temporary label map, and the display and colour-table nodes Slicer creates for it, leave the scene.
+    """
+    with removing_nodes_added(scene):
+        labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+        labelmap.SetName("__sciseg_export__")
+        scene.AddNode(labelmap)
         if not logic.ExportSegmentsToLabelmapNode(segmentation_node, segment_ids, labelmap, reference_volume):
             raise RuntimeError(f"Slicer could not export the segments of '{segmentation_node.GetName()}'")
         return sitk.GetArrayFromImage(image_from_volume_node(labelmap))
-    finally:
-        scene.RemoveNode(labelmap)
 
 
-def export_sciseg_label_map(logic, scene, segmentation_node, reference_volume) -> sitk.Image:
-    """The corrected segments as one uint8 image on the reference grid: 0 background, 1 cord only, 2 lesion.
+class SegmentChoiceError(ValueError):
+    """The cord or lesion segment of a segmentation cannot be told without asking the rater.
 
-    A missing segment counts as empty. Lesion wins where the segments overlap (nnU-Net's region
-    convention: label 2 lies inside the cord region {1, 2}).
+    ``choices`` maps each SCIseg segment id (``spinal_cord``, ``lesion``) that needs a choice to the
+    candidate segment ids (empty when none matched); ``segments`` lists every (id, name) of the node.
     """
-    reference = image_from_volume_node(reference_volume)
-    labels = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
+
+    def __init__(self, message: str, choices: dict[str, list[str]], segments: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.choices = choices
+        self.segments = segments
+
+
+def _terminology_type_code(segment) -> str | None:
+    """The type code of a segment's terminology entry (e.g. SNOMED ``2748008`` spinal cord), None without one.
+
+    The tag is Slicer's serialized entry ``context~category~type~modifier~anatomicContext~region~modifier``,
+    each field ``codingScheme^codeValue^codeMeaning``.
+    """
+    tag = vtk.mutable("")
+    if not segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag) or not str(tag):
+        return None
+    fields = str(tag).split("~")
+    if len(fields) < 3:
+        return None
+    parts = fields[2].split("^")
+    return parts[1] if len(parts) > 1 and parts[1] else None
+
+
+#: Names (lower case) a rater or another tool gives the SCIseg segments, besides their ids.
+SEGMENT_NAMES = {
+    CORD.segment_id: {"spinal cord", "spinal_cord", "spinalcord", "cord", "sc"},
+    LESION.segment_id: {"lesion", "lesions", "sci lesion", "t2 lesion"},
+}
+
+
+def match_sciseg_segments(segmentation_node) -> dict[str, list[str]]:
+    """For the cord and the lesion, the ids of the segments that are it: by terminology type, else name, else id.
+
+    The first rule that matches any segment decides (a re-created ``Segment_1`` tagged "Lesion" is found by
+    its terminology; a hand-made "Spinal cord" by its name). An empty list: nothing matched; more than one:
+    ambiguous.
+    """
+    segmentation = segmentation_node.GetSegmentation()
+    segments = [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i)) for i in range(segmentation.GetNumberOfSegments())]
+    matches: dict[str, list[str]] = {}
+    for spec in SCISEG_SEGMENTS:
+        type_code = spec.terminology.split("~")[2].split("^")[1]
+        names = SEGMENT_NAMES[spec.segment_id] | {spec.name.lower()}
+        by_terminology = [sid for sid, segment in segments if _terminology_type_code(segment) == type_code]
+        by_name = [sid for sid, segment in segments if segment.GetName().strip().lower() in names]
+        by_id = [sid for sid, _segment in segments if sid == spec.segment_id]
+        found = by_terminology or by_name or by_id
+        matches[spec.segment_id] = found
+    return matches
+
+
+def resolve_sciseg_segments(segmentation_node, chosen: dict[str, str | None] | None = None) -> dict[str, str | None]:
+    """The segment id to export as cord and as lesion; raises :class:`SegmentChoiceError` when a rater must choose.
+
+    ``chosen`` holds the rater's answers (SCIseg id -> segment id, or None for "no such segment: empty"); they
+    win over the matching. Never silently empty: a cord or lesion that matches no segment, or several, raises.
+    """
+    chosen = dict(chosen or {})
+    matches = match_sciseg_segments(segmentation_node)
+    resolved: dict[str, str | None] = {}
+    unclear: dict[str, list[str]] = {}
     segmentation = segmentation_node.GetSegmentation()
     for spec in SCISEG_SEGMENTS:
-        if segmentation.GetSegment(spec.segment_id) is None:
+        if spec.segment_id in chosen:
+            choice = chosen[spec.segment_id]
+            if choice is not None and segmentation.GetSegment(choice) is None:
+                raise ValueError(f"segmentation '{segmentation_node.GetName()}' has no segment '{choice}'")
+            resolved[spec.segment_id] = choice
+        elif len(matches[spec.segment_id]) == 1:
+            resolved[spec.segment_id] = matches[spec.segment_id][0]
+        else:
+            unclear[spec.segment_id] = matches[spec.segment_id]
+    if unclear:
+        segments = [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i).GetName()) for i in range(segmentation.GetNumberOfSegments())]
+        what = "; ".join(
+            f"{'several segments could be' if ids else 'no segment is'} the {name}" + (f" ({', '.join(ids)})" if ids else "")
+            for name, ids in ((next(s.name for s in SCISEG_SEGMENTS if s.segment_id == k).lower(), v) for k, v in unclear.items())
+        )
+        raise SegmentChoiceError(
+            f"In segmentation '{segmentation_node.GetName()}' {what}: choose which segment it is (or none).", unclear, segments
+        )
+    return resolved
+
+
+def export_sciseg_label_map(logic, scene, segmentation_node, reference_volume, chosen: dict[str, str | None] | None = None) -> sitk.Image:
+    """The corrected segments as one uint8 image on the reference grid: 0 background, 1 cord only, 2 lesion.
+
+    Segments are found by :func:`resolve_sciseg_segments` (terminology, then name, then id; ``chosen`` holds a
+    rater's answers); when the cord or lesion cannot be told, it raises :class:`SegmentChoiceError` instead of
+    exporting an empty label. Lesion wins where the segments overlap (nnU-Net's region convention: label 2
+    lies inside the cord region {1, 2}).
+    """
+    resolved = resolve_sciseg_segments(segmentation_node, chosen)
+    reference = image_from_volume_node(reference_volume)
+    labels = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
+    for spec in SCISEG_SEGMENTS:
+        segment_id = resolved[spec.segment_id]
+        if segment_id is None:
             continue
-        mask = segment_mask(logic, scene, segmentation_node, spec.segment_id, reference_volume)
+        mask = segment_mask(logic, scene, segmentation_node, segment_id, reference_volume)
         labels[mask] = spec.label_value
     return image_from_array_zyx(labels, reference)
 

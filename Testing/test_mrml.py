@@ -231,3 +231,72 @@ def test_an_empty_mask_clears_the_segment(scene) -> None:
     assert not mrml.segment_mask(logic, scene, node, "lesion", volume).any()
     labels = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume))
     assert not np.any(labels == 2) and np.count_nonzero(labels) == np.count_nonzero(cord_array) - 3
+
+
+def _node_ids(scene) -> list[str]:
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def test_import_export_and_measure_leave_no_node_behind(scene) -> None:
+    """Slicer's export adds a LabelMapVolumeDisplay and a '<seg>_ColorTable' node per label map: none may stay."""
+    scene, logic = scene
+    volume, reference, cord, cord_array, (z, y, x) = t2_in_slicer(scene)
+    lesion_array = np.zeros_like(cord_array)
+    lesion_array[z - 1 : z + 2, y, x] = 1
+    node = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, lesion_array))
+    before = _node_ids(scene)
+    labels = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume))
+    mrml.segment_mask(logic, scene, node, "lesion", volume)
+    mrml.set_segment_from_mask(logic, scene, node, mrml.LESION, _on(reference, lesion_array), volume)
+    assert _node_ids(scene) == before
+    assert np.count_nonzero(labels == 2) == 3
+    classes = {scene.GetNthNode(i).GetClassName() for i in range(scene.GetNumberOfNodes())}
+    assert "vtkMRMLLabelMapVolumeNode" not in classes and "vtkMRMLLabelMapVolumeDisplayNode" not in classes
+
+
+def _add_segment(logic, scene, node, segment_id: str, name: str, mask: np.ndarray, reference, volume, terminology: str = "") -> None:
+    """A segment made the way a rater makes one: any id and name, optional terminology, painted voxels."""
+    spec = mrml.SegmentSpec(segment_id, name, (0.5, 0.5, 0.5), terminology, 0)
+    mrml.set_segment_from_mask(logic, scene, node, spec, _on(reference, mask), volume)
+    if not terminology:
+        node.GetSegmentation().GetSegment(segment_id).RemoveTag(slicer.vtkSegment.GetTerminologyEntryTagName())
+
+
+def test_segments_found_by_terminology_then_name_and_never_exported_silently_empty(scene) -> None:
+    scene, logic = scene
+    volume, reference, cord, cord_array, (z, y, x) = t2_in_slicer(scene)
+    lesion = np.zeros_like(cord_array)
+    lesion[z - 1 : z + 2, y, x] = 1
+
+    # The rater deleted "lesion" and painted a new Segment_1, tagged Lesion in the terminology picker.
+    node = mrml.import_sciseg_masks(logic, scene, volume, cord, _on(reference, np.zeros_like(cord_array)))
+    node.GetSegmentation().RemoveSegment("lesion")
+    _add_segment(logic, scene, node, "Segment_1", "Segment_1", lesion, reference, volume, mrml.LESION.terminology)
+    assert mrml.match_sciseg_segments(node) == {"spinal_cord": ["spinal_cord"], "lesion": ["Segment_1"]}
+    labels = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume))
+    assert np.count_nonzero(labels == 2) == 3 and np.count_nonzero(labels) == np.count_nonzero(cord_array)
+
+    # A hand-made segmentation (another tool's names, no terminology) is found by name.
+    handmade = mrml.create_segmentation_node(scene, volume, "rater B")
+    _add_segment(logic, scene, handmade, "Segment_1", "Spinal Cord", cord_array, reference, volume)
+    _add_segment(logic, scene, handmade, "Segment_2", "lesion", lesion, reference, volume)
+    assert mrml.resolve_sciseg_segments(handmade) == {"spinal_cord": "Segment_1", "lesion": "Segment_2"}
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, handmade, volume)), labels)
+
+    # Nothing named like a lesion: the export asks instead of writing an empty lesion.
+    unnamed = mrml.create_segmentation_node(scene, volume, "rater C")
+    _add_segment(logic, scene, unnamed, "Segment_1", "cord", cord_array, reference, volume)
+    _add_segment(logic, scene, unnamed, "Segment_2", "Segment_2", lesion, reference, volume)
+    with pytest.raises(mrml.SegmentChoiceError, match="no segment is the lesion") as raised:
+        mrml.export_sciseg_label_map(logic, scene, unnamed, volume)
+    assert raised.value.choices == {"lesion": []}
+    assert raised.value.segments == [("Segment_1", "cord"), ("Segment_2", "Segment_2")]
+    answered = mrml.export_sciseg_label_map(logic, scene, unnamed, volume, chosen={"lesion": "Segment_2"})
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(answered), labels)
+    no_lesion = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, unnamed, volume, chosen={"lesion": None}))
+    assert not np.any(no_lesion == 2) and np.count_nonzero(no_lesion) == np.count_nonzero(cord_array)
+
+    # Two segments tagged Lesion: ambiguous, the rater chooses.
+    _add_segment(logic, scene, node, "Segment_2", "Segment_2", lesion, reference, volume, mrml.LESION.terminology)
+    with pytest.raises(mrml.SegmentChoiceError, match=r"several segments could be the lesion \(Segment_1, Segment_2\)"):
+        mrml.export_sciseg_label_map(logic, scene, node, volume)

@@ -1,4 +1,4 @@
-"""Draw Resources/Icons/SCIseg.png (128x128): a synthetic sagittal T2w cord with the cord and lesion overlays."""
+"""Draw SCIseg/Resources/Icons/SCIseg.png (128x128): a synthetic sagittal T2w cord with the cord and lesion overlays."""
 
 from pathlib import Path
 
@@ -33,6 +33,6 @@ overlay[slice_labels == 1] = (1.0, 0.85, 0.3, 0.45)
 overlay[slice_labels == 2] = (0.9, 0.15, 0.1, 0.8)
 axis.imshow(overlay, origin="lower")
 axis.set_axis_off()
-output = Path(__file__).resolve().parents[1] / "Resources" / "Icons" / "SCIseg.png"
+output = Path(__file__).resolve().parents[1] / "SCIseg" / "Resources" / "Icons" / "SCIseg.png"
 figure.savefig(output, dpi=100)
 print(output)
