@@ -32,6 +32,7 @@ ACTION_MODULES: dict[str, tuple[str, ...]] = {
     "export": ("numpy", "SimpleITK", "scipy", "filelock"),
     "next_case": ("numpy", "SimpleITK", "scipy", "filelock"),
     "install_model": ("numpy",),
+    "compare": ("numpy", "SimpleITK", "scipy", "nibabel"),
 }
 #: Every module any child imports: what :func:`missing_modules` checks by default.
 REQUIRED_MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for modules in ACTION_MODULES.values() for m in modules))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from . import dependencies
+
 
 class Action(str, Enum):
     """What a button of the panel starts; the background ones hold a child process while they run."""
@@ -34,19 +36,6 @@ class Action(str, Enum):
     EDIT = "edit"
 
 
-#: Python modules the child process of each action imports (checked with ``importlib.util.find_spec``, never
-#: imported into Slicer). Segment needs the model's stack; analyze needs pandas and scikit-image; export and
-#: the review queue need filelock (with torch) -- a fresh Slicer 5.10 bundles none of them.
-ACTION_MODULES: dict[Action, tuple[str, ...]] = {
-    Action.SEGMENT: ("torch", "nnunetv2"),
-    Action.MEASURE: ("pandas", "skimage"),
-    Action.EXPORT: ("pandas", "filelock"),
-    Action.NEXT_CASE: ("pandas", "filelock"),
-    Action.INSTALL_MODEL: (),
-    Action.COMPARE: (),  # sciseg compare: numpy and scipy, which Slicer bundles
-    Action.EDIT: (),
-}
-
 #: Actions that run a child process: each is guarded by the one dependency check (``modules_needed``).
 CHILD_ACTIONS = (Action.SEGMENT, Action.INSTALL_MODEL, Action.MEASURE, Action.EXPORT, Action.NEXT_CASE, Action.COMPARE)
 #: Jobs the Cancel button stops.
@@ -54,8 +43,8 @@ CANCELLABLE = (Action.SEGMENT, Action.INSTALL_MODEL)
 
 
 def modules_needed(action: Action) -> tuple[str, ...]:
-    """The Python modules ``action``'s child imports."""
-    return ACTION_MODULES[action]
+    """The Python modules ``action``'s child imports (``dependencies.ACTION_MODULES``; none for in-process actions)."""
+    return dependencies.ACTION_MODULES.get(action.value, ())
 
 
 def packages_to_install(missing_modules: list[str], nnunet_version_problem: bool = False) -> list[str]:

@@ -62,6 +62,7 @@ def child_commands(tmp_path: Path, demo_model_path: Path) -> dict[str, list[str]
                    "--rater", "tester"],
         "next_case": ["queue", "next", "--queue", str(queue), "--bids", str(tmp_path / "bids")],
         "install_model": ["models", "install", str(archive), "--name", "recorded", "--progress", "jsonl"],
+        "compare": ["compare", str(labels), str(labels)],
     }
 
 
