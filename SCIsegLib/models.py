@@ -437,7 +437,10 @@ def install(
                     )
                 record.update(sha256=digest, sha256_verified=bool(expected))
                 safe_extract(archive, staging / "model")
-            info = read_model(staging / "model", name=name)
+            try:
+                info = read_model(staging / "model", name=name)
+            except ModelError as error:  # name what the user gave, not our staging folder
+                raise ModelError(str(error).replace(str(staging / "model"), str(source))) from None
             check_checkpoints_safe(info)
             if known and not expected and archive is not None:  # recorded only for a model that proved usable
                 record.update(_trusted_digest(root, source, url or "", record["sha256"]))

@@ -1,0 +1,34 @@
+"""Spreadsheet-safe table cells: text that Excel or LibreOffice would run as a formula is escaped.
+
+A cell whose text begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is read as a
+formula by spreadsheet programs (``=cmd|' /C calc'!A0``). Every table SCIseg writes (CSV and .xlsx)
+goes through :func:`escape_formulas`, which prefixes such text with a single quote (OWASP's advice).
+Numbers stay numbers: a negative value, or text that is exactly a number ("-3.5"), is not touched.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_cell(value: object) -> object:
+    """``value`` with a leading ``'`` when it is text a spreadsheet would read as a formula; anything else as is."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value  # the text of a plain number ("-2", "+1e-3") is a number to a spreadsheet too
+
+
+def escape_formulas(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` whose text cells and column names are spreadsheet-safe (numeric columns untouched)."""
+    escaped = table.copy()
+    for column in escaped.columns:
+        if escaped[column].dtype == object or pd.api.types.is_string_dtype(escaped[column]):
+            escaped[column] = escaped[column].map(escape_cell)
+    escaped.columns = [escape_cell(str(c)) if isinstance(c, str) else c for c in escaped.columns]
+    return escaped
