@@ -525,10 +525,13 @@ def _run_stats(args: argparse.Namespace) -> int:
             if needed not in clinical.columns:
                 raise InputError(f"{args.clinical} has no '{needed}' column (it has {', '.join(map(str, clinical.columns))}).")
     rows = []
+    missing = [column for column in args.columns if f"{column}_a" not in merged.columns]
+    if missing:
+        raise InputError(f"column '{missing[0]}' is missing from one of the tables.")
+    for column in args.columns:  # every column is checked before anything is written
+        _numbers(merged, f"{column}_a", args.a), _numbers(merged, f"{column}_b", args.b)
     args.output.mkdir(parents=True, exist_ok=True)
     for column in args.columns:
-        if f"{column}_a" not in merged.columns:
-            raise InputError(f"column '{column}' is missing from one of the tables.")
         first_values, second_values = _numbers(merged, f"{column}_a", args.a), _numbers(merged, f"{column}_b", args.b)
         if int(np.sum(np.isfinite(first_values) & np.isfinite(second_values))) < 2:
             raise InputError(f"column '{column}' has fewer than two subjects measured in both tables; nothing to compare.")

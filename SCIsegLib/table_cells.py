@@ -4,6 +4,7 @@ A cell whose text begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage re
 formula by spreadsheet programs (``=cmd|' /C calc'!A0``). Every table SCIseg writes (CSV and .xlsx)
 goes through :func:`escape_formulas`, which prefixes such text with a single quote (OWASP's advice).
 Numbers stay numbers: a negative value, or text that is exactly a number ("-3.5"), is not touched.
+Carriage returns inside text become newlines (so the CSV writer quotes the cell).
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def escape_cell(value: object) -> object:
-    """``value`` with a leading ``'`` when it is text a spreadsheet would read as a formula; anything else as is."""
-    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+    """``value`` with a leading ``'`` when it is text a spreadsheet would read as a formula; anything else as is.
+
+    Carriage returns inside text become newlines: the CSV writer quotes a cell holding a newline, while a
+    bare carriage return would end the row there and start the next one with the rest of the text.
+    """
+    if not isinstance(value, str):
         return value
-    try:
-        float(value)
-    except ValueError:
-        return "'" + value
-    return value  # the text of a plain number ("-2", "+1e-3") is a number to a spreadsheet too
+    escaped = value
+    if value.startswith(FORMULA_STARTS):
+        try:
+            float(value)
+        except ValueError:
+            escaped = "'" + value
+    return escaped.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def escape_formulas(table: pd.DataFrame) -> pd.DataFrame:
