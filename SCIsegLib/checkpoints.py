@@ -16,11 +16,13 @@ dataset.json, a ``torch.device``), the trainer name and mirroring axes.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickletools
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ModelError
 
@@ -147,3 +149,26 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise ModelError(f"the checkpoint {path} is not an nnU-Net checkpoint (no 'network_weights'); reinstall the model.")
     return checkpoint
+
+
+@contextlib.contextmanager
+def weights_only_everywhere() -> Iterator[None]:
+    """Within this block every ``torch.load``, nnU-Net's own ``weights_only=False`` calls included, loads with
+    ``weights_only=True`` and the numpy globals of nnU-Net's logs (torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``).
+
+    For nnU-Net methods that only take a file name (``nnUNetTrainer.load_checkpoint``: its dict path is broken
+    in nnunetv2 2.8.1); call :func:`load_checkpoint` on the file first so that an unsafe one is refused
+    with our message before nnU-Net opens it.
+    """
+    import torch
+
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous

@@ -58,9 +58,11 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
             files += sorted(p for p in Path(path).rglob("*.nii*") if ".sciseg_versions" not in p.parts)
         else:
             files.append(Path(path))
-    for file in files:  # latest copies left mixed by an interrupted `sciseg export` are not read
-        marker = next((m for m in file.parent.glob(".*.sciseg-publishing") if file.name.startswith(m.name[1:-len(".sciseg-publishing")] + "_")), None)
-        if marker is not None:
+    markers: dict[Path, list[str]] = {}  # folder -> stems whose latest copies an interrupted export left mixed
+    for file in files:
+        if file.parent not in markers:
+            markers[file.parent] = [m.name[1: -len(".sciseg-publishing")] for m in file.parent.glob(".*.sciseg-publishing")]
+        if any(file.name.startswith(stem + "_") for stem in markers[file.parent]):
             raise InputError(f"{file} belongs to a set of labels whose export was interrupted; run `sciseg export` "
                              "again for that scan (it republishes them), then evaluate.")
     return files

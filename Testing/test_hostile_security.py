@@ -254,3 +254,14 @@ def test_download_without_length_that_stops_early_is_refused_and_deleted(tmp_pat
 def test_finetune_loads_checkpoints_safely() -> None:
     source = (REPOSITORY / "SCIsegLib" / "training" / "finetune.py").read_text()
     assert "torch.load" not in source and source.count("load_checkpoint(") >= 3
+
+
+def test_nnunet_own_loads_are_forced_to_weights_only(full_checkpoint: Path, tmp_path: Path) -> None:
+    """``weights_only_everywhere`` (used for nnU-Net's file-name-only resume): its ``weights_only=False`` is overridden."""
+    with checkpoints.weights_only_everywhere():
+        assert torch.load(full_checkpoint, map_location="cpu", weights_only=False)["_best_ema"] == 0.5
+        for path, marker in _evil_checkpoints(tmp_path):
+            with pytest.raises(pickle.UnpicklingError):
+                torch.load(path, map_location="cpu", weights_only=False)
+            assert not marker.exists()
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import load_checkpoint, weights_only_everywhere
 from ..errors import InputError
 from ..metrics import dice
 from ..models import ModelInfo, install, read_model
@@ -112,7 +112,9 @@ def finetune(
     trainer.save_every = 1
     output = Path(trainer.output_folder)
     if (output / "checkpoint_latest.pth").is_file() and not (output / "checkpoint_final.pth").is_file():
-        trainer.load_checkpoint(load_checkpoint(output / "checkpoint_latest.pth"))  # resume (loaded safely, not by nnU-Net)
+        load_checkpoint(output / "checkpoint_latest.pth")  # refuses an unsafe file before nnU-Net opens it
+        with weights_only_everywhere():  # nnU-Net's own torch.load, made weights_only (resume after an interruption)
+            trainer.load_checkpoint(str(output / "checkpoint_latest.pth"))
     elif not (output / "checkpoint_final.pth").is_file():
         trainer.initialize()
         checkpoint = load_checkpoint(base.checkpoint_files()[0])
