@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .lesions import LesionAnalysis
+from .table_cells import escape_formulas
 from .volume import image_stem, publish_file, write_image_atomic
 
 
@@ -22,7 +23,10 @@ def _write_text_atomic(text: str, path: Path) -> Path:
 
 
 def write_table(table: pd.DataFrame, path: Path, sheet: str = "measures") -> list[Path]:
-    """``path`` as CSV, and the same sheet as ``.xlsx`` beside it when openpyxl is available."""
+    """``path`` as CSV, and the same sheet as ``.xlsx`` beside it when openpyxl is available.
+
+    Text cells that a spreadsheet would run as a formula are escaped (:mod:`SCIsegLib.table_cells`)."""
+    table = escape_formulas(table)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = [_write_text_atomic(table.to_csv(index=False), path)]
     try:
@@ -45,7 +49,7 @@ def write_lesion_analysis(
     stem = image_stem(lesion_path)
     written = write_table(result.table, output_dir / f"{stem}_analysis.csv")
     if profile is not None:
-        written.append(_write_text_atomic(profile.to_csv(index=False), output_dir / f"{stem}_perslice.csv"))
+        written.append(_write_text_atomic(escape_formulas(profile).to_csv(index=False), output_dir / f"{stem}_perslice.csv"))
     written.append(write_image_atomic(result.labels, output_dir / f"{stem}_label.nii.gz"))
     summary = {**result.summary, "warnings": result.warnings, "lesion_mask": str(Path(lesion_path).resolve())}
     written.append(_write_text_atomic(json.dumps(summary, indent=2), output_dir / f"{stem}_analysis.json"))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
+import math
 import os
 import sys
 import traceback
@@ -18,7 +20,7 @@ from typing import Callable, TextIO
 import numpy as np
 
 from . import __version__, cancel
-from .errors import CancelledError, InputError, SCIsegError
+from .errors import CancelledError, DownloadError, InputError, SCIsegError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--labels", type=Path, help="label map: 1 cord only, 2 lesion")
     masks.add_argument("--seg-nrrd", type=Path, help="Slicer segmentation with segments spinal_cord and lesion")
     masks.add_argument("--cord", type=Path, help="cord mask (use with --lesion)")
-    export.add_argument("--lesion", type=Path, help="lesion mask (with --cord)")
+    export.add_argument("--lesion", type=Path, help="lesion mask (with --cord; without it the scan has no lesion)")
     export.add_argument("--model", default=None, help="the model that made the prediction")
     export.add_argument("--predicted-labels", type=Path, default=None, help="the model's label map, to record what changed")
     export.add_argument("--subject", default=None, help="BIDS subject label when the file name has none")
@@ -225,6 +227,10 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
 
     if not 0 < args.step <= 1:
         raise InputError(f"--step must be in (0, 1], got {args.step}.")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}.")
+    if args.output is not None:
+        _output_folder(args.output)
     model = resolve_model(args.model)
     settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads)
     postprocess = PostprocessSettings(
@@ -325,6 +331,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from .lesions import analyze_lesions, per_slice_profile
     from .volume import image_stem, load_mask
 
+    _output_folder(args.output)
     lesion = load_mask(args.lesion)
     cord = load_mask(args.cord) if args.cord else None
     image = load_mask(args.image, binary=False) if args.image else None
@@ -352,6 +359,7 @@ def _run_cord(args: argparse.Namespace) -> int:
     from .cord import cord_morphometry
     from .volume import image_stem, load_mask
 
+    _output_folder(args.output)
     table = cord_morphometry(load_mask(args.cord, binary=False), angle_correction=not args.no_angle_correction)
     for path in write_table(table, args.output / f"{image_stem(args.cord)}_csa.csv", sheet="csa"):
         print(path)
@@ -361,6 +369,7 @@ def _run_cord(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
+    from .file_checks import check_whole_image_file
     from .training.export import export_correction, masks_from_seg_nrrd
     from .volume import load_mask
 
@@ -370,14 +379,18 @@ def _run_export(args: argparse.Namespace) -> int:
             raise InputError(f"a label map must hold 0, 1 and 2 only (found {sorted(values)[:6]}).")
         return sitk.Cast(label_map > 0, sitk.sitkUInt8), sitk.Cast(label_map == 2, sitk.sitkUInt8)
 
+    if args.lesion and not args.cord:
+        raise InputError("--lesion goes with --cord (give the cord mask too, or a label map with --labels).")
+    for given in (args.labels, args.cord, args.lesion, args.predicted_labels):
+        if given is not None:
+            check_whole_image_file(given, "mask")
     if args.labels:
         cord, lesion = split(load_mask(args.labels, binary=False))
     elif args.seg_nrrd:
         cord, lesion = masks_from_seg_nrrd(args.seg_nrrd)
     else:
-        if not args.lesion:
-            raise InputError("--cord needs --lesion too.")
-        cord, lesion = load_mask(args.cord), load_mask(args.lesion)
+        cord = load_mask(args.cord)
+        lesion = load_mask(args.lesion) if args.lesion else sitk.Cast(cord * 0, sitk.sitkUInt8)  # no lesion drawn: none
     predicted = split(load_mask(args.predicted_labels, binary=False)) if args.predicted_labels else (None, None)
     result = export_correction(
         root=args.root, source=args.source, cord=cord, lesion=lesion, rater=args.rater, model=args.model,
@@ -393,6 +406,7 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_dataset(args: argparse.Namespace) -> int:
     from .training.dataset import build_dataset
 
+    _output_folder(args.output)
     folder, cases, written = build_dataset(
         args.bids, args.output, args.id, args.name, test_fraction=args.test_fraction, seed=args.seed
     )
@@ -451,6 +465,8 @@ def _run_queue(args: argparse.Namespace) -> int:
 
         engine = NnUNetEngine(resolve_model(args.model), InferenceSettings(device=args.device))
         records = queue.score_scans(args.inputs, engine, args.queue)
+    elif not args.queue.is_file():
+        raise InputError(f"{args.queue}: no such queue file; create it with `sciseg queue score`.")
     elif args.queue_command == "list":
         records = queue.ranked(queue.load_queue(args.queue))
     else:
@@ -470,12 +486,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .analysis_files import write_table
     from .evaluation import evaluate, raincloud, summarise
 
-    cord_labels = tuple(int(v) for v in args.cord_labels.split(","))
+    cord_labels = _cord_labels(args.cord_labels)
+    if not args.tolerance_mm > 0:
+        raise InputError(f"--tolerance-mm must be a positive distance in mm, got {args.tolerance_mm}.")
+    _output_folder(args.output)
     table = evaluate(args.pred, args.ref, method=args.method, cord_labels=cord_labels, tolerance_mm=args.tolerance_mm)
     groups = None
     if args.groups:
-        with open(args.groups, newline="") as stream:
-            rows = list(csv.DictReader(stream, delimiter="\t"))
+        try:
+            with open(args.groups, newline="") as stream:
+                rows = list(csv.DictReader(stream, delimiter="\t"))
+        except (UnicodeDecodeError, csv.Error):
+            raise InputError(f"{args.groups} is not a text TSV table; give a TSV with participant_id and site columns.") from None
+        if not rows or "participant_id" not in rows[0]:
+            raise InputError(f"{args.groups} has no participant_id column; give a TSV with participant_id and site columns.")
         column = next((c for c in ("site", "group") if rows and c in rows[0]), None)
         groups = {row["participant_id"]: row[column] for row in rows} if column else None
     args.output.mkdir(parents=True, exist_ok=True)
@@ -490,31 +514,86 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cord_labels(text: str) -> tuple[int, ...]:
+    """``--cord-labels``: '1,2' or '1' (the label values forming the cord in label maps)."""
+    try:
+        labels = tuple(int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        labels = ()
+    if labels not in ((1, 2), (2, 1), (1,)):
+        raise InputError(f"--cord-labels must be '1,2' (cord with lesion) or '1' (cord only), got {text!r}.")
+    return labels
+
+
+def _output_folder(path: Path) -> Path:
+    """``-o`` given as a folder: refuse an existing file before anything is computed."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"-o {path} is a file; give a folder for the outputs.")
+    return path
+
+
+def _read_table(path: Path, sep: str = ",", what: str = "table"):
+    """A CSV/TSV table read by pandas, or one sentence saying why it is not one."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such {what} file; check the path.")
+    try:
+        return pd.read_csv(path, sep=sep)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise InputError(f"{path} is not a text {'CSV' if sep == ',' else 'TSV'} {what} ({type(error).__name__}); "
+                         "export it as plain text.") from None
+
+
+def _numbers(table, column: str, path: Path) -> np.ndarray:
+    """The values of ``column`` as floats (empty cells NaN); text that is not a number is refused."""
+    import pandas as pd
+
+    values = pd.to_numeric(table[column], errors="coerce")
+    bad = table[column][values.isna() & table[column].notna()]
+    if len(bad):
+        raise InputError(f"column '{column.removesuffix('_a').removesuffix('_b')}' of {path} holds text that is not a number ({str(bad.iloc[0])[:40]!r}); "
+                         "fix or remove that row.")
+    return values.to_numpy(float)
+
+
 def _run_stats(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .analysis_files import write_table
     from .stats import agreement, clinical_correlation, scatter_plot
 
-    first, second = pd.read_csv(args.a), pd.read_csv(args.b)
+    _output_folder(args.output)
+    first, second = _read_table(args.a), _read_table(args.b)
     for table, path in ((first, args.a), (second, args.b)):
         if "subject" not in table.columns:
             raise InputError(f"{path} needs a 'subject' column to pair the measures.")
     merged = first.merge(second, on="subject", suffixes=("_a", "_b"))
     if merged.empty:
         raise InputError("the two tables share no subject.")
-    clinical = pd.read_csv(args.clinical, sep="\t") if args.clinical else None
+    clinical = _read_table(args.clinical, sep="\t", what="clinical table") if args.clinical else None
+    if clinical is not None and args.score:
+        for needed in ("participant_id", args.score):
+            if needed not in clinical.columns:
+                raise InputError(f"{args.clinical} has no '{needed}' column (it has {', '.join(map(str, clinical.columns))}).")
     rows = []
+    missing = [column for column in args.columns if f"{column}_a" not in merged.columns]
+    if missing:
+        raise InputError(f"column '{missing[0]}' is missing from one of the tables.")
+    for column in args.columns:  # every column is checked before anything is written
+        _numbers(merged, f"{column}_a", args.a), _numbers(merged, f"{column}_b", args.b)
     args.output.mkdir(parents=True, exist_ok=True)
     for column in args.columns:
-        if f"{column}_a" not in merged.columns:
-            raise InputError(f"column '{column}' is missing from one of the tables.")
-        result = agreement(merged[f"{column}_a"].to_numpy(float), merged[f"{column}_b"].to_numpy(float)).as_dict()
+        first_values, second_values = _numbers(merged, f"{column}_a", args.a), _numbers(merged, f"{column}_b", args.b)
+        if int(np.sum(np.isfinite(first_values) & np.isfinite(second_values))) < 2:
+            raise InputError(f"column '{column}' has fewer than two subjects measured in both tables; nothing to compare.")
+        result = agreement(first_values, second_values).as_dict()
         if clinical is not None and args.score:
-            scores = merged["subject"].map(dict(zip(clinical["participant_id"], clinical[args.score], strict=True)))
+            scores = merged["subject"].map(dict(zip(clinical["participant_id"], _numbers(clinical, args.score, args.clinical),
+                                                    strict=True)))
             for side in ("a", "b"):
                 result[f"spearman_{args.score}_{side}"], result[f"spearman_{args.score}_{side}_p"] = clinical_correlation(
-                    merged[f"{column}_{side}"].to_numpy(float), scores.to_numpy(float))
+                    first_values if side == "a" else second_values, scores.to_numpy(float))
         rows.append({"measure": column, **result})
         safe = "".join(ch if ch.isalnum() else "_" for ch in column).strip("_")
         scatter_plot(merged[f"{column}_a"], merged[f"{column}_b"], args.output / f"scatter_{safe}.png",
@@ -528,9 +607,18 @@ def _run_consensus(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from .consensus import majority_vote, majority_vote_labels, reproducibility, staple
+    from .file_checks import check_mask_values, check_whole_image_file
     from .volume import load_mask, on_grid_of, write_image_atomic
 
+    if len(args.masks) < 2:
+        raise InputError("a consensus needs the masks of at least two raters; give two or more files.")
+    if not str(args.output).lower().endswith((".nii", ".nii.gz", ".nrrd")) or args.output.is_dir():
+        raise InputError(f"-o {args.output} must be a file name ending in .nii.gz, .nii or .nrrd.")
+    for path in args.masks:
+        check_whole_image_file(path, "mask")
     images = [load_mask(path, binary=False) for path in args.masks]
+    for path, image in zip(args.masks, images, strict=True):
+        check_mask_values(sitk.GetArrayViewFromImage(image), path)
     try:
         arrays = [sitk.GetArrayFromImage(on_grid_of(image, images[0])) for image in images]
     except ValueError:
@@ -548,7 +636,8 @@ def _run_consensus(args: argparse.Namespace) -> int:
     output.CopyInformation(images[0])
     write_image_atomic(output, args.output)
     measures = reproducibility([a > 0 for a in arrays], tuple(reversed(images[0].GetSpacing())))
-    print(json.dumps({"consensus": str(args.output), **measures}, indent=2))
+    measures = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in measures.items()}  # JSON has no NaN
+    print(json.dumps({"consensus": str(args.output), **measures}, indent=2, allow_nan=False))
     return EXIT_OK
 
 
@@ -599,10 +688,14 @@ def main(argv: list[str] | None = None) -> int:
     except CancelledError as error:
         _report(events, "cancelled", str(error))
         return EXIT_CANCELLED
-    except InputError as error:
+    except (InputError, DownloadError) as error:
         _report(events, "error", str(error), kind="input")
         return EXIT_INPUT
     except (SCIsegError, OSError, MemoryError) as error:
+        sentence = _file_error_sentence(error) if isinstance(error, OSError) else None
+        if sentence is not None:  # a wrong path, a file where a folder goes, no rights, a full disk: the user's to fix
+            _report(events, "error", sentence, kind="input")
+            return EXIT_INPUT
         if args.verbose:
             traceback.print_exc()
         _report(events, "error", f"{error}" + ("" if args.verbose else " (run with --verbose for details)"), kind="internal")
@@ -613,6 +706,29 @@ def main(argv: list[str] | None = None) -> int:
         name = type(error).__name__
         _report(events, "error", f"internal error ({name}: {error}); run with --verbose for the traceback.", kind="internal")
         return EXIT_INTERNAL
+
+
+#: errno of file-system errors the user can fix (a wrong path, a file where a folder goes, rights, space).
+_USER_ERRNO = {
+    errno.ENOENT: "no such file or folder; check the path",
+    errno.EISDIR: "is a folder where a file is needed; give a file",
+    errno.ENOTDIR: "a file stands where a folder is needed; give a folder",
+    errno.EEXIST: "a file stands where a folder is needed; give a folder",
+    errno.EACCES: "permission denied; choose a file or folder you can read and write",
+    errno.EPERM: "operation not permitted; choose a file or folder you can read and write",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.ENOSPC: "no space left on the disk; free some space and run again",
+    errno.ENAMETOOLONG: "the name is too long; use a shorter path",
+}
+
+
+def _file_error_sentence(error: OSError) -> str | None:
+    """One sentence for a file-system error caused by the user's paths or disk, None for anything else."""
+    reason = _USER_ERRNO.get(error.errno or -1)
+    if reason is None:
+        return None
+    where = error.filename if error.filename is not None else "a file"
+    return f"{where}: {reason}."
 
 
 def _report(events: _JsonLines | None, kind_of_event: str, message: str, kind: str | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -19,13 +20,17 @@ def download_file(
     *,
     progress: Callable[[int, int | None], None] | None = None,
     timeout_s: float = 60.0,
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
     """Download ``url`` to ``target``.
 
     The bytes go to ``target + '.part'`` first. If a ``.part`` file exists from an interrupted
     download, the transfer resumes with an HTTP Range request; a server that ignores Range (200)
     or answers 416 makes it restart from zero. The file is renamed to ``target`` only once the
-    number of bytes announced by the server has arrived.
+    number of bytes announced by the server (``Content-Length``, or the total of ``Content-Range``)
+    has arrived and ``verify`` accepts it. A server that announces no size cannot be trusted to have
+    sent everything: then ``verify`` is the only judge, and a file it refuses is deleted (it cannot
+    be resumed without a known size).
 
     Args:
         url: http(s) address.
@@ -33,6 +38,8 @@ def download_file(
         progress: called with (bytes done, total bytes or None) after every chunk; a
             :class:`CancelledError` it raises stops the download and deletes the ``.part`` file.
         timeout_s: socket timeout in seconds.
+        verify: raises ``DownloadError`` or ``ValueError`` when the received file is not usable
+            (e.g. a zip without its central directory); called before the rename.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,8 +63,7 @@ def download_file(
             resumed = offset > 0 and response.status == 206
             if not resumed:
                 offset = 0
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else None
+            total = _announced_total(response.headers, offset if resumed else 0)
             done = offset
             try:
                 with open(partial, "ab" if resumed else "wb") as handle:
@@ -72,14 +78,39 @@ def download_file(
             except CancelledError:  # the progress callback's cancel: a cancelled download leaves nothing behind
                 partial.unlink(missing_ok=True)
                 raise
-            except (OSError, urllib.error.URLError) as error:
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as error:
                 raise DownloadError(
                     f"the download of {url} broke off after {done} bytes ({error}); run the same command again to resume."
                 ) from None
         if total is not None and done != total:
+            if done > total:
+                partial.unlink(missing_ok=True)
+                raise DownloadError(f"the server sent {done} bytes for {url} but announced {total}; the file was deleted, try again.")
             raise DownloadError(
                 f"the download of {url} stopped at {done} of {total} bytes; run the same command again to resume."
             )
+        if verify is not None:
+            try:
+                verify(partial)
+            except (DownloadError, ValueError) as error:
+                partial.unlink(missing_ok=True)
+                size = "its size was announced" if total is not None else "the server did not announce its size"
+                raise DownloadError(
+                    f"the download of {url} is not usable ({error}; {size}); the file was deleted, try again.") from None
+        elif total is None and done == 0:
+            partial.unlink(missing_ok=True)
+            raise DownloadError(f"the server sent nothing for {url}; try again later.")
         os.replace(partial, target)
         return target
     raise DownloadError(f"the server refused to resume {url}; delete {partial} and try again.")
+
+
+def _announced_total(headers, offset: int) -> int | None:
+    """Total size in bytes announced by the server: ``Content-Range``'s total, else offset + ``Content-Length``."""
+    content_range = headers.get("Content-Range") or ""
+    if "/" in content_range and content_range.rsplit("/", 1)[1].strip().isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = headers.get("Content-Length")
+    if length is None or not length.strip().isdigit():
+        return None
+    return offset + int(length)

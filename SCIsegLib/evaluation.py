@@ -3,6 +3,8 @@
 A file is a binary mask of one structure, named like SCT/BIDS outputs (``_sc_seg``/``_label-SC_seg`` for
 the cord, ``_lesion_seg``/``_label-lesion_seg`` for the lesion), or a label map (``_dseg``, ``_labels``, or
 any file holding the value 2) giving both: cord = labels {1, 2} (or {1} with ``cord_labels=(1,)``), lesion = 2.
+With exactly one prediction and one reference they are paired whatever their names. Every file is checked
+before use: whole (not truncated), 3D, and holding mask values only (0/1, or 0/1/2 for label maps).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .errors import InputError
+from .file_checks import check_mask_values, check_whole_image_file
 from .metrics import anima_detection, overlap_detection, voxel_metrics
-from .volume import image_stem, on_grid_of
+from .volume import image_stem, load_mask, on_grid_of
 
 _SUFFIXES = {
     "_label-SC_seg": "sc", "_sc_seg": "sc", "_seg-manual": "sc",
@@ -36,9 +39,11 @@ def subject_key(path: Path) -> tuple[str, str]:
 
 def structures(path: Path, cord_labels: tuple[int, ...]) -> tuple[sitk.Image, dict[str, np.ndarray]]:
     """The image and its binary structure masks, (z, y, x) arrays."""
-    image = sitk.ReadImage(str(path))
+    check_whole_image_file(path, "mask")
+    image = load_mask(path, binary=False)
     array = sitk.GetArrayFromImage(image)
     _, kind = subject_key(path)
+    check_mask_values(array, path)
     if kind == "labels" or np.any(array == 2):
         return image, {"sc": np.isin(array, cord_labels), "lesion": array == 2}
     return image, {kind: array > 0}
@@ -53,12 +58,26 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
             files += sorted(p for p in Path(path).rglob("*.nii*") if ".sciseg_versions" not in p.parts)
         else:
             files.append(Path(path))
+    markers: dict[Path, list[str]] = {}  # folder -> stems whose latest copies an interrupted export left mixed
+    for file in files:
+        if file.parent not in markers:
+            markers[file.parent] = [m.name[1: -len(".sciseg-publishing")] for m in file.parent.glob(".*.sciseg-publishing")]
+        if any(file.name.startswith(stem + "_") for stem in markers[file.parent]):
+            raise InputError(f"{file} belongs to a set of labels whose export was interrupted; run `sciseg export` "
+                             "again for that scan (it republishes them), then evaluate.")
     return files
 
 
 def pair_files(predictions: list[Path], references: list[Path]) -> list[tuple[str, Path, Path]]:
-    """(key, prediction, reference) for every key present in both lists; raises when none match."""
+    """(key, prediction, reference) for every key present in both lists; raises when none match.
+
+    One prediction and one reference are paired whatever their names (the key is the reference's)."""
     predictions, references = expand_inputs(predictions), expand_inputs(references)
+    for path in predictions + references:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file; check the path.")
+    if len(predictions) == 1 and len(references) == 1:
+        return [(subject_key(references[0])[0], predictions[0], references[0])]
     reference_by_key: dict[tuple[str, str], Path] = {}
     for path in references:
         key, kind = subject_key(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,7 +28,8 @@ from typing import Callable
 
 from .download import download_file
 from .hashing import file_sha256
-from .errors import ModelError
+from .checkpoints import checkpoint_globals, load_checkpoint, UnsafeCheckpointError, ALLOWED_GLOBALS
+from .errors import DownloadError, ModelError
 
 METADATA_FILE = "sciseg_model.json"
 RESULTS_FOLDER_PATTERN = re.compile(
@@ -36,6 +38,8 @@ RESULTS_FOLDER_PATTERN = re.compile(
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 BUNDLED_DEMO = "sciseg-demo"
 MAX_UNZIPPED_BYTES = 4 * 1024**3  # refuse archives that would expand beyond 4 GiB
+TRUSTED_DIGESTS_FILE = ".sciseg_trusted_digests.json"  # sha256 of the first download of each known model
+_log = logging.getLogger("SCIseg")
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class KnownModel:
 
     url: str
     description: str
-    sha256: str | None = None  # None: not published; the sha256 of what was downloaded is recorded instead
+    sha256: str | None = None  # the pinned digest; None until published: the first download's sha256 is trusted
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -317,6 +321,63 @@ def safe_extract(
 
 
 
+def check_checkpoints_safe(info: ModelInfo) -> None:
+    """Refuse a model whose checkpoints would not load with ``weights_only=True`` (they could run code).
+
+    Every checkpoint's pickle is scanned for the globals it names (no torch needed: Slicer installs
+    torch later); when torch is importable each checkpoint is also loaded as the predictor will load it.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        torch_available = False
+    else:
+        torch_available = True
+    for checkpoint in info.checkpoint_files():
+        if torch_available:
+            load_checkpoint(checkpoint)
+        elif any(name not in ALLOWED_GLOBALS and not name.startswith("torch.") for name in checkpoint_globals(checkpoint)):
+            raise UnsafeCheckpointError(f"the checkpoint {checkpoint} refers to Python objects that could run code when "
+                                        "loaded; use a model saved by nnU-Net v2 from a source you trust.")
+
+
+def _trusted_digest(root: Path, name: str, url: str, digest: str) -> dict:
+    """Trust on first use: record the first sha256 of a known model's download, compare later ones with it.
+
+    Returns what goes into the model's metadata; logs a warning when the digest differs from the first one.
+    """
+    file = root / TRUSTED_DIGESTS_FILE
+    try:
+        records = json.loads(file.read_text()) if file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        records = {}
+    first = records.get(name)
+    if first is None:
+        records[name] = {"sha256": digest, "url": url,
+                         "first_seen": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        handle, temporary = tempfile.mkstemp(prefix=f".{TRUSTED_DIGESTS_FILE}.", dir=root)
+        with os.fdopen(handle, "w") as stream:
+            json.dump(records, stream, indent=2)
+        os.replace(temporary, file)
+        return {"sha256_trust": "first use"}
+    if first["sha256"] != digest:
+        _log.warning(
+            "warning: the %s zip downloaded now (sha256 %s) differs from the one first installed on %s (sha256 %s): "
+            "the release was replaced or the download was tampered with; check the release page before using it.",
+            name, digest, first.get("first_seen"), first["sha256"])
+        return {"sha256_trust": "differs from first use", "sha256_first_use": first["sha256"]}
+    return {"sha256_trust": "matches first use"}
+
+
+def _zip_is_complete(file: Path) -> None:
+    """Raise ``DownloadError`` when ``file`` is not a whole zip (its central directory, at the end, is missing)."""
+    try:
+        with zipfile.ZipFile(file) as bundle:
+            bundle.infolist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DownloadError(f"not a complete zip archive: {error}") from None
+
+
 def _default_name(source: str) -> str:
     if source in KNOWN_MODELS:
         return source
@@ -379,7 +440,8 @@ def install(
         if url is not None:
             downloads = root / ".downloads"
             archive = download_file(
-                url, downloads / Path(url.split("?")[0]).name, progress=lambda done, total: report("download", done, total)
+                url, downloads / Path(url.split("?")[0]).name,
+                progress=lambda done, total: report("download", done, total), verify=_zip_is_complete,
             )
             record.update(source=url)
         else:
@@ -392,19 +454,28 @@ def install(
             record.update(source=str(local.resolve()))
             if archive is None:
                 shutil.copytree(local, staging / "model", symlinks=False)
-        if archive is not None:
-            digest = file_sha256(archive, progress=lambda done, total: report("verify", done, total))
-            if expected and digest != expected.lower():
-                if url is not None:
-                    archive.unlink(missing_ok=True)
-                raise ModelError(
-                    f"{archive.name} has sha256 {digest}, expected {expected}; the file is corrupt or not the "
-                    "published model (the download was deleted; try again)."
-                )
-            record.update(sha256=digest, sha256_verified=bool(expected))
-            safe_extract(archive, staging / "model", progress=lambda done, total: report("unzip", done, total))
-        report("check", 0, 1)
-        info = read_model(staging / "model", name=name)
+        try:
+            if archive is not None:
+                digest = file_sha256(archive, progress=lambda done, total: report("verify", done, total))
+                if expected and digest != expected.lower():
+                    raise ModelError(
+                        f"{archive.name} has sha256 {digest}, expected {expected}; the file is corrupt or not the "
+                        "published model" + (" (the download was deleted; try again)." if url else ".")
+                    )
+                record.update(sha256=digest, sha256_verified=bool(expected))
+                safe_extract(archive, staging / "model", progress=lambda done, total: report("unzip", done, total))
+            report("check", 0, 1)
+            try:
+                info = read_model(staging / "model", name=name)
+            except ModelError as error:  # name what the user gave, not our staging folder
+                raise ModelError(str(error).replace(str(staging / "model"), str(source))) from None
+            check_checkpoints_safe(info)
+            if known and not expected and archive is not None:  # recorded only for a model that proved usable
+                record.update(_trusted_digest(root, source, url or "", record["sha256"]))
+        except ModelError:
+            if url is not None and archive is not None:
+                archive.unlink(missing_ok=True)  # an unusable download is not kept for a resume
+            raise
         record["weights_sha256"] = info.weights_sha256()
         report("check", 1, 1)
         if known:

@@ -14,6 +14,7 @@ class Served:
     files: dict[str, bytes] = field(default_factory=dict)
     cut_after_bytes: int | None = None  # close the connection after this many body bytes (once)
     honour_range: bool = True
+    send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
     requests: list[dict] = field(default_factory=list)
 
 
@@ -48,7 +49,10 @@ class LocalServer:
                 else:
                     self.send_response(200)
                 chunk = body[start:]
-                self.send_header("Content-Length", str(len(chunk)))
+                if served.send_length:
+                    self.send_header("Content-Length", str(len(chunk)))
+                else:
+                    self.close_connection = True
                 self.end_headers()
                 if served.cut_after_bytes is not None:
                     cut = served.cut_after_bytes

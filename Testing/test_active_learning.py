@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from conftest import REPOSITORY
+from SCIsegLib.checkpoints import load_checkpoint
 from SCIsegLib.phantom import SAGITTAL, make_phantom
 from SCIsegLib.training import export
 from SCIsegLib.volume import write_image_atomic
@@ -66,8 +67,6 @@ def test_loop_segment_correct_export_build_finetune_use(tmp_path: Path, demo_mod
 def test_finetune_resumes_after_being_killed(tmp_path: Path, demo_model_path: Path) -> None:
     import time
 
-    import torch
-
     env = {**os.environ, "SCISEG_MODELS_DIR": str(tmp_path / "store"), "nnUNet_n_proc_DA": "0"}
     bids = tmp_path / "bids"
     for index, subject in enumerate(("01", "02")):
@@ -87,11 +86,11 @@ def test_finetune_resumes_after_being_killed(tmp_path: Path, demo_model_path: Pa
     time.sleep(1.0)
     first.kill()  # interrupted after at least one epoch
     first.wait()
-    interrupted_at = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
+    interrupted_at = load_checkpoint(fold / "checkpoint_latest.pth")["current_epoch"]  # full trainer checkpoint, loaded safely
     assert 1 <= interrupted_at < 4 and not (fold / "checkpoint_final.pth").exists()
     resumed = sciseg(*command[3:], env=env)
     assert "registered 'resumed'" in resumed.stdout
-    assert torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"] == 4
+    assert load_checkpoint(fold / "checkpoint_final.pth")["current_epoch"] == 4
     logs = sorted(fold.glob("training_log_*.txt"))
     assert len(logs) == 2 and f"Epoch {interrupted_at}" in logs[-1].read_text()
     assert "Epoch 0\n" not in logs[-1].read_text()  # the second run did not start over

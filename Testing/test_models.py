@@ -26,14 +26,17 @@ SCISEG_DATASET_JSON = {
 
 
 def make_model_folder(root: Path, *, folds=("0", "1"), checkpoint="checkpoint_final.pth", dataset_json=None) -> Path:
-    """A folder with SCIseg's release layout; checkpoints are placeholder bytes (the store never loads them)."""
+    """A folder with SCIseg's release layout; checkpoints are tiny real torch checkpoints (the store loads them safely)."""
+    import torch
+
     results = root / "model_release" / RESULTS
     results.mkdir(parents=True)
     (results / "plans.json").write_text(json.dumps({"dataset_name": "Dataset501_SCI", "configurations": {"3d_fullres": {}}}))
     (results / "dataset.json").write_text(json.dumps(dataset_json or SCISEG_DATASET_JSON))
     for fold in folds:
         (results / f"fold_{fold}").mkdir()
-        (results / f"fold_{fold}" / checkpoint).write_bytes(f"weights of fold {fold}".encode())
+        value = float(fold) if fold.isdigit() else -1.0
+        torch.save({"network_weights": {"w": torch.full((2,), value)}}, results / f"fold_{fold}" / checkpoint)
     return root / "model_release"
 
 

@@ -42,6 +42,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 from SCIsegLib import phantom  # noqa: E402
+from SCIsegLib.checkpoints import load_checkpoint  # noqa: E402
 from SCIsegLib.training import nnunet_raw  # noqa: E402
 
 DATASET_ID = 990
@@ -236,7 +237,7 @@ def main() -> None:
     trainer.save_every = 5
     if arguments.initial_checkpoint is not None:
         trainer.initialize()  # every layer, the output layers included (same labels), as `sciseg finetune` does
-        trainer.network.load_state_dict(torch.load(arguments.initial_checkpoint, map_location="cpu", weights_only=False)["network_weights"])
+        trainer.network.load_state_dict(load_checkpoint(arguments.initial_checkpoint)["network_weights"])
         print(f"starting from the weights of {arguments.initial_checkpoint}")
     trainer.run_training()
     print(f"trained in {time.time() - started:.0f} s")
@@ -262,7 +263,7 @@ def package_results(results: Path, output: Path) -> Path:
     source = results / "fold_all" / "checkpoint_final.pth"
     if not source.is_file():
         source = results / "fold_all" / "checkpoint_best.pth"
-    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(source)  # the full trainer checkpoint, loaded with weights_only=True
     keys = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")
     slim = {key: checkpoint[key] for key in keys}
     slim["trainer_name"] = "nnUNetTrainer"

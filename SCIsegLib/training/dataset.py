@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from ..hashing import file_sha256
 from ..errors import InputError
+from ..safe_paths import contained
 from ..volume import image_stem, publish_file, same_grid
 from .export import FILES, VERSIONS, labels_folder, version_numbers
 from .nnunet_raw import dataset_folder, write_case, write_dataset_json
@@ -117,8 +118,20 @@ def build_dataset(
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> tuple[Path, list[Case], list[str]]:
-    """Build or update ``raw_root/DatasetXXX_Name``; returns (folder, cases, ids of the cases (re)written)."""
-    folder = dataset_folder(raw_root, dataset_id, name)
+    """Build or update ``raw_root/DatasetXXX_Name``; returns (folder, cases, ids of the cases (re)written).
+
+    The id (1-999), the name (letters, digits, '_', '-') and the test fraction are checked before anything
+    is written, and the folder they make must lie inside ``raw_root``.
+    """
+    if not 1 <= dataset_id <= 999:
+        raise InputError(f"--id must be an nnU-Net dataset id from 1 to 999, got {dataset_id}.")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]*$", name or ""):
+        raise InputError(f"the dataset name {name!r} cannot be used; use letters, digits, '_' and '-' (e.g. SCIsegFinetune).")
+    if not 0 <= test_fraction < 1:
+        raise InputError(f"--test-fraction must be at least 0 and below 1, got {test_fraction}.")
+    if Path(raw_root).exists() and not Path(raw_root).is_dir():
+        raise InputError(f"-o {raw_root} is a file; give the nnU-Net raw folder.")
+    folder = contained(dataset_folder(raw_root, dataset_id, name), raw_root, "dataset folder")
     folder.mkdir(parents=True, exist_ok=True)
     mapping_file = folder / MAPPING_FILE
     old = {c["case_id"]: Case(**c) for c in json.loads(mapping_file.read_text())["cases"]} if mapping_file.is_file() else {}

@@ -9,10 +9,13 @@ Layout (``<root>`` is a BIDS dataset; labels go to ``<root>/derivatives/labels``
         sub-01_T2w_dseg.nii.gz (+ .json)                          0 background, 1 cord only, 2 lesion
     derivatives/labels/.sciseg_versions/sub-01/[ses-01/]anat/sub-01_T2w/v001/, v002/, ...   every version, immutable
 
-Every export makes a new version folder: assembled under a temporary name, then renamed (atomic)
-while holding a lock, so two raters exporting at once get v002 and v003, and a crash leaves no
-half version. The convenience copies are replaced afterwards, one atomic rename each; the version
-store is the source of truth (:func:`latest_version`), and the next export re-synchronises the copies.
+Every export makes a new version folder: assembled under a temporary name, read back and checked,
+then renamed (atomic) while holding a lock, so two raters exporting at once get v002 and v003, and a
+crash leaves no half version. The convenience copies are replaced afterwards, one atomic rename each,
+between a marker ``.<stem>.sciseg-publishing`` written first and removed last: while the marker is
+there the copies may mix two versions, and readers (:func:`publishing_marker`, ``sciseg evaluate``)
+refuse them; the next export of that scan republishes them. The version store is the source of truth
+(:func:`latest_version`). Subject, session and file names are validated before they become paths.
 """
 
 from __future__ import annotations
@@ -32,13 +35,17 @@ from filelock import FileLock
 
 from .. import __version__
 from ..hashing import file_sha256
-from ..errors import InputError
+from ..errors import InputError, SCIsegError
+from ..file_checks import check_whole_image_file
 from ..metrics import dice
-from ..volume import image_from_array_zyx, image_stem, on_grid_of, publish_file
+from ..safe_paths import bids_label, contained, plain_name
+from ..volume import image_from_array_zyx, image_stem, load_mask, on_grid_of, publish_file
 
 VERSIONS = ".sciseg_versions"
 FILES = {"sc": "_label-SC_seg.nii.gz", "lesion": "_label-lesion_seg.nii.gz", "labels": "_dseg.nii.gz"}
 _BIDS_ENTITY = re.compile(r"(?:^|_)(sub|ses)-([A-Za-z0-9]+)")
+PUBLISHING = ".sciseg-publishing"  # suffix of the marker present while the latest copies are replaced
+_OUR_TEMPORARY = re.compile(r"^\..+\.(?:nii\.gz|json)\.[A-Za-z0-9_]{8}$")  # mkstemp names of _publish_latest
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,14 @@ def bids_entities(source: Path, subject: str | None = None, session: str | None 
     subject = subject or found.get("sub")
     if not subject:
         raise InputError(f"{source.name} is not a BIDS file name (sub-<label>_...); give the subject with --subject.")
-    return subject.removeprefix("sub-"), (session or found.get("ses") or None)
+    session = session or found.get("ses") or None
+    subject = bids_label(subject.removeprefix("sub-"), "subject")
+    return subject, (bids_label(session.removeprefix("ses-"), "session") if session else None)
+
+
+def publishing_marker(anat_folder: Path, stem: str) -> Path:
+    """The marker that exists while (or since an interrupted export when) the latest copies of ``stem`` were replaced."""
+    return Path(anat_folder) / f".{stem}{PUBLISHING}"
 
 
 def labels_folder(root: Path) -> Path:
@@ -156,7 +170,10 @@ def export_correction(
     source = Path(source)
     if not source.is_file():
         raise InputError(f"{source}: no such source image.")
-    reference = sitk.ReadImage(str(source))
+    if not Path(root).is_dir():
+        raise InputError(f"--root {root} is not a folder; give the BIDS dataset's folder.")
+    check_whole_image_file(source, "source image")
+    reference = load_mask(source, binary=False)
     subject, session = bids_entities(source, subject, session)
     arrays = {}
     for name, mask in (("sc", cord), ("lesion", lesion), ("predicted_sc", predicted_cord), ("predicted_lesion", predicted_lesion)):
@@ -172,13 +189,14 @@ def export_correction(
 
     labels_root = labels_folder(root)
     anat = _anat_relative(subject, session)
-    stem = image_stem(source)
-    store = labels_root / VERSIONS / anat / stem
+    stem = plain_name(image_stem(source), "source image name")
+    store = contained(labels_root / VERSIONS / anat / stem, labels_root, "version folder")
+    contained(labels_root / anat, labels_root, "labels folder")
     store.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     source_info = {"Path": str(source.resolve()), "Sha256": file_sha256(source)}
 
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=store))
     try:
         for key, suffix in FILES.items():
             data = labels if key == "labels" else masks[key].astype(np.uint8)
@@ -200,10 +218,13 @@ def export_correction(
                 sidecar.update(correction_summary(arrays.get(f"predicted_{key}"), masks[key]))
                 sidecar["VoxelCount"] = int(masks[key].sum())
             (staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").write_text(json.dumps(sidecar, indent=2))
+        _verify_staged(staging, stem, {"labels": labels, "sc": masks["sc"], "lesion": masks["lesion"]})
         for file in staging.iterdir():
             os.chmod(file, 0o444)  # versions are read-only
         os.chmod(staging, 0o755)
         with FileLock(str(labels_root / ".sciseg.lock"), timeout=120):
+            _remove_stale_temporaries(store, labels_root / anat)
+            _republish_interrupted(store.parent, labels_root / anat)
             numbers = version_numbers(store)
             version = (numbers[-1] + 1) if numbers else 1
             version_folder = store / f"v{version:03d}"
@@ -216,7 +237,7 @@ def export_correction(
                 os.chmod(file, 0o444)
             os.rename(staging, version_folder)  # the commit: the version exists completely or not at all
             _update_dataset_description(labels_root)
-            latest = _publish_latest(version_folder, labels_root / anat)
+            latest = _publish_latest(version_folder, labels_root / anat, stem)
     finally:
         if staging.exists():
             for file in staging.iterdir():
@@ -225,9 +246,57 @@ def export_correction(
     return ExportResult(version=version, version_folder=version_folder, files=latest)
 
 
-def _publish_latest(version_folder: Path, anat_folder: Path) -> dict[str, Path]:
-    """Copy a version's files to their BIDS names (each replaced atomically)."""
+def _verify_staged(staging: Path, stem: str, expected: dict[str, np.ndarray]) -> None:
+    """Read the staged files back (whole, every voxel) before they are committed as a version."""
+    for key, suffix in FILES.items():
+        file = staging / f"{stem}{suffix}"
+        check_whole_image_file(file, "staged label")
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
+        if written.shape != expected[key].shape or not np.array_equal(written, expected[key].astype(written.dtype)):
+            raise SCIsegError(f"{file} does not read back as written (disk full or failing?); nothing was committed.")
+        json.loads((staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").read_text())
+
+
+def _remove_stale_temporaries(store: Path, anat_folder: Path) -> None:
+    """Under the lock: delete what killed exports left (staging folders of dead processes, copies never renamed)."""
+    for folder in store.glob(".staging-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            for file in folder.iterdir():
+                os.chmod(file, 0o644)
+            shutil.rmtree(folder, ignore_errors=True)
+    if anat_folder.is_dir():
+        for file in anat_folder.iterdir():
+            if _OUR_TEMPORARY.match(file.name):
+                file.unlink(missing_ok=True)
+
+
+def _republish_interrupted(stores: Path, anat_folder: Path) -> None:
+    """Under the lock: publish again the latest copies of every scan whose publication was interrupted."""
+    for marker in anat_folder.glob(f".*{PUBLISHING}") if anat_folder.is_dir() else ():
+        stem = marker.name[1: -len(PUBLISHING)]
+        numbers = version_numbers(stores / stem) if (stores / stem).is_dir() else []
+        if numbers:
+            _publish_latest(stores / stem / f"v{numbers[-1]:03d}", anat_folder, stem)
+        else:
+            marker.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # no permission to signal it (or not supported): assume it is alive
+        return True
+    return True
+
+
+def _publish_latest(version_folder: Path, anat_folder: Path, stem: str) -> dict[str, Path]:
+    """Copy a version's files to their BIDS names, each replaced atomically, the set framed by the marker."""
     anat_folder.mkdir(parents=True, exist_ok=True)
+    marker = publishing_marker(anat_folder, stem)
+    marker.write_text(json.dumps({"version": version_folder.name}))  # first: the set may mix versions from now
     published = {}
     for file in sorted(version_folder.iterdir()):
         handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", dir=anat_folder)
@@ -235,6 +304,7 @@ def _publish_latest(version_folder: Path, anat_folder: Path) -> dict[str, Path]:
         shutil.copyfile(file, temporary)
         publish_file(temporary, anat_folder / file.name)
         published[file.name] = anat_folder / file.name
+    marker.unlink()  # last: the set is whole again
     return published
 
 
@@ -242,14 +312,19 @@ def masks_from_seg_nrrd(path: Path) -> tuple[sitk.Image, sitk.Image]:
     """(cord, lesion) masks from a Slicer ``.seg.nrrd`` (segments ``spinal_cord``/``lesion`` by id or name)."""
     import slicerio
 
-    segmentation = slicerio.read_segmentation(str(path))
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+        segmentation["segments"], segmentation["ijkToLPS"]  # noqa: B018 - a .seg.nrrd has both
+    except Exception as error:  # noqa: BLE001 - pynrrd/slicerio raise many kinds on foreign files
+        raise InputError(f"{path} is not a Slicer segmentation (.seg.nrrd) ({type(error).__name__}: {str(error)[:120]}); "
+                         "save the segmentation from Slicer or give --labels.") from None
     ijk_to_lps = np.array(segmentation["ijkToLPS"], dtype=float)
     spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
     direction = ijk_to_lps[:3, :3] / spacing
 
     def find(identifier: str, name: str) -> dict:
         for segment in segmentation["segments"]:
-            if segment["id"] == identifier or segment.get("name", "").lower() == name.lower():
+            if segment.get("id") == identifier or segment.get("name", "").lower() == name.lower():
                 return segment
         raise InputError(f"{path} has no '{name}' segment (id '{identifier}').")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..checkpoints import load_checkpoint, weights_only_everywhere
 from ..errors import InputError
 from ..metrics import dice
 from ..models import ModelInfo, install, read_model
@@ -111,10 +112,12 @@ def finetune(
     trainer.save_every = 1
     output = Path(trainer.output_folder)
     if (output / "checkpoint_latest.pth").is_file() and not (output / "checkpoint_final.pth").is_file():
-        trainer.load_checkpoint(str(output / "checkpoint_latest.pth"))  # resume after an interruption
+        load_checkpoint(output / "checkpoint_latest.pth")  # refuses an unsafe file before nnU-Net opens it
+        with weights_only_everywhere():  # nnU-Net's own torch.load, made weights_only (resume after an interruption)
+            trainer.load_checkpoint(str(output / "checkpoint_latest.pth"))
     elif not (output / "checkpoint_final.pth").is_file():
         trainer.initialize()
-        checkpoint = torch.load(base.checkpoint_files()[0], map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(base.checkpoint_files()[0])
         trainer.network.load_state_dict(checkpoint["network_weights"])
     if not (output / "checkpoint_final.pth").is_file():
         trainer.run_training()
@@ -127,7 +130,7 @@ def finetune(
     for file in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         if (results / file).is_file():
             shutil.copy2(results / file, package / file)
-    final = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    final = load_checkpoint(output / "checkpoint_final.pth")
     slim = {k: final[k] for k in ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")}
     torch.save(slim, package / "fold_all" / "checkpoint_final.pth")
 

@@ -55,7 +55,16 @@ def uncertainty(probabilities: dict[str, np.ndarray], voxel_mm3: float) -> dict[
 
 
 def load_queue(path: Path) -> dict:
-    return json.loads(Path(path).read_text()) if Path(path).is_file() else {"scans": {}}
+    """The queue file's content (an empty queue when the file does not exist yet)."""
+    if not Path(path).is_file():
+        return {"scans": {}}
+    try:
+        queue = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        queue = None
+    if not isinstance(queue, dict) or not isinstance(queue.get("scans"), dict):
+        raise InputError(f"{path} is not a SCIseg queue file (JSON with 'scans'); give the file `sciseg queue score` wrote.")
+    return queue
 
 
 def save_queue(queue: dict, path: Path) -> None:
