@@ -259,3 +259,94 @@ def test_module_file_has_no_pyflakes_findings() -> None:
     result = subprocess.run([ruff, "check", "--select", "F,E9,B", "SCIseg", "SCIsegLib/panel.py", "SCIsegLib/mrml.py"],
                             cwd=REPOSITORY, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+# Calls into SCIsegLib: names and arguments that exist (the module cannot be imported here without Qt)
+
+LIBRARY_MODULES = ("dependencies", "models", "mrml", "panel", "runner", "volume")
+
+
+def library_call_problems(source: str, modules: dict[str, object]) -> list[str]:
+    """``module.name`` references of ``source`` that ``modules`` lack, and calls whose arguments do not bind."""
+    import inspect
+
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules):
+            continue
+        if not hasattr(modules[node.value.id], node.attr):
+            problems.append(f"line {node.lineno}: {node.value.id}.{node.attr} does not exist")
+    for call in ast.walk(ast.parse(source)):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+                and call.func.value.id in modules and hasattr(modules[call.func.value.id], call.func.attr)):
+            continue
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+            continue
+        target = getattr(modules[call.func.value.id], call.func.attr)
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            continue
+        try:
+            signature.bind(*call.args, **{k.arg: k.value for k in call.keywords})
+        except TypeError as error:
+            problems.append(f"line {call.lineno}: {ast.unparse(call)[:80]}: {error}")
+    return problems
+
+
+#: Attributes of the runner's objects the module reads (on ``run``, ``command``, ``job.run``, ``self._probe``).
+RUN_NAMES = {"run", "command", "_probe"}
+
+
+def runner_attribute_problems(source: str, runner_module) -> list[str]:
+    """Attributes read on runner objects that no runner class has (nor the module sets on them itself)."""
+    runner_source = Path(runner_module.__file__).read_text()
+    provided = {a for cls in vars(runner_module).values() if isinstance(cls, type) for a in dir(cls)}
+    provided |= {t.attr for n in ast.walk(ast.parse(runner_source)) if isinstance(n, ast.Assign) for t in n.targets
+                 if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    read, assigned = {}, set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and (
+            (isinstance(node.value, ast.Name) and node.value.id in RUN_NAMES)
+            or (isinstance(node.value, ast.Attribute) and node.value.attr in RUN_NAMES)
+        ):
+            (assigned.add(node.attr) if isinstance(node.ctx, ast.Store) else read.setdefault(node.attr, node.lineno))
+    return [f"line {line}: .{name} is not an attribute of any runner class" for name, line in sorted(read.items())
+            if name not in provided | assigned]
+
+
+def test_the_library_checks_catch_what_they_guard(tmp_path: Path) -> None:
+    from SCIsegLib import panel
+
+    fake_runner = type(sys)("runner")
+    fake_runner.__file__ = str(tmp_path / "runner.py")
+    Path(fake_runner.__file__).write_text(
+        "class ChildCommand:\n    def __init__(self, arguments, python_executable=None):\n        self.stdout = ''\n"
+    )
+    exec(Path(fake_runner.__file__).read_text(), fake_runner.__dict__)
+    source = (
+        "def f(self, run, command):\n"
+        "    runner.ChildCommand(['a'], python='x')\n"
+        "    runner.ModelInstallRun('sciseg-v2')\n"
+        "    panel.device_choices({})\n"
+        "    command.folder = 'f'\n"
+        "    return command.stdout, command.folder, run.log_text\n"
+    )
+    problems = library_call_problems(source, {"runner": fake_runner, "panel": panel})
+    assert len(problems) == 3, problems
+    assert "ModelInstallRun does not exist" in problems[0]
+    assert any("python" in p for p in problems) and any("saved" in p for p in problems)
+    assert runner_attribute_problems(source, fake_runner) == ["line 6: .log_text is not an attribute of any runner class"]
+
+
+def test_module_calls_into_the_library_exist_with_those_arguments() -> None:
+    """SCIseg.py cannot be imported without Slicer's Qt: its calls into SCIsegLib are bound to the real signatures."""
+    pytest.importorskip("slicer", reason="SCIsegLib.mrml needs the slicer-core wheel")
+    import importlib
+
+    modules = {name: importlib.import_module(f"SCIsegLib.{name}") for name in LIBRARY_MODULES}
+    if not hasattr(modules["runner"], "ModelInstallRun"):
+        pytest.skip("runs once issue-10b's runner (ModelInstallRun, ChildCommand.new_log_lines) and dependencies are merged")
+    source = MODULE.read_text()
+    assert library_call_problems(source, modules) == []
+    assert runner_attribute_problems(source, modules["runner"]) == []
