@@ -198,6 +198,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             job.run.poll()
         self._timer.stop()
         self.removeObservers()
+        if self._tableView is not None:  # a reloaded module must not leave this widget's slot on Slicer's table view
+            self._tableView.disconnect("selectionChanged()", self.onLesionRowSelected)
+            self._tableView = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -407,7 +410,12 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _pollJobs(self) -> None:
         if self.state.probe_wanted and self._probe is None:
             self.state.probe_wanted = False
-            self._probe = runner.DeviceProbe(self.logic.pythonExecutable())
+            try:
+                self._probe = runner.DeviceProbe(self.logic.pythonExecutable())
+            except runner.RunnerError as error:  # PythonSlicer could not start: say so once, keep polling the jobs
+                self.state.devices = {}
+                self.showDevices()
+                self.appendLog([str(error)])
         if self._probe is not None:
             self._probe.poll()
             if self._probe.finished:
