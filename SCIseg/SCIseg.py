@@ -224,9 +224,11 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+            # GetFirstNodeByClass would return a label map too (a scalar volume subclass the selector hides).
+            scans = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                     if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+            if scans:
+                self._parameterNode.inputVolume = scans[0]
 
     def setParameterNode(self, inputParameterNode: Optional[SCIsegParameterNode]) -> None:
         if self._parameterNode:
@@ -364,7 +366,11 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def ensureDependencies(self, action: Action) -> bool:
         """The one dependency check before every action that starts a child (``panel.modules_needed``)."""
-        ready = self.logic.ensureDependencies(action)
+        try:
+            ready = self.logic.ensureDependencies(action)
+        except Exception:  # a failed pip run: tryWithErrorDisplay showed it and re-raised; say what is missing below
+            logging.exception("SCIseg: installing the dependencies failed")
+            ready = False
         self.appendLog(self.logic.installed)
         if self.logic.installed:
             self.ui.statusLabel.text = "; ".join(self.logic.installed)  # which torch build arrived, and nnU-Net
