@@ -365,7 +365,12 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Background jobs
 
     def ensureDependencies(self, action: Action) -> bool:
-        """The one dependency check before every action that starts a child (``panel.modules_needed``)."""
+        """The one dependency check before every action that starts a child (``panel.modules_needed``).
+
+        False while a job of that action runs: ``PanelState.start`` would refuse it after its child had started.
+        """
+        if self.state.busy(action):
+            return False
         try:
             ready = self.logic.ensureDependencies(action)
         except Exception:  # a failed pip run: tryWithErrorDisplay showed it and re-raised; say what is missing below
