@@ -350,3 +350,58 @@ def test_module_calls_into_the_library_exist_with_those_arguments() -> None:
     source = MODULE.read_text()
     assert library_call_problems(source, modules) == []
     assert runner_attribute_problems(source, modules["runner"]) == []
+
+
+#: Widget classes Slicer 5.10's parameterNodeWrapper connects to each parameter type
+#: (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py, the canRepresent of each connector).
+CONNECTABLE = {
+    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton", "ctkCheckablePushButton"},
+    "int": {"QSlider", "QSpinBox", "QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider",
+            "ctkDoubleSpinBox", "qMRMLSpinBox"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider", "ctkDoubleSpinBox", "qMRMLSpinBox"},
+    "str": {"QLineEdit", "QLabel", "QTextEdit", "QComboBox", "ctkComboBox"},
+    "node": {"qMRMLNodeComboBox"},
+}
+#: Connectors that raise RuntimeError for an unbounded value (no WithinRange, or Minimum and Maximum).
+NEED_BOUNDS = {"QSlider", "ctkSliderWidget", "qMRMLSliderWidget"}
+
+
+def connect_gui_problems(module_source: str, ui_widgets: dict[str, tuple[str, str]]) -> list[str]:
+    """Parameters bound in the .ui (``ui_widgets``: parameter -> (widget name, class)) to a widget class that
+    ``connectGui`` cannot connect to the parameter's type, or to a slider without bounds."""
+    tree = ast.parse(module_source)
+    [wrapper] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SCIsegParameterNode"]
+    problems = []
+    for statement in wrapper.body:
+        if not isinstance(statement, ast.AnnAssign) or statement.target.id not in ui_widgets:
+            continue
+        annotation = ast.unparse(statement.annotation)
+        base = annotation.removeprefix("Annotated[").split(",")[0].rstrip("]")
+        kind = "node" if base.startswith("vtkMRML") else base
+        name, widget_class = ui_widgets[statement.target.id]
+        if widget_class not in CONNECTABLE.get(kind, set()):
+            problems.append(f"{statement.target.id} ({annotation}) is bound to {name}, a {widget_class}: connectGui cannot connect it")
+        elif widget_class in NEED_BOUNDS and "WithinRange(" not in annotation and not ("Minimum(" in annotation and "Maximum(" in annotation):
+            problems.append(f"{statement.target.id} ({annotation}) on a {widget_class} needs WithinRange (connectGui raises)")
+    return problems
+
+
+def test_connect_gui_check_catches_what_it_guards() -> None:
+    source = (
+        "@parameterNodeWrapper\nclass SCIsegParameterNode:\n    step: float = 0.5\n    flag: bool = False\n"
+        "    node: vtkMRMLScalarVolumeNode\n    count: Annotated[int, WithinRange(0, 9)] = 1\n"
+    )
+    widgets = {"step": ("s", "ctkSliderWidget"), "flag": ("f", "QComboBox"), "node": ("n", "qMRMLNodeComboBox"),
+               "count": ("c", "QSpinBox")}
+    problems = connect_gui_problems(source, widgets)
+    assert len(problems) == 2 and "needs WithinRange" in problems[0] and "connectGui cannot connect" in problems[1]
+
+
+def test_every_parameter_widget_is_one_connect_gui_connects() -> None:
+    root = ElementTree.parse(UI).getroot()
+    bound = {}
+    for widget in root.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = (widget.get("name"), widget.get("class"))
+    assert connect_gui_problems(MODULE.read_text(), bound) == []
