@@ -405,3 +405,61 @@ def test_every_parameter_widget_is_one_connect_gui_connects() -> None:
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.find("string").text] = (widget.get("name"), widget.get("class"))
     assert connect_gui_problems(MODULE.read_text(), bound) == []
+
+
+#: Qt signals by class, as declared in Qt 5.15 and in the headers read (Slicer Libs/MRML/Widgets/qMRMLNodeComboBox.h
+#: and qMRMLTableView.h, Base/QTGUI/qSlicerApplication.h; CTK Libs/Widgets/ctkPathLineEdit.h), in the normalized form
+#: PythonQt's connect matches ("const QString&" -> "QString").
+SIGNALS = {
+    "QPushButton": {"clicked()", "clicked(bool)", "toggled(bool)", "pressed()", "released()"},
+    "QToolButton": {"clicked()", "clicked(bool)", "triggered(QAction*)"},
+    "QComboBox": {"currentIndexChanged(int)", "currentIndexChanged(QString)", "currentTextChanged(QString)", "activated(int)"},
+    "QLineEdit": {"textChanged(QString)", "textEdited(QString)", "editingFinished()", "returnPressed()"},
+    "QCheckBox": {"toggled(bool)", "stateChanged(int)", "clicked(bool)"},
+    "QSpinBox": {"valueChanged(int)", "editingFinished()"},
+    "ctkPathLineEdit": {"currentPathChanged(QString)", "validInputChanged(bool)"},
+    "qMRMLNodeComboBox": {"currentNodeChanged(vtkMRMLNode*)", "currentNodeChanged(bool)", "currentNodeIDChanged(QString)",
+                          "nodeActivated(vtkMRMLNode*)", "nodeAdded(vtkMRMLNode*)"},
+    "QTimer": {"timeout()"},
+    "QAction": {"triggered()", "triggered(bool)", "toggled(bool)"},
+    "QDialogButtonBox": {"accepted()", "rejected()", "clicked(QAbstractButton*)"},
+    "qMRMLTableView": {"selectionChanged()", "mrmlSceneChanged(vtkMRMLScene*)"},
+    "qSlicerApplication": {"startupCompleted()"},
+}
+#: What the module's non-.ui receivers are.
+RECEIVERS = {"self._timer": "QTimer", "action": "QAction", "buttonBox": "QDialogButtonBox", "tableView": "qMRMLTableView",
+             "self._tableView": "qMRMLTableView", "slicer.app": "qSlicerApplication"}
+
+
+def signal_problems(source: str, ui_classes: dict[str, str]) -> list[str]:
+    """``connect``/``disconnect`` calls whose signal string is not one the receiver's class declares."""
+    problems = []
+    for call in ast.walk(ast.parse(source)):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in ("connect", "disconnect")):
+            continue
+        if not (call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)):
+            problems.append(f"line {call.lineno}: {ast.unparse(call)[:70]}: not the string form (PythonQt also has obj.signal.connect(f); the string form is used so this check can read it)")
+            continue
+        receiver = ast.unparse(call.func.value)
+        widget_class = ui_classes.get(receiver.removeprefix("self.ui.")) if receiver.startswith("self.ui.") else RECEIVERS.get(receiver)
+        if widget_class is None:
+            problems.append(f"line {call.lineno}: unknown receiver {receiver}: add its class to RECEIVERS")
+        elif call.args[0].value not in SIGNALS.get(widget_class, set()):
+            problems.append(f"line {call.lineno}: {widget_class} has no signal {call.args[0].value!r}")
+    return problems
+
+
+def test_signal_check_catches_what_it_guards() -> None:
+    source = (
+        "self.ui.segmentButton.connect('clicked()', f)\n"
+        "self.ui.segmentButton.connect('click()', f)\n"
+        "self.ui.inputVolumeSelector.connect('currentNodeChanged(vtkMRMLNode)', f)\n"
+        "self._timer.timeout.connect(f)\n"
+    )
+    problems = signal_problems(source, {"segmentButton": "QPushButton", "inputVolumeSelector": "qMRMLNodeComboBox"})
+    assert len(problems) == 3 and "click()" in problems[0] and "vtkMRMLNode)" in problems[1] and "not the string form" in problems[2]
+
+
+def test_every_connected_signal_exists_on_its_widget() -> None:
+    ui_classes = {name: widget_class for name, widget_class in ui_widget_names().items()}
+    assert signal_problems(MODULE.read_text(), ui_classes) == []
