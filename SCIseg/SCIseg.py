@@ -431,6 +431,10 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._probe.poll()
             if self._probe.finished:
                 self.state.devices = self._probe.devices() or {}
+                if not self.state.devices:  # why no device: torch missing, a broken CUDA build, or the time limit
+                    self.appendLog(panel.new_log_lines(self._probe))
+                    if getattr(self._probe, "timed_out", False):
+                        self.appendLog([_("GPU detection did not finish within its time limit.")])
                 self._probe = None
                 self.showDevices()
         for job in self.state.jobs.values():
