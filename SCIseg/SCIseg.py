@@ -448,7 +448,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.appendLog(panel.new_log_lines(finished.job.run))
             try:
                 self.onJobFinished(finished)
-            except Exception:  # shown by tryWithErrorDisplay, which re-raises (Slicer util.py 5.10 l. 3368-3398)
+            except Exception:  # shown by tryWithErrorDisplay, which re-raises (Slicer util.py 5.10 l. 3368-3409)
                 logging.exception("SCIseg: the end of the %s job could not be handled", finished.job.action.value)
         if ended:
             self.updateGUIFromState()
