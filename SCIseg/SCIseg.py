@@ -12,6 +12,7 @@ Every Slicer, CTK and PythonQt call made here is listed with the source file it 
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -123,7 +124,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Maps Qt signals to ``PanelState`` and the logic, and the state back to the widgets."""
 
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # Everything setup() uses is made first: without a parent, ScriptedLoadableModuleWidget.__init__ calls
+        # setup() itself (Slicer Base/Python/slicer/ScriptedLoadableModule.py, 5.10 l. 99-107).
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.state = PanelState()
@@ -134,9 +136,11 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lesionTableID = None
         self._lesionCentres = {}
         self._tableView = None
+        self._inTimer = False
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onTimer)
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -194,6 +198,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             job.run.poll()
         self._timer.stop()
         self.removeObservers()
+        if self._tableView is not None:  # a reloaded module must not leave this widget's slot on Slicer's table view
+            self._tableView.disconnect("selectionChanged()", self.onLesionRowSelected)
+            self._tableView = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -207,6 +214,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.state.cancel_all()  # the timer finishes them; their results find no volume and are not imported
         self.setParameterNode(None)
+        # The lesion table leaves with the scene, and its node id may name another table in the next one.
+        self._lesionTableID, self._lesionCentres = None, {}
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -215,9 +224,11 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+            # GetFirstNodeByClass would return a label map too (a scalar volume subclass the selector hides).
+            scans = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                     if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+            if scans:
+                self._parameterNode.inputVolume = scans[0]
 
     def setParameterNode(self, inputParameterNode: Optional[SCIsegParameterNode]) -> None:
         if self._parameterNode:
@@ -228,6 +239,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromState)
             self._selectComboText(self.ui.modelComboBox, self._parameterNode.model)
+            self._modelFromCombo()
             self.showDevices()
             self.updateGUIFromState()
 
@@ -274,6 +286,14 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.addItem(info.name)
         self.ui.modelComboBox.blockSignals(wasBlocked)
         self._selectComboText(self.ui.modelComboBox, (self._parameterNode.model if self._parameterNode else "") or current)
+        self._modelFromCombo()
+
+    def _modelFromCombo(self) -> None:
+        """Segment runs the model the combo box shows: a saved model that is not installed (a scene from another
+        computer) gives way to the one shown (the combo's signals were blocked or its index did not change)."""
+        shown = self.ui.modelComboBox.currentText
+        if self._parameterNode and self.ui.modelComboBox.count > 0 and shown and shown != self._parameterNode.model:
+            self._parameterNode.model = shown
 
     @staticmethod
     def _selectComboText(comboBox, text: str) -> None:
@@ -345,8 +365,17 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Background jobs
 
     def ensureDependencies(self, action: Action) -> bool:
-        """The one dependency check before every action that starts a child (``panel.modules_needed``)."""
-        ready = self.logic.ensureDependencies(action)
+        """The one dependency check before every action that starts a child (``panel.modules_needed``).
+
+        False while a job of that action runs: ``PanelState.start`` would refuse it after its child had started.
+        """
+        if self.state.busy(action):
+            return False
+        try:
+            ready = self.logic.ensureDependencies(action)
+        except Exception:  # a failed pip run: tryWithErrorDisplay showed it and re-raised; say what is missing below
+            logging.exception("SCIseg: installing the dependencies failed")
+            ready = False
         self.appendLog(self.logic.installed)
         if self.logic.installed:
             self.ui.statusLabel.text = "; ".join(self.logic.installed)  # which torch build arrived, and nnU-Net
@@ -377,14 +406,35 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUIFromState()
 
     def onTimer(self) -> None:
-        """Every 200 ms: device probe, job progress, log lines, finished jobs. Never waits on a child."""
+        """Every 200 ms: device probe, job progress, log lines, finished jobs. Never waits on a child.
+
+        Not re-entered: an error dialog of a finished job runs a nested event loop in which the timer fires again.
+        """
+        if self._inTimer:
+            return
+        self._inTimer = True
+        try:
+            self._pollJobs()
+        finally:
+            self._inTimer = False
+
+    def _pollJobs(self) -> None:
         if self.state.probe_wanted and self._probe is None:
             self.state.probe_wanted = False
-            self._probe = runner.DeviceProbe(self.logic.pythonExecutable())
+            try:
+                self._probe = runner.DeviceProbe(self.logic.pythonExecutable())
+            except runner.RunnerError as error:  # PythonSlicer could not start: say so once, keep polling the jobs
+                self.state.devices = {}
+                self.showDevices()
+                self.appendLog([str(error)])
         if self._probe is not None:
             self._probe.poll()
             if self._probe.finished:
                 self.state.devices = self._probe.devices() or {}
+                if not self.state.devices:  # why no device: torch missing, a broken CUDA build, or the time limit
+                    self.appendLog(panel.new_log_lines(self._probe))
+                    if getattr(self._probe, "timed_out", False):
+                        self.appendLog([_("GPU detection did not finish within its time limit.")])
                 self._probe = None
                 self.showDevices()
         for job in self.state.jobs.values():
@@ -396,7 +446,10 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = event.get("message") or event.get("stage", "")
         for finished in ended:
             self.appendLog(panel.new_log_lines(finished.job.run))
-            self.onJobFinished(finished)
+            try:
+                self.onJobFinished(finished)
+            except Exception:  # shown by tryWithErrorDisplay, which re-raises (Slicer util.py 5.10 l. 3368-3409)
+                logging.exception("SCIseg: the end of the %s job could not be handled", finished.job.action.value)
         if ended:
             self.updateGUIFromState()
 
@@ -413,27 +466,32 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(finished.message, windowTitle=WINDOW_TITLE, detailedText=self._logTail(job.run))
             elif job.action == Action.SEGMENT:
                 self.showSegmentation(job)
-            elif job.action == Action.INSTALL_MODEL:
-                self.refreshModels()
-                name = (getattr(job.run, "result", None) or {}).get("name")
-                if name:
-                    self._selectComboText(self.ui.modelComboBox, name)
-                self.ui.progressBar.value = 1000
-                self.ui.statusLabel.text = _("Model installed.")
             elif job.action == Action.MEASURE:
                 self.showMeasurement(job)
-            elif job.action == Action.EXPORT:
-                self.showExport(job)
             elif job.action == Action.NEXT_CASE:
                 self.openNextCase(job)
-            elif job.action == Action.COMPARE:
-                self.showComparison(job)
+            else:
+                with slicer.util.tryWithErrorDisplay(_("The result could not be shown."), waitCursor=True):
+                    if job.action == Action.INSTALL_MODEL:
+                        self.showInstalledModel(job)
+                    elif job.action == Action.EXPORT:
+                        self.showExport(job)
+                    elif job.action == Action.COMPARE:
+                        self.showComparison(job)
         finally:
             folder = getattr(job.run, "folder", None)
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
             if job.action == Action.SEGMENT:
                 job.run.cleanup()
+
+    def showInstalledModel(self, job) -> None:
+        self.refreshModels()
+        name = (getattr(job.run, "result", None) or {}).get("name")
+        if name:
+            self._selectComboText(self.ui.modelComboBox, name)
+        self.ui.progressBar.value = 1000
+        self.ui.statusLabel.text = _("Model installed.")
 
     @staticmethod
     def _logTail(run) -> str:
@@ -486,7 +544,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for item in labels:
             comboBox.addItem(item)
         layout.addWidget(comboBox)
-        buttonBox = qt.QDialogButtonBox(qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel)
+        buttonBox = qt.QDialogButtonBox()  # as ExtensionWizardLib/CreateComponentDialog.py l. 39-41 does
+        buttonBox.setStandardButtons(qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel)
         buttonBox.connect("accepted()", dialog, "accept()")
         buttonBox.connect("rejected()", dialog, "reject()")
         layout.addWidget(buttonBox)
@@ -564,9 +623,13 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if path is None:
             self.ui.statusLabel.text = job.run.stdout.strip() or _("The queue is empty.")
             return
-        volumeNode = slicer.util.loadVolume(path)
+        with slicer.util.tryWithErrorDisplay(_("The next case could not be loaded."), waitCursor=True):
+            volumeNode = slicer.util.loadVolume(path)  # raises RuntimeError when Slicer cannot read it
+        if self._parameterNode is None:  # the scene was closed and the module not entered since
+            return
         self._parameterNode.inputVolume = volumeNode
-        self.onSegmentButton()
+        # After this timer slot returns: Segment may ask to install dependencies (a modal dialog, pip).
+        qt.QTimer.singleShot(0, self.onSegmentButton)
 
     # Measure
 
@@ -612,9 +675,11 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onLesionRowSelected(self) -> None:
         if self._tableView is None:
             return
-        centre = panel.lesion_centre_for_row(
-            self._tableView.mrmlTableNode(), self._lesionTableID, self._tableView.currentIndex().row(), self._lesionCentres
-        )
+        # The selected cell, not currentIndex(): a keyboard move emits selectionChanged() before the current
+        # index moves (QItemSelectionModel::setCurrentIndex selects first); a mouse click sets both.
+        selected = self._tableView.selectionModel().selectedIndexes()
+        row = selected[0].row() if selected else self._tableView.currentIndex().row()
+        centre = panel.lesion_centre_for_row(self._tableView.mrmlTableNode(), self._lesionTableID, row, self._lesionCentres)
         if centre is not None:
             slicer.modules.markups.logic().JumpSlicesToLocation(centre[0], centre[1], centre[2], True)
 
@@ -737,8 +802,12 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         # Written on the UI thread (MRML is not thread-safe): uncompressed, a 4.3-Mvoxel scan takes 13-35 ms instead
         # of 350-525 ms gzipped (benchmarks/ui_thread_mrml.txt). The child names its outputs input_*.nii.gz either way.
         run.input_path = run.work_dir / "input.nii"
-        mrml.save_volume_node_as_nifti(parameters.inputVolume, run.input_path)
-        run.start()
+        try:
+            mrml.save_volume_node_as_nifti(parameters.inputVolume, run.input_path)
+            run.start()
+        except Exception:
+            run.cleanup()  # the work folder and the input copy
+            raise
         return run
 
     def importResult(self, run, volumeNode):

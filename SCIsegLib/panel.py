@@ -189,11 +189,14 @@ def failure_message(run: Any) -> str:
 
 
 def decide(job: Job) -> Finished:
-    """What a finished job means: cancelled (Cancel, or exit code 130), failed, or succeeded, and what follows."""
+    """What a finished job means: cancelled (Cancel, or exit code 130), failed (a time limit reached counts as
+    failed, not cancelled), or succeeded, and what follows."""
     run = job.run
     returncode = getattr(run, "returncode", None)
     if job.abandoned and job.action not in CANCELLABLE:
         return Finished(job, Outcome.CANCELLED, f"The scene was closed before {job.action.value} ended: its result is not shown.")
+    if getattr(run, "timed_out", False):  # a ChildCommand stopped at its time limit (it reads as cancelled too)
+        return Finished(job, Outcome.FAILED, f"{job.action.value} took longer than its time limit and was stopped.")
     if job.cancel_requested or getattr(run, "cancelled", False) or returncode == 130:
         return Finished(job, Outcome.CANCELLED, "Cancelled: nothing was changed.")
     failed = (returncode not in (0, None)) or bool(getattr(run, "error", None))

@@ -160,6 +160,18 @@ def test_failed_and_cancelled_jobs(tmp_path: Path) -> None:
     assert ended[Action.INSTALL_MODEL].outcome == Outcome.SUCCEEDED and ended[Action.INSTALL_MODEL].refresh_models
 
 
+def test_a_command_stopped_at_its_time_limit_failed_rather_than_was_cancelled() -> None:
+    """runner.ChildCommand cancels itself at its time limit (timed_out, then cancelled): the rater did not cancel it."""
+    child = PythonChild("import time; time.sleep(30)")
+    state = PanelState()
+    state.start(Action.MEASURE, child)
+    child.timed_out = True  # what ChildCommand._check_deadline sets before it cancels
+    child.cancelled = True
+    child.cancel()
+    [finished] = poll_until_done(state)
+    assert finished.outcome == Outcome.FAILED and "time limit" in finished.message
+
+
 def test_scene_close_stops_the_segmentation_and_shows_no_result() -> None:
     state = PanelState()
     state.start(Action.SEGMENT, PythonChild("import time; time.sleep(30)"))

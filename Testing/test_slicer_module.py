@@ -259,3 +259,207 @@ def test_module_file_has_no_pyflakes_findings() -> None:
     result = subprocess.run([ruff, "check", "--select", "F,E9,B", "SCIseg", "SCIsegLib/panel.py", "SCIsegLib/mrml.py"],
                             cwd=REPOSITORY, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+# Calls into SCIsegLib: names and arguments that exist (the module cannot be imported here without Qt)
+
+LIBRARY_MODULES = ("dependencies", "models", "mrml", "panel", "runner", "volume")
+
+
+def library_call_problems(source: str, modules: dict[str, object]) -> list[str]:
+    """``module.name`` references of ``source`` that ``modules`` lack, and calls whose arguments do not bind."""
+    import inspect
+
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules):
+            continue
+        if not hasattr(modules[node.value.id], node.attr):
+            problems.append(f"line {node.lineno}: {node.value.id}.{node.attr} does not exist")
+    for call in ast.walk(ast.parse(source)):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+                and call.func.value.id in modules and hasattr(modules[call.func.value.id], call.func.attr)):
+            continue
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+            continue
+        target = getattr(modules[call.func.value.id], call.func.attr)
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            continue
+        try:
+            signature.bind(*call.args, **{k.arg: k.value for k in call.keywords})
+        except TypeError as error:
+            problems.append(f"line {call.lineno}: {ast.unparse(call)[:80]}: {error}")
+    return problems
+
+
+#: Attributes of the runner's objects the module reads (on ``run``, ``command``, ``job.run``, ``self._probe``).
+RUN_NAMES = {"run", "command", "_probe"}
+
+
+def runner_attribute_problems(source: str, runner_module) -> list[str]:
+    """Attributes read on runner objects that no runner class has (nor the module sets on them itself)."""
+    runner_source = Path(runner_module.__file__).read_text()
+    provided = {a for cls in vars(runner_module).values() if isinstance(cls, type) for a in dir(cls)}
+    provided |= {t.attr for n in ast.walk(ast.parse(runner_source)) if isinstance(n, ast.Assign) for t in n.targets
+                 if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    read, assigned = {}, set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and (
+            (isinstance(node.value, ast.Name) and node.value.id in RUN_NAMES)
+            or (isinstance(node.value, ast.Attribute) and node.value.attr in RUN_NAMES)
+        ):
+            (assigned.add(node.attr) if isinstance(node.ctx, ast.Store) else read.setdefault(node.attr, node.lineno))
+    return [f"line {line}: .{name} is not an attribute of any runner class" for name, line in sorted(read.items())
+            if name not in provided | assigned]
+
+
+def test_the_library_checks_catch_what_they_guard(tmp_path: Path) -> None:
+    from SCIsegLib import panel
+
+    fake_runner = type(sys)("runner")
+    fake_runner.__file__ = str(tmp_path / "runner.py")
+    Path(fake_runner.__file__).write_text(
+        "class ChildCommand:\n    def __init__(self, arguments, python_executable=None):\n        self.stdout = ''\n"
+    )
+    exec(Path(fake_runner.__file__).read_text(), fake_runner.__dict__)
+    source = (
+        "def f(self, run, command):\n"
+        "    runner.ChildCommand(['a'], python='x')\n"
+        "    runner.ModelInstallRun('sciseg-v2')\n"
+        "    panel.device_choices({})\n"
+        "    command.folder = 'f'\n"
+        "    return command.stdout, command.folder, run.log_text\n"
+    )
+    problems = library_call_problems(source, {"runner": fake_runner, "panel": panel})
+    assert len(problems) == 3, problems
+    assert "ModelInstallRun does not exist" in problems[0]
+    assert any("python" in p for p in problems) and any("saved" in p for p in problems)
+    assert runner_attribute_problems(source, fake_runner) == ["line 6: .log_text is not an attribute of any runner class"]
+
+
+def test_module_calls_into_the_library_exist_with_those_arguments() -> None:
+    """SCIseg.py cannot be imported without Slicer's Qt: its calls into SCIsegLib are bound to the real signatures."""
+    pytest.importorskip("slicer", reason="SCIsegLib.mrml needs the slicer-core wheel")
+    import importlib
+
+    modules = {name: importlib.import_module(f"SCIsegLib.{name}") for name in LIBRARY_MODULES}
+    if not hasattr(modules["runner"], "ModelInstallRun"):
+        pytest.skip("runs once issue-10b's runner (ModelInstallRun, ChildCommand.new_log_lines) and dependencies are merged")
+    source = MODULE.read_text()
+    assert library_call_problems(source, modules) == []
+    assert runner_attribute_problems(source, modules["runner"]) == []
+
+
+#: Widget classes Slicer 5.10's parameterNodeWrapper connects to each parameter type
+#: (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py, the canRepresent of each connector).
+CONNECTABLE = {
+    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton", "ctkCheckablePushButton"},
+    "int": {"QSlider", "QSpinBox", "QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider",
+            "ctkDoubleSpinBox", "qMRMLSpinBox"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider", "ctkDoubleSpinBox", "qMRMLSpinBox"},
+    "str": {"QLineEdit", "QLabel", "QTextEdit", "QComboBox", "ctkComboBox"},
+    "node": {"qMRMLNodeComboBox"},
+}
+#: Connectors that raise RuntimeError for an unbounded value (no WithinRange, or Minimum and Maximum).
+NEED_BOUNDS = {"QSlider", "ctkSliderWidget", "qMRMLSliderWidget"}
+
+
+def connect_gui_problems(module_source: str, ui_widgets: dict[str, tuple[str, str]]) -> list[str]:
+    """Parameters bound in the .ui (``ui_widgets``: parameter -> (widget name, class)) to a widget class that
+    ``connectGui`` cannot connect to the parameter's type, or to a slider without bounds."""
+    tree = ast.parse(module_source)
+    [wrapper] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SCIsegParameterNode"]
+    problems = []
+    for statement in wrapper.body:
+        if not isinstance(statement, ast.AnnAssign) or statement.target.id not in ui_widgets:
+            continue
+        annotation = ast.unparse(statement.annotation)
+        base = annotation.removeprefix("Annotated[").split(",")[0].rstrip("]")
+        kind = "node" if base.startswith("vtkMRML") else base
+        name, widget_class = ui_widgets[statement.target.id]
+        if widget_class not in CONNECTABLE.get(kind, set()):
+            problems.append(f"{statement.target.id} ({annotation}) is bound to {name}, a {widget_class}: connectGui cannot connect it")
+        elif widget_class in NEED_BOUNDS and "WithinRange(" not in annotation and not ("Minimum(" in annotation and "Maximum(" in annotation):
+            problems.append(f"{statement.target.id} ({annotation}) on a {widget_class} needs WithinRange (connectGui raises)")
+    return problems
+
+
+def test_connect_gui_check_catches_what_it_guards() -> None:
+    source = (
+        "@parameterNodeWrapper\nclass SCIsegParameterNode:\n    step: float = 0.5\n    flag: bool = False\n"
+        "    node: vtkMRMLScalarVolumeNode\n    count: Annotated[int, WithinRange(0, 9)] = 1\n"
+    )
+    widgets = {"step": ("s", "ctkSliderWidget"), "flag": ("f", "QComboBox"), "node": ("n", "qMRMLNodeComboBox"),
+               "count": ("c", "QSpinBox")}
+    problems = connect_gui_problems(source, widgets)
+    assert len(problems) == 2 and "needs WithinRange" in problems[0] and "connectGui cannot connect" in problems[1]
+
+
+def test_every_parameter_widget_is_one_connect_gui_connects() -> None:
+    root = ElementTree.parse(UI).getroot()
+    bound = {}
+    for widget in root.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = (widget.get("name"), widget.get("class"))
+    assert connect_gui_problems(MODULE.read_text(), bound) == []
+
+
+#: Qt signals by class, as declared in Qt 5.15 and in the headers read (Slicer Libs/MRML/Widgets/qMRMLNodeComboBox.h
+#: and qMRMLTableView.h, Base/QTGUI/qSlicerApplication.h; CTK Libs/Widgets/ctkPathLineEdit.h), in the normalized form
+#: PythonQt's connect matches ("const QString&" -> "QString").
+SIGNALS = {
+    "QPushButton": {"clicked()", "clicked(bool)", "toggled(bool)", "pressed()", "released()"},
+    "QToolButton": {"clicked()", "clicked(bool)", "triggered(QAction*)"},
+    "QComboBox": {"currentIndexChanged(int)", "currentIndexChanged(QString)", "currentTextChanged(QString)", "activated(int)"},
+    "QLineEdit": {"textChanged(QString)", "textEdited(QString)", "editingFinished()", "returnPressed()"},
+    "QCheckBox": {"toggled(bool)", "stateChanged(int)", "clicked(bool)"},
+    "QSpinBox": {"valueChanged(int)", "editingFinished()"},
+    "ctkPathLineEdit": {"currentPathChanged(QString)", "validInputChanged(bool)"},
+    "qMRMLNodeComboBox": {"currentNodeChanged(vtkMRMLNode*)", "currentNodeChanged(bool)", "currentNodeIDChanged(QString)",
+                          "nodeActivated(vtkMRMLNode*)", "nodeAdded(vtkMRMLNode*)"},
+    "QTimer": {"timeout()"},
+    "QAction": {"triggered()", "triggered(bool)", "toggled(bool)"},
+    "QDialogButtonBox": {"accepted()", "rejected()", "clicked(QAbstractButton*)"},
+    "qMRMLTableView": {"selectionChanged()", "mrmlSceneChanged(vtkMRMLScene*)"},
+    "qSlicerApplication": {"startupCompleted()"},
+}
+#: What the module's non-.ui receivers are.
+RECEIVERS = {"self._timer": "QTimer", "action": "QAction", "buttonBox": "QDialogButtonBox", "tableView": "qMRMLTableView",
+             "self._tableView": "qMRMLTableView", "slicer.app": "qSlicerApplication"}
+
+
+def signal_problems(source: str, ui_classes: dict[str, str]) -> list[str]:
+    """``connect``/``disconnect`` calls whose signal string is not one the receiver's class declares."""
+    problems = []
+    for call in ast.walk(ast.parse(source)):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in ("connect", "disconnect")):
+            continue
+        if not (call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)):
+            problems.append(f"line {call.lineno}: {ast.unparse(call)[:70]}: not the string form (PythonQt also has obj.signal.connect(f); the string form is used so this check can read it)")
+            continue
+        receiver = ast.unparse(call.func.value)
+        widget_class = ui_classes.get(receiver.removeprefix("self.ui.")) if receiver.startswith("self.ui.") else RECEIVERS.get(receiver)
+        if widget_class is None:
+            problems.append(f"line {call.lineno}: unknown receiver {receiver}: add its class to RECEIVERS")
+        elif call.args[0].value not in SIGNALS.get(widget_class, set()):
+            problems.append(f"line {call.lineno}: {widget_class} has no signal {call.args[0].value!r}")
+    return problems
+
+
+def test_signal_check_catches_what_it_guards() -> None:
+    source = (
+        "self.ui.segmentButton.connect('clicked()', f)\n"
+        "self.ui.segmentButton.connect('click()', f)\n"
+        "self.ui.inputVolumeSelector.connect('currentNodeChanged(vtkMRMLNode)', f)\n"
+        "self._timer.timeout.connect(f)\n"
+    )
+    problems = signal_problems(source, {"segmentButton": "QPushButton", "inputVolumeSelector": "qMRMLNodeComboBox"})
+    assert len(problems) == 3 and "click()" in problems[0] and "vtkMRMLNode)" in problems[1] and "not the string form" in problems[2]
+
+
+def test_every_connected_signal_exists_on_its_widget() -> None:
+    ui_classes = {name: widget_class for name, widget_class in ui_widget_names().items()}
+    assert signal_problems(MODULE.read_text(), ui_classes) == []

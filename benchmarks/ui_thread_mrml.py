@@ -1,7 +1,8 @@
 """How long the Slicer panel's MRML work on the UI thread takes (MRML is not thread-safe, so it stays there).
 
 Times, on real scans loaded with slicer-core: writing the volume node to the child's input NIfTI (Segment),
-exporting the cord/lesion segments to a label map (Measure, Export, Compare). Usage:
+exporting the cord/lesion segments to a label map (Measure, Export, Compare), importing a result's masks as
+segments and making their closed surfaces (a finished Segment). Usage:
     PYTHONPATH=. python benchmarks/ui_thread_mrml.py [repeats]
 """
 
@@ -49,9 +50,13 @@ def measure_scan(name: str, image_path: str, cord_path: str, repeats: int) -> No
     write = best_ms(lambda: mrml.save_volume_node_as_nifti(volume, folder / "input.nii"), repeats)
     write_gz = best_ms(lambda: mrml.save_volume_node_as_nifti(volume, folder / "input.nii.gz"), repeats)
     export = best_ms(lambda: mrml.export_sciseg_label_map(logic, scene, node, volume), repeats)
+    # What the panel does with a finished segmentation (SCIsegLogic.importResult): masks -> segments, then 3D surfaces.
+    imported = best_ms(lambda: mrml.import_sciseg_masks(logic, scene, volume, cord, lesion), repeats)
+    fresh = [mrml.import_sciseg_masks(logic, scene, volume, cord, lesion) for _ in range(repeats)]
+    surfaces = best_ms(lambda: fresh.pop().CreateClosedSurfaceRepresentation(), repeats)
     print(f"{name}: size {image.GetSize()} ({np.prod(image.GetSize()) / 1e6:.1f} Mvoxels): "
-          f"volume -> input .nii {write:.0f} ms (.nii.gz {write_gz:.0f} ms), segments -> label map {export:.0f} ms "
-          f"(best of {repeats})")
+          f"volume -> input .nii {write:.0f} ms (.nii.gz {write_gz:.0f} ms), segments -> label map {export:.0f} ms, "
+          f"result masks -> segments {imported:.0f} ms, closed surfaces {surfaces:.0f} ms (best of {repeats})")
 
 
 def main(repeats: int = 3) -> None:
