@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .metrics import anima_detection, overlap_detection, voxel_metrics
-from .volume import image_stem, on_grid_of
+from .volume import image_stem, load_mask, on_grid_of
 
 _SUFFIXES = {
     "_label-SC_seg": "sc", "_sc_seg": "sc", "_seg-manual": "sc",
@@ -36,7 +36,7 @@ def subject_key(path: Path) -> tuple[str, str]:
 
 def structures(path: Path, cord_labels: tuple[int, ...]) -> tuple[sitk.Image, dict[str, np.ndarray]]:
     """The image and its binary structure masks, (z, y, x) arrays."""
-    image = sitk.ReadImage(str(path))
+    image = load_mask(path, binary=False)  # header, size and completeness checked (a truncated file is refused)
     array = sitk.GetArrayFromImage(image)
     _, kind = subject_key(path)
     if kind == "labels" or np.any(array == 2):

@@ -19,7 +19,7 @@ Axis order and orientation conventions used in this package:
 from __future__ import annotations
 
 import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +113,249 @@ def on_grid_of(image: sitk.Image, reference: sitk.Image, *, what: str = "the mas
         raise ValueError(f"{what} does not lie on the grid of {where} (different size, spacing or position)") from None
 
 
-def load_image(path: str | os.PathLike[str], *, replace_nonfinite: bool = False) -> sitk.Image:
+#: Default upper limit on the voxels of one image (``--max-voxels``): 2**28 = 268 million voxels, e.g.
+#: 1024 x 1024 x 256. Spinal cord scans hold 1-70 million voxels.
+DEFAULT_MAX_VOXELS: int = 2**28
+
+#: Bytes of memory segmenting one voxel needs, a deliberately high estimate: the image as read and as
+#: float32 (reoriented copy, nnU-Net's normalised copy), three float32 class logits and probabilities,
+#: their resampled copies and the uint8 masks.
+SEGMENT_BYTES_PER_VOXEL: int = 64
+
+#: Fewest voxels along any axis of an image we segment (a 2x2x2 "scan" holds no spinal cord).
+MIN_VOXELS_PER_AXIS: int = 3
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_nifti(path: str | os.PathLike[str]) -> bool:
+    """True for ``.nii`` and ``.nii.gz`` file names."""
+    return str(path).lower().endswith(_NIFTI_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without its voxels.
+
+    Attributes:
+        path: the file.
+        size_xyz: voxels along each stored axis (i, j, k), trailing axes of length 1 dropped.
+        spacing_mm: voxel size along each axis in mm.
+        voxel_bytes: bytes of one stored voxel.
+        data_bytes: bytes of the voxel data (``prod(size_xyz) * voxel_bytes``).
+        data_offset: byte where the voxel data starts (NIfTI ``vox_offset``), 0 when unknown.
+    """
+
+    path: Path
+    size_xyz: tuple[int, ...]
+    spacing_mm: tuple[float, ...]
+    voxel_bytes: int
+    data_bytes: int
+    data_offset: int
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.size_xyz, dtype=np.int64))
+
+
+def _check_path(file: Path) -> None:
+    if not file.exists():
+        raise InputError(f"{file}: no such file; check the path.")
+    if file.is_dir():
+        raise InputError(f"{file} is a folder; give an image file (.nii.gz, .nii or .nrrd).")
+    if not os.access(file, os.R_OK):
+        raise InputError(f"{file} cannot be read (permission denied).")
+
+
+def _unreadable(file: Path) -> InputError:
+    return InputError(f"{file} is not an image SimpleITK can read; give a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file.")
+
+
+def _shape_sentence(file: Path, shape: tuple[int, ...]) -> None:
+    """Refuse 2D and 4D+ shapes with a sentence that says which they are."""
+    if len(shape) < 3:
+        dims = "x".join(map(str, shape)) or "0"
+        raise InputError(f"{file} is a 2D image ({dims} voxels); SCIseg segments 3D volumes, give the whole 3D scan.")
+    if len(shape) > 3:
+        raise InputError(
+            f"{file} is {len(shape)}D with {int(np.prod(shape[3:]))} volumes; extract one volume first "
+            f"(e.g. `sct_image -i IMAGE -split t` or `fslroi IMAGE OUT 0 1`) and segment that."
+        )
+
+
+def _check_spacing(file: Path, spacing: tuple[float, ...]) -> None:
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        shown = ", ".join(f"{v:g}" for v in spacing)
+        raise InputError(
+            f"{file} has voxel sizes (pixdim) of {shown} mm; each must be a positive number, so fix the header "
+            "(e.g. with nibabel or `sct_image -set-zooms`)."
+        )
+
+
+def read_header(path: str | os.PathLike[str]) -> ImageHeader:
+    """Read and check the header of an image file without reading its voxels (milliseconds, little memory).
+
+    Refuses (``InputError``, one sentence) missing or unreadable files, 2D and 4D images, complex or
+    multi-component voxels, voxel sizes that are zero, negative or not a number, non-finite
+    orientation matrices, and a NIfTI ``vox_offset`` beyond the end of the file.
+    """
+    file = Path(path)
+    _check_path(file)
+    if not is_nifti(file):
+        return _read_header_itk(file)
+    import nibabel
+
+    try:
+        nifti = nibabel.load(str(file))
+        header = nifti.header
+        shape = tuple(int(n) for n in header.get_data_shape())
+        dtype = header.get_data_dtype()
+        offset = int(nifti.dataobj.offset)
+    except EOFError:
+        raise InputError(f"{file}: the file ends before its header does; the copy is incomplete, copy it again.") from None
+    except Exception:  # nibabel raises many types for non-NIfTI bytes
+        raise _unreadable(file) from None
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    _shape_sentence(file, shape)
+    if dtype.kind == "c":
+        raise InputError(
+            f"{file} holds complex-valued voxels ({dtype}); give a magnitude image (e.g. `fslcomplex -realabs`)."
+        )
+    if dtype.fields is not None or dtype.kind not in "uif":
+        raise InputError(f"{file} has {dtype} voxels (colour or vector image); give a single-channel T2-weighted image.")
+    _check_spacing(file, tuple(float(z) for z in header["pixdim"][1:4]))
+    for name, (matrix, code) in (("qform", header.get_qform(coded=True)), ("sform", header.get_sform(coded=True))):
+        if code and matrix is not None and not np.all(np.isfinite(matrix)):
+            raise InputError(f"{file} has a {name} with values that are not numbers; fix the header.")
+    data_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if not file.name.lower().endswith(".gz"):
+        on_disk = file.stat().st_size
+        if offset > on_disk:
+            raise InputError(
+                f"{file}: its header puts the voxel data at byte {offset} (vox_offset), beyond the end of the "
+                f"{on_disk}-byte file; the header is damaged."
+            )
+    zooms = tuple(float(z) for z in header["pixdim"][1:4])
+    return ImageHeader(file, shape, zooms, dtype.itemsize, data_bytes, offset)
+
+
+def _read_header_itk(file: Path) -> ImageHeader:
+    """Header of a NRRD/MetaImage file with SimpleITK's ``ReadImageInformation`` (no voxels read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(file))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise _unreadable(file) from None
+    shape = tuple(int(n) for n in reader.GetSize())
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    _shape_sentence(file, shape)
+    if reader.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(f"{file} holds complex-valued voxels; give a magnitude image.")
+    components = reader.GetNumberOfComponents()
+    if components != 1:
+        raise InputError(
+            f"{file} has {components} components per voxel (colour or vector image); give a single-channel T2-weighted image."
+        )
+    spacing = tuple(float(s) for s in reader.GetSpacing())[:3]
+    _check_spacing(file, spacing)
+    voxel_bytes = int(sitk.Image(1, 1, reader.GetPixelID()).GetSizeOfPixelComponent())
+    return ImageHeader(file, shape, spacing, voxel_bytes, int(np.prod(shape, dtype=np.int64)) * voxel_bytes, 0)
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still use, in bytes (``MemAvailable`` on Linux, else physical memory)."""
+    try:
+        with open("/proc/meminfo") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2**62
+
+
+def check_size(header: ImageHeader, *, max_voxels: int | None = DEFAULT_MAX_VOXELS, bytes_per_voxel: int = SEGMENT_BYTES_PER_VOXEL) -> None:
+    """Refuse an image larger than ``max_voxels`` or needing more memory than the machine has now.
+
+    The memory needed is estimated from the header as ``voxels * bytes_per_voxel`` (see
+    :data:`SEGMENT_BYTES_PER_VOXEL`), before any voxel is read.
+    """
+    dims = "x".join(map(str, header.size_xyz))
+    if max_voxels is not None and header.voxels > max_voxels:
+        raise InputError(
+            f"{header.path} has {header.voxels:,} voxels ({dims}), more than the limit of {max_voxels:,} "
+            "(--max-voxels); crop or resample it, or raise --max-voxels if this machine has the memory."
+        )
+    needed, available = header.voxels * bytes_per_voxel, available_memory_bytes()
+    if needed > available:
+        raise InputError(
+            f"{header.path} ({dims} voxels) needs about {needed / 2**30:.1f} GiB of memory to segment, more than "
+            f"the {available / 2**30:.1f} GiB available here; crop or resample it, or use a machine with more memory."
+        )
+
+
+def check_complete(header: ImageHeader) -> None:
+    """Refuse a NIfTI file that ends before its voxel data does (a truncated copy or download).
+
+    A ``.nii`` is checked by its size; a ``.nii.gz`` is decompressed as a stream (nothing kept in
+    memory, about 0.1 s per 10 MB) and its gzip end-of-stream and CRC checked too. SimpleITK would
+    silently zero-fill the missing voxels.
+    """
+    file, needed = header.path, header.data_offset + header.data_bytes
+    if not is_nifti(file):
+        return
+    ends = f"{file}: the file ends before its data does (a truncated copy or download); copy it again."
+    if not file.name.lower().endswith(".gz"):
+        if file.stat().st_size < needed:
+            raise InputError(ends)
+        return
+    import gzip
+    import zlib
+
+    total = 0
+    try:
+        with gzip.open(file, "rb") as stream:
+            while total < needed:
+                chunk = stream.read(min(2**22, needed - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+            while stream.read(2**22):  # the rest (if any) must still decompress, to the CRC
+                pass
+    except EOFError:
+        raise InputError(ends) from None
+    except (OSError, zlib.error):
+        raise InputError(f"{file}: the compressed data is damaged (gzip error); copy the file again.") from None
+    if total < needed:
+        raise InputError(ends)
+
+
+def check_file(path: str | os.PathLike[str], *, max_voxels: int | None = DEFAULT_MAX_VOXELS) -> ImageHeader:
+    """Every check that needs no voxel in memory: header, size/memory, then completeness."""
+    header = read_header(path)
+    check_size(header, max_voxels=max_voxels)
+    check_complete(header)
+    return header
+
+
+def load_image(
+    path: str | os.PathLike[str], *, replace_nonfinite: bool = False, max_voxels: int | None = DEFAULT_MAX_VOXELS
+) -> sitk.Image:
     """Read a 3D scalar image (NIfTI or NRRD) and check that it can be segmented.
+
+    The header, the memory it needs and the file's completeness are checked before any voxel is read
+    (:func:`check_file`).
 
     Args:
         path: the image file.
         replace_nonfinite: replace NaN and +-inf voxels by 0 instead of refusing the image.
+        max_voxels: refuse images with more voxels (None: only the memory limit).
 
     Returns:
         The image as read (data type kept), geometry (origin mm, spacing mm, direction) intact.
@@ -127,18 +364,11 @@ def load_image(path: str | os.PathLike[str], *, replace_nonfinite: bool = False)
         InputError: one sentence naming the file and what to do, for every input we cannot use.
     """
     file = Path(path)
-    if not file.exists():
-        raise InputError(f"{file}: no such file; check the path.")
-    if file.is_dir():
-        raise InputError(f"{file} is a folder; give an image file (.nii.gz, .nii or .nrrd).")
-    if not os.access(file, os.R_OK):
-        raise InputError(f"{file} cannot be read (permission denied).")
+    check_file(file, max_voxels=max_voxels)
     try:
         image = sitk.ReadImage(str(file))
     except RuntimeError:
-        raise InputError(
-            f"{file} is not an image SimpleITK can read; give a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file."
-        ) from None
+        raise _unreadable(file) from None
     nonfinite = _nifti_nonfinite_mask_zyx(file, image)
     if nonfinite is not None:
         count = int(nonfinite.sum())
@@ -149,7 +379,27 @@ def load_image(path: str | os.PathLike[str], *, replace_nonfinite: bool = False)
         array = sitk.GetArrayFromImage(image)
         array[nonfinite] = 0
         image = image_from_array_zyx(array, image)
+    size = image.GetSize()
+    if image.GetDimension() == 3 and 1 < min(size) < MIN_VOXELS_PER_AXIS:
+        raise InputError(
+            f"{file} is only {size[0]}x{size[1]}x{size[2]} voxels, too small to hold a spinal cord; "
+            f"SCIseg needs at least {MIN_VOXELS_PER_AXIS} voxels along each axis."
+        )
+    _check_float32_range(file, image)
     return check_image(image, str(file), replace_nonfinite=replace_nonfinite)
+
+
+def _check_float32_range(file: Path, image: sitk.Image) -> None:
+    """Refuse float64 values beyond float32's range (the network computes in float32: they would become inf)."""
+    if image.GetPixelID() != sitk.sitkFloat64:
+        return
+    array = sitk.GetArrayViewFromImage(image)
+    finite = array[np.isfinite(array)]
+    if finite.size and float(np.abs(finite).max()) > float(np.finfo(np.float32).max):
+        raise InputError(
+            f"{file} holds float64 values up to {float(np.abs(finite).max()):.3g}, beyond the float32 range the "
+            "network computes in; rescale the image (e.g. to 0-1000)."
+        )
 
 
 def _nifti_nonfinite_mask_zyx(file: Path, image: sitk.Image) -> np.ndarray | None:
@@ -173,15 +423,15 @@ def _nifti_nonfinite_mask_zyx(file: Path, image: sitk.Image) -> np.ndarray | Non
     return ~finite.transpose(2, 1, 0)
 
 
-def load_mask(path: str | os.PathLike[str], *, binary: bool = True) -> sitk.Image:
-    """Read a 3D mask (or image) with the same clear errors as :func:`load_image`; empty masks are allowed."""
+def load_mask(path: str | os.PathLike[str], *, binary: bool = True, max_voxels: int | None = DEFAULT_MAX_VOXELS) -> sitk.Image:
+    """Read a 3D mask (or image) with the same checks as :func:`load_image` (header, size, completeness);
+    empty masks are allowed."""
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{file}: no such file; check the path.")
+    check_file(file, max_voxels=max_voxels)
     try:
         image = sitk.ReadImage(str(file))
     except RuntimeError:
-        raise InputError(f"{file} is not an image SimpleITK can read; give a NIfTI or NRRD file.") from None
+        raise _unreadable(file) from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{file} is not a 3D single-channel image.")
     if binary:
@@ -229,6 +479,85 @@ def check_image(image: sitk.Image, name: str = "the image", *, replace_nonfinite
     return image
 
 
+def ras_affine(image: sitk.Image) -> np.ndarray:
+    """The image's 4x4 voxel (i, j, k) -> RAS mm matrix, as nibabel writes it (ITK's LPS flipped)."""
+    matrix = np.eye(4)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix[:3, :3] = direction * np.array(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix
+
+
+def geometry_warning(path: str | os.PathLike[str], image: sitk.Image) -> str | None:
+    """A sentence when a NIfTI header's qform and sform disagree (or an sform-only file's scales differ
+    from its pixdim), saying which one the segmentation used; None when the header is consistent.
+
+    Masks are written with the input's own header (:func:`write_image_file`), so they carry both
+    matrices unchanged whichever a tool reads.
+    """
+    if not is_nifti(path):
+        return None
+    import nibabel
+
+    header = nibabel.load(str(path)).header
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    used = ras_affine(image)
+
+    def near(a: np.ndarray) -> bool:
+        return bool(np.allclose(a, used, atol=1e-3))
+
+    if qcode and scode and not np.allclose(qform, sform, atol=1e-3):
+        which = "sform" if near(sform) and not near(qform) else "qform" if near(qform) else "neither (ITK's own fallback)"
+        gap = float(np.abs(qform - sform).max())
+        return (
+            f"{path}: its qform and sform disagree (by up to {gap:.3g} mm); the segmentation used the {which}, as "
+            "SimpleITK/ITK-SNAP read it, and the masks carry both unchanged, so they overlay the input in every tool "
+            "that reads the same matrix."
+        )
+    if scode and not qcode:
+        scales = np.sqrt((sform[:3, :3] ** 2).sum(axis=0))
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=float)
+        if not np.allclose(scales, pixdim, rtol=1e-3):
+            which = "sform" if near(sform) else "pixdim voxel sizes with the sform's directions"
+            return (
+                f"{path}: it has only an sform, whose voxel sizes ({', '.join(f'{v:.4g}' for v in scales)} mm) differ "
+                f"from its pixdim ({', '.join(f'{v:.4g}' for v in pixdim)} mm); the segmentation used the {which}, "
+                "and the masks carry the same header unchanged."
+            )
+    return None
+
+
+def write_image_file(image: sitk.Image, path: str | os.PathLike[str], *, geometry_from: str | os.PathLike[str] | None = None) -> None:
+    """Write ``image`` to exactly ``path`` (compressed NIfTI/NRRD by its name; not atomic, see callers).
+
+    When ``geometry_from`` is a NIfTI file on the same voxel grid, the file is written with nibabel
+    using a copy of that file's header: qform, sform, their codes, pixdim, units and dim_info are the
+    input's own bytes (as SCT's outputs), so nibabel/FSL/SCT and ITK read the same geometry from the
+    mask as from its input. Only the data type, scaling, intent, description and extensions change.
+    """
+    if geometry_from is None or not is_nifti(geometry_from):
+        sitk.WriteImage(image, str(path), useCompression=True)
+        return
+    import nibabel
+
+    source = nibabel.load(str(geometry_from))
+    size_xyz = tuple(int(n) for n in source.header.get_data_shape()[:3])
+    if tuple(image.GetSize()) != size_xyz:
+        raise ValueError(f"the image of size {image.GetSize()} is not on the {size_xyz} grid of {geometry_from}")
+    data_xyz = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    header = source.header.copy()
+    header.extensions.clear()
+    header.set_data_dtype(data_xyz.dtype)
+    header.set_data_shape(data_xyz.shape)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("none")
+    header["cal_min"], header["cal_max"] = 0.0, float(data_xyz.max()) if data_xyz.size else 0.0
+    header["descrip"] = b"SCIseg"
+    output = type(source)(np.ascontiguousarray(data_xyz), None, header=header)
+    nibabel.save(output, str(path))
+
+
 def array_zyx(image: sitk.Image, dtype: type = np.float32) -> np.ndarray:
     """Return a copy of the voxels as a numpy array indexed (z, y, x), cast to ``dtype``."""
     return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
@@ -266,22 +595,30 @@ def publish_file(temporary: str | os.PathLike[str], final: str | os.PathLike[str
     os.replace(temporary, final)
 
 
-def write_image_atomic(image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` through a temporary file in the same folder and an atomic rename.
+def write_image_atomic(
+    image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True, geometry_from: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write ``image`` to ``path`` through a registered temporary in the same folder and an atomic rename.
 
-    A crash or a cancel never leaves a half-written file under the final name.
+    A crash or a cancel never leaves a half-written file under the final name; a temporary left by a
+    killed process is removed by the next run in that folder (:func:`SCIsegLib.staging.recover_folder`).
+    ``geometry_from``: a NIfTI whose header the file carries (see :func:`write_image_file`).
     """
+    from .staging import new_temporary, publish
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = next((s for s in IMAGE_SUFFIXES if target.name.lower().endswith(s)), target.suffix)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
-    os.close(handle)
+    register: list[Path] = []
     try:
-        sitk.WriteImage(image, temporary, useCompression=compress)
-        publish_file(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        temporary = new_temporary(target, register)
+        if geometry_from is not None:
+            write_image_file(image, temporary, geometry_from=geometry_from)
+        else:
+            sitk.WriteImage(image, str(temporary), useCompression=compress)
+        publish(temporary, target)
+    finally:
+        for leftover in register:
+            leftover.unlink(missing_ok=True)
     return target
 
 
