@@ -223,15 +223,10 @@ def _cancel_on_signals(token):
 
 
 def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
-    from .inference import CancelToken, InferenceSettings, NnUNetEngine
-    from .models import resolve_model
-    from .postprocess import PostprocessSettings
-    from .segment import segment_files
+    from .volume import DEFAULT_MAX_VOXELS, check_images
 
     if not 0 < args.step <= 1:
         raise InputError(f"--step must be in (0, 1], got {args.step}.")
-    from .segment import SegmentCancelled, check_inputs
-    from .volume import DEFAULT_MAX_VOXELS
 
     def warn(message: str) -> None:
         sys.stderr.write(f"sciseg: warning: {message}\n")
@@ -239,7 +234,16 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
             events({"event": "warning", "message": message})
 
     max_voxels = args.max_voxels if args.max_voxels is not None else DEFAULT_MAX_VOXELS
-    check_inputs(args.inputs, replace_nonfinite=args.replace_nonfinite, max_voxels=max_voxels, warn=warn)  # before torch
+    by_folder: dict[Path, list[Path]] = {}
+    for path in args.inputs:
+        by_folder.setdefault(args.output or path.parent, []).append(path)
+    for paths in by_folder.values():  # every input checked before torch and the model are loaded
+        check_images(paths, replace_nonfinite=args.replace_nonfinite, max_voxels=max_voxels, warn=warn)
+    from .inference import CancelToken, InferenceSettings, NnUNetEngine
+    from .models import resolve_model
+    from .postprocess import PostprocessSettings
+    from .segment import SegmentCancelled, segment_files
+
     model = resolve_model(args.model)
     settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads)
     postprocess = PostprocessSettings(
@@ -254,9 +258,6 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
     try:
         with _cancel_on_signals(token):
             engine = NnUNetEngine(model, settings)
-            by_folder: dict[Path, list[Path]] = {}
-            for path in args.inputs:
-                by_folder.setdefault(args.output or path.parent, []).append(path)
             for folder, paths in by_folder.items():
                 try:
                     records += segment_files(

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .hashing import file_sha256
-from .errors import CancelledError, InputError
+from .errors import CancelledError
 from .inference import CancelToken, Engine, InferenceSettings, ProgressCallback, ProgressEvent
 from .models import ModelInfo
 from .postprocess import PostprocessSettings, clean_masks
@@ -29,8 +29,7 @@ from .staging import new_temporary, publish_set, recover_folder
 from .volume import (
     DEFAULT_MAX_VOXELS,
     array_zyx,
-    check_file,
-    geometry_warning,
+    check_images,
     image_from_array_zyx,
     image_stem,
     load_image,
@@ -39,9 +38,6 @@ from .volume import (
     sct_to_itk_orientation,
     write_image_file,
 )
-
-#: Receives one sentence for the user (the CLI prints "sciseg: warning: ...").
-WarningCallback = Callable[[str], None]
 
 # Fractions of the progress bar given to each stage of one image.
 _PREDICT_START, _PREDICT_END = 0.10, 0.90
@@ -243,28 +239,6 @@ def write_result(
     return [final for _, final in staged] + [marker]
 
 
-def check_inputs(
-    inputs: list[Path],
-    *,
-    replace_nonfinite: bool = False,
-    max_voxels: int | None = DEFAULT_MAX_VOXELS,
-    warn: WarningCallback | None = None,
-) -> None:
-    """Check every input before torch or a model is loaded: headers, sizes and completeness of all files
-    first (milliseconds each, no voxel read), then each image's voxels, one at a time (none kept)."""
-    stems = [image_stem(p) for p in inputs]
-    duplicates = {s for s in stems if stems.count(s) > 1}
-    if duplicates:
-        raise InputError(f"several inputs share the name '{sorted(duplicates)[0]}'; their outputs would overwrite each other.")
-    for path in inputs:
-        check_file(path, max_voxels=max_voxels)
-    for path in inputs:
-        image = load_image(path, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels)
-        note = geometry_warning(path, image)
-        if note and warn is not None:
-            warn(note)
-
-
 def _cancel_sentence(records: list[dict], current: Path, count: int) -> str:
     """What a cancel left: the published sets of the inputs finished before it, and nothing of the current one."""
     if not records:
@@ -298,18 +272,18 @@ def segment_files(
     cancel: CancelToken | None = None,
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     inputs_checked: bool = False,
-    warn: WarningCallback | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Segment several files one after the other; return one record per input (outputs, seconds).
 
-    Every input is checked before the first is segmented (:func:`check_inputs`; skipped when the
+    Every input is checked before the first is segmented (:func:`SCIsegLib.volume.check_images`; skipped when the
     caller did it, ``inputs_checked``), so a bad file in a long list fails fast. Interrupted
     publications and stale temporaries in ``output_dir`` are finished or removed first
     (:func:`SCIsegLib.staging.recover_folder`). A cancel raises :class:`SegmentCancelled` saying
     which inputs' outputs were written.
     """
     if not inputs_checked:
-        check_inputs(inputs, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels, warn=warn)
+        check_images(inputs, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels, warn=warn)
     output_dir.mkdir(parents=True, exist_ok=True)
     recover_folder(output_dir)
     records: list[dict] = []

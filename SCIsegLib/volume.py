@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -203,18 +204,13 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     _check_path(file)
     if not is_nifti(file):
         return _read_header_itk(file)
-    import nibabel
-
+    header = _raw_nifti_header(file)
     try:
-        nifti = nibabel.load(str(file))
-        header = nifti.header
         shape = tuple(int(n) for n in header.get_data_shape())
         dtype = header.get_data_dtype()
-        offset = int(nifti.dataobj.offset)
-    except EOFError:
-        raise InputError(f"{file}: the file ends before its header does; the copy is incomplete, copy it again.") from None
-    except Exception:  # nibabel raises many types for non-NIfTI bytes
+    except Exception:  # nibabel raises several types for impossible dim/datatype fields
         raise _unreadable(file) from None
+    offset = max(int(header.get_data_offset()), int(header.sizeof_hdr) + 4)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     _shape_sentence(file, shape)
@@ -225,8 +221,12 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     if dtype.fields is not None or dtype.kind not in "uif":
         raise InputError(f"{file} has {dtype} voxels (colour or vector image); give a single-channel T2-weighted image.")
     _check_spacing(file, tuple(float(z) for z in header["pixdim"][1:4]))
-    for name, (matrix, code) in (("qform", header.get_qform(coded=True)), ("sform", header.get_sform(coded=True))):
-        if code and matrix is not None and not np.all(np.isfinite(matrix)):
+    for name, fields in (
+        ("qform", ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")),
+        ("sform", ("srow_x", "srow_y", "srow_z")),
+    ):
+        values = np.concatenate([np.atleast_1d(header[f]) for f in fields]).astype(float)
+        if int(header[f"{name}_code"]) and not np.all(np.isfinite(values)):
             raise InputError(f"{file} has a {name} with values that are not numbers; fix the header.")
     data_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if not file.name.lower().endswith(".gz"):
@@ -237,7 +237,38 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
                 f"{on_disk}-byte file; the header is damaged."
             )
     zooms = tuple(float(z) for z in header["pixdim"][1:4])
-    return ImageHeader(file, shape, zooms, dtype.itemsize, data_bytes, offset)
+    return ImageHeader(file, shape[:3], zooms, dtype.itemsize, data_bytes, offset)
+
+
+def _raw_nifti_header(file: Path):
+    """The NIfTI-1 or NIfTI-2 header as stored (nibabel's ``check=False``: nothing "fixed", nothing logged)."""
+    import gzip
+    import io
+
+    import nibabel
+
+    try:
+        opener = gzip.open if file.name.lower().endswith(".gz") else open
+        with opener(file, "rb") as stream:
+            block = stream.read(540)
+    except EOFError:
+        raise InputError(f"{file}: the file ends before its header does; the copy is incomplete, copy it again.") from None
+    except OSError:
+        raise _unreadable(file) from None
+    if len(block) < 348:
+        if len(block) == 0:
+            raise _unreadable(file)
+        raise InputError(f"{file}: the file ends before its header does; the copy is incomplete, copy it again.")
+    size = int.from_bytes(block[:4], "little")
+    if size not in (348, 540):
+        size = int.from_bytes(block[:4], "big")
+    klass = {348: nibabel.Nifti1Header, 540: nibabel.Nifti2Header}.get(size)
+    if klass is None or len(block) < size:
+        raise _unreadable(file)
+    try:
+        return klass.from_fileobj(io.BytesIO(block[:size]), check=False)
+    except Exception:  # bad magic, impossible fields
+        raise _unreadable(file) from None
 
 
 def _read_header_itk(file: Path) -> ImageHeader:
@@ -477,6 +508,32 @@ def check_image(image: sitk.Image, name: str = "the image", *, replace_nonfinite
     if array.size == 0 or array.min() == array.max():
         raise InputError(f"{name} is empty or constant (every voxel = {array.flat[0]}); it holds nothing to segment.")
     return image
+
+
+def check_images(
+    inputs: list[Path],
+    *,
+    replace_nonfinite: bool = False,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    warn: Callable[[str], None] | None = None,
+) -> None:
+    """Check the inputs of a segmentation into one output folder, before torch or a model is loaded.
+
+    Names first (two inputs with one stem would overwrite each other's outputs), then the headers, sizes
+    and completeness of all files (milliseconds each, no voxel read), then each image's voxels, one at
+    a time (none kept). ``warn`` receives the geometry warnings (:func:`geometry_warning`).
+    """
+    stems = [image_stem(p) for p in inputs]
+    duplicates = {s for s in stems if stems.count(s) > 1}
+    if duplicates:
+        raise InputError(f"several inputs share the name '{sorted(duplicates)[0]}'; their outputs would overwrite each other.")
+    for path in inputs:
+        check_file(path, max_voxels=max_voxels)
+    for path in inputs:
+        image = load_image(path, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels)
+        note = geometry_warning(path, image)
+        if note and warn is not None:
+            warn(note)
 
 
 def ras_affine(image: sitk.Image) -> np.ndarray:
