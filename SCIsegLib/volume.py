@@ -375,6 +375,17 @@ def check_file(path: str | os.PathLike[str], *, max_voxels: int | None = DEFAULT
     return header
 
 
+def _read_quietly(file: Path) -> sitk.Image:
+    """``sitk.ReadImage`` without ITK's multi-line console warnings (e.g. "unexpected scales in sform"):
+    the checks here and :func:`geometry_warning` say what matters in one sentence."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return sitk.ReadImage(str(file))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def load_image(
     path: str | os.PathLike[str], *, replace_nonfinite: bool = False, max_voxels: int | None = DEFAULT_MAX_VOXELS
 ) -> sitk.Image:
@@ -397,7 +408,7 @@ def load_image(
     file = Path(path)
     check_file(file, max_voxels=max_voxels)
     try:
-        image = sitk.ReadImage(str(file))
+        image = _read_quietly(file)
     except RuntimeError:
         raise _unreadable(file) from None
     nonfinite = _nifti_nonfinite_mask_zyx(file, image)
@@ -460,7 +471,7 @@ def load_mask(path: str | os.PathLike[str], *, binary: bool = True, max_voxels: 
     file = Path(path)
     check_file(file, max_voxels=max_voxels)
     try:
-        image = sitk.ReadImage(str(file))
+        image = _read_quietly(file)
     except RuntimeError:
         raise _unreadable(file) from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:

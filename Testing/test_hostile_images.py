@@ -285,10 +285,10 @@ def test_export_and_evaluate_refuse_truncated_files(tmp_path: Path, name: str, b
 
 def disagreeing_forms(folder: Path) -> tuple[Path, Path]:
     """Two phantoms: qform and sform 6 mm apart; an sform-only file whose scales differ from its pixdim."""
-    from SCIsegLib.phantom import make_phantom
+    from SCIsegLib.phantom import Acquisition, make_phantom
     from SCIsegLib.volume import ras_affine
 
-    image = make_phantom(seed=5).image
+    image = make_phantom(seed=5, acquisition=Acquisition(fov_mm=(24.0, 40.0, 64.0)), lesions=1).image
     import SimpleITK as sitk
 
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
@@ -296,14 +296,14 @@ def disagreeing_forms(folder: Path) -> tuple[Path, Path]:
     shifted = affine.copy()
     shifted[:3, 3] += (6.0, 0.0, 0.0)
     both = nib.Nifti1Image(data, affine)
-    both.header.set_qform(affine, code=1)
-    both.header.set_sform(shifted, code=2)
+    both.set_qform(affine, code=1)
+    both.set_sform(shifted, code=2)
     first = save(both, folder / "sub-01_T2w.nii.gz")
     scaled = affine.copy()
     scaled[:3, 2] *= 1.25
     only = nib.Nifti1Image(data, affine)
-    only.header.set_sform(scaled, code=1)
-    only.header.set_qform(affine, code=0)
+    only.set_sform(scaled, code=1)
+    only.set_qform(None, code=0)
     return first, save(only, folder / "sub-02_T2w.nii.gz")
 
 
@@ -313,7 +313,7 @@ def test_masks_carry_the_input_header_and_a_warning_names_the_matrix_used(tmp_pa
     inputs = disagreeing_forms(folder)
     output = tmp_path / "out"
     result = run_cli("segment", *map(str, inputs), "-o", str(output), "--model", str(DEMO_MODEL), "--device", "cpu",
-                           "--progress", "none", timeout=300)
+                     "--threads", "1", "--progress", "none", timeout=300)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert any("qform and sform disagree" in w and "used the qform" in w and "sub-01_T2w" in w for w in warnings), warnings
