@@ -237,3 +237,51 @@ def test_sigterm_after_input_1_of_2_says_what_was_written(tmp_path: Path, two_in
     assert f"nothing of {second}.nii.gz was written" in message, message
     assert check_sets(output, [first, second]) == {first: "complete", second: "absent"}
     assert temporaries(output) == []
+
+
+@pytest.mark.parametrize("failing_write", ["image", "sidecar", "marker"])
+def test_full_disk_leaves_no_temporary_and_no_partial_set(tmp_path: Path, failing_write: str, monkeypatch) -> None:
+    """ENOSPC while writing a mask, a sidecar or the marker: nothing under a final name, no temporary left."""
+    import errno
+
+    import SimpleITK as sitk
+
+    import SCIsegLib.segment as segment
+    from SCIsegLib.inference import InferenceSettings
+    from SCIsegLib.models import resolve_model
+    from SCIsegLib.postprocess import PostprocessSettings
+
+    case = make_phantom(seed=3, acquisition=SMALL, lesions=1)
+    source = write_image_atomic(case.image, tmp_path / "in" / "sub-01_T2w.nii.gz")
+    result = segment.SegmentationResult(
+        masks={"sc": sitk.Cast(case.cord, sitk.sitkUInt8), "lesion": sitk.Cast(case.lesion, sitk.sitkUInt8)},
+        label_map=sitk.Cast(case.labels, sitk.sitkUInt8),
+    )
+    calls = {"json": 0}
+    real_write_text, real_write_image = Path.write_text, segment.write_image_file
+
+    def full_disk() -> OSError:
+        return OSError(errno.ENOSPC, "No space left on device")
+
+    def write_text(self: Path, text: str, *args, **kwargs) -> int:
+        calls["json"] += 1
+        if (failing_write == "sidecar" and calls["json"] == 2) or (failing_write == "marker" and MARKER_SUFFIX in self.name):
+            real_write_text(self, text[: len(text) // 2])  # half written, then the disk is full
+            raise full_disk()
+        return real_write_text(self, text, *args, **kwargs)
+
+    def write_image(image, path, **kwargs) -> None:
+        if failing_write == "image" and "_lesion_seg" in Path(path).name:
+            Path(path).write_bytes(b"\x1f\x8b partial")
+            raise full_disk()
+        real_write_image(image, path, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(segment, "write_image_file", write_image)
+    output = tmp_path / "out"
+    with pytest.raises(OSError):
+        segment.write_result(
+            result, model=resolve_model(str(DEMO_MODEL)), source=source, output_dir=output,
+            settings=InferenceSettings(), postprocess=PostprocessSettings(),
+        )
+    assert sorted(p.name for p in output.iterdir()) == []
