@@ -432,7 +432,12 @@ def load_image(
         InputError: one sentence naming the file and what to do, for every input we cannot use.
     """
     file = Path(path)
-    check_file(file, max_voxels=max_voxels)
+    size = check_file(file, max_voxels=max_voxels).size_xyz
+    if len(size) == 3 and 1 < min(size) < MIN_VOXELS_PER_AXIS:
+        raise InputError(
+            f"{file} is only {size[0]}x{size[1]}x{size[2]} voxels, too small to hold a spinal cord; "
+            f"SCIseg needs at least {MIN_VOXELS_PER_AXIS} voxels along each axis."
+        )
     try:
         image = _read_quietly(file)
     except RuntimeError:
@@ -447,12 +452,6 @@ def load_image(
         array = sitk.GetArrayFromImage(image)
         array[nonfinite] = 0
         image = image_from_array_zyx(array, image)
-    size = image.GetSize()
-    if image.GetDimension() == 3 and 1 < min(size) < MIN_VOXELS_PER_AXIS:
-        raise InputError(
-            f"{file} is only {size[0]}x{size[1]}x{size[2]} voxels, too small to hold a spinal cord; "
-            f"SCIseg needs at least {MIN_VOXELS_PER_AXIS} voxels along each axis."
-        )
     _check_float32_range(file, image)
     return check_image(image, str(file), replace_nonfinite=replace_nonfinite)
 
