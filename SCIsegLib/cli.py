@@ -1,7 +1,7 @@
 """The ``sciseg`` command. Thin: every subcommand calls the library.
 
 Exit codes: 0 success, 2 bad input (the message says what to fix), 1 internal failure,
-130 cancelled (Ctrl-C or SIGTERM; no output is written).
+130 cancelled (Ctrl-C or SIGTERM; outputs already published stay, complete; nothing is half-written).
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--label-map", action="store_true", help="also write <stem>_labels.nii.gz (0/1/2)")
     segment.add_argument("--probabilities", action="store_true", help="also write <stem>_<structure>_prob.nii.gz")
     segment.add_argument("--replace-nonfinite", action="store_true", help="set NaN/inf voxels to 0 instead of refusing")
+    segment.add_argument(
+        "--max-voxels", type=int, default=None, metavar="N",
+        help="refuse images with more voxels (default 268435456 = 2**28); images needing more memory than "
+        "is available are refused too",
+    )
     segment.add_argument(
         "--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
         help="progress display: a bar on a terminal (auto), one JSON event per line on stdout (jsonl), or none",
@@ -220,10 +225,7 @@ def _cancel_on_signals(token):
 
 
 def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
-    from .inference import CancelToken, InferenceSettings, NnUNetEngine
-    from .models import resolve_model
-    from .postprocess import PostprocessSettings
-    from .segment import segment_files
+    from .volume import DEFAULT_MAX_VOXELS, check_images
 
     if not 0 < args.step <= 1:
         raise InputError(f"--step must be in (0, 1], got {args.step}.")
@@ -231,6 +233,23 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
         raise InputError(f"--threads must be at least 1, got {args.threads}.")
     if args.output is not None:
         _output_folder(args.output)
+
+    def warn(message: str) -> None:
+        sys.stderr.write(f"sciseg: warning: {message}\n")
+        if events is not None:
+            events({"event": "warning", "message": message})
+
+    max_voxels = args.max_voxels if args.max_voxels is not None else DEFAULT_MAX_VOXELS
+    by_folder: dict[Path, list[Path]] = {}
+    for path in args.inputs:
+        by_folder.setdefault(args.output or path.parent, []).append(path)
+    for paths in by_folder.values():  # every input checked before torch and the model are loaded
+        check_images(paths, replace_nonfinite=args.replace_nonfinite, max_voxels=max_voxels, warn=warn)
+    from .inference import CancelToken, InferenceSettings, NnUNetEngine
+    from .models import resolve_model
+    from .postprocess import PostprocessSettings
+    from .segment import SegmentCancelled, segment_files
+
     model = resolve_model(args.model)
     settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads)
     postprocess = PostprocessSettings(
@@ -245,15 +264,19 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
     try:
         with _cancel_on_signals(token):
             engine = NnUNetEngine(model, settings)
-            by_folder: dict[Path, list[Path]] = {}
-            for path in args.inputs:
-                by_folder.setdefault(args.output or path.parent, []).append(path)
             for folder, paths in by_folder.items():
-                records += segment_files(
-                    paths, folder, engine, settings=settings, postprocess=postprocess,
-                    write_label_map=args.label_map, want_probabilities=args.probabilities,
-                    replace_nonfinite=args.replace_nonfinite, progress=callback, cancel=token,
-                )
+                try:
+                    records += segment_files(
+                        paths, folder, engine, settings=settings, postprocess=postprocess,
+                        write_label_map=args.label_map, want_probabilities=args.probabilities,
+                        replace_nonfinite=args.replace_nonfinite, progress=callback, cancel=token,
+                        max_voxels=max_voxels, inputs_checked=True,
+                    )
+                except SegmentCancelled as cancelled:
+                    if not records:
+                        raise
+                    done = "; ".join(f"{Path(r['input']).name} -> {', '.join(Path(o).name for o in r['outputs'])}" for r in records + cancelled.records)
+                    raise CancelledError(f"segmentation cancelled; written before the cancel (complete sets): {done}; the rest was not written.") from None
     finally:
         close()
     if events is not None:

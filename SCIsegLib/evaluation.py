@@ -17,7 +17,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .errors import InputError
-from .file_checks import check_mask_values, check_whole_image_file
+from .file_checks import check_mask_values
 from .metrics import anima_detection, overlap_detection, voxel_metrics
 from .volume import image_stem, load_mask, on_grid_of
 
@@ -39,8 +39,7 @@ def subject_key(path: Path) -> tuple[str, str]:
 
 def structures(path: Path, cord_labels: tuple[int, ...]) -> tuple[sitk.Image, dict[str, np.ndarray]]:
     """The image and its binary structure masks, (z, y, x) arrays."""
-    check_whole_image_file(path, "mask")
-    image = load_mask(path, binary=False)
+    image = load_mask(path, binary=False)  # header, size and completeness checked (a truncated file is refused)
     array = sitk.GetArrayFromImage(image)
     _, kind = subject_key(path)
     check_mask_values(array, path)

@@ -437,6 +437,10 @@ class SegmentationRun(_EventChild):
             raise RunnerError("the segmentation was cancelled.")
         if self.error or self.result is None:
             raise RunnerError(f"{self.error or 'the segmentation produced no result'}. Log: {self.log_path}")
+        from .staging import published_set
+
+        if published_set(self.output_dir, "input") is None:  # the marker publishes the whole set
+            raise RunnerError(f"the segmentation's outputs are incomplete (no marker). Log: {self.log_path}")
         return {
             "sc": self.output_dir / "input_sc_seg.nii.gz",
             "lesion": self.output_dir / "input_lesion_seg.nii.gz",

@@ -11,30 +11,32 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
 from .hashing import file_sha256
-from .errors import InputError
+from .errors import CancelledError
 from .inference import CancelToken, Engine, InferenceSettings, ProgressCallback, ProgressEvent
 from .models import ModelInfo
 from .postprocess import PostprocessSettings, clean_masks
+from .staging import new_temporary, publish_set, recover_folder
 from .volume import (
+    DEFAULT_MAX_VOXELS,
     array_zyx,
+    check_images,
     image_from_array_zyx,
     image_stem,
     load_image,
-    publish_file,
     reorient,
     reorient_like,
     sct_to_itk_orientation,
+    write_image_file,
 )
 
 # Fractions of the progress bar given to each stage of one image.
@@ -188,10 +190,12 @@ def write_result(
     postprocess: PostprocessSettings,
     write_label_map: bool = False,
 ) -> list[Path]:
-    """Write masks (and optional label map/probabilities) with sidecars, all-or-nothing.
+    """Write masks (and optional label map/probabilities) with sidecars as one all-or-nothing set.
 
-    Every file goes to a temporary name first; the final names appear only once all files are
-    complete, so a crash or cancel leaves the output folder as it was.
+    Every file goes to a registered temporary first; the set is published by
+    :func:`SCIsegLib.staging.publish_set`: renames, then the marker ``<stem>_sciseg_outputs.json`` last.
+    A NIfTI input's header (qform, sform, codes) is copied into every output, as SCT does.
+    Returns the final paths (marker last).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = image_stem(source)
@@ -203,13 +207,13 @@ def write_result(
     for name, probability in result.probabilities.items():
         planned.append((output_dir / f"{stem}_{name}_prob.nii.gz", probability, {"structure": name, "probability": True}))
 
+    register: list[Path] = []  # every temporary, registered before a byte is written to it
     staged: list[tuple[Path, Path]] = []
     try:
         for final, image, info in planned:
-            handle, temporary = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part.nii.gz", dir=output_dir)
-            os.close(handle)
-            staged.append((Path(temporary), final))
-            sitk.WriteImage(image, temporary, useCompression=True)
+            temporary = new_temporary(final, register)
+            write_image_file(image, temporary, geometry_from=source)
+            staged.append((temporary, final))
             is_mask = info.get("structure") is not None and not info.get("probability")
             content = sidecar(
                 model=model,
@@ -225,16 +229,33 @@ def write_result(
             if info.get("structure") is None:
                 content["Labels"] = {"0": "background", "1": "spinal cord (no lesion)", "2": "lesion"}
             json_final = final.with_name(final.name.removesuffix(".nii.gz") + ".json")
-            handle, json_temporary = tempfile.mkstemp(prefix=f".{json_final.name}.", suffix=".part", dir=output_dir)
-            with os.fdopen(handle, "w") as stream:
-                json.dump(content, stream, indent=2)
-            staged.append((Path(json_temporary), json_final))
-        for temporary, final in staged:
-            publish_file(temporary, final)
+            json_temporary = new_temporary(json_final, register)
+            json_temporary.write_text(json.dumps(content, indent=2))
+            staged.append((json_temporary, json_final))
+        marker = publish_set(output_dir, stem, staged, register, {"Source": str(source.resolve()), "SCIsegVersion": __version__})
     finally:
-        for temporary, _ in staged:
+        for temporary in register:
             temporary.unlink(missing_ok=True)
-    return [final for _, final in staged]
+    return [final for _, final in staged] + [marker]
+
+
+def _cancel_sentence(records: list[dict], current: Path, count: int) -> str:
+    """What a cancel left: the published sets of the inputs finished before it, and nothing of the current one."""
+    if not records:
+        return f"segmentation cancelled during {current.name}; no output was written."
+    done = "; ".join(f"{Path(r['input']).name} -> {', '.join(Path(o).name for o in r['outputs'])}" for r in records)
+    return (
+        f"segmentation cancelled during {current.name} ({len(records) + 1} of {count}); "
+        f"written before the cancel (complete sets): {done}; nothing of {current.name} was written."
+    )
+
+
+class SegmentCancelled(CancelledError):
+    """A cancel after some inputs were done; ``records`` are their published outputs."""
+
+    def __init__(self, message: str, records: list[dict]) -> None:
+        super().__init__(message)
+        self.records = records
 
 
 def segment_files(
@@ -249,18 +270,23 @@ def segment_files(
     replace_nonfinite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    inputs_checked: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Segment several files one after the other; return one record per input (outputs, seconds).
 
-    Every input is checked before the first is segmented, so a bad file in a long list fails fast.
+    Every input is checked before the first is segmented (:func:`SCIsegLib.volume.check_images`; skipped when the
+    caller did it, ``inputs_checked``), so a bad file in a long list fails fast. Interrupted
+    publications and stale temporaries in ``output_dir`` are finished or removed first
+    (:func:`SCIsegLib.staging.recover_folder`). A cancel raises :class:`SegmentCancelled` saying
+    which inputs' outputs were written.
     """
-    for path in inputs:  # check every file first; keep none in memory (cohorts of hundreds of scans)
-        load_image(path, replace_nonfinite=replace_nonfinite)
-    stems = [image_stem(p) for p in inputs]
-    duplicates = {s for s in stems if stems.count(s) > 1}
-    if duplicates:
-        raise InputError(f"several inputs share the name '{sorted(duplicates)[0]}'; their outputs would overwrite each other.")
-    records = []
+    if not inputs_checked:
+        check_images(inputs, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels, warn=warn)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    recover_folder(output_dir)
+    records: list[dict] = []
     count = len(inputs)
     for index, path in enumerate(inputs):
 
@@ -268,17 +294,20 @@ def segment_files(
             if progress is not None:
                 progress(ProgressEvent((index + event.fraction) / count, event.stage, event.message, event.input))
 
-        result = segment_image(
-            load_image(path, replace_nonfinite=replace_nonfinite),
-            engine,
-            postprocess=postprocess,
-            want_probabilities=want_probabilities,
-            progress=scaled,
-            cancel=cancel,
-            source=str(path),
-        )
-        if cancel is not None:
-            cancel.raise_if_cancelled()
+        try:
+            result = segment_image(
+                load_image(path, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels),
+                engine,
+                postprocess=postprocess,
+                want_probabilities=want_probabilities,
+                progress=scaled,
+                cancel=cancel,
+                source=str(path),
+            )
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+        except CancelledError:
+            raise SegmentCancelled(_cancel_sentence(records, path, count), records) from None
         scaled(ProgressEvent(0.95, "write", f"writing outputs to {output_dir}", str(path)))
         written = write_result(
             result,
@@ -293,6 +322,7 @@ def segment_files(
             {
                 "input": str(path),
                 "outputs": [str(p) for p in written if p.name.endswith(".nii.gz")],
+                "marker": str(written[-1]),
                 "seconds": round(result.seconds, 3),
                 "device": result.device,
                 "voxels": {name: int(np.count_nonzero(sitk.GetArrayViewFromImage(m))) for name, m in result.masks.items()},
@@ -300,3 +330,4 @@ def segment_files(
         )
         scaled(ProgressEvent(1.0, "done", f"segmented {path.name}", str(path)))
     return records
+

@@ -19,13 +19,26 @@ Axis order and orientation conventions used in this package:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .image_header import (  # noqa: F401 - re-exported: volume.py is where image reads and their checks live
+    DEFAULT_MAX_VOXELS,
+    MIN_VOXELS_PER_AXIS,
+    SEGMENT_BYTES_PER_VOXEL,
+    ImageHeader,
+    available_memory_bytes,
+    check_complete,
+    check_file,
+    check_size,
+    is_nifti,
+    read_header,
+    unreadable,
+)
 
 #: File name endings SimpleITK reads for us, longest first so ".nii.gz" wins over ".gz".
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -113,12 +126,29 @@ def on_grid_of(image: sitk.Image, reference: sitk.Image, *, what: str = "the mas
         raise ValueError(f"{what} does not lie on the grid of {where} (different size, spacing or position)") from None
 
 
-def load_image(path: str | os.PathLike[str], *, replace_nonfinite: bool = False) -> sitk.Image:
+def _read_quietly(file: Path) -> sitk.Image:
+    """``sitk.ReadImage`` without ITK's multi-line console warnings (e.g. "unexpected scales in sform"):
+    the checks here and :func:`geometry_warning` say what matters in one sentence."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return sitk.ReadImage(str(file))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def load_image(
+    path: str | os.PathLike[str], *, replace_nonfinite: bool = False, max_voxels: int | None = DEFAULT_MAX_VOXELS
+) -> sitk.Image:
     """Read a 3D scalar image (NIfTI or NRRD) and check that it can be segmented.
+
+    The header, the memory it needs and the file's completeness are checked before any voxel is read
+    (:func:`check_file`).
 
     Args:
         path: the image file.
         replace_nonfinite: replace NaN and +-inf voxels by 0 instead of refusing the image.
+        max_voxels: refuse images with more voxels (None: only the memory limit).
 
     Returns:
         The image as read (data type kept), geometry (origin mm, spacing mm, direction) intact.
@@ -127,18 +157,16 @@ def load_image(path: str | os.PathLike[str], *, replace_nonfinite: bool = False)
         InputError: one sentence naming the file and what to do, for every input we cannot use.
     """
     file = Path(path)
-    if not file.exists():
-        raise InputError(f"{file}: no such file; check the path.")
-    if file.is_dir():
-        raise InputError(f"{file} is a folder; give an image file (.nii.gz, .nii or .nrrd).")
-    if not os.access(file, os.R_OK):
-        raise InputError(f"{file} cannot be read (permission denied).")
-    try:
-        image = sitk.ReadImage(str(file))
-    except RuntimeError:
+    size = check_file(file, max_voxels=max_voxels).size_xyz
+    if len(size) == 3 and 1 < min(size) < MIN_VOXELS_PER_AXIS:
         raise InputError(
-            f"{file} is not an image SimpleITK can read; give a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file."
-        ) from None
+            f"{file} is only {size[0]}x{size[1]}x{size[2]} voxels, too small to hold a spinal cord; "
+            f"SCIseg needs at least {MIN_VOXELS_PER_AXIS} voxels along each axis."
+        )
+    try:
+        image = _read_quietly(file)
+    except RuntimeError:
+        raise unreadable(file) from None
     nonfinite = _nifti_nonfinite_mask_zyx(file, image)
     if nonfinite is not None:
         count = int(nonfinite.sum())
@@ -149,7 +177,21 @@ def load_image(path: str | os.PathLike[str], *, replace_nonfinite: bool = False)
         array = sitk.GetArrayFromImage(image)
         array[nonfinite] = 0
         image = image_from_array_zyx(array, image)
+    _check_float32_range(file, image)
     return check_image(image, str(file), replace_nonfinite=replace_nonfinite)
+
+
+def _check_float32_range(file: Path, image: sitk.Image) -> None:
+    """Refuse float64 values beyond float32's range (the network computes in float32: they would become inf)."""
+    if image.GetPixelID() != sitk.sitkFloat64:
+        return
+    array = sitk.GetArrayViewFromImage(image)
+    finite = array[np.isfinite(array)]
+    if finite.size and float(np.abs(finite).max()) > float(np.finfo(np.float32).max):
+        raise InputError(
+            f"{file} holds float64 values up to {float(np.abs(finite).max()):.3g}, beyond the float32 range the "
+            "network computes in; rescale the image (e.g. to 0-1000)."
+        )
 
 
 def _nifti_nonfinite_mask_zyx(file: Path, image: sitk.Image) -> np.ndarray | None:
@@ -173,15 +215,15 @@ def _nifti_nonfinite_mask_zyx(file: Path, image: sitk.Image) -> np.ndarray | Non
     return ~finite.transpose(2, 1, 0)
 
 
-def load_mask(path: str | os.PathLike[str], *, binary: bool = True) -> sitk.Image:
-    """Read a 3D mask (or image) with the same clear errors as :func:`load_image`; empty masks are allowed."""
+def load_mask(path: str | os.PathLike[str], *, binary: bool = True, max_voxels: int | None = DEFAULT_MAX_VOXELS) -> sitk.Image:
+    """Read a 3D mask (or image) with the same checks as :func:`load_image` (header, size, completeness);
+    empty masks are allowed."""
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{file}: no such file; check the path.")
+    check_file(file, max_voxels=max_voxels)
     try:
-        image = sitk.ReadImage(str(file))
+        image = _read_quietly(file)
     except RuntimeError:
-        raise InputError(f"{file} is not an image SimpleITK can read; give a NIfTI or NRRD file.") from None
+        raise unreadable(file) from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{file} is not a 3D single-channel image.")
     if binary:
@@ -229,6 +271,111 @@ def check_image(image: sitk.Image, name: str = "the image", *, replace_nonfinite
     return image
 
 
+def check_images(
+    inputs: list[Path],
+    *,
+    replace_nonfinite: bool = False,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    warn: Callable[[str], None] | None = None,
+) -> None:
+    """Check the inputs of a segmentation into one output folder, before torch or a model is loaded.
+
+    Names first (two inputs with one stem would overwrite each other's outputs), then the headers, sizes
+    and completeness of all files (milliseconds each, no voxel read), then each image's voxels, one at
+    a time (none kept). ``warn`` receives the geometry warnings (:func:`geometry_warning`).
+    """
+    stems = [image_stem(p) for p in inputs]
+    duplicates = {s for s in stems if stems.count(s) > 1}
+    if duplicates:
+        raise InputError(f"several inputs share the name '{sorted(duplicates)[0]}'; their outputs would overwrite each other.")
+    for path in inputs:
+        check_file(path, max_voxels=max_voxels)
+    for path in inputs:
+        image = load_image(path, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels)
+        note = geometry_warning(path, image)
+        if note and warn is not None:
+            warn(note)
+
+
+def ras_affine(image: sitk.Image) -> np.ndarray:
+    """The image's 4x4 voxel (i, j, k) -> RAS mm matrix, as nibabel writes it (ITK's LPS flipped)."""
+    matrix = np.eye(4)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix[:3, :3] = direction * np.array(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix
+
+
+def geometry_warning(path: str | os.PathLike[str], image: sitk.Image) -> str | None:
+    """A sentence when a NIfTI header's qform and sform disagree (or an sform-only file's scales differ
+    from its pixdim), saying which one the segmentation used; None when the header is consistent.
+
+    Masks are written with the input's own header (:func:`write_image_file`), so they carry both
+    matrices unchanged whichever a tool reads.
+    """
+    if not is_nifti(path):
+        return None
+    import nibabel
+
+    header = nibabel.load(str(path)).header
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    used = ras_affine(image)
+
+    def near(a: np.ndarray) -> bool:
+        return bool(np.allclose(a, used, atol=1e-3))
+
+    if qcode and scode and not np.allclose(qform, sform, atol=1e-3):
+        which = "sform" if near(sform) and not near(qform) else "qform" if near(qform) else "neither (ITK's own fallback)"
+        gap = float(np.abs(qform - sform).max())
+        return (
+            f"{path}: its qform and sform disagree (by up to {gap:.3g} mm); the segmentation used the {which}, as "
+            "SimpleITK/ITK-SNAP read it, and the masks carry both unchanged, so they overlay the input in every tool "
+            "that reads the same matrix."
+        )
+    if scode and not qcode:
+        scales = np.sqrt((sform[:3, :3] ** 2).sum(axis=0))
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=float)
+        if not np.allclose(scales, pixdim, rtol=1e-3):
+            which = "sform" if near(sform) else "pixdim voxel sizes with the sform's directions"
+            return (
+                f"{path}: it has only an sform, whose voxel sizes ({', '.join(f'{v:.4g}' for v in scales)} mm) differ "
+                f"from its pixdim ({', '.join(f'{v:.4g}' for v in pixdim)} mm); the segmentation used the {which}, "
+                "and the masks carry the same header unchanged."
+            )
+    return None
+
+
+def write_image_file(image: sitk.Image, path: str | os.PathLike[str], *, geometry_from: str | os.PathLike[str] | None = None) -> None:
+    """Write ``image`` to exactly ``path`` (compressed NIfTI/NRRD by its name; not atomic, see callers).
+
+    When ``geometry_from`` is a NIfTI file on the same voxel grid, the file is written with nibabel
+    using a copy of that file's header: qform, sform, their codes, pixdim, units and dim_info are the
+    input's own bytes (as SCT's outputs), so nibabel/FSL/SCT and ITK read the same geometry from the
+    mask as from its input. Only the data type, scaling, intent, description and extensions change.
+    """
+    if geometry_from is None or not is_nifti(geometry_from):
+        sitk.WriteImage(image, str(path), useCompression=True)
+        return
+    import nibabel
+
+    source = nibabel.load(str(geometry_from))
+    size_xyz = tuple(int(n) for n in source.header.get_data_shape()[:3])
+    if tuple(image.GetSize()) != size_xyz:
+        raise ValueError(f"the image of size {image.GetSize()} is not on the {size_xyz} grid of {geometry_from}")
+    data_xyz = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    header = source.header.copy()
+    header.extensions.clear()
+    header.set_data_dtype(data_xyz.dtype)
+    header.set_data_shape(data_xyz.shape)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("none")
+    header["cal_min"], header["cal_max"] = 0.0, float(data_xyz.max()) if data_xyz.size else 0.0
+    header["descrip"] = b"SCIseg"
+    output = type(source)(np.ascontiguousarray(data_xyz), None, header=header)
+    nibabel.save(output, str(path))
+
+
 def array_zyx(image: sitk.Image, dtype: type = np.float32) -> np.ndarray:
     """Return a copy of the voxels as a numpy array indexed (z, y, x), cast to ``dtype``."""
     return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
@@ -266,22 +413,30 @@ def publish_file(temporary: str | os.PathLike[str], final: str | os.PathLike[str
     os.replace(temporary, final)
 
 
-def write_image_atomic(image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` through a temporary file in the same folder and an atomic rename.
+def write_image_atomic(
+    image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True, geometry_from: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write ``image`` to ``path`` through a registered temporary in the same folder and an atomic rename.
 
-    A crash or a cancel never leaves a half-written file under the final name.
+    A crash or a cancel never leaves a half-written file under the final name; a temporary left by a
+    killed process is removed by the next run in that folder (:func:`SCIsegLib.staging.recover_folder`).
+    ``geometry_from``: a NIfTI whose header the file carries (see :func:`write_image_file`).
     """
+    from .staging import new_temporary, publish
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = next((s for s in IMAGE_SUFFIXES if target.name.lower().endswith(s)), target.suffix)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
-    os.close(handle)
+    register: list[Path] = []
     try:
-        sitk.WriteImage(image, temporary, useCompression=compress)
-        publish_file(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        temporary = new_temporary(target, register)
+        if geometry_from is not None:
+            write_image_file(image, temporary, geometry_from=geometry_from)
+        else:
+            sitk.WriteImage(image, str(temporary), useCompression=compress)
+        publish(temporary, target)
+    finally:
+        for leftover in register:
+            leftover.unlink(missing_ok=True)
     return target
 
 

@@ -57,7 +57,7 @@ def test_cli_writes_sct_named_masks_on_the_input_grid(tmp_path: Path, demo_model
     result = sciseg("segment", str(source), "-o", str(tmp_path / "out"), "--model", str(demo_model_path), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["sub-01_T2w_lesion_seg.json", "sub-01_T2w_lesion_seg.nii.gz", "sub-01_T2w_sc_seg.json", "sub-01_T2w_sc_seg.nii.gz"]
+    assert names == ["sub-01_T2w_lesion_seg.json", "sub-01_T2w_lesion_seg.nii.gz", "sub-01_T2w_sc_seg.json", "sub-01_T2w_sc_seg.nii.gz", "sub-01_T2w_sciseg_outputs.json"]
     cord = sitk.ReadImage(str(tmp_path / "out" / "sub-01_T2w_sc_seg.nii.gz"))
     lesion = sitk.ReadImage(str(tmp_path / "out" / "sub-01_T2w_lesion_seg.nii.gz"))
     for mask in (cord, lesion):
