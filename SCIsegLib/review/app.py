@@ -56,10 +56,11 @@ EFFECTS = {
 }
 KEYS = {"p": "paint", "e": "erase", "c": "scissors", "d": "draw", "Escape": "none"}
 KEYBOARD_JS = (
-    "window.addEventListener('keydown', (e) => {"
+    "if (!window.scisegKeys) { window.scisegKeys = true;"
+    " window.addEventListener('keydown', (e) => {"
     " const tag = (e.target && e.target.tagName) || '';"
-    " if (tag === 'INPUT' || tag === 'TEXTAREA') return;"
-    " trigger('review_key', [e.key]); })"
+    " if (tag === 'INPUT' || tag === 'TEXTAREA' || e.ctrlKey || e.metaKey || e.altKey) return;"
+    " window.trame.trigger('review_key', [e.key]); }); }"
 )
 
 
@@ -114,6 +115,7 @@ class ReviewApp(TrameApp):
         self.state.change("lesion_visible")(lambda lesion_visible, **_: self._set_lesion_visible(lesion_visible))
         self.state.change("wl_window", "wl_level")(lambda wl_window, wl_level, **_: self._apply_window_level(wl_window, wl_level))
         self.server.trigger("review_key")(self.on_key)
+        self.server.trigger("open_case")(self.open_case)  # a browser may send any string: open_case validates it
 
     # ------------------------------------------------------------------ actions (each calls the library)
     def refresh_cases(self) -> None:
@@ -123,6 +125,9 @@ class ReviewApp(TrameApp):
     def open_case(self, case_id: str) -> None:
         """Open a case; without a prediction, start ``sciseg segment`` in a child and open it when done."""
         self.state.error = ""
+        if self.state.running:
+            self.state.error = "a segmentation is running; wait for it or cancel it first."
+            return
         try:
             if not self.session.has_prediction(case_id):
                 self._start_segmentation(case_id)
@@ -310,7 +315,7 @@ class ReviewApp(TrameApp):
     def _build_ui(self) -> None:
         with SinglePageWithDrawerLayout(self.server, full_height=True) as layout:
             layout.title.set_text("SCIseg review")
-            client.ClientTriggers(mounted=KEYBOARD_JS)
+            client.Script(KEYBOARD_JS)
             with layout.toolbar:
                 v3.VSpacer()
                 html.Span("{{ case_id }}", id="case-title", classes="mx-2 text-subtitle-2")
@@ -334,7 +339,7 @@ class ReviewApp(TrameApp):
         v3.VBtn("Next uncorrected (n)", click=self.next_case, block=True, id="next-case", classes="mb-2")
         with v3.VList(density="compact", id="case-list"):
             with v3.VListItem(
-                v_for="item in cases", key="item.case_id", click=(self.open_case, "[item.case_id]"),
+                v_for="item in cases", key="item.case_id", click="trigger('open_case', [item.case_id])",
                 active=("item.case_id === case_id",), classes="case-item",
                 __properties=[("data_case", "data-case")], data_case=("item.case_id",),
             ):
@@ -404,6 +409,8 @@ def serve(root: Path, *, queue: Path | None, model: str, host: str, port: int, t
     With a token, wslink refuses every websocket connection whose hello does not carry it; the page
     passes the ``secret`` query parameter of its URL (``http://HOST:PORT/?secret=TOKEN``).
     """
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless: Mesa EGL, no X server
     app = ReviewApp(root, queue, model)
     saved = sys.argv
     sys.argv = [saved[0]] + (["--authKey", token] if token else [])  # trame reads its options from sys.argv

@@ -2,17 +2,15 @@
 
 The app binds 127.0.0.1 by default. Any other address needs ``--allow-remote`` and a token, taken from
 the environment variable ``SCISEG_REVIEW_TOKEN`` or generated (printed once at start). Every browser
-connection must present it as the ``token`` query parameter of the page URL (checked on each
-websocket connection, before any state is sent).
+connection must present it: the page passes the ``secret`` query parameter of its URL in wslink's
+hello, and wslink refuses the websocket (no state, no call) when it differs (see ``app.serve``).
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import os
 import secrets
-from urllib.parse import parse_qs, urlparse
 
 from ..errors import InputError
 
@@ -46,16 +44,3 @@ def access_token(host: str, allow_remote: bool, environment: dict[str, str] | No
             raise InputError(f"{TOKEN_ENVIRONMENT} is shorter than {MIN_TOKEN_CHARACTERS} characters; use a longer random token.")
         return token, False
     return secrets.token_urlsafe(24), True
-
-
-def token_from_url(url: str) -> str:
-    """The ``token`` query parameter of a URL ('' when absent)."""
-    values = parse_qs(urlparse(url).query).get("token", [])
-    return values[0] if values else ""
-
-
-def token_accepted(expected: str | None, presented: str) -> bool:
-    """Constant-time comparison; any connection is accepted when no token is required."""
-    if expected is None:
-        return True
-    return hmac.compare_digest(expected.encode(), (presented or "").encode())
