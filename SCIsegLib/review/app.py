@@ -90,6 +90,8 @@ class ReviewApp(TrameApp):
         self.undo_stack = UndoStack(undo_limit=20)
         self.slicer_app.segmentation_editor.set_undo_stack(self.undo_stack)
         self.run = None
+        self._counts_pending = False
+        self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout("review", review_layout())
@@ -164,6 +166,20 @@ class ReviewApp(TrameApp):
             return
         self.state.counts = self.session.voxel_counts()
         self.state.lesions = self.session.lesion_table()
+
+    def _on_segmentation_modified(self, *_args) -> None:
+        """After an edit, refresh the voxel counts once the strokes pause (0.3 s), not on every mouse move."""
+        if self._counts_pending or self.session.case is None:
+            return
+        self._counts_pending = True
+        create_task(self._refresh_counts_soon())
+
+    async def _refresh_counts_soon(self) -> None:
+        await asyncio.sleep(0.3)
+        self._counts_pending = False
+        if self.session.case is not None:
+            with self.state:
+                self.state.counts = self.session.voxel_counts()
 
     def next_case(self, step: int = 1) -> None:
         cases = list_cases(self.root, self.queue)
@@ -327,10 +343,10 @@ class ReviewApp(TrameApp):
                 drawer.width = 330
                 self._case_list_ui()
             with layout.content:
-                with html.Div(classes="d-flex fill-height"):
-                    with html.Div(style="flex: 1; position: relative;", id="views"):
+                with html.Div(classes="d-flex", style="height: calc(100vh - 88px); overflow: hidden;"):
+                    with html.Div(style="flex: 1; position: relative; height: 100%;", id="views"):
                         self.layout_manager.initialize_layout_grid(layout)
-                    with html.Div(style="width: 300px; overflow-y: auto;", classes="pa-2", id="tools"):
+                    with html.Div(style="width: 300px; height: 100%; overflow-y: auto;", classes="pa-2", id="tools"):
                         self._tools_ui()
 
     def _case_list_ui(self) -> None:
