@@ -42,7 +42,7 @@ from undo_stack import UndoStack
 
 from ..errors import SCIsegError
 from .cases import list_cases, next_uncorrected
-from .session import ReviewSession, publish_prediction, start_segmentation
+from .session import ReviewSession, measure_lesions, publish_prediction, start_segmentation
 
 EFFECTS = {
     "none": SegmentationEffectNoTool,
@@ -159,7 +159,25 @@ class ReviewApp(TrameApp):
         self._apply_window_level(window, level)
         self._set_segment("lesion")
         display.reset_views()
-        self.update_measures()
+        self.state.counts = self.session.voxel_counts()
+        self.state.lesions = []
+        centre = self.session.largest_lesion_centre_ras()
+        if centre is not None:  # start on the largest lesion: what the rater has to check first
+            self._centre_views(centre)
+        create_task(self._measure_lesions_in_background(self.session.case.case_id))
+
+    async def _measure_lesions_in_background(self, case_id: str) -> None:
+        """The lesion table after the first image: morphometrics take seconds on a 4 M voxel scan."""
+        await asyncio.sleep(0.2)
+        if self.session.case is None or self.session.case.case_id != case_id:
+            return
+        labels, reference = self.session.labels(), self.session.reference_image()
+        rows, centres = await asyncio.to_thread(measure_lesions, labels, reference)
+        if self.session.case is None or self.session.case.case_id != case_id:
+            return
+        self.session.case.lesion_centres_ras = centres
+        with self.state:
+            self.state.lesions = rows
 
     def update_measures(self) -> None:
         if self.session.case is None:
@@ -259,10 +277,14 @@ class ReviewApp(TrameApp):
     def centre_on_lesion(self, label: int) -> None:
         if self.session.case is None:
             return
-        x, y, z = self.session.case.lesion_centres_ras.get(int(label), (0.0, 0.0, 0.0))
+        centre = self.session.case.lesion_centres_ras.get(int(label))
+        if centre is not None:
+            self._centre_views(centre)
+            self.state.message = f"centred on lesion {label}"
+
+    def _centre_views(self, centre_ras: tuple[float, float, float]) -> None:
         for view in self.slicer_app.view_manager.get_slice_views():
-            view.get_view_node().JumpSliceByCentering(x, y, z)
-        self.state.message = f"centred on lesion {label}"
+            view.get_view_node().JumpSliceByCentering(*centre_ras)
 
     def _set_segment(self, segment: str) -> None:
         if self.session.case is not None:

@@ -125,30 +125,26 @@ class ReviewSession:
         cord_only, lesion = int(np.count_nonzero(labels == 1)), int(np.count_nonzero(labels == 2))
         return {"cord_only": cord_only, "lesion": lesion, "cord": cord_only + lesion}
 
+    def reference_image(self) -> sitk.Image:
+        """The open case's image grid (geometry only matters) as SimpleITK reads it from the volume node."""
+        assert self.case is not None
+        return mrml.image_from_volume_node(self.case.volume_node)
+
     def lesion_table(self) -> list[dict]:
         """``sciseg analyze``'s lesion measures of the current masks, one dict per lesion, with its centre (RAS mm)."""
         assert self.case is not None
-        labels = self.labels()
-        reference = mrml.image_from_volume_node(self.case.volume_node)
-
-        def image_of(mask: np.ndarray) -> sitk.Image:
-            result = sitk.GetImageFromArray(mask.astype(np.uint8))
-            result.CopyInformation(reference)
-            return result
-
-        analysis = analyze_lesions(image_of(labels == 2), image_of(labels > 0))
-        self.case.lesion_centres_ras = mrml.lesion_centroids_ras(analysis.labels)
-        rows = []
-        for record in analysis.table.to_dict("records"):
-            label = int(record["label"])
-            rows.append({
-                "label": label,
-                "volume_mm3": round(float(record["volume [mm3]"]), 1),
-                "length_mm": _rounded(record.get("length [mm]")),
-                "width_mm": _rounded(record.get("width [mm]")),
-                "centre_ras": list(self.case.lesion_centres_ras.get(label, (0.0, 0.0, 0.0))),
-            })
+        rows, centres = measure_lesions(self.labels(), self.reference_image())
+        self.case.lesion_centres_ras = centres
         return rows
+
+    def largest_lesion_centre_ras(self) -> tuple[float, float, float] | None:
+        """Centre (RAS mm) of the largest 26-connected lesion of the current masks (quick: no morphometrics)."""
+        assert self.case is not None
+        lesion = sitk.GetImageFromArray((self.labels() == 2).astype(np.uint8))
+        lesion.CopyInformation(self.reference_image())
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(lesion, True))  # 1 = largest
+        centres = mrml.lesion_centroids_ras(components)
+        return centres.get(1)
 
     def export(self, rater: str, note: str = "") -> ExportOutcome:
         """A new immutable version of the current masks with the rater's name (the exporter's lock orders raters)."""
@@ -177,6 +173,32 @@ class ReviewSession:
             )
         self.case.versions_at_open = result.version
         return ExportOutcome(result, message)
+
+
+def measure_lesions(labels: np.ndarray, reference: sitk.Image) -> tuple[list[dict], dict[int, tuple[float, float, float]]]:
+    """Lesion rows (label, volume mm3, length mm, width mm, centre RAS mm) and centres from a (z, y, x) label array.
+
+    Pure numpy/SimpleITK (no scene), so the app runs it in a worker thread while the views stay live.
+    """
+
+    def image_of(mask: np.ndarray) -> sitk.Image:
+        result = sitk.GetImageFromArray(mask.astype(np.uint8))
+        result.CopyInformation(reference)
+        return result
+
+    analysis = analyze_lesions(image_of(labels == 2), image_of(labels > 0))
+    centres = mrml.lesion_centroids_ras(analysis.labels)
+    rows = []
+    for record in analysis.table.to_dict("records"):
+        label = int(record["label"])
+        rows.append({
+            "label": label,
+            "volume_mm3": round(float(record["volume [mm3]"]), 1),
+            "length_mm": _rounded(record.get("length [mm]")),
+            "width_mm": _rounded(record.get("width [mm]")),
+            "centre_ras": list(centres.get(label, (0.0, 0.0, 0.0))),
+        })
+    return rows, centres
 
 
 def _rounded(value) -> float | None:
