@@ -179,3 +179,56 @@ def test_second_rater_on_the_same_case_gets_a_version_and_is_told(session_factor
     assert folders == ["v001", "v002"]
     assert list_cases(bids["root"], status=CORRECTED)[0].rater == "bob"
     assert not os.access(outcome.result.version_folder / "sub-02_T2w_dseg.nii.gz", os.W_OK) or os.geteuid() == 0
+
+
+# ---------------------------------------------------------------------------------------------- the app's actions
+def test_app_actions_apply_slicer_effects(bids) -> None:
+    """The buttons' methods of the trame app (no browser): threshold, undo, islands, effects, window/level."""
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    import ctypes.util
+
+    if ctypes.util.find_library("EGL") is None:
+        pytest.skip("EGL is not installed (apt-get install libegl1): the app's views need offscreen rendering")
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from trame.app import get_server
+    from trame_slicer.core import VolumeWindowLevel
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    from SCIsegLib.review.app import EFFECTS, ReviewApp
+
+    app = ReviewApp(bids["root"], bids["queue"], "sciseg-demo", server=get_server("review_actions", client_type="vue3"))
+    app.open_case(CASES["sub-01"])
+    before = app.session.labels()
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(bids["root"] / f"{CASES['sub-01']}.nii.gz")))
+    low, high = float(np.percentile(image, 99)), float(image.max())
+    app.state.threshold = [low, high]
+    app._set_segment("lesion")
+    app.apply_threshold()
+    after = app.session.labels()
+    inside = (image >= low) & (image <= high)
+    assert np.array_equal(after == 2, inside | (before == 2))  # threshold adds its range to the lesion...
+    assert not np.any((after == 1) & inside)  # ...taking those voxels from "cord only" (overwrite)
+    app.undo()
+    assert np.array_equal(app.session.labels(), before)
+
+    modifier = app.slicer_app.segmentation_editor.active_segment_modifier
+    island = modifier.create_modifier_labelmap()
+    dims = island.GetDimensions()
+    voxels = vtk_to_numpy(island.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    voxels[:] = 0
+    voxels[0, 0, 0] = 1  # a one-voxel lesion island in a corner
+    island.Modified()
+    modifier.apply_labelmap(island)
+    assert app.session.voxel_counts()["lesion"] == LESION_VOXELS_SUB01 + 1
+    app.keep_largest_island()
+    assert app.state.counts["lesion"] == LESION_VOXELS_SUB01
+
+    for name, effect_type in EFFECTS.items():
+        app.set_effect(name)
+        assert app.slicer_app.segmentation_editor.active_effect_name == effect_type.get_effect_name()
+    app._apply_window_level(200.0, 100.0)
+    assert VolumeWindowLevel.get_volume_display_range(app.session.case.volume_node) == pytest.approx((0.0, 200.0))
+    app.next_case()  # after sub-01 comes sub-03, which has no prediction: a segmentation starts in a child
+    assert app.state.running and app.run is not None
+    app.cancel_segmentation()
+    assert app.run.cancelled and not app.run.is_running
