@@ -167,6 +167,21 @@ def test_painted_lesion_takes_cord_voxels_undo_and_export_records_the_change(ses
     assert np.array_equal(written, after)
 
 
+def test_export_refuses_a_labels_folder_symlinked_outside_the_root(session_factory, bids, tmp_path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (bids["root"] / "derivatives" / "labels").symlink_to(outside, target_is_directory=True)
+    session = session_factory()
+    session.open_case(CASES["sub-01"])
+    with pytest.raises(PathRefused, match="outside the dataset"):
+        session.export("mallory")
+    assert list(outside.iterdir()) == []
+    export_correction_outside = outside / ".sciseg_versions" / "sub-02" / "anat" / "sub-02_T2w" / "v001"
+    export_correction_outside.mkdir(parents=True)
+    (export_correction_outside / "sub-02_T2w_dseg.json").write_text(json.dumps({"Rater": "planted"}))
+    assert [case.status for case in list_cases(bids["root"])] == [PREDICTED, PREDICTED, NOT_PREDICTED]  # not read
+
+
 def test_second_rater_on_the_same_case_gets_a_version_and_is_told(session_factory, bids) -> None:
     first, second = session_factory(), session_factory()
     first.open_case(CASES["sub-02"])

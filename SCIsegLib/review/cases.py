@@ -54,6 +54,11 @@ def case_status(root: Path, case_id: str) -> Case:
     image = Path(root) / f"{case_id}{IMAGE_SUFFIX}"
     latest = latest_version(Path(root), image)
     if latest is not None:
+        try:
+            contained(root, latest)
+        except PathRefused:
+            latest = None  # a labels folder symlinked outside the root is not read (and the export refuses it)
+    if latest is not None:
         sidecar = latest / f"{case_id.rsplit('/', 1)[1]}_dseg.json"
         content = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         return Case(case_id, CORRECTED, None, len(version_numbers(latest.parent)), content.get("Rater"), content.get("Date"))

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from .. import mrml
 from ..lesions import analyze_lesions
 from ..runner import RunOptions, SegmentationRun
-from ..training.export import ExportResult, export_correction, latest_version, version_numbers
+from ..training.export import VERSIONS, ExportResult, export_correction, labels_folder, latest_version, version_numbers
 from ..volume import load_image, on_grid_of, write_image_atomic
 from .paths import case_image_path, contained, prediction_paths
 
@@ -149,6 +149,10 @@ class ReviewSession:
     def export(self, rater: str, note: str = "") -> ExportOutcome:
         """A new immutable version of the current masks with the rater's name (the exporter's lock orders raters)."""
         assert self.case is not None
+        folder, stem = self.case.case_id.rsplit("/", 1)
+        labels_root = labels_folder(self.root)
+        for path in (labels_root, labels_root / folder, labels_root / VERSIONS / folder / stem):
+            contained(self.root, path)  # a symlinked derivatives folder must not carry the export outside the root
         labels = self.labels()
         reference = sitk.ReadImage(str(self.case.image_path))
 
@@ -211,7 +215,7 @@ def _rounded(value) -> float | None:
 
 def start_segmentation(root: Path, case_id: str, model: str, log_dir: Path | None = None) -> SegmentationRun:
     """Start ``sciseg segment`` on a case's image in a child process (poll it; :func:`publish_prediction` at the end)."""
-    run = SegmentationRun(RunOptions(model=model, device="cpu"), log_dir=log_dir)
+    run = SegmentationRun(RunOptions(model=model), log_dir=log_dir)  # device "auto": the server's GPU when it has one
     shutil.copyfile(case_image_path(root, case_id), run.input_path)
     run.start()
     return run
