@@ -317,6 +317,18 @@ def test_connections_without_the_token_get_nothing(browser, server) -> None:
         context.close()
 
 
+def test_a_second_tab_on_the_same_server_is_warned(browser, server, page) -> None:
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        other = context.new_page()
+        other.goto(f"{server}?secret={TOKEN}")
+        other.wait_for_selector(".case-item", timeout=60_000)
+        page.wait_for_selector("#tabs-warning", timeout=10_000)
+        assert "2 browser tabs share this server" in page.inner_text("#tabs-warning")
+    finally:
+        context.close()
+
+
 def test_case_ids_escaping_the_root_are_refused(page) -> None:
     title = page.inner_text("#case-title")
     for case_id, sentence in (

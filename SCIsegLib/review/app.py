@@ -108,7 +108,7 @@ class ReviewApp(TrameApp):
             "counts": {"cord_only": 0, "lesion": 0, "cord": 0}, "rater": os.environ.get("USER", ""),
             "effect": "none", "brush_mm": 3.0, "sphere": False, "segment": "lesion", "lesion_visible": True,
             "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
-            "lesions": [], "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
+            "lesions": [], "tabs": 0, "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
         })
         self.state.change("status_filter")(lambda **_: self.refresh_cases())
         self.state.change("effect")(lambda effect, **_: self.set_effect(effect))
@@ -117,6 +117,8 @@ class ReviewApp(TrameApp):
         self.state.change("lesion_visible")(lambda lesion_visible, **_: self._set_lesion_visible(lesion_visible))
         self.state.change("wl_window", "wl_level")(lambda wl_window, wl_level, **_: self._apply_window_level(wl_window, wl_level))
         self.server.trigger("review_key")(self.on_key)
+        self.server.controller.on_client_connected.add(lambda: self._count_tabs(+1))
+        self.server.controller.on_client_exited.add(lambda: self._count_tabs(-1))
         self.server.trigger("open_case")(self.open_case)  # a browser may send any string: open_case validates it
 
     # ------------------------------------------------------------------ actions (each calls the library)
@@ -315,6 +317,11 @@ class ReviewApp(TrameApp):
         elif key == "b":
             self.next_case(-1)
 
+    def _count_tabs(self, change: int) -> None:
+        """Browser tabs connected now (a tab closed without notice is counted until the server restarts)."""
+        with self.state:  # called from wslink's life-cycle RPC, which does not flush the state itself
+            self.state.tabs = max(0, int(self.state.tabs) + change)
+
     # ------------------------------------------------------------------ prediction in a child process
     def _start_segmentation(self, case_id: str) -> None:
         self.run = start_segmentation(self.root, case_id, self.model)
@@ -388,6 +395,11 @@ class ReviewApp(TrameApp):
                 )
 
     def _tools_ui(self) -> None:
+        v3.VAlert(
+            v_if=("tabs > 1",), type="warning", density="compact", id="tabs-warning", classes="mb-2 text-caption",
+            text=("`${tabs} browser tabs share this server: they show and edit the same case. "
+                  "Each rater should start their own sciseg review (another --port).`",),
+        )
         with html.Div(v_if=("running",), id="progress"):
             v3.VProgressLinear(model_value=("progress",), height=8, color="primary")
             html.Div("{{ progress_text }} {{ progress }}%", classes="text-caption")
