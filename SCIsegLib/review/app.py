@@ -105,7 +105,7 @@ class ReviewApp(TrameApp):
         self.state.update({
             "trame__title": "SCIseg review",
             "cases": [], "status_filter": "all", "case_id": "", "message": "", "error": "",
-            "counts": {"cord_only": 0, "lesion": 0, "cord": 0}, "rater": os.environ.get("USER", ""),
+            "counts": {"cord_only": 0, "lesion": 0, "cord": 0}, "rater": "",
             "effect": "none", "brush_mm": 3.0, "sphere": False, "segment": "lesion", "lesion_visible": True,
             "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
             "lesions": [], "tabs": 0, "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
@@ -381,7 +381,8 @@ class ReviewApp(TrameApp):
     def _case_list_ui(self) -> None:
         v3.VSelect(v_model=("status_filter",), items=(["all", "not predicted", "predicted", "corrected"],),
                    label="Show", density="compact", hide_details=True, classes="ma-2", id="status-filter")
-        v3.VBtn("Next uncorrected (n)", click=self.next_case, block=True, id="next-case", classes="mb-2")
+        v3.VBtn("Next uncorrected (n)", click=self.next_case, block=True, id="next-case", classes="mb-1")
+        v3.VBtn("Refresh list", click=self.refresh_cases, block=True, variant="text", size="small", id="refresh-cases")
         with v3.VList(density="compact", id="case-list"):
             with v3.VListItem(
                 v_for="item in cases", key="item.case_id", click="trigger('open_case', [item.case_id])",
