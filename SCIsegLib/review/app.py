@@ -39,6 +39,7 @@ from trame_slicer.segmentation import (
 )
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from undo_stack import UndoStack
+from vtkmodules.vtkCommonCore import vtkObject
 
 from ..errors import SCIsegError
 from .cases import list_cases, next_uncorrected
@@ -94,8 +95,13 @@ class ReviewApp(TrameApp):
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
-        self.layout_manager.register_layout("review", review_layout())
-        self.layout_manager.set_layout("review")
+        warnings_shown = vtkObject.GetGlobalWarningDisplay()
+        vtkObject.GlobalWarningDisplayOff()  # VTK 9.6 warns once per view that WindowResizeEvent is deprecated
+        try:
+            self.layout_manager.register_layout("review", review_layout())
+            self.layout_manager.set_layout("review")
+        finally:
+            vtkObject.SetGlobalWarningDisplay(warnings_shown)
         self._initial_state()
         self._build_ui()
         self.refresh_cases()
