@@ -182,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="segment a synthetic example with the bundled demo model")
     demo.add_argument("-o", "--output", type=Path, default=Path("sciseg_demo_output"), help="output folder")
     demo.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+
+    web = commands.add_parser("review", help="serve the rater web app (trame-slicer) on a BIDS dataset")
+    web.add_argument("--bids", type=Path, required=True, help="BIDS dataset root (nothing outside it is read or written)")
+    web.add_argument("--queue", type=Path, help="review queue file from 'sciseg queue score' (case order)")
+    web.add_argument("--model", default="sciseg-v2", help="model for cases without a prediction")
+    web.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --allow-remote")
+    web.add_argument("--port", type=int, default=8080)
+    web.add_argument("--allow-remote", action="store_true", help="allow a non-loopback address (a token is then required)")
     return parser
 
 
@@ -676,6 +684,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_review(args: argparse.Namespace) -> int:
+    from .review.command import run_review
+
+    run_review(args.bids, args.queue, args.model, args.host, args.port, args.allow_remote)
+    return EXIT_OK
+
+
 #: Subcommand -> handler (``segment`` also takes the JSON-lines event writer).
 HANDLERS = {
     "models": _run_models,
@@ -691,6 +706,7 @@ HANDLERS = {
     "compare": _run_compare,
     "devices": _run_devices,
     "demo": _run_demo,
+    "review": _run_review,
 }
 
 

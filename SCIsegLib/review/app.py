@@ -1,0 +1,477 @@
+"""The trame UI of ``sciseg review``: widgets bound to :mod:`cases`, :mod:`session` and trame-slicer's editor.
+
+Built from trame-slicer's parts (``SlicerApp``, ``LayoutManager``, remote-rendered slice views,
+``SegmentationEditor``) rather than its packaged ``SegmentationApp``, whose effect pipelines have no
+view in 2.0.0. One server holds one scene: trame shares its state with every connected tab, so each
+rater runs their own ``sciseg review`` (other port); exports of the same case by two servers are
+ordered by the exporter's lock, and the second rater is told.
+
+Keyboard: p paint, e erase, c scissors, d draw, Escape no tool, 1 cord segment, 2 lesion segment,
+l lesion overlay, z undo, y redo, n next uncorrected case, b previous case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from trame.app import TrameApp
+from trame.ui.vuetify3 import SinglePageWithDrawerLayout
+from trame.widgets import client, html
+from trame.widgets import vuetify3 as v3
+from trame_server.utils.asynchronous import create_task
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.core import LayoutManager, SlicerApp, VolumeWindowLevel
+from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.segmentation import (
+    BrushDiameterMode,
+    SegmentationEffectDraw,
+    SegmentationEffectErase,
+    SegmentationEffectIslands,
+    SegmentationEffectNoTool,
+    SegmentationEffectPaint,
+    SegmentationEffectScissors,
+    SegmentationEffectSmoothing,
+    SegmentationEffectThreshold,
+    SegmentationIslandsMode,
+)
+from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+from undo_stack import UndoStack
+from vtkmodules.vtkCommonCore import vtkObject
+
+from ..errors import SCIsegError
+from .cases import list_cases, next_uncorrected
+from .session import ReviewSession, measure_lesions, publish_prediction, start_segmentation
+
+EFFECTS = {
+    "none": SegmentationEffectNoTool,
+    "paint": SegmentationEffectPaint,
+    "erase": SegmentationEffectErase,
+    "scissors": SegmentationEffectScissors,
+    "draw": SegmentationEffectDraw,
+    "islands": SegmentationEffectIslands,
+    "threshold": SegmentationEffectThreshold,
+    "smoothing": SegmentationEffectSmoothing,
+}
+KEYS = {"p": "paint", "e": "erase", "c": "scissors", "d": "draw", "Escape": "none"}
+KEYBOARD_JS = (
+    "if (!window.scisegKeys) { window.scisegKeys = true;"
+    " window.addEventListener('keydown', (e) => {"
+    " const tag = (e.target && e.target.tagName) || '';"
+    " if (tag === 'INPUT' || tag === 'TEXTAREA' || e.ctrlKey || e.metaKey || e.altKey) return;"
+    " window.trame.trigger('review_key', [e.key]); }); }"
+)
+
+
+def review_layout() -> Layout:
+    """Axial view on the left, sagittal and coronal stacked on the right (labels Red/Yellow/Green, never "Main")."""
+    return Layout(
+        LayoutDirection.Horizontal,
+        [
+            ViewLayoutDefinition.axial_view(),
+            Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.sagittal_view(), ViewLayoutDefinition.coronal_view()]),
+        ],
+        flex_sizes=["2", "1"],
+    )
+
+
+class ReviewApp(TrameApp):
+    """The rater web app on one BIDS root. ``token`` (None on loopback) is checked by wslink on every connection."""
+
+    def __init__(self, root: Path, queue: Path | None = None, model: str = "sciseg-v2", server=None) -> None:
+        super().__init__(server)
+        self.server.enable_module(trame_slicer_module)
+        self.root = Path(root)
+        self.queue = queue
+        self.model = model
+        self.slicer_app = SlicerApp()
+        self.session = ReviewSession(self.slicer_app, self.root, model)
+        self.undo_stack = UndoStack(undo_limit=20)
+        self.slicer_app.segmentation_editor.set_undo_stack(self.undo_stack)
+        self.run = None
+        self._counts_pending = False
+        self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
+        warnings_shown = vtkObject.GetGlobalWarningDisplay()
+        vtkObject.GlobalWarningDisplayOff()  # VTK 9.6 warns once per view that WindowResizeEvent is deprecated
+        try:
+            self.layout_manager.register_layout("review", review_layout())
+            self.layout_manager.set_layout("review")
+        finally:
+            vtkObject.SetGlobalWarningDisplay(warnings_shown)
+        self._initial_state()
+        self._build_ui()
+        self.refresh_cases()
+
+    # ------------------------------------------------------------------ state
+    def _initial_state(self) -> None:
+        self.state.update({
+            "trame__title": "SCIseg review",
+            "cases": [], "status_filter": "all", "case_id": "", "message": "", "error": "",
+            "counts": {"cord_only": 0, "lesion": 0, "cord": 0}, "rater": "",
+            "effect": "none", "brush_mm": 3.0, "sphere": False, "segment": "lesion", "lesion_visible": True,
+            "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
+            "lesions": [], "tabs": 0, "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
+        })
+        self.state.change("status_filter")(lambda **_: self.refresh_cases())
+        self.state.change("effect")(lambda effect, **_: self.set_effect(effect))
+        self.state.change("brush_mm", "sphere")(lambda **_: self._apply_brush())
+        self.state.change("segment")(lambda segment, **_: self._set_segment(segment))
+        self.state.change("lesion_visible")(lambda lesion_visible, **_: self._set_lesion_visible(lesion_visible))
+        self.state.change("wl_window", "wl_level")(lambda wl_window, wl_level, **_: self._apply_window_level(wl_window, wl_level))
+        self.server.trigger("review_key")(self.on_key)
+        self.server.controller.on_client_connected.add(lambda: self._count_tabs(+1))
+        self.server.controller.on_client_exited.add(lambda: self._count_tabs(-1))
+        self.server.trigger("open_case")(self.open_case)  # a browser may send any string: open_case validates it
+
+    # ------------------------------------------------------------------ actions (each calls the library)
+    def refresh_cases(self) -> None:
+        status = None if self.state.status_filter == "all" else self.state.status_filter
+        self.state.cases = [case.as_dict() for case in list_cases(self.root, self.queue, status)]
+
+    def open_case(self, case_id: str) -> None:
+        """Open a case; without a prediction, start ``sciseg segment`` in a child and open it when done."""
+        self.state.error = ""
+        if self.state.running:
+            self.state.error = "a segmentation is running; wait for it or cancel it first."
+            return
+        try:
+            if not self.session.has_prediction(case_id):
+                self._start_segmentation(case_id)
+                return
+            self.session.open_case(case_id)
+        except SCIsegError as error:
+            self.state.error = str(error)
+            return
+        self.state.case_id = case_id
+        self.state.effect = "none"
+        self._show_case()
+        self.state.message = f"opened {case_id}"
+
+    def _show_case(self) -> None:
+        volume = self.session.case.volume_node
+        display = self.slicer_app.display_manager
+        display.show_volume_in_slice_background(volume)
+        display.show_volume_in_slice_foreground(None)
+        low, high = VolumeWindowLevel.get_volume_auto_min_max_range(volume)
+        window, level = VolumeWindowLevel.min_max_to_window_level(low, high)
+        scalar_low, scalar_high = VolumeWindowLevel.get_volume_scalar_range(volume)
+        self.state.update({
+            "window_max": float(scalar_high - scalar_low) or 1.0, "level_min": float(scalar_low), "level_max": float(scalar_high),
+            "wl_window": float(window), "wl_level": float(level), "threshold": [float(level), float(scalar_high)],
+            "segment": "lesion", "lesion_visible": True,
+        })
+        self._apply_window_level(window, level)
+        self._set_segment("lesion")
+        display.reset_views()
+        self.state.counts = self.session.voxel_counts()
+        self.state.lesions = []
+        centre = self.session.largest_lesion_centre_ras()
+        if centre is not None:  # start on the largest lesion: what the rater has to check first
+            self._centre_views(centre)
+        create_task(self._measure_lesions_in_background(self.session.case.case_id))
+
+    async def _measure_lesions_in_background(self, case_id: str) -> None:
+        """The lesion table after the first image: morphometrics take seconds on a 4 M voxel scan."""
+        await asyncio.sleep(0.2)
+        if self.session.case is None or self.session.case.case_id != case_id:
+            return
+        labels, reference = self.session.labels(), self.session.reference_image()
+        rows, centres = await asyncio.to_thread(measure_lesions, labels, reference)
+        if self.session.case is None or self.session.case.case_id != case_id:
+            return
+        self.session.case.lesion_centres_ras = centres
+        with self.state:
+            self.state.lesions = rows
+
+    def update_measures(self) -> None:
+        if self.session.case is None:
+            return
+        self.state.counts = self.session.voxel_counts()
+        self.state.lesions = self.session.lesion_table()
+
+    def _on_segmentation_modified(self, *_args) -> None:
+        """After an edit, refresh the voxel counts once the strokes pause (0.3 s), not on every mouse move."""
+        if self._counts_pending or self.session.case is None:
+            return
+        self._counts_pending = True
+        create_task(self._refresh_counts_soon())
+
+    async def _refresh_counts_soon(self) -> None:
+        await asyncio.sleep(0.3)
+        self._counts_pending = False
+        if self.session.case is not None:
+            with self.state:
+                self.state.counts = self.session.voxel_counts()
+
+    def next_case(self, step: int = 1) -> None:
+        cases = list_cases(self.root, self.queue)
+        if step < 0:
+            ids = [case.case_id for case in cases]
+            if self.state.case_id in ids and ids.index(self.state.case_id) > 0:
+                self.open_case(ids[ids.index(self.state.case_id) - 1])
+            return
+        following = next_uncorrected(cases, self.state.case_id or None)
+        if following is None:
+            self.state.message = "every case is corrected"
+            return
+        self.open_case(following.case_id)
+
+    def export(self) -> None:
+        if self.session.case is None:
+            return
+        try:
+            outcome = self.session.export(self.state.rater or "")
+        except SCIsegError as error:
+            self.state.error = str(error)
+            return
+        sidecar = outcome.result.version_folder
+        text = f"saved version v{outcome.result.version:03d} of {self.state.case_id} ({sidecar.name})"
+        self.state.message = text + (f" - {outcome.concurrent_message}" if outcome.concurrent_message else "")
+        self.state.error = ""
+        self.refresh_cases()
+
+    def set_effect(self, name: str) -> None:
+        if self.session.case is None or name not in EFFECTS:
+            return
+        self.slicer_app.segmentation_editor.set_active_effect_type(EFFECTS[name])
+        self._apply_brush()
+
+    def _apply_brush(self) -> None:
+        effect = self.slicer_app.segmentation_editor.active_effect
+        if hasattr(effect, "set_brush_diameter"):
+            effect.set_brush_diameter(float(self.state.brush_mm), BrushDiameterMode.Absolute)
+            effect.set_use_sphere_brush(bool(self.state.sphere))
+
+    def keep_largest_island(self) -> None:
+        self._with_effect(SegmentationEffectIslands, lambda effect: effect.apply(SegmentationIslandsMode.KEEP_LARGEST_ISLAND))
+
+    def remove_small_islands(self) -> None:
+        self._with_effect(SegmentationEffectIslands, lambda effect: effect.remove_small_islands(10))
+
+    def apply_threshold(self) -> None:
+        low, high = (float(v) for v in self.state.threshold)
+
+        def apply(effect):
+            effect.set_threshold_min_max_values((low, high))
+            effect.apply()
+
+        self._with_effect(SegmentationEffectThreshold, apply)
+
+    def apply_smoothing(self) -> None:
+        self._with_effect(SegmentationEffectSmoothing, lambda effect: effect.apply_smoothing())
+
+    def _with_effect(self, effect_type, action) -> None:
+        if self.session.case is None:
+            return
+        editor = self.slicer_app.segmentation_editor
+        effect = editor.set_active_effect_type(effect_type)
+        action(effect)
+        self.state.effect = "none"
+        editor.deactivate_effect()
+        self.update_measures()
+
+    def undo(self) -> None:
+        self.undo_stack.undo()
+        self.update_measures()
+
+    def redo(self) -> None:
+        self.undo_stack.redo()
+        self.update_measures()
+
+    def centre_on_lesion(self, label: int) -> None:
+        if self.session.case is None:
+            return
+        centre = self.session.case.lesion_centres_ras.get(int(label))
+        if centre is not None:
+            self._centre_views(centre)
+            self.state.message = f"centred on lesion {label}"
+
+    def _centre_views(self, centre_ras: tuple[float, float, float]) -> None:
+        for view in self.slicer_app.view_manager.get_slice_views():
+            view.get_view_node().JumpSliceByCentering(*centre_ras)
+
+    def _set_segment(self, segment: str) -> None:
+        if self.session.case is not None:
+            self.slicer_app.segmentation_editor.set_active_segment_id(segment)
+            self._apply_brush()
+
+    def _set_lesion_visible(self, visible: bool) -> None:
+        if self.session.case is not None:
+            self.slicer_app.segmentation_editor.set_segment_visibility("lesion", bool(visible))
+
+    def _apply_window_level(self, window: float, level: float) -> None:
+        if self.session.case is not None:
+            VolumeWindowLevel.set_volume_node_window_level(self.session.case.volume_node, float(window), float(level))
+
+    def on_key(self, key: str) -> None:
+        if key in KEYS:
+            self.state.effect = KEYS[key]
+        elif key in ("1", "2"):
+            self.state.segment = "spinal_cord" if key == "1" else "lesion"
+        elif key == "l":
+            self.state.lesion_visible = not self.state.lesion_visible
+        elif key == "z":
+            self.undo()
+        elif key == "y":
+            self.redo()
+        elif key == "n":
+            self.next_case()
+        elif key == "b":
+            self.next_case(-1)
+
+    def _count_tabs(self, change: int) -> None:
+        """Browser tabs connected now (a tab closed without notice is counted until the server restarts)."""
+        with self.state:  # called from wslink's life-cycle RPC, which does not flush the state itself
+            self.state.tabs = max(0, int(self.state.tabs) + change)
+
+    # ------------------------------------------------------------------ prediction in a child process
+    def _start_segmentation(self, case_id: str) -> None:
+        self.run = start_segmentation(self.root, case_id, self.model)
+        self.state.update({"running": True, "progress": 0, "progress_text": f"segmenting {case_id}...", "case_id": case_id})
+        create_task(self._watch_segmentation(case_id, self.run))
+
+    async def _watch_segmentation(self, case_id: str, run) -> None:
+        while not run.finished:
+            events = run.poll()
+            with self.state:
+                for event in events:
+                    if event.get("event") == "progress" and event.get("fraction") is not None:
+                        self.state.progress = round(100 * float(event["fraction"]))
+                        self.state.progress_text = str(event.get("message") or event.get("stage") or "")
+            await asyncio.sleep(0.3)
+        run.poll()
+        with self.state:
+            self.state.running = False
+            if run.cancelled:
+                self.state.message = f"segmentation of {case_id} cancelled"
+                return
+            try:
+                publish_prediction(self.root, case_id, run)
+            except SCIsegError as error:
+                self.state.error = str(error)
+                return
+            self.refresh_cases()
+            self.open_case(case_id)
+
+    def cancel_segmentation(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+        self.state.running = False
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        with SinglePageWithDrawerLayout(self.server, full_height=True) as layout:
+            layout.title.set_text("SCIseg review")
+            client.Script(KEYBOARD_JS)
+            with layout.toolbar:
+                v3.VSpacer()
+                html.Span("{{ case_id }}", id="case-title", classes="mx-2 text-subtitle-2")
+                html.Span(
+                    "cord only {{ counts.cord_only }} · lesion {{ counts.lesion }} voxels",
+                    id="voxel-counts", classes="mx-2 text-caption",
+                )
+            with layout.drawer as drawer:
+                drawer.width = 330
+                self._case_list_ui()
+            with layout.content:
+                with html.Div(classes="d-flex", style="height: calc(100vh - 88px); overflow: hidden;"):
+                    with html.Div(style="flex: 1; position: relative; height: 100%;", id="views"):
+                        self.layout_manager.initialize_layout_grid(layout)
+                    with html.Div(style="width: 300px; height: 100%; overflow-y: auto;", classes="pa-2", id="tools"):
+                        self._tools_ui()
+
+    def _case_list_ui(self) -> None:
+        v3.VSelect(v_model=("status_filter",), items=(["all", "not predicted", "predicted", "corrected"],),
+                   label="Show", density="compact", hide_details=True, classes="ma-2", id="status-filter")
+        v3.VBtn("Next uncorrected (n)", click=self.next_case, block=True, id="next-case", classes="mb-1")
+        v3.VBtn("Refresh list", click=self.refresh_cases, block=True, variant="text", size="small", id="refresh-cases")
+        with v3.VList(density="compact", id="case-list"):
+            with v3.VListItem(
+                v_for="item in cases", key="item.case_id", click="trigger('open_case', [item.case_id])",
+                active=("item.case_id === case_id",), classes="case-item",
+                __properties=[("data_case", "data-case")], data_case=("item.case_id",),
+            ):
+                v3.VListItemTitle("{{ item.case_id }}")
+                v3.VListItemSubtitle(
+                    "{{ item.status }}{{ item.versions ? ' · ' + item.versions + ' version(s), last by ' + item.rater + ' ' + item.date : '' }}"
+                    "{{ item.score !== null ? ' · score ' + item.score.toFixed(3) : '' }}"
+                )
+
+    def _tools_ui(self) -> None:
+        v3.VAlert(
+            v_if=("tabs > 1",), type="warning", density="compact", id="tabs-warning", classes="mb-2 text-caption",
+            text=("`${tabs} browser tabs share this server: they show and edit the same case. "
+                  "Each rater should start their own sciseg review (another --port).`",),
+        )
+        with html.Div(v_if=("running",), id="progress"):
+            v3.VProgressLinear(model_value=("progress",), height=8, color="primary")
+            html.Div("{{ progress_text }} {{ progress }}%", classes="text-caption")
+            v3.VBtn("Cancel", click=self.cancel_segmentation, size="small", id="cancel-segmentation")
+        with v3.VBtnToggle(v_model=("segment",), mandatory=True, density="compact", classes="mb-2"):
+            v3.VBtn("Cord (1)", value="spinal_cord", id="segment-cord")
+            v3.VBtn("Lesion (2)", value="lesion", id="segment-lesion")
+        with html.Div(classes="d-flex flex-wrap"):
+            for name, label in (("paint", "Paint (p)"), ("erase", "Erase (e)"), ("scissors", "Scissors (c)"),
+                                ("draw", "Draw (d)"), ("smoothing", "Smooth"), ("none", "No tool (Esc)")):
+                v3.VBtn(label, click=f"effect = '{name}'", size="small", classes="ma-1", id=f"effect-{name}",
+                        color=(f"effect === '{name}' ? 'primary' : undefined",))
+        v3.VSlider(v_model=("brush_mm",), min=0.5, max=20, step=0.5, label="Brush mm", hide_details=True,
+                   thumb_label=True, density="compact", id="brush-size")
+        v3.VCheckbox(v_model=("sphere",), label="Sphere brush", hide_details=True, density="compact")
+        with html.Div(classes="d-flex flex-wrap"):
+            v3.VBtn("Undo (z)", click=self.undo, size="small", classes="ma-1", id="undo")
+            v3.VBtn("Redo (y)", click=self.redo, size="small", classes="ma-1", id="redo")
+            v3.VBtn("Keep largest island", click=self.keep_largest_island, size="small", classes="ma-1")
+            v3.VBtn("Remove small islands", click=self.remove_small_islands, size="small", classes="ma-1")
+            v3.VBtn("Smooth segment", click=self.apply_smoothing, size="small", classes="ma-1")
+        v3.VRangeSlider(v_model=("threshold",), min=("level_min",), max=("level_max",), label="Threshold",
+                        hide_details=True, density="compact")
+        v3.VBtn("Apply threshold", click=self.apply_threshold, size="small", classes="ma-1")
+        v3.VCheckbox(v_model=("lesion_visible",), label="Lesion overlay (l)", hide_details=True, density="compact", id="lesion-visible")
+        v3.VSlider(v_model=("wl_window",), min=1, max=("window_max",), label="Window", hide_details=True, density="compact")
+        v3.VSlider(v_model=("wl_level",), min=("level_min",), max=("level_max",), label="Level", hide_details=True, density="compact")
+        v3.VBtn("Update measures", click=self.update_measures, size="small", classes="ma-1", id="update-measures")
+        with v3.VTable(density="compact", id="lesion-table"):
+            with html.Thead(), html.Tr():
+                for title in ("#", "mm3", "length", "width"):
+                    html.Th(title)
+            with html.Tbody():
+                with html.Tr(v_for="row in lesions", key="row.label", click=(self.centre_on_lesion, "[row.label]"),
+                             style="cursor: pointer", classes="lesion-row"):
+                    html.Td("{{ row.label }}")
+                    html.Td("{{ row.volume_mm3 }}")
+                    html.Td("{{ row.length_mm }}")
+                    html.Td("{{ row.width_mm }}")
+        v3.VTextField(v_model=("rater",), label="Rater", density="compact", hide_details=True, classes="mt-2", id="rater")
+        v3.VBtn("Export and next", click=self._export_and_next, color="primary", block=True, classes="mt-2", id="export-next")
+        v3.VBtn("Export", click=self.export, block=True, classes="mt-1", id="export")
+        html.Div("{{ message }}", id="message", classes="text-caption mt-2")
+        html.Div("{{ error }}", id="error", classes="text-caption text-error")
+
+    def _export_and_next(self) -> None:
+        self.export()
+        if not self.state.error:
+            message = self.state.message
+            self.next_case()
+            self.state.message = message
+
+
+def serve(root: Path, *, queue: Path | None, model: str, host: str, port: int, token: str | None) -> None:
+    """Build the app and serve it until interrupted (no idle timeout: trame's default quits after 300 s alone).
+
+    With a token, wslink refuses every websocket connection whose hello does not carry it; the page
+    passes the ``secret`` query parameter of its URL (``http://HOST:PORT/?secret=TOKEN``).
+    """
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless: Mesa EGL, no X server
+    app = ReviewApp(root, queue, model)
+    saved = sys.argv
+    sys.argv = [saved[0]] + (["--authKey", token] if token else [])  # trame reads its options from sys.argv
+    try:
+        app.server.start(host=host, port=port, timeout=0, open_browser=False, show_connection_info=False)
+    finally:
+        sys.argv = saved

@@ -1,0 +1,63 @@
+"""A small BIDS dataset for the review app tests and benchmark, made from the real scans of ../shared/data.
+
+sub-01: SCT's t2 (60x55x52, 1 mm) with its manual cord mask and a 3x3x3 lesion painted at the cord's centre (predicted);
+sub-02: SCT's t2_fake_lesion (99x99x29, 0.8 mm) with its SCIsegV2 cord and lesion masks (predicted);
+sub-03: SCT's t2 again, without prediction (the app runs ``sciseg segment`` on it).
+The queue file ranks sub-02 first, then sub-01 (sub-03 is not scored).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+CASES = {"sub-01": "sub-01/anat/sub-01_T2w", "sub-02": "sub-02/anat/sub-02_T2w", "sub-03": "sub-03/anat/sub-03_T2w"}
+LESION_VOXELS_SUB01 = 27
+
+
+def _write(image: sitk.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def painted_lesion(cord: sitk.Image) -> sitk.Image:
+    """A 3x3x3 voxel lesion centred on the cord mask's centre of mass (all inside the cord)."""
+    array = sitk.GetArrayFromImage(cord) > 0
+    z, y, x = (int(round(v.mean())) for v in np.nonzero(array))
+    lesion = np.zeros(array.shape, np.uint8)
+    lesion[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 1
+    lesion &= array.astype(np.uint8)
+    image = sitk.GetImageFromArray(lesion)
+    image.CopyInformation(cord)
+    return image
+
+
+def make_review_bids(root: Path, shared: Path) -> dict[str, Path]:
+    """Write the dataset under ``root``; returns {"root", "queue"}."""
+    t2 = shared / "sct_testing_data" / "t2"
+    predictions = root / "derivatives" / "sciseg"
+    for subject, source in (("sub-01", t2 / "t2.nii.gz"), ("sub-02", t2 / "t2_fake_lesion.nii.gz"), ("sub-03", t2 / "t2.nii.gz")):
+        target = root / subject / "anat" / f"{subject}_T2w.nii.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    cord = sitk.Cast(sitk.ReadImage(str(t2 / "t2_seg-manual.nii.gz")) > 0, sitk.sitkUInt8)
+    _write(cord, predictions / "sub-01" / "anat" / "sub-01_T2w_sc_seg.nii.gz")
+    _write(painted_lesion(cord), predictions / "sub-01" / "anat" / "sub-01_T2w_lesion_seg.nii.gz")
+    for kind in ("sc", "lesion"):
+        mask = sitk.Cast(sitk.ReadImage(str(t2 / f"t2_fake_lesion_{kind}_seg.nii.gz")) > 0, sitk.sitkUInt8)
+        _write(mask, predictions / "sub-02" / "anat" / f"sub-02_T2w_{kind}_seg.nii.gz")
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "review test", "BIDSVersion": "1.9.0"}))
+    queue = root.parent / f"{root.name}_queue.json"
+    scans = {}
+    for subject, score in (("sub-02", 0.6), ("sub-01", 0.3)):
+        path = str((root / f"{CASES[subject]}.nii.gz").resolve())
+        scans[path] = {
+            "path": path, "model": "sciseg-demo", "date": "2026-01-01T00:00:00+00:00",
+            "score": score, "lesion_entropy": score, "cord_entropy": 0.0, "uncertain_lesion_mm3": 0.0,
+        }
+    queue.write_text(json.dumps({"scans": scans}))
+    return {"root": root, "queue": queue}

@@ -1,0 +1,195 @@
+"""``sciseg review`` timings in a real browser: server start, case click to first image, paint stroke to view, export, memory.
+
+Data: the full field-of-view sagittal T2w scans of ``../shared/data/sct_2014_errsm`` (384 x ~216 x 52 voxels,
+1 mm, about 4.3 M voxels, the realistic size) with their manual cord masks as the "prediction" and a 5x5x5
+lesion painted at the cord's centre. The server is the real command (``python -m SCIsegLib review``); the
+browser is Debian's chromium driven by Playwright, with the axial view about 800 x 600 pixels.
+
+Usage (about 2 minutes on 2 shared CPU cores)::
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/review_app.py --work /tmp/review_bench > benchmarks/review_app.json
+
+Times are wall-clock seconds seen by the browser; "first image" ends when the axial view's pixels show
+the new case with its overlay (screenshots polled every ~0.1 s, so the figures include up to one
+screenshot of latency); "stroke to view" ends when the painted lesion pixels appear after mouse-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SHARED = REPOSITORY.parent / "shared" / "data" / "sct_2014_errsm"
+SUBJECTS = ("errsm_11", "errsm_18", "errsm_21")
+VIEWPORT = {"width": 1830, "height": 690}  # drawer 330 + views 1200 (axial 800 x 600) + tools 300
+
+
+def make_dataset(root: Path) -> list[str]:
+    """A BIDS root with one case per errsm subject; returns the case ids."""
+    cases = []
+    for index, subject in enumerate(SUBJECTS, start=1):
+        case = f"sub-{index:02d}/anat/sub-{index:02d}_T2w"
+        image = root / f"{case}.nii.gz"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHARED / subject / "t2.nii.gz", image)
+        cord = sitk.Cast(sitk.ReadImage(str(SHARED / subject / "t2_manual_segmentation.nii.gz")) > 0.5, sitk.sitkUInt8)
+        array = sitk.GetArrayFromImage(cord)
+        voxels = np.argwhere(array > 0)
+        middle = voxels[voxels[:, 0] == int(np.median(voxels[:, 0]))]  # the cord's voxels on the middle slice
+        z, y, x = (int(v) for v in middle[np.argmin(((middle - middle.mean(axis=0)) ** 2).sum(axis=1))])
+        lesion = np.zeros_like(array)
+        lesion[z - 2 : z + 3, y - 2 : y + 3, x - 2 : x + 3] = 1
+        lesion &= array
+        lesion_image = sitk.GetImageFromArray(lesion)
+        lesion_image.CopyInformation(cord)
+        folder = root / "derivatives" / "sciseg" / f"sub-{index:02d}" / "anat"
+        folder.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(cord, str(folder / f"sub-{index:02d}_T2w_sc_seg.nii.gz"), useCompression=True)
+        sitk.WriteImage(lesion_image, str(folder / f"sub-{index:02d}_T2w_lesion_seg.nii.gz"), useCompression=True)
+        cases.append(case)
+    return cases
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def view_rgb(page) -> np.ndarray:
+    from PIL import Image
+
+    png = page.locator(".remote-controlled-area").nth(0).screenshot()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def lesion_pixels(rgb: np.ndarray) -> int:
+    return int(((rgb[..., 0] - rgb[..., 1] > 50) & (rgb[..., 0] - rgb[..., 2] > 50)).sum())
+
+
+def wait_view(page, predicate, timeout_s: float = 60) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    while True:
+        rgb = view_rgb(page)
+        if predicate(rgb):
+            return time.perf_counter(), rgb
+        if time.perf_counter() - start > timeout_s:
+            raise TimeoutError(f"the view did not show the expected pixels within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--screenshot", type=Path, help="save a PNG of the app with a case open (README)")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    shutil.rmtree(args.work, ignore_errors=True)
+    root = args.work / "bids"
+    cases = make_dataset(root)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "SCIsegLib", "review", "--bids", str(root), "--port", str(port)],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    results: dict = {"command": "PYTHONPATH=$PWD .venv/bin/python benchmarks/review_app.py --work /tmp/review_bench",
+                     "cpu_count": os.cpu_count(), "scan_size_voxels": list(sitk.ReadImage(str(root / f"{cases[0]}.nii.gz")).GetSize()), "viewport": VIEWPORT}
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        results["server_start_s"] = round(time.perf_counter() - started, 2)
+        results["server_rss_mb_idle"] = round(rss_mb(server.pid), 1)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            page = browser.new_page(viewport=VIEWPORT)
+            loaded = time.perf_counter()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector(".case-item", timeout=60_000)
+            results["page_to_case_list_s"] = round(time.perf_counter() - loaded, 2)
+            first_image, rss = [], []
+            for _round in range(2):
+                for case in cases:
+                    before = view_rgb(page)
+                    clicked = time.perf_counter()
+                    page.click(f".case-item[data-case='{case}']")
+                    done, _ = wait_view(page, lambda rgb, b=before: lesion_pixels(rgb) > 0 and (np.abs(rgb - b).max(axis=2) > 10).mean() > 0.01)
+                    first_image.append(round(done - clicked, 2))
+                    time.sleep(1.0)
+                    rss.append(round(rss_mb(server.pid), 1))
+            results["case_click_to_first_image_s"] = first_image
+            results["server_rss_mb_after_each_open"] = rss
+            page.click(".lesion-row")
+            time.sleep(1.0)
+            page.click("#segment-lesion")
+            page.click("#effect-paint")
+            stroke_to_view, stroke_to_counts = [], []
+            box = page.locator(".remote-controlled-area").nth(0).bounding_box()
+            for offset in (-20, -10, 10, 20):  # short strokes inside the scan (the whole 384 mm field of view is fitted)
+                rgb = view_rgb(page)
+                before_pixels = lesion_pixels(rgb)
+                before_counts = page.inner_text("#voxel-counts")
+                x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 + offset
+                page.mouse.move(x - 6, y)
+                page.mouse.down()
+                page.mouse.move(x + 6, y, steps=4)
+                page.mouse.up()
+                released = time.perf_counter()
+                done, _ = wait_view(page, lambda rgb, b=before_pixels: lesion_pixels(rgb) > b + 5, timeout_s=20)
+                stroke_to_view.append(round(done - released, 2))
+                while page.inner_text("#voxel-counts") == before_counts and time.perf_counter() - released < 20:
+                    time.sleep(0.02)
+                stroke_to_counts.append(round(time.perf_counter() - released, 2))
+            results["stroke_release_to_view_s"] = stroke_to_view
+            results["stroke_release_to_counts_s"] = stroke_to_counts
+            page.fill("#rater", "benchmark")
+            exports = []
+            for number in (1, 2, 3):
+                clicked = time.perf_counter()
+                page.click("#export")
+                page.wait_for_function(f"document.querySelector('#message').textContent.includes('v00{number}')", timeout=60_000)
+                exports.append(round(time.perf_counter() - clicked, 2))
+            results["export_click_to_saved_s"] = exports
+            if args.screenshot:
+                page.set_viewport_size({"width": 1280, "height": 640})
+                time.sleep(2.5)
+                page.screenshot(path=str(args.screenshot))
+            browser.close()
+        results["summary"] = {
+            "first_image_median_s": statistics.median(first_image),
+            "stroke_to_view_median_s": statistics.median(stroke_to_view),
+            "export_median_s": statistics.median(exports),
+            "rss_growth_mb_per_open_after_first_round": round((rss[-1] - rss[len(cases) - 1]) / len(cases), 1),
+        }
+        results["load_average_1_5_15_min_at_end"] = [round(v, 1) for v in os.getloadavg()]  # other jobs on the machine
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
