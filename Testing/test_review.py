@@ -7,6 +7,7 @@ The session tests run on trame-slicer's ``SlicerApp`` (slicer-core, no browser);
 from __future__ import annotations
 
 import json
+import time
 import os
 from pathlib import Path
 
@@ -245,5 +246,9 @@ def test_app_actions_apply_slicer_effects(bids) -> None:
     assert VolumeWindowLevel.get_volume_display_range(app.session.case.volume_node) == pytest.approx((0.0, 200.0))
     app.next_case()  # after sub-01 comes sub-03, which has no prediction: a segmentation starts in a child
     assert app.state.running and app.run is not None
-    app.cancel_segmentation()
-    assert app.run.cancelled and not app.run.is_running
+    app.cancel_segmentation()  # returns at once; the child stops by itself (the runner's cooperative cancel)
+    deadline = time.monotonic() + 30
+    while not app.run.finished and time.monotonic() < deadline:
+        app.run.poll()
+        time.sleep(0.05)
+    assert app.run.cancelled and app.run.finished and not app.run.is_running
