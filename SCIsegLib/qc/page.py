@@ -18,13 +18,13 @@ header h1 { font-size: 17px; margin: 0 12px 0 0; }
 button, select, input { background: #3a3a3a; color: #eee; border: 1px solid #555; padding: 4px 8px; }
 #keys { font-size: 12px; color: #aaa; }
 main { display: flex; height: calc(100vh - 48px); }
-#list { width: 44%; overflow-y: auto; border-right: 1px solid #444; }
+#list { flex: 0 0 auto; max-width: 48%; overflow-y: auto; border-right: 1px solid #444; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { padding: 3px 6px; text-align: left; border-bottom: 1px solid #333; white-space: nowrap; }
 tr.selected { background: #31506b; }
 td.Pass { color: #6c6; } td.Fail { color: #f66; font-weight: bold; } td.Artifact { color: #fc3; }
 #viewer { flex: 1; padding: 10px; overflow-y: auto; }
-.stack { position: relative; display: inline-block; margin: 4px 8px 8px 0; vertical-align: top; }
+.stack { zoom: 1.5; position: relative; display: inline-block; margin: 4px 8px 8px 0; vertical-align: top; }
 .stack img { display: block; image-rendering: pixelated; }
 .stack img.overlay { position: absolute; left: 0; top: 0; }
 .hidden-overlay .overlay { visibility: hidden; }
