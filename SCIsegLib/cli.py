@@ -602,6 +602,8 @@ def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
     try:
         outcome = run_cohort(scans, args.output, model, plan, postprocess=postprocess, force=args.force,
                              participants=read_participants(args.bids), on_event=on_event)
+    except KeyboardInterrupt:
+        raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
     finally:
         if bar is not None:
             bar.close()
