@@ -144,6 +144,10 @@ def open_client(plan: ClusterPlan, local_directory: Path | None = None) -> Itera
 
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "distributed.worker.memory.terminate": 0.95,
+                          # a worker holding the model sits at a steady level: pausing it would stall the run
+                          "distributed.worker.memory.pause": False,
+                          "distributed.worker.memory.target": False,
+                          "distributed.worker.memory.spill": False,
                           "distributed.admin.system-monitor.gil.enabled": False}):
         if plan.kind == "address":
             try:
