@@ -42,7 +42,13 @@ def make_cohort(root: Path) -> dict[str, sitk.Image]:
     truth = {}
     for index, subject in enumerate(GOOD):
         case = make_phantom(index, TINY, [LesionSpec(center_si_mm=0.0, length_mm=12.0, width_fraction=0.8)])
-        write_image_atomic(case.image, root / subject / "anat" / f"{subject}_T2w.nii.gz")
+        path = root / subject / "anat" / f"{subject}_T2w.nii.gz"
+        if subject == "sub-02":  # stored as DataLad/git-annex do: a symlink to a blob with another name
+            blob = write_image_atomic(case.image, root.parent / "annex" / "MD5E-s1234--blob.nii.gz")
+            path.parent.mkdir(parents=True)
+            path.symlink_to(blob)
+        else:
+            write_image_atomic(case.image, path)
         truth[subject] = case.labels
     four_d = sitk.JoinSeries([make_phantom(9, TINY, 0).image] * 2)
     write_image_atomic(four_d, root / "sub-03" / "anat" / "sub-03_T2w.nii.gz")

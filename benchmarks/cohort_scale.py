@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ REAL_T2W = [
 ]
 
 
-def build_bids(root: Path, phantoms: int, real: bool) -> int:
+def build_bids(root: Path, phantoms: int, real: bool, real_limit: int | None = None) -> int:
     """Phantoms as sub-pNN, real scans linked (never copied) as sub-rNN; returns the number of scans."""
     count = 0
     for index in range(phantoms):
@@ -51,7 +52,7 @@ def build_bids(root: Path, phantoms: int, real: bool) -> int:
             write_image_atomic(make_phantom(index, SAGITTAL, 1 + index % 2).image, path)
         count += 1
     if real:
-        for index, relative in enumerate(REAL_T2W):
+        for index, relative in enumerate(REAL_T2W[:real_limit]):
             source = SHARED / relative
             if not source.exists():
                 continue
@@ -157,13 +158,14 @@ def main() -> None:
     parser.add_argument("--phantoms", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--real", action="store_true", help="add the real T2w scans of ../shared/data")
+    parser.add_argument("--real-limit", type=int, default=None, help="take only the first N real scans")
     parser.add_argument("--kill-phantoms", type=int, default=10, help="phantoms of the SIGKILL run (0 = skip it)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sciseg_cohort_scale"))
     parser.add_argument("--output", type=Path, default=REPOSITORY / "benchmarks" / "cohort_scale.json")
     args = parser.parse_args()
 
     bids = args.work / "bids"
-    total = build_bids(bids, args.phantoms, args.real)
+    total = build_bids(bids, args.phantoms, args.real, args.real_limit)
     report = {"machine": {"cpus": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
                           "note": "2 cores shared with four other engineers' jobs during the measurement"},
               "scans": total, "runs": []}
@@ -171,6 +173,7 @@ def main() -> None:
         deriv = args.work / f"deriv_{workers}w"
         subprocess.run(["rm", "-rf", str(deriv)], check=True)
         first = run_once(bids, deriv, workers)
+        shutil.copy(deriv / "run_summary.csv", args.output.with_name(f"{args.output.stem}_{workers}w_run_summary.csv"))
         print(json.dumps(first), flush=True)
         resumed = run_once(bids, deriv, workers)
         print(json.dumps(resumed), flush=True)

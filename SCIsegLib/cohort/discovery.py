@@ -40,7 +40,7 @@ class Scan:
 
 
 def _scan_from_path(path: Path, relative_folder: str | None = None) -> Scan:
-    path = path.resolve()
+    path = path.absolute()  # not resolve(): a symlinked scan (DataLad, git-annex) keeps its BIDS name
     stem = image_stem(path)
     entities = dict(_ENTITY.findall(path.name))
     subject = f"sub-{entities['sub']}" if "sub" in entities else stem

@@ -126,7 +126,7 @@ def process_scan(job: ScanJob) -> dict:
             if marker is not None:
                 row.update(status="skipped", reason="outputs complete for this source, model and settings", marker=marker)
                 return row
-        row["marker"] = _run_pipeline(job, source_sha256, timed, staging)
+        row["marker"] = _run_pipeline(job, source_sha256, timed, staging, seconds)
         row["status"] = "done"
     except SCIsegError as error:
         row["reason"] = str(error)
@@ -142,7 +142,7 @@ def process_scan(job: ScanJob) -> dict:
     return row
 
 
-def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[Path]) -> dict:
+def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[Path], seconds: dict[str, float]) -> dict:
     from ..analysis_files import write_lesion_analysis, write_table
     from ..cord import cord_morphometry
     from ..errors import InputError
@@ -189,6 +189,7 @@ def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[
         "LesionTable": f"{scan.relative_folder}/{scan.stem}_lesion_seg_analysis.csv",
         "Warnings": warnings,
         "QC": {role: f"{scan.relative_folder}/{name}" for role, name in names.items()},
+        "Seconds": dict(seconds),  # per stage, up to the QC images (kept for the summaries of later runs)
     }
     return timed("publish", publish_output_set, staging, job.deriv, scan, marker)
 
