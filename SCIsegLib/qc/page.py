@@ -63,7 +63,7 @@ let overlay = true;
 
 function save() { localStorage.setItem(STORE, JSON.stringify(decisions)); }
 function decisionOf(entry) { return decisions[entry.file] || {decision: "", rank: ""}; }
-function fmt(value, digits) { return (value === null || value === undefined || Number.isNaN(value)) ? "" : Number(value).toFixed(digits); }
+function fmt(value, digits) { return (value === null || value === undefined || Number.isNaN(value)) ? "n/a" : Number(value).toFixed(digits); }
 function cell(row, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; row.appendChild(td); }
 
 function fillSites() {
@@ -100,7 +100,13 @@ function showCurrent() {
   const entry = shown[current];
   const images = document.getElementById("images");
   images.className = overlay ? "" : "hidden-overlay";
-  if (!entry) { document.getElementById("title").textContent = "no scan"; return; }
+  if (!entry) {
+    document.getElementById("title").textContent = "no scan matches the filters";
+    document.getElementById("numbers").textContent = "";
+    document.getElementById("reason").textContent = "";
+    for (const view of ["axial", "sagittal"]) document.getElementById(view).style.display = "none";
+    return;
+  }
   document.getElementById("title").textContent = entry.file;
   document.getElementById("numbers").textContent = entry.status === "failed" ? "" :
     `lesions ${entry.lesion_count}, volume ${fmt(entry.volume_mm3, 1)} mm3, length ${fmt(entry.length_mm, 1)} mm, ` +
