@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     following = review_commands.add_parser("next", help="the most uncertain scan not corrected yet")
     following.add_argument("--queue", type=Path, required=True)
     following.add_argument("--bids", type=Path, default=None, help="BIDS dataset whose exported corrections mark scans done")
+    from_qc = review_commands.add_parser("qc", help="put the scans marked Fail in a QC report (qc_fails.yml or qc_decisions.json) first")
+    from_qc.add_argument("decisions", type=Path, help="file saved from qc/index.html (Save fails or Save all)")
+    from_qc.add_argument("--queue", type=Path, required=True, help="queue file (JSON), created or updated")
 
     evaluate = commands.add_parser("evaluate", help="segmentation and lesion-wise metrics against references")
     evaluate.add_argument("--pred", type=Path, nargs="+", required=True, help="predicted masks or label maps, or folders of them")
@@ -176,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     changes = commands.add_parser("compare", help="how much two SCIseg label maps of one scan differ (JSON): what a rater changed")
     changes.add_argument("first", type=Path, help="label map before (0 background, 1 cord only, 2 lesion)")
     changes.add_argument("second", type=Path, help="label map after, on the same grid")
+
+    _add_run_parser(commands)
 
     commands.add_parser("devices", help="list the devices torch can use here (JSON)")
 
@@ -500,6 +505,8 @@ def _run_queue(args: argparse.Namespace) -> int:
         raise InputError(f"{args.queue}: no such queue file; create it with `sciseg queue score`.")
     elif args.queue_command == "list":
         records = queue.ranked(queue.load_queue(args.queue))
+    elif args.queue_command == "qc":
+        records = queue.add_qc_failures(args.queue, args.decisions)
     else:
         record = queue.next_scan(args.queue, args.bids)
         if record is None:
@@ -691,6 +698,104 @@ def _run_review(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXIT_SOME_FAILED = 3
+
+
+def _add_run_parser(commands) -> None:
+    """``sciseg run``: the whole pipeline over a cohort on Dask (SCIsegLib.cohort)."""
+    run = commands.add_parser(
+        "run", help="segment, measure and QC a cohort (BIDS dataset or files) on Dask, resumable",
+        description="Per scan: segment -> lesion morphometrics -> cord CSA per slice -> QC images, written to a BIDS "
+        "derivatives folder with run_summary.csv, cohort_subjects.csv, cohort_lesions.csv and qc/index.html. Scans whose "
+        "outputs are complete for the same source, model and settings are skipped (--force redoes them). Exit codes: 0 "
+        "every scan done or skipped, 3 some scans failed (see run_summary.csv), 2 bad arguments, 130 cancelled.",
+    )
+    run.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image files (instead of --bids)")
+    run.add_argument("--bids", type=Path, default=None, help="BIDS dataset root: takes sub-*/[ses-*/]anat/*_<suffix>.nii[.gz]")
+    run.add_argument("--suffix", default="T2w", help="BIDS suffix of the scans (default T2w)")
+    run.add_argument("--include", default=None, help="shell pattern on subject folders, e.g. 'sub-0*'")
+    run.add_argument("-o", "--output", type=Path, required=True, help="derivatives folder (outside the sub-* folders)")
+    run.add_argument("--model", default="sciseg-v2", help="installed model name or model folder (default: sciseg-v2)")
+    run.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (on the workers)")
+    run.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
+    run.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
+    run.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
+    run.add_argument(
+        "--scheduler", default=None,
+        help="where to run: omitted or 'local' = a LocalCluster sized to this machine; tcp://host:8786 = an existing "
+        "Dask scheduler (its workers need SCIseg installed); 'slurm' = workers submitted as SLURM jobs (--slurm-*)",
+    )
+    run.add_argument("--workers", type=int, default=None, help="worker processes (local) or SLURM jobs (default: sized to the machine; 1 job)")
+    run.add_argument("--memory-per-worker", default=None, help="memory limit of each local worker, e.g. 4GiB (default: RAM / workers)")
+    run.add_argument("--slurm-queue", default=None, help="SLURM partition (-p)")
+    run.add_argument("--slurm-account", default=None, help="SLURM account (-A)")
+    run.add_argument("--slurm-walltime", default="04:00:00", help="time limit of each worker job (default 04:00:00)")
+    run.add_argument("--slurm-memory", default="16GB", help="memory of each worker job (default 16GB)")
+    run.add_argument("--slurm-cores", type=int, default=4, help="CPU cores of each worker job (default 4)")
+    run.add_argument("--slurm-gpus", type=int, default=0, help="GPUs of each worker job (--gres=gpu:N; default 0)")
+    run.add_argument("--slurm-job-extra", action="append", default=[], metavar="DIRECTIVE",
+                     help="extra #SBATCH directive, repeatable, e.g. --slurm-job-extra=--constraint=a100")
+    run.add_argument(
+        "--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+        help="a bar over scans on a terminal (auto), one JSON event per line on stdout (jsonl), or none",
+    )
+
+
+def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
+    from .cohort.cluster import SlurmOptions, plan_cluster
+    from .cohort.discovery import check_output_folder, find_bids_scans, read_participants, scans_from_files
+    from .cohort.run import run_cohort
+    from .models import resolve_model
+    from .postprocess import PostprocessSettings
+
+    if bool(args.bids) == bool(args.inputs):
+        raise InputError("give either --bids ROOT or image files, not both and not neither.")
+    scans = find_bids_scans(args.bids, args.suffix, args.include) if args.bids else scans_from_files(args.inputs)
+    check_output_folder(args.output, scans, args.bids)
+    slurm = SlurmOptions(queue=args.slurm_queue, account=args.slurm_account, walltime=args.slurm_walltime,
+                         memory=args.slurm_memory, cores=args.slurm_cores, gpus=args.slurm_gpus,
+                         job_extra=tuple(args.slurm_job_extra), log_directory=str(args.output.resolve() / "logs" / "slurm"))
+    plan = plan_cluster(args.scheduler, args.workers, args.device, args.memory_per_worker, slurm)
+    model = resolve_model(args.model)
+    postprocess = PostprocessSettings(keep_largest_cord=args.keep_largest_cord, lesion_inside_cord=args.lesion_in_cord)
+    bar = None
+    if events is None and (args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(scans), unit="scan", file=sys.stderr)
+
+    def on_event(event: dict) -> None:
+        if events is not None:
+            events(event)
+        if event["event"] == "start":
+            where = f"Dask dashboard: {event['dashboard']}" if event["dashboard"] else "no Dask dashboard (install bokeh for one)"
+            sys.stderr.write(f"sciseg run: {event['scans']} scans on {event['workers']} {event['cluster']} worker(s); {where}\n")
+            sys.stderr.write(f"sciseg run: QC report {event['report']}\n")
+        elif event["event"] == "scan":
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{event['status']} {Path(event['file']).name}")
+            if event["status"] == "failed" and events is None:
+                sys.stderr.write(f"sciseg run: failed: {event['file']}: {event['reason']}\n")
+
+    try:
+        outcome = run_cohort(scans, args.output, model, plan, postprocess=postprocess, force=args.force,
+                             participants=read_participants(args.bids), on_event=on_event)
+    except KeyboardInterrupt:
+        raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    failed = outcome.count("failed")
+    if events is None:
+        print(f"{outcome.count('done')} done, {outcome.count('skipped')} skipped (already complete), {failed} failed")
+        print(f"summary: {outcome.summary}")
+        for table in outcome.tables:
+            print(f"table:   {table}")
+        print(f"QC:      {outcome.report}")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
 #: Subcommand -> handler (``segment`` also takes the JSON-lines event writer).
 HANDLERS = {
     "models": _run_models,
@@ -723,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_segment(args, events)
             if args.command == "models":
                 return _run_models(args, events)
+            if args.command == "run":
+                return _run_cohort(args, events)
             return HANDLERS[args.command](args)
     except CancelledError as error:
         _report(events, "cancelled", str(error))

@@ -9,7 +9,8 @@ Score of a scan (higher = review sooner), from the model's sigmoid outputs p (on
 * ``score`` = lesion_entropy + 0.5 * cord_entropy.
 
 Scores are stored in a JSON file (one record per scan) so a queue survives sessions; ``next`` returns
-the best-scored scan that has no exported correction yet.
+the best-scored scan that has no exported correction yet. Scans a rater marked Fail in the QC report of
+``sciseg run`` (its "Save fails" YAML or "Save all" JSON, read by :func:`add_qc_failures`) come before all others.
 """
 
 from __future__ import annotations
@@ -99,8 +100,47 @@ def score_scans(images: list[Path], engine, queue_path: Path) -> list[dict]:
 
 
 def ranked(queue: dict) -> list[dict]:
-    """Scans from the most to the least uncertain."""
-    return sorted(queue["scans"].values(), key=lambda r: r["score"], reverse=True)
+    """Scans marked Fail in a QC report first, then from the most to the least uncertain."""
+    return sorted(queue["scans"].values(), key=lambda r: (r.get("qc") == "Fail", r["score"]), reverse=True)
+
+
+def qc_failed_files(decisions: Path) -> list[str]:
+    """The files marked Fail in a QC decisions file: ``qc_fails.yml`` ("Save fails") or ``qc_decisions.json`` ("Save all")."""
+    import yaml
+
+    decisions = Path(decisions)
+    try:
+        text = decisions.read_text()
+        content = json.loads(text) if decisions.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise InputError(f"{decisions} is not a QC decisions file SCIseg can read ({type(error).__name__}).") from None
+    if not isinstance(content, dict) or not ({"fails", "decisions"} & set(content)):
+        raise InputError(f"{decisions} has neither 'fails' (Save fails) nor 'decisions' (Save all); save it again from qc/index.html.")
+    if "fails" in content:
+        items = content["fails"] or []
+    else:
+        items = [d for d in content["decisions"] or [] if isinstance(d, dict) and d.get("decision") == "Fail"]
+    files = [item.get("file") if isinstance(item, dict) else None for item in items]
+    if any(not isinstance(f, str) or not f for f in files):
+        raise InputError(f"{decisions} lists an entry without a 'file'; save it again from qc/index.html.")
+    return files
+
+
+def add_qc_failures(queue_path: Path, decisions: Path) -> list[dict]:
+    """Put the scans a rater marked Fail in the queue, ahead of every uncertainty score; returns their records."""
+    queue = load_queue(queue_path)
+    records = []
+    for file in qc_failed_files(decisions):
+        path = Path(file).resolve()
+        if not path.is_file():
+            raise InputError(f"{decisions} lists {path}, which does not exist; check that the data has not moved.")
+        record = queue["scans"].get(str(path)) or {"path": str(path), "score": 0.0}
+        record.update(qc="Fail", qc_decisions=str(Path(decisions).resolve()),
+                      qc_date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        queue["scans"][str(path)] = record
+        records.append(record)
+    save_queue(queue, queue_path)
+    return records
 
 
 def next_scan(queue_path: Path, bids_root: Path | None = None) -> dict | None:
