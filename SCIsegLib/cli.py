@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--step", type=float, default=0.5, help="sliding-window step, fraction of the patch (default 0.5)")
     segment.add_argument("--folds", type=_folds, default=None, help="folds to use, e.g. '0 1 2' (default: all present)")
     segment.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    segment.add_argument(
+        "--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
+        help="auto (fastest that works here: CUDA, else OpenVINO bf16/fp32, cropped to the cord), "
+             "reference (SCT's exact nnU-Net call), openvino, torch-bf16 or cuda",
+    )
+    segment.add_argument("--no-crop", action="store_true", help="fast engines: run the whole image, not only a box around the cord")
     segment.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
     segment.add_argument("--fill-holes", action="store_true", help="fill holes in the cord and lesion masks")
     segment.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
@@ -218,7 +224,7 @@ def _cancel_on_signals(token):
 
 
 def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
-    from .inference import CancelToken, InferenceSettings, NnUNetEngine
+    from .inference import CancelToken, InferenceSettings, make_engine
     from .models import resolve_model
     from .postprocess import PostprocessSettings
     from .segment import segment_files
@@ -226,7 +232,8 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
     if not 0 < args.step <= 1:
         raise InputError(f"--step must be in (0, 1], got {args.step}.")
     model = resolve_model(args.model)
-    settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads)
+    settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads,
+                                 engine=args.engine, crop=not args.no_crop)
     postprocess = PostprocessSettings(
         keep_largest_cord=args.keep_largest_cord,
         fill_holes=args.fill_holes,
@@ -238,7 +245,7 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
     records: list[dict] = []
     try:
         with _cancel_on_signals(token):
-            engine = NnUNetEngine(model, settings)
+            engine = make_engine(model, settings)
             by_folder: dict[Path, list[Path]] = {}
             for path in args.inputs:
                 by_folder.setdefault(args.output or path.parent, []).append(path)

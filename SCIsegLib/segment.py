@@ -58,6 +58,7 @@ class SegmentationResult:
     probabilities: dict[str, sitk.Image] = field(default_factory=dict)
     device: str = "cpu"
     seconds: float = 0.0
+    engine: dict = field(default_factory=dict)  # what ran: engine, precision, crop box, fallbacks
 
 
 def structure_suffix(model: ModelInfo, structure: str) -> str:
@@ -128,7 +129,8 @@ def segment_image(
     mask_images = {name: image_from_array_zyx(mask.astype(np.uint8), image) for name, mask in masks.items()}
     probability_images = {name: back_to_input(p.astype(np.float32)) for name, p in output.probabilities.items()}
     return SegmentationResult(
-        masks=mask_images, label_map=label_map, probabilities=probability_images, device=output.device, seconds=seconds
+        masks=mask_images, label_map=label_map, probabilities=probability_images, device=output.device, seconds=seconds,
+        engine=dict(output.run),
     )
 
 
@@ -160,6 +162,7 @@ def sidecar(
                     "Orientation": model.orientation,
                 },
                 "Settings": {**settings.as_dict(), "postprocess": postprocess.as_dict(), "device_used": result.device},
+                "Engine": result.engine,
                 "Date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
         ],
@@ -295,6 +298,8 @@ def segment_files(
                 "outputs": [str(p) for p in written if p.name.endswith(".nii.gz")],
                 "seconds": round(result.seconds, 3),
                 "device": result.device,
+                "engine": result.engine.get("engine"),
+                "precision": result.engine.get("precision"),
                 "voxels": {name: int(np.count_nonzero(sitk.GetArrayViewFromImage(m))) for name, m in result.masks.items()},
             }
         )
