@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
         labels: dict = {}
         for repeat in range(max(args.repeats, args.reference_repeats)):
             for spec, engine in engines.items():
-                wanted = args.reference_repeats if spec == "reference" else args.repeats
+                wanted = args.reference_repeats if spec in args.slow_engines else args.repeats
                 if repeat >= wanted:
                     continue
                 with PeakMemory() as memory:
@@ -272,7 +272,8 @@ def main() -> int:
     parser.add_argument("--scans", nargs="+", default=DEFAULT_SCANS, help="paths under ../shared/data, or phantom:sagittal/axial")
     parser.add_argument("--engines", nargs="+", default=DEFAULT_ENGINES)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per scan of each fast engine")
-    parser.add_argument("--reference-repeats", type=int, default=3, help="timed runs per scan of the reference")
+    parser.add_argument("--reference-repeats", type=int, default=3, help="timed runs per scan of the slow engines")
+    parser.add_argument("--slow-engines", nargs="*", default=["reference"], help="engines timed --reference-repeats times")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--analyze", action="store_true", help="also the largest change of any sciseg analyze measure")
     parser.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "inference_speed.md", help="appended to")

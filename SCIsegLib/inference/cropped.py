@@ -8,6 +8,8 @@ gaussian weights and context it has in the reference run, so its logits are the 
 outside the box the logits are set to certain background. The whole image is run instead when:
 
 - the scan fits in one tile (cropping saves nothing): "smaller than a tile";
+- the first pass alone would cost at least half the tiles of the whole run (large tiles on a small
+  field of view, e.g. SCIseg's 192x256x48 patch on a 215x384x52 scan): "crop would not pay";
 - pass 1 finds no cord: "no cord found by the first pass";
 - the cord of pass 2 touches a face of the box inside the image (it may go on outside):
   "cord touches the box edge".
@@ -62,6 +64,14 @@ def touches_inner_face(mask_in_box: np.ndarray, box: Box, shape: tuple[int, ...]
     return False
 
 
+def tile_count(shape: tuple[int, ...], patch: tuple[int, ...], step: float) -> int:
+    """Number of sliding-window tiles nnU-Net runs on ``shape`` (voxels) with tiles ``patch`` at ``step``."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    padded = [max(s, p) for s, p in zip(shape, patch, strict=True)]
+    return int(np.prod([len(steps) for steps in compute_steps_for_sliding_window(padded, patch, step)]))
+
+
 @dataclass
 class CroppedLogits:
     """Logits on the whole preprocessed grid and how they were made.
@@ -97,6 +107,10 @@ def two_pass_logits(predictor, data: torch.Tensor, margin_mm: float = DEFAULT_MA
     if all(s <= p for s, p in zip(shape, patch, strict=True)):
         return CroppedLogits(predictor.predict_logits_from_preprocessed_data(data), None, "smaller than a tile")
     fine_step = predictor.tile_step_size
+    coarse_tiles, fine_tiles = tile_count(shape, patch, 1.0), tile_count(shape, patch, fine_step)
+    if 2 * coarse_tiles >= fine_tiles:
+        return CroppedLogits(predictor.predict_logits_from_preprocessed_data(data), None,
+                             f"crop would not pay ({coarse_tiles} first-pass tiles for {fine_tiles} tiles in all)")
     predictor.tile_step_size = 1.0
     try:
         coarse = predictor.predict_logits_from_preprocessed_data(data)
