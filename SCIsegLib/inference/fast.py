@@ -2,9 +2,9 @@
 
 Same weights, same preprocessing (resampling, z-score), same sliding window and gaussian weighting
 as the reference; what changes is the tile runtime (OpenVINO bf16/fp32, torch bf16, CUDA autocast),
-the optional two-pass crop (:mod:`.cropped`), and, when no probabilities are asked for, the label
-map is taken on the network grid and resampled as labels (nnU-Net's segmentation resampling) instead
-of resampling every channel's logits first.
+and the optional two-pass crop (:mod:`.cropped`). The way back to the input grid is nnU-Net's own
+(logits resampled, then thresholded): taking the label map on the network grid first and resampling
+labels was measured to change the cord mask (Dice 0.96 on a 0.8 mm scan), so it is not used.
 """
 
 from __future__ import annotations
@@ -106,34 +106,17 @@ class FastEngine:
             self._progress.start(None, None)
         if cancel is not None:
             cancel.raise_if_cancelled()
-        output = NetworkOutput(label_map=np.zeros(1, np.uint8), device=self.device.type, run=run)
-        if want_probabilities:
-            from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-            labels, stack = convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits.cpu(), predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
-                properties, return_probabilities=True)
+        output = NetworkOutput(label_map=np.zeros(1, np.uint8), device=self.device.type, run=run)
+        result = convert_predicted_logits_to_segmentation_with_correct_shape(  # nnU-Net's own way back to the input grid
+            logits.cpu(), predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
+            properties, return_probabilities=want_probabilities)
+        labels, stack = result if want_probabilities else (result, None)
+        if stack is not None:
             output.probabilities = structure_probabilities(self.model, np.asarray(stack, dtype=np.float32))
-        else:
-            labels = self._labels_on_input_grid(logits.cpu(), properties)
         output.label_map = np.asarray(labels, dtype=np.uint8)
         return output
-
-    def _labels_on_input_grid(self, logits, properties: dict) -> np.ndarray:
-        """Label map from ``logits`` on the network grid, resampled as labels to the input grid (z, y, x)."""
-        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
-
-        predictor = self._predictor
-        plans, configuration = predictor.plans_manager, predictor.configuration_manager
-        labels = np.asarray(predictor.label_manager.convert_logits_to_segmentation(logits.float()), dtype=np.uint8)
-        target = tuple(int(s) for s in properties["shape_after_cropping_and_before_resampling"])
-        if labels.shape != target:
-            original = [properties["spacing"][i] for i in plans.transpose_forward]
-            current = configuration.spacing if len(configuration.spacing) == len(target) else [original[0], *configuration.spacing]
-            labels = np.asarray(configuration.resampling_fn_seg(labels[None], target, current, original)[0], dtype=np.uint8)
-        full = np.zeros(properties["shape_before_cropping"], dtype=np.uint8)
-        full = insert_crop_into_image(full, labels, properties["bbox_used_for_cropping"])
-        return np.ascontiguousarray(np.asarray(full).transpose(plans.transpose_backward))
 
     def _box_on_input(self, box, properties: dict, network_shape: tuple[int, ...]) -> dict | None:
         """The pass-2 box mapped to the input array (model orientation, (z, y, x) voxels, stop exclusive)."""
