@@ -78,8 +78,15 @@ def test_fast_engine_agrees_with_reference_on_a_real_lesion_scan(demo, lesion_sc
     assert dice(output.label_map == 2, expected == 2) >= 0.97
 
 
-def test_cropped_run_on_a_full_field_of_view_scan_matches_the_reference(demo, reference, cache):
-    """errsm_21 (a 100x200x52 part of the full-FOV sagittal scan): the two-pass run crops and agrees."""
+def test_cropped_run_on_a_full_field_of_view_scan_matches_the_reference(demo, reference, cache, monkeypatch):
+    """errsm_21 (a 100x200x52 part of the full-FOV sagittal scan): the two-pass run crops and agrees.
+
+    With the demo model's small tiles the first pass costs 16 of the run's 24 tiles, so the crop is forced here
+    (it would be skipped as not paying) to check that the cropped labels are the reference's.
+    """
+    import SCIsegLib.inference.cropped as cropped
+
+    monkeypatch.setattr(cropped, "MAX_FIRST_PASS_SHARE", 1.0)
     array, spacing = model_array("sct_2014_errsm/errsm_21/t2.nii.gz", demo, (slice(60, 160), slice(100, 300), slice(None)))
     expected = reference.predict(array, spacing).label_map
     output = FastEngine(demo, InferenceSettings(crop=True), "openvino", "bf16", cache).predict(array, spacing)

@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..errors import InputError
 from ..models import ModelInfo
-from .base import Engine, InferenceSettings, available_devices
+from .base import Engine, InferenceSettings, available_devices, choose_device
 from .cpu import has_native_bf16, read_cpu_flags
 from .openvino_cache import CompiledModelCache
 
@@ -78,6 +78,7 @@ def make_engine(model: ModelInfo, settings: InferenceSettings, *,
 
     if settings.engine == "reference":
         return NnUNetEngine(model, settings)
+    choose_device(settings.device)  # an unknown or absent device is the user's error, whatever the engine
     devices = available_devices()
     cuda_bf16 = False
     if "cuda" in devices:

@@ -27,6 +27,8 @@ Box = tuple[tuple[int, int], ...]  # (start, stop) per axis, voxels, stop exclus
 
 #: Margin around the cord found by pass 1, mm.
 DEFAULT_MARGIN_MM = 10.0
+#: The crop runs only when its first pass costs less than this share of the whole run's tiles.
+MAX_FIRST_PASS_SHARE = 0.5
 #: Logit magnitude meaning "certainly background" outside the box (fits fp16).
 _CERTAIN = 50.0
 
@@ -108,7 +110,7 @@ def two_pass_logits(predictor, data: torch.Tensor, margin_mm: float = DEFAULT_MA
         return CroppedLogits(predictor.predict_logits_from_preprocessed_data(data), None, "smaller than a tile")
     fine_step = predictor.tile_step_size
     coarse_tiles, fine_tiles = tile_count(shape, patch, 1.0), tile_count(shape, patch, fine_step)
-    if 2 * coarse_tiles >= fine_tiles:
+    if coarse_tiles >= MAX_FIRST_PASS_SHARE * fine_tiles:
         return CroppedLogits(predictor.predict_logits_from_preprocessed_data(data), None,
                              f"crop would not pay ({coarse_tiles} first-pass tiles for {fine_tiles} tiles in all)")
     predictor.tile_step_size = 1.0
