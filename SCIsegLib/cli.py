@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--step", type=float, default=0.5, help="sliding-window step, fraction of the patch (default 0.5)")
     segment.add_argument("--folds", type=_folds, default=None, help="folds to use, e.g. '0 1 2' (default: all present)")
     segment.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    segment.add_argument(
+        "--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
+        help="auto (fastest that works here: CUDA, else OpenVINO bf16/fp32, cropped to the cord), "
+             "reference (SCT's exact nnU-Net call), openvino, torch-bf16 or cuda",
+    )
+    segment.add_argument("--no-crop", action="store_true", help="fast engines: run the whole image, not only a box around the cord")
     segment.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
     segment.add_argument("--fill-holes", action="store_true", help="fill holes in the cord and lesion masks")
     segment.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
@@ -258,13 +264,14 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
         by_folder.setdefault(args.output or path.parent, []).append(path)
     for paths in by_folder.values():  # every input checked before torch and the model are loaded
         check_images(paths, replace_nonfinite=args.replace_nonfinite, max_voxels=max_voxels, warn=warn)
-    from .inference import CancelToken, InferenceSettings, NnUNetEngine
+    from .inference import CancelToken, InferenceSettings, make_engine
     from .models import resolve_model
     from .postprocess import PostprocessSettings
     from .segment import SegmentCancelled, segment_files
 
     model = resolve_model(args.model)
-    settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads)
+    settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads,
+                                 engine=args.engine, crop=not args.no_crop)
     postprocess = PostprocessSettings(
         keep_largest_cord=args.keep_largest_cord,
         fill_holes=args.fill_holes,
@@ -276,7 +283,7 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
     records: list[dict] = []
     try:
         with _cancel_on_signals(token):
-            engine = NnUNetEngine(model, settings)
+            engine = make_engine(model, settings)
             for folder, paths in by_folder.items():
                 try:
                     records += segment_files(
@@ -717,6 +724,8 @@ def _add_run_parser(commands) -> None:
     run.add_argument("-o", "--output", type=Path, required=True, help="derivatives folder (outside the sub-* folders)")
     run.add_argument("--model", default="sciseg-v2", help="installed model name or model folder (default: sciseg-v2)")
     run.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (on the workers)")
+    run.add_argument("--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
+                     help="as for `sciseg segment` (auto: the fastest that works on the workers; reference: SCT's exact call)")
     run.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
     run.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
     run.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
@@ -780,7 +789,8 @@ def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
 
     try:
         outcome = run_cohort(scans, args.output, model, plan, postprocess=postprocess, force=args.force,
-                             participants=read_participants(args.bids), on_event=on_event)
+                             participants=read_participants(args.bids), on_event=on_event,
+                             engine=args.engine)
     except KeyboardInterrupt:
         raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
     finally:

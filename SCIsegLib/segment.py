@@ -60,6 +60,7 @@ class SegmentationResult:
     probabilities: dict[str, sitk.Image] = field(default_factory=dict)
     device: str = "cpu"
     seconds: float = 0.0
+    engine: dict = field(default_factory=dict)  # what ran: engine, precision, crop box, fallbacks
 
 
 def structure_suffix(model: ModelInfo, structure: str) -> str:
@@ -130,7 +131,8 @@ def segment_image(
     mask_images = {name: image_from_array_zyx(mask.astype(np.uint8), image) for name, mask in masks.items()}
     probability_images = {name: back_to_input(p.astype(np.float32)) for name, p in output.probabilities.items()}
     return SegmentationResult(
-        masks=mask_images, label_map=label_map, probabilities=probability_images, device=output.device, seconds=seconds
+        masks=mask_images, label_map=label_map, probabilities=probability_images, device=output.device, seconds=seconds,
+        engine=dict(output.run),
     )
 
 
@@ -162,6 +164,7 @@ def sidecar(
                     "Orientation": model.orientation,
                 },
                 "Settings": {**settings.as_dict(), "postprocess": postprocess.as_dict(), "device_used": result.device},
+                "Engine": result.engine,
                 "Date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
         ],
@@ -325,6 +328,8 @@ def segment_files(
                 "marker": str(written[-1]),
                 "seconds": round(result.seconds, 3),
                 "device": result.device,
+                "engine": result.engine.get("engine"),
+                "precision": result.engine.get("precision"),
                 "voxels": {name: int(np.count_nonzero(sitk.GetArrayViewFromImage(m))) for name, m in result.masks.items()},
             }
         )

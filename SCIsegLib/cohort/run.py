@@ -60,6 +60,7 @@ def run_cohort(
     force: bool = False,
     participants: list[dict[str, str]] | None = None,
     on_event: EventCallback | None = None,
+    engine: str = "auto",
 ) -> RunOutcome:
     """Run every scan on the planned cluster; write ``run_summary.csv``, the cohort tables and ``qc/``."""
     from distributed import as_completed
@@ -76,7 +77,7 @@ def run_cohort(
         raise InputError(f"another `sciseg run` is writing to {deriv}; wait for it or choose another output folder.") from None
     try:
         remove_stale_staging(deriv)
-        inference = InferenceSettings(device=plan.device, threads=plan.torch_threads)
+        inference = InferenceSettings(device=plan.device, threads=plan.torch_threads, engine=engine)
         model_sha256 = model.weights_sha256()
         jobs = [ScanJob(scan, deriv, model.path, model.name, model_sha256, inference, postprocess, force) for scan in scans]
         rows: list[dict | None] = [None] * len(jobs)

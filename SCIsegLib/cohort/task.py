@@ -56,10 +56,10 @@ class ScanJob:
 
 
 def _make_engine(model: ModelInfo, settings: InferenceSettings):
-    """The segmentation engine of ``sciseg run`` (the one place that picks the runtime)."""
-    from ..inference import NnUNetEngine
+    """The segmentation engine of ``sciseg run``: ``settings.engine`` as ``sciseg segment`` picks it (fast by default)."""
+    from ..inference import make_engine
 
-    return NnUNetEngine(model, settings)
+    return make_engine(model, settings)
 
 
 _ENGINES: dict[tuple, object] = {}

@@ -1,0 +1,110 @@
+"""Fast runtimes for one network tile, as drop-in replacements of the predictor's torch network.
+
+nnU-Net's sliding window calls ``predictor.network(tile)`` with a float32 tensor of shape
+(1, channels, *patch_size) (z, y, x of the network grid) and loads each fold's weights with
+``network.load_state_dict``. The wrappers here keep that contract, so nnU-Net's tiling, gaussian
+weighting, mirroring and fold averaging stay exactly as in the reference:
+
+- :class:`AutocastNetwork`: torch with bf16 (CPU, channels-last) or fp16/bf16 (CUDA) autocast.
+- :class:`OpenVINONetwork`: one OpenVINO compiled model per fold, bf16 or fp32, from the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..hashing import file_sha256
+from .cpu import cpu_identity
+from .openvino_cache import CacheKey, CompiledModelCache
+
+
+class AutocastNetwork(torch.nn.Module):
+    """``network`` run under ``torch.autocast(device_type, dtype)``; float32 logits out.
+
+    On the CPU the input is put in channels-last-3d memory order (oneDNN's fast path for bf16).
+    """
+
+    def __init__(self, network: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner = network
+        self.device_type = device_type
+        self.dtype = dtype
+        if device_type == "cpu":
+            self.inner.to(memory_format=torch.channels_last_3d)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102 - nnU-Net loads folds
+        return self.inner.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device_type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.inner(x).float().contiguous()
+
+
+class OpenVINONetwork(torch.nn.Module):
+    """OpenVINO compiled models (one per fold) behind the torch network's interface.
+
+    Args:
+        network: the nnU-Net torch network (weights of every fold are loaded into it in turn for conversion).
+        fold_parameters: the state dict of each fold, in the predictor's ``list_of_parameters`` order.
+        fold_names: the fold names, same order.
+        checkpoint_files: the checkpoint file of each fold (its sha256 keys the cache).
+        input_shape: (1, channels, z, y, x), the patch in voxels.
+        precision: "bf16" or "fp32".
+        cache: where compiled models are kept.
+        threads: OpenVINO inference threads (None = all cores).
+        model_folder: the model's results folder (names the cache entries).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        fold_parameters: list[dict],
+        fold_names: list[str],
+        checkpoint_files: list[Path],
+        input_shape: tuple[int, ...],
+        precision: str,
+        cache: CompiledModelCache,
+        threads: int | None = None,
+        model_folder: str = "",
+    ) -> None:
+        super().__init__()
+        import openvino as ov
+
+        core = ov.Core()
+        config: dict = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.cache_status: list[str] = []
+        self._compiled: list = []
+        self._fold_parameters = fold_parameters
+        network = network.float().eval()
+        for parameters, fold, checkpoint in zip(fold_parameters, fold_names, checkpoint_files, strict=True):
+            key = CacheKey(model_folder, file_sha256(checkpoint), str(fold), tuple(input_shape), precision,
+                           cpu_identity(), ov.__version__)
+
+            def build(parameters: dict = parameters) -> Callable:
+                network.load_state_dict(parameters)
+                with torch.no_grad():
+                    return ov.convert_model(network, example_input=torch.zeros(input_shape), input=[tuple(input_shape)])
+
+            compiled, status = cache.load_or_build(key, core, config, build)
+            self._compiled.append(compiled)
+            self.cache_status.append(status)
+        network.load_state_dict(fold_parameters[0])
+        self._current = 0
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102 - picks the fold
+        for index, parameters in enumerate(self._fold_parameters):
+            if parameters is state_dict:
+                self._current = index
+                return None
+        raise ValueError("these weights were not compiled for OpenVINO")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self._compiled[self._current](x.detach().cpu().numpy())[0]
+        return torch.from_numpy(result.copy())
