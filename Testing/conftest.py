@@ -34,6 +34,17 @@ def model_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return store
 
 
+@pytest.fixture()
+def scene():
+    """A new slicer-core MRML scene with the Segmentations logic set on it (needed before adding segments)."""
+    slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    yield scene, logic
+    scene.Clear(True)
+
+
 @pytest.fixture(scope="session")
 def demo_model_path() -> Path:
     if not (DEMO_MODEL / "nnUNetTrainer__nnUNetPlans__3d_fullres").is_dir():

@@ -13,6 +13,7 @@ import vtk  # noqa: E402
 
 from conftest import shared_file  # noqa: E402
 from SCIsegLib import mrml  # noqa: E402
+from slicer_scene import load_with_slicer  # noqa: E402
 from SCIsegLib.phantom import LesionSpec, paint_lesions  # noqa: E402
 
 REAL_SCANS = {
@@ -25,28 +26,6 @@ REAL_SCANS = {
     ),
     "errsm_11 (full FOV)": ("sct_2014_errsm/errsm_11/t2.nii.gz", "sct_2014_errsm/errsm_11/t2_manual_segmentation.nii.gz"),
 }
-
-
-@pytest.fixture()
-def scene():
-    scene = slicer.vtkMRMLScene()
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
-    yield scene, logic
-    scene.Clear(True)
-
-
-def load_with_slicer(scene, path: Path):
-    """Load a file the way Slicer does (its archetype storage node and ITK reader)."""
-    node = slicer.vtkMRMLScalarVolumeNode()
-    node.SetName(path.name.split(".")[0])
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    scene.AddNode(node)
-    scene.AddNode(storage)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    assert storage.ReadData(node), f"Slicer could not read {path}"
-    return node
 
 
 def assert_same_physical_image(a: sitk.Image, b: sitk.Image) -> None:

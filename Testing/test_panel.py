@@ -17,29 +17,8 @@ slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test d
 
 from conftest import REPOSITORY, shared_file  # noqa: E402
 from SCIsegLib import mrml, panel  # noqa: E402
+from slicer_scene import load_with_slicer  # noqa: E402
 from SCIsegLib.panel import Action, Outcome, PanelInputs, PanelState  # noqa: E402
-
-
-@pytest.fixture()
-def scene():
-    scene = slicer.vtkMRMLScene()
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
-    yield scene, logic
-    scene.Clear(True)
-
-
-def load_with_slicer(scene, path: Path):
-    """Load a file with Slicer's archetype storage node (its ITK reader), as File > Add Data does."""
-    node = slicer.vtkMRMLScalarVolumeNode()
-    node.SetName(path.name.split(".")[0])
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    scene.AddNode(node)
-    scene.AddNode(storage)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    assert storage.ReadData(node), f"Slicer could not read {path}"
-    return node
 
 
 class PythonChild:
