@@ -739,7 +739,7 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
                 self.installed.append(_("Installed {build}").format(build=self.installTorch(torchUtils)))
             if "nnunetv2" in packages:
                 self.installNnunet()
-                self.installed.append(_("Installed {requirement}").format(requirement=dependencies.NNUNET_REQUIREMENT))
+                self.installed.append(_("Installed {requirement}").format(requirement=", ".join(panel.NNUNET_STEP)))
         importlib.invalidate_caches()
         return not dependencies.missing_modules(panel.modules_needed(action))
 
@@ -777,7 +777,7 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
             with open(constraints, "w") as stream:
                 stream.write("\n".join(dependencies.pinned_constraints()) + "\n")
             requirements, options = panel.pip_install_call(
-                dependencies.NNUNET_REQUIREMENT, constraints, (slicer.app.majorVersion, slicer.app.minorVersion)
+                list(panel.NNUNET_STEP), constraints, (slicer.app.majorVersion, slicer.app.minorVersion)
             )
             slicer.util.pip_install(requirements, **options)
         finally:

@@ -26,7 +26,7 @@ NNUNET_REQUIREMENT = "nnunetv2==2.8.1"
 #: Python modules a child process imports, per action of the Slicer module.
 #: (numpy: the CLI imports it for every command.)
 ACTION_MODULES: dict[str, tuple[str, ...]] = {
-    "segment": ("torch", "nnunetv2", "numpy", "SimpleITK", "scipy", "nibabel"),
+    "segment": ("torch", "nnunetv2", "batchgenerators", "openvino", "numpy", "SimpleITK", "scipy", "nibabel"),
     "devices": ("torch", "numpy"),
     "measure": ("numpy", "SimpleITK", "scipy", "pandas", "skimage"),
     "export": ("numpy", "SimpleITK", "scipy", "filelock"),
@@ -41,6 +41,8 @@ REQUIRED_MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for modules in ACTION_
 PIP_REQUIREMENTS: dict[str, str] = {
     "torch": "torch",
     "nnunetv2": NNUNET_REQUIREMENT,
+    "batchgenerators": "batchgenerators",  # comes with nnunetv2
+    "openvino": "openvino>=2025.0",  # the fast CPU engine (without it, segment falls back to torch)
     "numpy": "numpy",
     "SimpleITK": "SimpleITK",
     "scipy": "scipy",

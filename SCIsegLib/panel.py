@@ -47,12 +47,16 @@ def modules_needed(action: Action) -> tuple[str, ...]:
     return dependencies.ACTION_MODULES.get(action.value, ())
 
 
+#: What the "nnunetv2" step installs in one pip call: the pinned nnU-Net and the fast CPU engine's runtime.
+NNUNET_STEP: tuple[str, ...] = (dependencies.NNUNET_REQUIREMENT, dependencies.PIP_REQUIREMENTS["openvino"])
+
+
 def packages_to_install(missing_modules: list[str], nnunet_version_problem: bool = False) -> list[str]:
     """What to pip-install, in order, so that the missing modules import: torch first, then nnU-Net.
 
     nnU-Net v2 brings pandas, scikit-image and the rest (filelock comes with torch), so any missing module
-    other than torch is fixed by installing the pinned nnunetv2 (with torch already there, pip never
-    replaces it). ``nnunet_version_problem``: the installed nnunetv2 is not the pinned version.
+    other than torch is fixed by installing the pinned nnunetv2 together with OpenVINO (:data:`NNUNET_STEP`;
+    with torch already there, pip never replaces it). ``nnunet_version_problem``: the installed nnunetv2 is not the pinned version.
     """
     packages = []
     if "torch" in missing_modules:
@@ -77,16 +81,19 @@ def version_mismatch(requirement: str, installed: str | None) -> str | None:
     return f"{name} {installed} is installed but SCIseg was tested with {wanted}: install {requirement} from the SCIseg panel."
 
 
-def pip_install_call(requirement: str, constraints_path: str, slicer_version: tuple[int, int]) -> tuple[list[str], dict[str, Any]]:
+def pip_install_call(
+    requirement: str | list[str], constraints_path: str, slicer_version: tuple[int, int]
+) -> tuple[list[str], dict[str, Any]]:
     """Arguments for ``slicer.util.pip_install``: always a list (never one string Slicer would ``shlex.split``).
 
     Slicer 5.12 and newer take ``constraints=`` and ``requester=`` (``slicer.packaging.pip_install``); 5.10 takes only the
     requirement list, so the constraints file goes in as two list items ``-c PATH`` (a path with spaces or
     backslashes stays one argument).
     """
+    requirements = [requirement] if isinstance(requirement, str) else list(requirement)
     if tuple(slicer_version) >= (5, 12):
-        return [requirement], {"constraints": constraints_path, "requester": "SCIseg"}
-    return [requirement, "-c", constraints_path], {}
+        return requirements, {"constraints": constraints_path, "requester": "SCIseg"}
+    return [*requirements, "-c", constraints_path], {}
 
 
 def torch_build(version: str | None) -> str:

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
 
 from conftest import REPOSITORY, shared_file  # noqa: E402
-from SCIsegLib import mrml, panel  # noqa: E402
+from SCIsegLib import dependencies, mrml, panel  # noqa: E402
 from slicer_scene import load_with_slicer  # noqa: E402
 from SCIsegLib.panel import Action, Outcome, PanelInputs, PanelState  # noqa: E402
 
@@ -199,6 +199,10 @@ def test_every_child_action_is_guarded_by_the_modules_its_child_imports() -> Non
     assert panel.packages_to_install(["torch", "nnunetv2"]) == ["torch", "nnunetv2"]
     assert panel.packages_to_install([], nnunet_version_problem=True) == ["nnunetv2"]
     assert panel.packages_to_install([]) == []
+    assert panel.packages_to_install(["openvino"]) == ["nnunetv2"]  # the nnunetv2 step installs OpenVINO with it
+    assert set(panel.NNUNET_STEP) == {dependencies.NNUNET_REQUIREMENT, dependencies.PIP_REQUIREMENTS["openvino"]}
+    requirements, options = panel.pip_install_call(list(panel.NNUNET_STEP), "C:\\Temp dir\\c.txt", (5, 10))
+    assert requirements == [*panel.NNUNET_STEP, "-c", "C:\\Temp dir\\c.txt"] and options == {}
 
 
 def test_pip_arguments_are_a_list_with_constraints_for_each_slicer_version() -> None:
