@@ -508,7 +508,7 @@ def _run_queue(args: argparse.Namespace) -> int:
 
         engine = NnUNetEngine(resolve_model(args.model), InferenceSettings(device=args.device))
         records = queue.score_scans(args.inputs, engine, args.queue)
-    elif not args.queue.is_file():
+    elif args.queue_command != "qc" and not args.queue.is_file():  # `queue qc` may start a new queue
         raise InputError(f"{args.queue}: no such queue file; create it with `sciseg queue score`.")
     elif args.queue_command == "list":
         records = queue.ranked(queue.load_queue(args.queue))
