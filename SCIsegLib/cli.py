@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     segment.add_argument(
         "--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
-        help="auto (fastest that works here: CUDA, else OpenVINO bf16/fp32, cropped to the cord), "
+        help="auto (fastest that works here: CUDA, else OpenVINO bf16/fp32; cropped to the cord where that saves tiles), "
              "reference (SCT's exact nnU-Net call), openvino, torch-bf16 or cuda",
     )
     segment.add_argument("--no-crop", action="store_true", help="fast engines: run the whole image, not only a box around the cord")

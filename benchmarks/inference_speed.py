@@ -93,6 +93,10 @@ def plan_sciseg_network(work: Path) -> Path:
     return model.parent
 
 
+#: scan name -> its image in the model orientation (the grid, with direction, the label maps lie on)
+GRIDS: dict[str, sitk.Image] = {}
+
+
 def load_scan(name: str, orientation: str) -> tuple[np.ndarray, tuple[float, float, float], str]:
     """(array (z, y, x) in the model orientation, spacing (z, y, x) mm, description)."""
     if name.startswith("phantom:"):
@@ -103,6 +107,7 @@ def load_scan(name: str, orientation: str) -> tuple[np.ndarray, tuple[float, flo
         image = load_image(DATA / name)
     image = reorient(image, sct_to_itk_orientation(orientation))
     array = array_zyx(image).astype(np.float32)
+    GRIDS[name] = image
     return array, tuple(float(s) for s in reversed(image.GetSpacing())), f"{name} {array.shape[::-1]} (x, y, z)"
 
 
@@ -149,7 +154,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def analyze_change(reference: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, ...]) -> float | None:
+def analyze_change(reference: np.ndarray, labels: np.ndarray, grid: sitk.Image) -> float | None:
     """Largest absolute difference of any ``sciseg analyze`` summary measure (mm, mm3, count) between two label maps."""
     from SCIsegLib.lesions import analyze_lesions
 
@@ -157,7 +162,7 @@ def analyze_change(reference: np.ndarray, labels: np.ndarray, spacing_zyx: tuple
         images = []
         for mask in (label_map == 2, label_map >= 1):
             image = sitk.GetImageFromArray(mask.astype(np.uint8))
-            image.SetSpacing(tuple(reversed(spacing_zyx)))
+            image.CopyInformation(grid)  # origin, spacing and direction of the scan in the model orientation
             images.append(image)
         return analyze_lesions(images[0], images[1]).summary
 
@@ -221,7 +226,7 @@ def run(args: argparse.Namespace) -> dict:
                 row["cord_dice"] = round(dice(reference >= 1, mine >= 1), 5)
                 row["lesion_dice"] = round(dice(reference == 2, mine == 2), 5)
                 if args.analyze:
-                    change = analyze_change(reference, mine, spacing)
+                    change = analyze_change(reference, mine, GRIDS[name])
                     row["largest_analyze_change"] = None if change is None else round(change, 4)
         if "reference" in rows:
             for spec in args.engines:
