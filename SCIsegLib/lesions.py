@@ -5,7 +5,8 @@ and voxel sizes (px, py, pz) in mm, whatever the input orientation; sagittal sli
 the output are those of the input file. Column names and units are SCT's:
 
 * ``volume [mm3]``: voxels x px*py*pz.
-* ``length [mm]``: sum over the axial slices holding the lesion of pz / cos(3D cord angle).
+* ``length [mm]``: sum over the axial slices holding the lesion of pz / cos(3D cord angle). Where the cord mask is
+  broken up the angle nears 90 degrees and the length explodes, in SCT as here; a warning names those lesions.
 * ``width [mm]``: max over axial slices of the A-P extent (voxels) x py x cos(sagittal angle).
 * ``max_equivalent_diameter [mm]``: 2 sqrt(max over slices of area x cos(3D angle) / pi).
 * ``max_axial_damage_ratio []``: max over slices of lesion area / cord area (no angle correction).
@@ -38,6 +39,9 @@ from .errors import InputError
 from .volume import orientation_of, reorient, reorient_like, same_grid, sct_to_itk_orientation
 
 RPI = sct_to_itk_orientation("RPI")  # ITK "LAS"
+#: Above this 3D cord angle (degrees) an axial slice counts for more than ~3 slice thicknesses in SCT's length;
+#: a real cord hardly ever lies that flat in axial slices, a broken-up cord mask does (see :func:`_steep_angle_warning`).
+STEEP_ANGLE_DEG = 70.0
 BASE_COLUMNS = ["label", "volume [mm3]", "length [mm]", "width [mm]", "max_equivalent_diameter [mm]", "max_axial_damage_ratio []"]
 MIDSAGITTAL_COLUMNS = [
     "interpolated_midsagittal_slice",
@@ -141,6 +145,9 @@ def analyze_lesions(
             lesion_mask = labelled == row["label"]
             per_sagittal = _bridges_per_sagittal_slice(lesion_mask, cord_xyz, angles, py)
             row.update(_lesion_measures(lesion_mask, cord_xyz, angles, midsagittal, (px, py, pz), per_sagittal))
+            steep = _steep_angle_warning(row["label"], lesion_mask, angles, pz, row["length [mm]"])
+            if steep:
+                warnings.append(steep)
             row["interpolated_midsagittal_slice"] = _stored_index(midsagittal, nx, lesion)
             for sagittal, (dorsal, ventral) in per_sagittal.items():
                 prefix = f"slice_{int(_stored_index(sagittal, nx, lesion))}"
@@ -222,6 +229,32 @@ def per_slice_profile(lesion: sitk.Image, cord: sitk.Image) -> pd.DataFrame:
             "lesion_area [mm2]": lesion_area[slices],
             "axial_damage_ratio []": lesion_area[slices] / cord_area[slices],
         }
+    )
+
+
+def _steep_angle_warning(label: int, lesion_xyz: np.ndarray, angles: CordAngles, pz: float, length_mm: float) -> str | None:
+    """A sentence when the lesion lies on axial slices where the fitted cord centerline is steeper than
+    :data:`STEEP_ANGLE_DEG` to the slice normal, else None.
+
+    SCT's length is the sum over the lesion's axial slices of pz / cos(3D angle) (mm), the angle taken from the
+    bspline centerline of the cord mask (``minmax=False``). Where the cord mask is broken up (fragments at the
+    edge of the field of view, a jagged end), the centre of mass jumps from slice to slice and the spline, fitted
+    almost through every point, rings: the angle nears 90 degrees and one slice can add metres. SCT gives the same
+    number (this is its algorithm, kept for compatibility); the warning says which slices and why.
+    Slices are numbered I->S (RPI z, SCT's ``Slice (I->S)``).
+    """
+    slices = np.unique(np.nonzero(lesion_xyz)[2])
+    degrees = np.degrees(angles.angle_3d[slices])
+    steep = slices[degrees > STEEP_ANGLE_DEG]
+    if len(steep) == 0:
+        return None
+    shown = ", ".join(f"{int(z)} ({np.degrees(angles.angle_3d[z]):.1f} deg)" for z in steep[:5])
+    return (
+        f"lesion {label}: the cord centerline is almost parallel to the axial slices on slice(s) (I->S) {shown}, so "
+        f"SCT's angle correction (slice thickness / cos(angle)) gives a length of {length_mm:.1f} mm for "
+        f"{len(slices)} slice(s) of {pz:g} mm (and inflates its midsagittal length, shrinks its widths, diameter and "
+        "bridges); SCT gives the same numbers. "
+        "The cord mask is probably broken up there (fragments, field-of-view edge): check or correct it."
     )
 
 

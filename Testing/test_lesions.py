@@ -165,6 +165,48 @@ def test_tilted_cord_length_is_angle_corrected() -> None:
     assert row["length [mm]"] == pytest.approx(16 * 2.0 / np.cos(angle), rel=0.01)
 
 
+def sct_length_mm(cord: np.ndarray, lesion: np.ndarray, pz: float) -> float:
+    """SCT's length written out independently: per-slice cord centre of mass, ``splrep`` with
+    s = (n/N)^2 * 20 * pz / 3 (spacing 1 mm in x and y), sum of pz / cos(3D angle) over the lesion's slices."""
+    from scipy import interpolate
+
+    z_mean = np.array([z for z in range(cord.shape[2]) if cord[:, :, z].any()], dtype=float)
+    centres = np.array([np.argwhere(cord[:, :, int(z)]).mean(axis=0) for z in z_mean])
+    s = (len(z_mean) / cord.shape[2]) ** 2 * 20 * pz / 3
+    slopes = [interpolate.splev(np.arange(cord.shape[2]), interpolate.splrep(z_mean, c, s=s, k=3), der=1) for c in centres.T]
+    cos_angle = pz / np.sqrt(slopes[0] ** 2 + slopes[1] ** 2 + pz**2)
+    return float(sum(pz / cos_angle[z] for z in np.unique(np.nonzero(lesion)[2])))
+
+
+def test_broken_up_cord_end_gives_sct_length_with_a_warning() -> None:
+    """A cord mask that breaks into fragments jumping A-P over its top 6 slices (as a model's mask at the edge of the
+    field of view): SCT's bspline centerline rings there and a 1-slice lesion on the top slice gets a length of
+    tens of mm. The number stays SCT's; a warning names the lesion and the slice. (errsm_21 with the demo model
+    gave 2010 mm for a 1-slice speck on slice 213.)"""
+    spacing = (1.0, 1.0, 1.0)
+    clean, _ = straight_cord(shape=(20, 40, 40), spacing=spacing)
+    lesion = np.zeros_like(clean)
+    lesion[9:11, 10:14, 39] = True
+    result = analyze_lesions(as_image(lesion, spacing), as_image(clean, spacing))
+    assert result.table.iloc[0]["length [mm]"] == pytest.approx(1.0, abs=1e-6)
+    assert result.warnings == []
+
+    broken = clean.copy()
+    for i, z in enumerate(range(34, 40)):
+        broken[:, :, z] = False
+        centre_y = 22 if i % 2 else 6
+        broken[8:13, centre_y - 2 : centre_y + 3, z] = True
+    lesion = np.zeros_like(broken)
+    lesion[9:11, :, 39] = broken[9:11, :, 39]
+    result = analyze_lesions(as_image(lesion, spacing), as_image(broken, spacing))
+    length = result.table.iloc[0]["length [mm]"]
+    assert length > 20.0  # one 1 mm slice
+    assert length == pytest.approx(sct_length_mm(broken, lesion, 1.0), rel=1e-9)
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith("lesion 1:") and "(I->S) 39 (" in result.warnings[0]
+    assert f"{length:.1f} mm" in result.warnings[0]
+
+
 def test_without_cord_only_the_volume(t2_cord: sitk.Image) -> None:
     cord_xyz = rpi_xyz(t2_cord).astype(bool)
     lesion = from_rpi_xyz(box_inside_cord(cord_xyz, range(20, 25)), t2_cord)
