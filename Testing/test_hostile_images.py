@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,19 +38,28 @@ def run_cli(*arguments: str, timeout: float = 120) -> subprocess.CompletedProces
 
 def measured_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, float, float]:
     """Run ``python -m SCIsegLib``; return (result, CPU seconds (user + system), peak resident memory in MB)
-    of this one child, from wait4 (CPU time, not wall time: the test machine's cores are shared)."""
-    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "SCIsegLib", *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment
-    )
-    stdout, stderr = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    assert wall < 60, f"{arguments}: {wall:.0f} s"
+    of this one child. CPU time from wait4 (not wall time: the test machine's cores are shared); the peak from the
+    child's own ``VmHWM`` at exit (wait4's ru_maxrss would count the pytest process the child was forked from)."""
+    with tempfile.TemporaryDirectory() as folder:
+        status = Path(folder) / "status"
+        launcher = (
+            "import atexit, runpy, sys; "
+            f"atexit.register(lambda: open({str(status)!r}, 'w').write(open('/proc/self/status').read())); "
+            "sys.argv = ['sciseg', *sys.argv[1:]]; runpy.run_module('SCIsegLib', run_name='__main__')"
+        )
+        environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-c", launcher, *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment
+        )
+        stdout, stderr = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
+        _, exit_status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(exit_status)
+        wall = time.perf_counter() - started
+        assert wall < 60, f"{arguments}: {wall:.0f} s"
+        peak_kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout.decode(), stderr.decode())
-    return result, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return result, usage.ru_utime + usage.ru_stime, peak_kb / 1024
 
 
 # ----- the corpus -------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def finetune(
     output = Path(trainer.output_folder)
     if (output / "checkpoint_latest.pth").is_file() and not (output / "checkpoint_final.pth").is_file():
         load_checkpoint(output / "checkpoint_latest.pth")  # refuses an unsafe file before nnU-Net opens it
-        with weights_only_everywhere():  # nnU-Net's own torch.load, made weights_only (resume after an interruption)
+        with weights_only_everywhere():  # nnU-Net's own checkpoint loading, forced to weights_only (resume after an interruption)
             trainer.load_checkpoint(str(output / "checkpoint_latest.pth"))
     elif not (output / "checkpoint_final.pth").is_file():
         trainer.initialize()
