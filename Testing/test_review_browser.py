@@ -133,15 +133,28 @@ def _counts(page) -> tuple[int, int]:
     return numbers[0], numbers[1]
 
 
-def _wait_counts_change(page, before: tuple[int, int], timeout_s: float = 30) -> tuple[int, int]:
+def _wait_counts_change(page, before: tuple[int, int], timeout_s: float = 30, settle_s: float = 2.0) -> tuple[int, int]:
+    """The voxel counts once they changed from ``before`` and then stayed the same for ``settle_s`` seconds.
+
+    A stroke's counts can arrive in more than one refresh (the last ones after the mouse was released), so the
+    first change alone is not the stroke's result.
+    """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        now = _counts(page)
-        if now != before:
-            time.sleep(0.8)  # the last refresh of a stroke
-            return _counts(page)
+    now = _counts(page)
+    while now == before:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the voxel counts stayed {before}")
         time.sleep(0.1)
-    raise AssertionError(f"the voxel counts stayed {before}")
+        now = _counts(page)
+    stable_since = time.monotonic()
+    while time.monotonic() - stable_since < settle_s:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the voxel counts did not settle (last {now})")
+        time.sleep(0.1)
+        latest = _counts(page)
+        if latest != now:
+            now, stable_since = latest, time.monotonic()
+    return now
 
 
 def _view_pixels(page, index: int = 0) -> np.ndarray:
@@ -217,6 +230,7 @@ def test_paint_and_erase_strokes_change_the_counts_then_export(page, dataset) ->
 
     page.click("#segment-lesion")
     page.click("#effect-paint")
+    page.wait_for_function("document.querySelector('#active-effect').textContent.includes('paint')")
     page.mouse.move(x0 - 25, y0)
     page.mouse.down()
     page.mouse.move(x0 + 25, y0, steps=12)
@@ -226,6 +240,7 @@ def test_paint_and_erase_strokes_change_the_counts_then_export(page, dataset) ->
     assert gained > 0 and 0 < lost_cord_only <= gained  # overwrite: lesion painted over the cord leaves "cord only"
 
     page.click("#effect-erase")
+    page.wait_for_function("document.querySelector('#active-effect').textContent.includes('erase')")
     page.mouse.move(x0, y0 - 25)
     page.mouse.down()
     page.mouse.move(x0, y0 + 25, steps=12)

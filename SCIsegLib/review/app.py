@@ -114,7 +114,7 @@ class ReviewApp(TrameApp):
             "counts": {"cord_only": 0, "lesion": 0, "cord": 0}, "rater": "",
             "effect": "none", "brush_mm": 3.0, "sphere": False, "segment": "lesion", "lesion_visible": True,
             "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
-            "lesions": [], "tabs": 0, "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
+            "lesions": [], "tabs": 0, "active_effect": "none", "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
         })
         self.state.change("status_filter")(lambda **_: self.refresh_cases())
         self.state.change("effect")(lambda effect, **_: self.set_effect(effect))
@@ -239,6 +239,7 @@ class ReviewApp(TrameApp):
             return
         self.slicer_app.segmentation_editor.set_active_effect_type(EFFECTS[name])
         self._apply_brush()
+        self.state.active_effect = name  # shown once the server has switched: strokes before it use the old tool
 
     def _apply_brush(self) -> None:
         effect = self.slicer_app.segmentation_editor.active_effect
@@ -419,6 +420,7 @@ class ReviewApp(TrameApp):
                                 ("draw", "Draw (d)"), ("smoothing", "Smooth"), ("none", "No tool (Esc)")):
                 v3.VBtn(label, click=f"effect = '{name}'", size="small", classes="ma-1", id=f"effect-{name}",
                         color=(f"effect === '{name}' ? 'primary' : undefined",))
+        html.Div("Active tool: {{ active_effect }}", id="active-effect", classes="text-caption")
         v3.VSlider(v_model=("brush_mm",), min=0.5, max=20, step=0.5, label="Brush mm", hide_details=True,
                    thumb_label=True, density="compact", id="brush-size")
         v3.VCheckbox(v_model=("sphere",), label="Sphere brush", hide_details=True, density="compact")
