@@ -172,8 +172,7 @@ def export_correction(
         raise InputError(f"{source}: no such source image.")
     if not Path(root).is_dir():
         raise InputError(f"--root {root} is not a folder; give the BIDS dataset's folder.")
-    check_whole_image_file(source, "source image")
-    reference = load_mask(source, binary=False)
+    reference = load_mask(source, binary=False)  # header, size and completeness checked before any voxel is read
     subject, session = bids_entities(source, subject, session)
     arrays = {}
     for name, mask in (("sc", cord), ("lesion", lesion), ("predicted_sc", predicted_cord), ("predicted_lesion", predicted_lesion)):
