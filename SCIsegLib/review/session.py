@@ -21,6 +21,7 @@ from ..lesions import analyze_lesions
 from ..runner import RunOptions, SegmentationRun
 from ..training.export import VERSIONS, ExportResult, export_correction, labels_folder, latest_version, version_numbers
 from ..volume import load_image, on_grid_of, write_image_atomic
+from .memory import keep_large_buffers_in_mmap, release_freed_memory
 from .paths import case_image_path, contained, prediction_paths
 
 
@@ -51,9 +52,15 @@ def version_count(root: Path, image_path: Path) -> int:
 
 
 class ReviewSession:
-    """Open, edit, measure and export cases of one BIDS root in a trame-slicer ``SlicerApp``."""
+    """Open, edit, measure and export cases of one BIDS root in a trame-slicer ``SlicerApp``.
+
+    Opening a case closes the previous one first: its nodes leave the scene, the undo history is
+    cleared, and the freed memory goes back to the system (:mod:`.memory`), so a rater can go through
+    hundreds of cases in one server.
+    """
 
     def __init__(self, slicer_app, root: Path, model: str | None = None) -> None:
+        keep_large_buffers_in_mmap()  # before any scan is loaded: see memory.py
         self.app = slicer_app
         self.root = Path(root)
         self.model = model
@@ -72,45 +79,65 @@ class ReviewSession:
         return self.app.segmentation_editor
 
     def close_case(self) -> None:
-        """Remove the case's nodes (and their display and storage nodes) from the scene."""
+        """Remove the case's nodes (with their display and storage nodes) and its undo history; free the memory."""
         if self.case is None:
             return
-        self.editor.clear()
-        for node in (self.case.segmentation_node, self.case.volume_node):
-            for index in range(node.GetNumberOfDisplayNodes()):
-                display = node.GetNthDisplayNode(index)
-                if display is not None:
-                    self.scene.RemoveNode(display)
+        case, self.case = self.case, None
+        self.editor.clear()  # undo history (each command holds two copies of the segmentation) and active effect
+        self._remove_nodes(case.segmentation_node, case.volume_node)
+        del case  # its arrays too, before the memory is given back
+        release_freed_memory()
+
+    def _remove_nodes(self, *nodes) -> None:
+        """Remove nodes with their display and storage nodes (those still in the scene)."""
+        for node in nodes:
+            if node is None or not self.scene.IsNodePresent(node):
+                continue
+            helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+            helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+            for helper in helpers:
+                if helper is not None and self.scene.IsNodePresent(helper):
+                    self.scene.RemoveNode(helper)
             self.scene.RemoveNode(node)
-        self.case = None
 
     def has_prediction(self, case_id: str) -> bool:
         return all(path.is_file() for path in prediction_paths(self.root, case_id).values())
 
     def open_case(self, case_id: str) -> OpenCase:
-        """Load a case's image and prediction (empty masks when none) as segments; the editor edits them."""
+        """Load a case's image and prediction (empty masks when none) as segments; the editor edits them.
+
+        The files are read and checked before the scene changes: a case that cannot be opened leaves the
+        open one as it was, and a failure while adding the nodes leaves none of them behind.
+        """
         image_path = case_image_path(self.root, case_id)
         image = load_image(image_path)
-        self.close_case()
-        volume = mrml.add_volume_node(self.scene, image, case_id.rsplit("/", 1)[1])
-        volume.CreateDefaultDisplayNodes()
         predictions = prediction_paths(self.root, case_id)
         if self.has_prediction(case_id):
             cord = on_grid_of(sitk.ReadImage(str(contained(self.root, predictions["sc"]))), image, what="the cord prediction", where=str(image_path))
             lesion = on_grid_of(sitk.ReadImage(str(contained(self.root, predictions["lesion"]))), image, what="the lesion prediction", where=str(image_path))
         else:
-            cord = lesion = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+            cord = sitk.Image(image.GetSize(), sitk.sitkUInt8)
             cord.CopyInformation(image)
             lesion = sitk.Image(cord)
-        segmentation = mrml.import_sciseg_masks(self.logic, self.scene, volume, cord, lesion)
         predicted = np.zeros(sitk.GetArrayViewFromImage(cord).shape, np.uint8)
         predicted[sitk.GetArrayViewFromImage(cord) > 0] = 1
         predicted[sitk.GetArrayViewFromImage(lesion) > 0] = 2
-        self.editor.set_active_segmentation(segmentation, volume)
-        from trame_slicer.segmentation import SegmentationOverwriteMode
+        versions = version_count(self.root, image_path)
+        self.close_case()
+        volume = segmentation = None
+        try:
+            volume = mrml.add_volume_node(self.scene, image, case_id.rsplit("/", 1)[1])
+            volume.CreateDefaultDisplayNodes()
+            segmentation = mrml.import_sciseg_masks(self.logic, self.scene, volume, cord, lesion)
+            self.editor.set_active_segmentation(segmentation, volume)
+            from trame_slicer.segmentation import SegmentationOverwriteMode
 
-        self.editor.set_overwrite_mode(SegmentationOverwriteMode.OVERWRITE_ALL)
-        self.case = OpenCase(case_id, image_path, volume, segmentation, predicted, version_count(self.root, image_path))
+            self.editor.set_overwrite_mode(SegmentationOverwriteMode.OVERWRITE_ALL)
+        except BaseException:
+            self.editor.clear()
+            self._remove_nodes(segmentation, volume)
+            raise
+        self.case = OpenCase(case_id, image_path, volume, segmentation, predicted, versions)
         return self.case
 
     def labels(self) -> np.ndarray:
