@@ -252,3 +252,84 @@ def test_app_actions_apply_slicer_effects(bids) -> None:
         app.run.poll()
         time.sleep(0.05)
     assert app.run.cancelled and app.run.finished and not app.run.is_running
+
+
+# ---------------------------------------------------------------------------------------------- case changes leave nothing
+def _node_classes(scene) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for index in range(scene.GetNumberOfNodes()):
+        name = scene.GetNthNode(index).GetClassName()
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _paint_five_lesion_voxels(app) -> None:
+    """Five cord-only voxels become lesion through the editor's modifier (an undoable stroke, as Paint does)."""
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    labels = app.session.labels()
+    app._set_segment("lesion")
+    modifier = app.slicer_app.segmentation_editor.active_segment_modifier
+    stroke = modifier.create_modifier_labelmap()
+    dims = stroke.GetDimensions()
+    voxels = vtk_to_numpy(stroke.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    voxels[:] = 0
+    for z, y, x in np.argwhere(labels == 1)[:5]:
+        voxels[z, y, x] = 1
+    stroke.Modified()
+    modifier.apply_labelmap(stroke)
+
+
+def test_changing_case_leaves_no_node_no_undo_and_no_reference_behind(bids) -> None:
+    """Eight openings through the app's own action, each edited (undo history) and measured: the scene holds
+    exactly the same nodes after every change, the history is empty, and the closed case's nodes are held
+    by nothing but this test's own reference (no view, pipeline or editor keeps them)."""
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    import ctypes.util
+
+    if ctypes.util.find_library("EGL") is None:
+        pytest.skip("EGL is not installed (apt-get install libegl1): the app's views need offscreen rendering")
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from trame.app import get_server
+
+    from SCIsegLib.review.app import ReviewApp
+
+    app = ReviewApp(bids["root"], bids["queue"], "sciseg-demo", server=get_server("review_case_changes", client_type="vue3"))
+    scene = app.slicer_app.scene
+    first_nodes, previous = None, None
+    for opening in range(8):
+        case_id = CASES["sub-01"] if opening % 2 == 0 else CASES["sub-02"]
+        app.open_case(case_id)
+        assert app.state.case_id == case_id and not app.state.error
+        assert app.undo_stack.n_commands() == 0  # the previous case's strokes cannot be undone into this one
+        nodes = _node_classes(scene)
+        first_nodes = first_nodes or nodes
+        assert nodes == first_nodes, f"opening {opening + 1}: the scene went from {first_nodes} to {nodes}"
+        if previous is not None:
+            for node in previous:
+                assert node.GetScene() is None and node.GetReferenceCount() == 1, f"{node.GetName()} is still referenced"
+        _paint_five_lesion_voxels(app)
+        assert app.undo_stack.n_commands() == 1
+        app.update_measures()
+        assert app.state.lesions and app.state.counts["lesion"] > 0
+        previous = (app.session.case.volume_node, app.session.case.segmentation_node)
+    assert sum(first_nodes.values()) == scene.GetNumberOfNodes()
+
+
+def test_a_case_that_cannot_open_leaves_the_open_case_and_the_scene_as_they_were(session_factory, bids) -> None:
+    root = bids["root"]
+    broken = "sub-05/anat/sub-05_T2w"
+    (root / "sub-05" / "anat").mkdir(parents=True)
+    (root / f"{broken}.nii.gz").write_bytes((root / f"{CASES['sub-01']}.nii.gz").read_bytes())
+    predictions = prediction_paths(root, broken)
+    predictions["sc"].parent.mkdir(parents=True)
+    off_grid = sitk.Image([10, 10, 10], sitk.sitkUInt8)  # not the image's 60x55x52 grid
+    for path in predictions.values():
+        sitk.WriteImage(off_grid, str(path))
+    session = session_factory()
+    case = session.open_case(CASES["sub-01"])
+    nodes = _node_classes(session.scene)
+    with pytest.raises(InputError, match="sub-05_T2w: the cord prediction does not lie on the grid"):
+        session.open_case(broken)
+    assert session.case is case and _node_classes(session.scene) == nodes
+    assert session.voxel_counts()["lesion"] == LESION_VOXELS_SUB01

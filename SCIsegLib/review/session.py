@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import mrml
+from ..errors import InputError
 from ..lesions import analyze_lesions
 from ..runner import RunOptions, SegmentationRun
 from ..training.export import VERSIONS, ExportResult, export_correction, labels_folder, latest_version, version_numbers
@@ -113,8 +114,13 @@ class ReviewSession:
         image = load_image(image_path)
         predictions = prediction_paths(self.root, case_id)
         if self.has_prediction(case_id):
-            cord = on_grid_of(sitk.ReadImage(str(contained(self.root, predictions["sc"]))), image, what="the cord prediction", where=str(image_path))
-            lesion = on_grid_of(sitk.ReadImage(str(contained(self.root, predictions["lesion"]))), image, what="the lesion prediction", where=str(image_path))
+            try:
+                cord = on_grid_of(sitk.ReadImage(str(contained(self.root, predictions["sc"]))), image, what="the cord prediction", where=str(image_path))
+                lesion = on_grid_of(sitk.ReadImage(str(contained(self.root, predictions["lesion"]))), image, what="the lesion prediction", where=str(image_path))
+            except ValueError as error:  # not on the image's grid
+                raise InputError(f"cannot open {case_id}: {error}; segment it again or remove its prediction.") from None
+            except RuntimeError:  # SimpleITK could not read a file
+                raise InputError(f"cannot open {case_id}: its prediction files cannot be read; segment it again or remove them.") from None
         else:
             cord = sitk.Image(image.GetSize(), sitk.sitkUInt8)
             cord.CopyInformation(image)
