@@ -61,3 +61,42 @@ def make_review_bids(root: Path, shared: Path) -> dict[str, Path]:
         }
     queue.write_text(json.dumps({"scans": scans}))
     return {"root": root, "queue": queue}
+
+
+
+FULL_FOV_SUBJECTS = ("errsm_11", "errsm_18", "errsm_21")
+
+
+def lesion_inside(cord: sitk.Image) -> sitk.Image:
+    """A 3x3x3 voxel lesion around the cord voxel nearest the centre of the cord's middle slice (a curved
+    cord's centre of mass may lie outside it), kept inside the cord."""
+    array = sitk.GetArrayFromImage(cord) > 0
+    voxels = np.argwhere(array)
+    middle = voxels[voxels[:, 0] == int(np.median(voxels[:, 0]))]
+    z, y, x = (int(v) for v in middle[np.argmin(((middle - middle.mean(axis=0)) ** 2).sum(axis=1))])
+    lesion = np.zeros(array.shape, np.uint8)
+    lesion[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 1
+    lesion &= array.astype(np.uint8)
+    image = sitk.GetImageFromArray(lesion)
+    image.CopyInformation(cord)
+    return image
+
+
+def make_full_fov_bids(root: Path, shared: Path) -> list[str]:
+    """Cases at the realistic size (384 x ~216 x 52 voxels, 1 mm: ~4.3 M voxels) from ``sct_2014_errsm``; returns their ids.
+
+    Each gets its manual cord mask as the cord prediction and a small lesion inside the cord. No queue file.
+    """
+    cases = []
+    for index, subject in enumerate(FULL_FOV_SUBJECTS, start=1):
+        case = f"sub-{index:02d}/anat/sub-{index:02d}_T2w"
+        image_path = root / f"{case}.nii.gz"
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared / "sct_2014_errsm" / subject / "t2.nii.gz", image_path)
+        cord = sitk.Cast(sitk.ReadImage(str(shared / "sct_2014_errsm" / subject / "t2_manual_segmentation.nii.gz")) > 0.5, sitk.sitkUInt8)
+        folder = root / "derivatives" / "sciseg" / f"sub-{index:02d}" / "anat"
+        _write(cord, folder / f"sub-{index:02d}_T2w_sc_seg.nii.gz")
+        _write(lesion_inside(cord), folder / f"sub-{index:02d}_T2w_lesion_seg.nii.gz")
+        cases.append(case)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "review memory test", "BIDSVersion": "1.9.0"}))
+    return cases
