@@ -85,7 +85,14 @@ class ReviewSession:
             return
         case, self.case = self.case, None
         self.editor.clear()  # undo history (each command holds two copies of the segmentation) and active effect
+        logic = self.editor.editor_logic  # it would hold both nodes until the next case is made active
+        logic.SetSegmentationNode(None)
+        logic.SetSourceVolumeNode(None)
         self._remove_nodes(case.segmentation_node, case.volume_node)
+        for node in (case.segmentation_node, case.volume_node):
+            # trame-slicer's wrapper of the segmentation observes its node with a lambda that refers to the
+            # wrapper: a cycle through VTK that only a full gc.collect() would free, with the case's voxels.
+            node.RemoveAllObservers()
         del case  # its arrays too, before the memory is given back
         release_freed_memory()
 
