@@ -326,7 +326,7 @@ def test_changing_case_leaves_no_node_no_undo_and_no_reference_behind(bids) -> N
     assert sum(first_nodes.values()) == scene.GetNumberOfNodes()
 
 
-def test_a_case_that_cannot_open_leaves_the_open_case_and_the_scene_as_they_were(session_factory, bids) -> None:
+def test_a_case_that_cannot_open_leaves_the_open_case_and_the_scene_as_they_were(session_factory, bids, monkeypatch) -> None:
     root = bids["root"]
     broken = "sub-05/anat/sub-05_T2w"
     (root / "sub-05" / "anat").mkdir(parents=True)
@@ -337,9 +337,20 @@ def test_a_case_that_cannot_open_leaves_the_open_case_and_the_scene_as_they_were
     for path in predictions.values():
         sitk.WriteImage(off_grid, str(path))
     session = session_factory()
+    session.open_case(CASES["sub-02"])
+    session.close_case()
+    empty = _node_classes(session.scene)  # with the editor's own nodes, made at the first opening
     case = session.open_case(CASES["sub-01"])
     nodes = _node_classes(session.scene)
     with pytest.raises(InputError, match="sub-05_T2w: the cord prediction does not lie on the grid"):
         session.open_case(broken)
     assert session.case is case and _node_classes(session.scene) == nodes
     assert session.voxel_counts()["lesion"] == LESION_VOXELS_SUB01
+
+    def failing_import(*_args, **_kwargs):
+        raise RuntimeError("simulated failure after the volume node was added")
+
+    monkeypatch.setattr("SCIsegLib.review.session.mrml.import_sciseg_masks", failing_import)
+    with pytest.raises(RuntimeError, match="simulated"):
+        session.open_case(CASES["sub-02"])
+    assert session.case is None and _node_classes(session.scene) == empty  # the half-added case left nothing

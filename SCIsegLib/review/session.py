@@ -84,29 +84,29 @@ class ReviewSession:
         if self.case is None:
             return
         case, self.case = self.case, None
+        self._discard(case.segmentation_node, case.volume_node)
+        del case  # its arrays too, before the memory is given back
+        release_freed_memory()
+
+    def _discard(self, segmentation_node, volume_node) -> None:
+        """Let the editor go of a case's nodes, then remove them (and their display and storage nodes) from the scene."""
         self.editor.clear()  # undo history (each command holds two copies of the segmentation) and active effect
         logic = self.editor.editor_logic  # it would hold both nodes until the next case is made active
         logic.SetSegmentationNode(None)
         logic.SetSourceVolumeNode(None)
-        self._remove_nodes(case.segmentation_node, case.volume_node)
-        for node in (case.segmentation_node, case.volume_node):
+        for node in (segmentation_node, volume_node):
+            if node is None:
+                continue
+            if self.scene.IsNodePresent(node):
+                helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+                helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+                for helper in helpers:
+                    if helper is not None and self.scene.IsNodePresent(helper):
+                        self.scene.RemoveNode(helper)
+                self.scene.RemoveNode(node)
             # trame-slicer's wrapper of the segmentation observes its node with a lambda that refers to the
             # wrapper: a cycle through VTK that only a full gc.collect() would free, with the case's voxels.
             node.RemoveAllObservers()
-        del case  # its arrays too, before the memory is given back
-        release_freed_memory()
-
-    def _remove_nodes(self, *nodes) -> None:
-        """Remove nodes with their display and storage nodes (those still in the scene)."""
-        for node in nodes:
-            if node is None or not self.scene.IsNodePresent(node):
-                continue
-            helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-            helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
-            for helper in helpers:
-                if helper is not None and self.scene.IsNodePresent(helper):
-                    self.scene.RemoveNode(helper)
-            self.scene.RemoveNode(node)
 
     def has_prediction(self, case_id: str) -> bool:
         return all(path.is_file() for path in prediction_paths(self.root, case_id).values())
@@ -147,8 +147,7 @@ class ReviewSession:
 
             self.editor.set_overwrite_mode(SegmentationOverwriteMode.OVERWRITE_ALL)
         except BaseException:
-            self.editor.clear()
-            self._remove_nodes(segmentation, volume)
+            self._discard(segmentation, volume)
             raise
         self.case = OpenCase(case_id, image_path, volume, segmentation, predicted, versions)
         return self.case
