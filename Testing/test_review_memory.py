@@ -3,8 +3,8 @@
 The real command serves three full field-of-view scans (384 x ~216 x 52 voxels, the size raters open);
 headless Chromium opens eight cases one after another, with the views rendering each (the memory grew
 only with a browser connected: rendered views, encoded frames). Before the fix the server's resident
-memory grew by 25-33 MB per opening (about +200 MB over these eight); now it must stay within 40 MB of
-what it was with the first case open. About 40 s on 2 cores.
+memory grew by 25-50 MB per opening (775 -> 919 MB over these eight); now it must stay within 40 MB of
+what it was with the first case open (measured: 736 -> 750 MB). About 40 s on 2 cores.
 """
 
 from __future__ import annotations

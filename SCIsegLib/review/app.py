@@ -43,6 +43,7 @@ from vtkmodules.vtkCommonCore import vtkObject
 
 from ..errors import SCIsegError
 from .cases import list_cases, next_uncorrected
+from .memory import release_freed_memory
 from .session import ReviewSession, measure_lesions, publish_prediction, start_segmentation
 
 EFFECTS = {
@@ -181,6 +182,8 @@ class ReviewApp(TrameApp):
             return
         labels, reference = self.session.labels(), self.session.reference_image()
         rows, centres = await asyncio.to_thread(measure_lesions, labels, reference)
+        del labels, reference
+        release_freed_memory()  # the measurement's arrays (in its thread's arena) go back too
         if self.session.case is None or self.session.case.case_id != case_id:
             return
         self.session.case.lesion_centres_ras = centres

@@ -22,7 +22,7 @@ from ..lesions import analyze_lesions
 from ..runner import RunOptions, SegmentationRun
 from ..training.export import VERSIONS, ExportResult, export_correction, labels_folder, latest_version, version_numbers
 from ..volume import load_image, on_grid_of, write_image_atomic
-from .memory import keep_large_buffers_in_mmap, release_freed_memory
+from .memory import release_freed_memory
 from .paths import case_image_path, contained, prediction_paths
 
 
@@ -61,7 +61,6 @@ class ReviewSession:
     """
 
     def __init__(self, slicer_app, root: Path, model: str | None = None) -> None:
-        keep_large_buffers_in_mmap()  # before any scan is loaded: see memory.py
         self.app = slicer_app
         self.root = Path(root)
         self.model = model
