@@ -41,6 +41,10 @@ def _missing_requirement() -> str | None:
         return "neither EGL nor OSMesa is installed (apt-get install libegl1 libosmesa6)"
     if not Path("/proc/self/status").is_file():
         return "resident memory is read from /proc (Linux only)"
+    from SCIsegLib.review.memory import _glibc
+
+    if _glibc() is None:
+        return "the C library is not glibc: the server gives memory back with glibc's malloc_trim"
     return None
 
 
