@@ -15,6 +15,7 @@ import hmac
 import os
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,9 @@ def _status_route(app, token: str | None):
 def _exit_when_stdin_closes(app) -> None:
     def watch() -> None:
         try:
-            while sys.stdin.buffer.read(65536):
+            while os.read(0, 65536):  # the raw descriptor: a buffered reader's lock would stall the interpreter's exit
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         stop_segmentation(app)
         os._exit(0)  # the front is gone: nobody can reach this worker any more
@@ -95,10 +96,19 @@ def main(argv: list[str] | None = None) -> None:
     app.server.controller.on_server_bind.add(_status_route(app, token))
     app.server.controller.on_server_ready.add(lambda **_: print(f"{READY_PREFIX}{app.server.port}", flush=True))
     _exit_when_stdin_closes(app)
+    code = 1
     try:
         serve(app, host="127.0.0.1", port=0, token=token)
+        code = 0
+    except (KeyboardInterrupt, SystemExit):  # SIGINT, or SIGTERM through aiohttp's GracefulExit
+        code = 0
+    except BaseException:
+        traceback.print_exc()
     finally:
         stop_segmentation(app)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # skip tearing down the scene and VTK one object at a time: nothing of it is kept
 
 
 if __name__ == "__main__":
