@@ -167,6 +167,8 @@ def test_the_front_refuses_every_request_without_the_token(front: FrontProcess) 
         status, body, _ = stranger.get(front.url + path)
         assert status == 403 and "access token" in body, path
     assert front.workers() == []  # nothing was started for a stranger
+    status, body, _ = Tab().get(f"{front.url}/index.html?secret={TOKEN}")  # a probe or bookmark: a link to "/" only
+    assert status == 200 and "http-equiv='refresh'" in body and front.workers() == []
 
     async def websocket_without_cookie() -> int:
         async with aiohttp.ClientSession() as session:

@@ -65,10 +65,11 @@ def make_dataset(root: Path) -> list[str]:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident MB of the command and its children: the front and each browser tab's worker process."""
+    import psutil
+
+    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sum(process.memory_info().rss for process in processes) / 2**20
 
 
 def view_rgb(page) -> np.ndarray:

@@ -105,6 +105,7 @@ class Front:
         self.cookie = f"sciseg_review_token_{port}"  # fronts on other ports of one host keep their own cookie
         app = web.Application(middlewares=[self._require_token])
         app.router.add_get("/", self._new_session)
+        app.router.add_get("/index.html", self._index)
         app.router.add_route("*", "/s/{sid}", self._add_slash)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self._to_worker)
         app.on_startup.append(self._startup)
@@ -153,6 +154,12 @@ class Front:
                          "or ask whoever started sciseg review to restart it with a larger --max-sessions.", 503)
         self._launch(worker)
         return _redirect(self._with_secret(f"/s/{worker.session_id}/"))
+
+    async def _index(self, request: web.Request) -> web.Response:
+        """A page that sends the browser to ``/`` (a new session); answering it starts nothing (probes, bookmarks)."""
+        target = html.escape(self._with_secret("/"))
+        return web.Response(text=f"<!doctype html><meta http-equiv='refresh' content='0; url={target}'>"
+                                 f"<a href='{target}'>SCIseg review</a>", content_type="text/html")
 
     async def _add_slash(self, request: web.Request) -> web.StreamResponse:
         return _redirect(self._with_secret(f"/s/{request.match_info['sid']}/"))
