@@ -86,7 +86,7 @@ class FrontProcess:
     """A real front (``run_front``) on a free port with echo workers; ``unsaved`` is the folder of their flags."""
 
     def __init__(self, tmp_path: Path, token: str | None = TOKEN, max_sessions: int = 2, idle_s: float = 3600.0,
-                 reclaim_after_s: float = 3600.0) -> None:
+                 reclaim_after_s: float = 3600.0, worker: Path = ECHO_WORKER) -> None:
         import socket
 
         with socket.socket() as probe:
@@ -96,7 +96,7 @@ class FrontProcess:
         self.unsaved = tmp_path / "unsaved"
         self.unsaved.mkdir(exist_ok=True)
         options = {"root": str(tmp_path), "token": token, "max": max_sessions, "idle": idle_s, "reclaim": reclaim_after_s,
-                   "port": self.port, "worker": str(ECHO_WORKER)}
+                   "port": self.port, "worker": str(worker)}
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPOSITORY), str(ECHO_WORKER.parent)]))
         environment["ECHO_WORKER_UNSAVED"] = str(self.unsaved)
         self.log = tmp_path / f"front_{self.port}.log"
@@ -258,3 +258,15 @@ def test_no_worker_outlives_the_front(tmp_path: Path, how: str) -> None:
     front.process.send_signal(getattr(signal, how))  # SIGKILL: the workers see their stdin close
     front.process.wait(timeout=30)
     assert _gone(pids, 15), f"workers left after the front's {how}"
+
+
+def test_a_worker_that_cannot_start_gives_a_page_with_its_last_words(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_worker.py"
+    broken.write_text("import sys\nprint('no such dataset: /nowhere', flush=True)\nsys.exit(2)\n")
+    front = FrontProcess(tmp_path, token=None, worker=broken)
+    try:
+        status, body, _ = Tab().get(f"{front.url}/")
+        assert status == 500 and "could not start" in body and "exit code 2" in body and "no such dataset" in body
+        assert front.workers() == []
+    finally:
+        front.stop()

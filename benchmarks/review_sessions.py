@@ -6,6 +6,10 @@ rater in turn: seconds from opening the address to the case list (the front star
 from the case click to the first image with its overlay; the resident memory of the front and of each worker
 (idle, then with its case open); finally the seconds the front takes to end every worker on SIGTERM.
 
+The cost of the front's proxy: a second tab opened straight on the first rater's worker (127.0.0.1:<its port>,
+the same session) and short paint strokes made alternately through the front and straight, each timed from
+mouse release to the painted pixels in the tab that painted (same worker, same scene, same load).
+
 Usage (about 1 minute on 2 shared CPU cores)::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/review_sessions.py --work /tmp/review_sessions --raters 3 \\
@@ -20,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -37,10 +42,43 @@ def worker_rss_mb(front: psutil.Process) -> dict[int, float]:
     return {child.pid: round(child.memory_info().rss / 2**20, 1) for child in front.children()}
 
 
+def stroke_to_view_s(page, x: float, y: float) -> float:
+    before = lesion_pixels(view_rgb(page))
+    page.mouse.move(x - 6, y)
+    page.mouse.down()
+    page.mouse.move(x + 6, y, steps=4)
+    page.mouse.up()
+    released = time.perf_counter()
+    done, _ = wait_view(page, lambda rgb: lesion_pixels(rgb) > before + 5, timeout_s=30)
+    return round(done - released, 2)
+
+
+def proxy_cost(browser, through_front, worker: psutil.Process, strokes: int) -> dict[str, list[float]]:
+    """Strokes alternately in a tab through the front and in a tab straight on the same worker."""
+    (port,) = {c.laddr.port for c in worker.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    straight = browser.new_context(viewport=VIEWPORT).new_page()
+    straight.goto(f"http://127.0.0.1:{port}/")
+    straight.wait_for_selector(".case-item", timeout=60_000)
+    through_front.click("#segment-lesion")
+    through_front.click("#effect-paint")
+    for tab in (through_front, straight):
+        tab.wait_for_function("document.querySelector('#active-effect').textContent.includes('paint')")
+    box = through_front.locator(".remote-controlled-area").nth(0).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    times: dict[str, list[float]] = {"through_front": [], "straight_to_worker": []}
+    for index in range(strokes):
+        for name, tab in (("through_front", through_front), ("straight_to_worker", straight)):
+            offset = (index * 2 + (name == "straight_to_worker") + 1) * 5  # a new row of the view each time
+            times[name].append(stroke_to_view_s(tab, x, y + (offset if index % 2 else -offset)))
+    straight.context.close()
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--raters", type=int, default=3)
+    parser.add_argument("--strokes", type=int, default=5, help="strokes through the front and as many straight to the worker")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -93,6 +131,7 @@ def main() -> None:
                 })
                 pages.append(page)
             results["all_workers_rss_mb_at_end"] = worker_rss_mb(front)
+            results["stroke_release_to_view_s"] = proxy_cost(browser, pages[0], psutil.Process(results["raters"][0]["worker_pid"]), args.strokes)
             results["front_rss_mb_at_end"] = round(front.memory_info().rss / 2**20, 1)
             browser.close()
         workers = front.children()
@@ -102,6 +141,7 @@ def main() -> None:
         gone, alive = psutil.wait_procs(workers, timeout=30)
         results["sigterm_to_all_workers_gone_s"] = round(time.perf_counter() - stopping, 2)
         results["workers_left_after_stop"] = [p.pid for p in alive]
+        results["stroke_to_view_median_s"] = {k: statistics.median(v) for k, v in results["stroke_release_to_view_s"].items()}
         results["load_average_1_5_15_min_at_end"] = [round(v, 1) for v in os.getloadavg()]
     finally:
         if server.poll() is None:

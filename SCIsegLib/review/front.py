@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
+from yarl import URL
 
 from .auth import TOKEN_ENVIRONMENT
 from .launcher import (
@@ -73,8 +74,16 @@ def worker_command(settings: FrontSettings) -> list[str]:
     return command + (["--queue", str(settings.queue)] if settings.queue is not None else [])
 
 
+def _worker_url(scheme: str, port: int, tail: str) -> URL:
+    """The worker's address for the path after ``/s/<session>/``: always 127.0.0.1 and that port, the path encoded."""
+    return URL.build(scheme=scheme, host="127.0.0.1", port=port, path="/" + tail)
+
+
 def _redirect(location: str) -> web.Response:
-    """A 302 returned (not raised) so the token middleware can still set its cookie on it."""
+    """A 302 returned (not raised) so the token middleware can still set its cookie on it.
+
+    Locations are relative, so the front also works behind a reverse proxy that mounts it under a path prefix.
+    """
     return web.Response(status=302, headers={"Location": location})
 
 
@@ -153,22 +162,22 @@ class Front:
                          "open browser tab). Close a review tab you no longer use and reload this page in a few minutes, "
                          "or ask whoever started sciseg review to restart it with a larger --max-sessions.", 503)
         self._launch(worker)
-        return _redirect(self._with_secret(f"/s/{worker.session_id}/"))
+        return _redirect(self._with_secret(f"s/{worker.session_id}/"))
 
     async def _index(self, request: web.Request) -> web.Response:
         """A page that sends the browser to ``/`` (a new session); answering it starts nothing (probes, bookmarks)."""
-        target = html.escape(self._with_secret("/"))
+        target = html.escape(self._with_secret("./"))
         return web.Response(text=f"<!doctype html><meta http-equiv='refresh' content='0; url={target}'>"
                                  f"<a href='{target}'>SCIseg review</a>", content_type="text/html")
 
     async def _add_slash(self, request: web.Request) -> web.StreamResponse:
-        return _redirect(self._with_secret(f"/s/{request.match_info['sid']}/"))
+        return _redirect(self._with_secret(f"{request.match_info['sid']}/"))
 
     async def _to_worker(self, request: web.Request) -> web.StreamResponse:
         sid, tail = request.match_info["sid"], request.match_info["tail"]
         worker = self.table.get(sid) if is_session_id(sid) else None
         if worker is None:  # ended (idle, reclaimed, front restarted) or never existed: a new session
-            return _redirect(self._with_secret("/"))
+            return _redirect(self._with_secret("../" * (tail.count("/") + 2)))  # the review address
         try:
             port = await asyncio.wait_for(asyncio.shield(self._ready[sid]), self.settings.start_timeout_s)
         except asyncio.TimeoutError:
@@ -178,7 +187,7 @@ class Front:
             return _page("SCIseg review", f"Your review session could not start: {error}", 500)
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
         if self.settings.token and not websocket and tail in ("", "index.html") and "secret" not in request.query:
-            return _redirect(self._with_secret(f"/s/{sid}/{tail}"))  # the page hands the token to wslink's hello
+            return _redirect(self._with_secret(f"./{tail}"))  # the page hands the token to wslink's hello
         if websocket:
             return await self._proxy_websocket(request, sid, port, tail)
         return await self._proxy_http(request, port, tail)
@@ -187,7 +196,7 @@ class Front:
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
         body = await request.read()
         try:
-            async with self._client.request(request.method, f"http://127.0.0.1:{port}/{tail}", params=request.query,
+            async with self._client.request(request.method, _worker_url("http", port, tail), params=request.query,
                                             headers=headers, data=body or None, allow_redirects=False) as upstream:
                 payload = await upstream.read()
                 answer = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP)
@@ -200,7 +209,7 @@ class Front:
         await browser.prepare(request)
         self.table.connected(sid)
         try:
-            async with self._client.ws_connect(f"ws://127.0.0.1:{port}/{tail}", max_msg_size=0) as upstream:
+            async with self._client.ws_connect(_worker_url("ws", port, tail), max_msg_size=0) as upstream:
                 pumps = [asyncio.create_task(_pump(browser, upstream)), asyncio.create_task(_pump(upstream, browser))]
                 await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
                 for pump in pumps:
@@ -265,8 +274,10 @@ class Front:
             last = self._output[sid][-1] if self._output[sid] else "no output"
             ready.set_exception(RuntimeError(f"its worker stopped with exit code {code} ({last})"))
             ready.exception()  # read here: a tab may never come to ask
-        if self.processes.get(sid) is process:
+        self._output.pop(sid, None)
+        if self.processes.get(sid) is process:  # it ended by itself (stop_worker removes it first)
             self.processes.pop(sid, None)
+            self._ready.pop(sid, None)
             self.table.remove(sid)
             self._log(f"session {sid[:8]}: worker pid {process.pid} ended (exit code {code})")
 
