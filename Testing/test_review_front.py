@@ -270,3 +270,20 @@ def test_a_worker_that_cannot_start_gives_a_page_with_its_last_words(tmp_path: P
         assert front.workers() == []
     finally:
         front.stop()
+
+
+def test_the_command_refuses_bad_session_options_and_a_taken_port_with_exit_2(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    import socket
+
+    from SCIsegLib.cli import main
+
+    assert main(["review", "--bids", str(tmp_path), "--max-sessions", "0"]) == 2
+    assert main(["review", "--bids", str(tmp_path), "--idle-minutes", "0"]) == 2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["review", "--bids", str(tmp_path), "--port", str(taken.getsockname()[1])]) == 2
+    error = capsys.readouterr().err
+    assert "--max-sessions 0" in error and "--idle-minutes 0" in error and "choose another --port" in error
+    assert "Traceback" not in error
