@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPOSITORY
@@ -287,3 +288,45 @@ def test_the_command_refuses_bad_session_options_and_a_taken_port_with_exit_2(tm
     error = capsys.readouterr().err
     assert "--max-sessions 0" in error and "--idle-minutes 0" in error and "choose another --port" in error
     assert "Traceback" not in error
+
+
+def test_unsaved_edits_are_masks_differing_from_the_prediction_and_the_last_export(tmp_path: Path) -> None:
+    """The worker's answer to the front's idle rule, on a real scene (slicer-core) and the real exporter."""
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    from trame_slicer.core import SlicerApp
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    from conftest import SHARED_DATA, shared_file
+    from review_data import CASES, make_review_bids
+    from SCIsegLib.review.session import ReviewSession
+    from SCIsegLib.review.worker import unsaved_edits
+
+    shared_file("sct_testing_data/t2/t2.nii.gz")
+    bids = make_review_bids(tmp_path / "bids", SHARED_DATA)
+    session = ReviewSession(SlicerApp(), bids["root"], "sciseg-demo")
+    assert not unsaved_edits(session)  # no case open
+    session.open_case(CASES["sub-01"])
+    assert not unsaved_edits(session)  # the prediction as loaded
+
+    def paint_lesion(count: int) -> None:
+        session.editor.set_active_segment_id("lesion")
+        modifier = session.editor.active_segment_modifier
+        stroke = modifier.create_modifier_labelmap()
+        dims = stroke.GetDimensions()
+        voxels = vtk_to_numpy(stroke.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+        voxels[:] = 0
+        for z, y, x in np.argwhere(session.labels() == 1)[:count]:
+            voxels[z, y, x] = 1
+        stroke.Modified()
+        modifier.apply_labelmap(stroke)
+
+    paint_lesion(5)
+    assert unsaved_edits(session)
+    session.export("alice")
+    assert not unsaved_edits(session)  # the masks are the latest version on disk
+    paint_lesion(3)
+    assert unsaved_edits(session)
+    other = ReviewSession(SlicerApp(), bids["root"], "sciseg-demo")  # another rater saves the case meanwhile
+    other.open_case(CASES["sub-01"])
+    other.export("bob")  # the prediction as it is: the latest version now differs from this session's masks
+    assert unsaved_edits(session)
