@@ -330,3 +330,17 @@ def test_unsaved_edits_are_masks_differing_from_the_prediction_and_the_last_expo
     other.open_case(CASES["sub-01"])
     other.export("bob")  # the prediction as it is: the latest version now differs from this session's masks
     assert unsaved_edits(session)
+
+
+def test_a_token_with_url_characters_survives_the_redirects(tmp_path: Path) -> None:
+    from urllib.parse import quote, unquote
+
+    odd = "tok&en+with/odd=chars#0123456789"
+    front = FrontProcess(tmp_path, token=odd)
+    try:
+        status, body, url = Tab().get(f"{front.url}/?secret={quote(odd, safe='')}")
+        assert status == 200 and body.startswith("worker ")
+        assert unquote(body.split("query=secret=")[1]) == odd  # the worker's page gets the exact token for wslink
+        assert Tab().get(f"{front.url}/?secret={quote(odd[:-1], safe='')}")[0] == 403
+    finally:
+        front.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import InputError
 from .auth import TOKEN_ENVIRONMENT, access_token
@@ -17,7 +18,7 @@ from .launcher import DEFAULT_IDLE_MINUTES, DEFAULT_MAX_SESSIONS
 def review_url(host: str, port: int, token: str | None) -> str:
     """The address a rater opens; the token travels as the ``secret`` query parameter (wslink's hello)."""
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}/" + (f"?secret={token}" if token else "")
+    return f"http://{shown}:{port}/" + (f"?secret={quote(token, safe='')}" if token else "")
 
 
 def run_review(bids: Path, queue: Path | None, model: str, host: str, port: int, allow_remote: bool,

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -152,7 +153,7 @@ class Front:
                      "start (http://HOST:PORT/?secret=TOKEN).", 403)
 
     def _with_secret(self, path: str) -> str:
-        return path + (f"?secret={self.settings.token}" if self.settings.token else "")
+        return path + (f"?secret={quote(self.settings.token, safe='')}" if self.settings.token else "")
 
     # ------------------------------------------------------------------ routes
     async def _new_session(self, request: web.Request) -> web.StreamResponse:
