@@ -141,6 +141,16 @@ class Tab:
             return error.code, error.read().decode(), error.url
 
 
+def _run(coroutine):
+    """Run a coroutine on a loop of its own; unlike ``asyncio.run`` it leaves the thread's current loop as it was
+    (trame code in later tests schedules its tasks on that one)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
 def _pid(body: str) -> int:
     assert body.startswith("worker "), body
     return int(body.split()[1])
@@ -179,7 +189,7 @@ def test_the_front_refuses_every_request_without_the_token(front: FrontProcess) 
             except aiohttp.WSServerHandshakeError as error:
                 return error.status
 
-    assert asyncio.run(websocket_without_cookie()) == 403
+    assert _run(websocket_without_cookie()) == 403
 
 
 def test_each_tab_gets_its_own_worker_and_a_reload_returns_to_it(front: FrontProcess) -> None:
@@ -207,7 +217,7 @@ def test_each_tab_gets_its_own_worker_and_a_reload_returns_to_it(front: FrontPro
                 data = await socket.receive_bytes(timeout=10)
                 return text, data
 
-    text, data = asyncio.run(echo_through_the_front())
+    text, data = _run(echo_through_the_front())
     assert text == f"{first}:hello" and data == f"{first}:".encode() + b"\x00\x01\xff" * 1000
     # an unknown or ended session: a new session instead of an error
     status, body, url = tab.get(f"{front.url}/s/0123456789abcdef/")

@@ -344,4 +344,7 @@ async def _pump(source, target) -> None:
 def run_front(settings: FrontSettings, host: str, port: int, command: Sequence[str] | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then stop every worker. Raises ``OSError`` when the address is taken."""
     front = Front(settings, command)
-    web.run_app(front.application(port), host=host, port=port, print=None, handle_signals=True, shutdown_timeout=5)
+    try:
+        web.run_app(front.application(port), host=host, port=port, print=None, handle_signals=True, shutdown_timeout=5)
+    finally:
+        asyncio.set_event_loop(None)  # run_app leaves its closed loop as the thread's current one
