@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --allow-remote")
     web.add_argument("--port", type=int, default=8080)
     web.add_argument("--allow-remote", action="store_true", help="allow a non-loopback address (a token is then required)")
+    web.add_argument("--max-sessions", type=int, default=4, help="at most this many browser tabs, each its own worker process (~0.6-0.8 GB)")
+    web.add_argument("--idle-minutes", type=float, default=60.0, help="end a session this long after its tab left, unless it has unsaved edits")
     return parser
 
 
@@ -701,7 +703,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_review(args: argparse.Namespace) -> int:
     from .review.command import run_review
 
-    run_review(args.bids, args.queue, args.model, args.host, args.port, args.allow_remote)
+    run_review(args.bids, args.queue, args.model, args.host, args.port, args.allow_remote, args.max_sessions, args.idle_minutes)
     return EXIT_OK
 
 

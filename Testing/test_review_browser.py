@@ -1,10 +1,12 @@
 """``sciseg review`` end to end: the real command serves the app, headless Chromium (Playwright) uses it.
 
-One server (``--allow-remote`` with a token from the environment) on a small BIDS dataset made from the
-real scans, shared by the tests of this module in file order: case list, open a case, overlay pixels,
-paint and erase strokes, export (files and sidecar on disk), next case (runs the demo model in a
-child, with Cancel), refusals (token, ``../``, symlink). A second server plays a second rater exporting
-the same case at the same time. Views are small (the page is 1100x560) to keep software rendering quick.
+One ``sciseg review`` (``--allow-remote`` with a token from the environment) on a small BIDS dataset made
+from the real scans, shared by the tests of this module in file order: case list, open a case, overlay
+pixels, paint and erase strokes, export (files and sidecar on disk), next case (runs the demo model in a
+child, with Cancel), a second rater (another browser context, so another session and worker behind the
+same address) on another case at the same time, then on the same case, a reload, a duplicated tab,
+refusals (token at the front and at a worker, ``../``, symlink), and no worker left once the front is
+killed. Views are small (the page is 1100x560) to keep software rendering quick.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import SimpleITK as sitk
 
 from conftest import REPOSITORY, SHARED_DATA, shared_file
 from review_data import CASES, LESION_VOXELS_SUB01, make_review_bids
+from SCIsegLib.training.export import version_numbers
 
 TOKEN = "review-test-token-0123456789"
 VIEWPORT = {"width": 1100, "height": 560}
@@ -55,6 +59,7 @@ def _free_port() -> int:
 
 
 def _start_server(root: Path, queue: Path | None, token: str | None, log: Path) -> tuple[subprocess.Popen, str]:
+    """The real command; it answers at once (the front), each browser tab's worker starts when the tab comes."""
     port = _free_port()
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
     command = [sys.executable, "-m", "SCIsegLib", "review", "--bids", str(root), "--port", str(port), "--model", "sciseg-demo"]
@@ -69,10 +74,12 @@ def _start_server(root: Path, queue: Path | None, token: str | None, log: Path) 
         if process.poll() is not None:
             raise RuntimeError(f"the review server stopped: {log.read_text()[-2000:]}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/s/x/", timeout=2)
+            return process, f"http://127.0.0.1:{port}/"
+        except urllib.error.HTTPError:  # 403 without the token: the front answers
             return process, f"http://127.0.0.1:{port}/"
         except OSError:
-            time.sleep(0.5)
+            time.sleep(0.2)
     process.kill()
     raise RuntimeError("the review server did not answer within 90 s")
 
@@ -100,10 +107,15 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(dataset: dict[str, Path]):
+def front(dataset: dict[str, Path]):
     process, url = _start_server(dataset["root"], dataset["queue"], TOKEN, dataset["root"].parent / "server.log")
-    yield url
+    yield process, url
     _stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(front) -> str:
+    return front[1]
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +128,27 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def page(browser, server):
+def _open_session(browser, server: str):
+    """A new rater: a browser context of its own (cookies included) on the review address, so a session of its own."""
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
-    page.goto(f"{server}?secret={TOKEN}")
-    page.wait_for_selector(".case-item", timeout=60_000)
+    page.goto(f"{server}?secret={TOKEN}", timeout=90_000)
+    page.wait_for_selector(".case-item", timeout=90_000)
+    return context, page
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    context, page = _open_session(browser, server)
     yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def second_page(browser, server, page):
+    """The second rater, opened after the first (``page``) so that the first worker is up."""
+    context, second = _open_session(browser, server)
+    yield second
     context.close()
 
 
@@ -291,57 +317,143 @@ def test_next_case_segments_in_a_child_with_progress_and_cancel(page, dataset) -
     assert _counts(page) == (int((cord & ~lesion).sum()), int(lesion.sum()))
 
 
-def test_two_raters_export_the_same_case_at_once(browser, page, dataset) -> None:
-    process, url = _start_server(dataset["root"], dataset["queue"], None, dataset["root"].parent / "server_b.log")
-    try:
-        context = browser.new_context(viewport=VIEWPORT)
-        second = context.new_page()
-        second.goto(url)
-        second.wait_for_selector(".case-item", timeout=60_000)
-        for rater, tab in (("alice", page), ("bob", second)):
-            tab.click(f".case-item[data-case='{CASES['sub-02']}']")
-            tab.wait_for_function(f"document.querySelector('#case-title').textContent.includes('{CASES['sub-02']}')", timeout=60_000)
-            tab.fill("#rater", rater)
-        page.click("#export", no_wait_after=True)
-        second.click("#export", no_wait_after=True)
-        for tab in (page, second):
-            tab.wait_for_function("document.querySelector('#message').textContent.includes('saved version')", timeout=60_000)
-        messages = [page.inner_text("#message"), second.inner_text("#message")]
-        context.close()
-    finally:
-        _stop(process)
-    store = dataset["root"] / "derivatives/labels/.sciseg_versions/sub-02/anat/sub-02_T2w"
-    assert sorted(p.name for p in store.iterdir()) == ["v001", "v002"]
-    raters = {json.loads((store / v / "sub-02_T2w_dseg.json").read_text())["Rater"] for v in ("v001", "v002")}
+def _session_id(page) -> str:
+    return page.url.split("/s/")[1].split("/")[0]
+
+
+def _paint_lesion_across_the_centre(page, half_width_px: int = 20) -> None:
+    """Lesion, Paint, then a horizontal stroke through the centre of the axial view."""
+    page.click("#segment-lesion")
+    page.click("#effect-paint")
+    page.wait_for_function("document.querySelector('#active-effect').textContent.includes('paint')")
+    box = page.locator(".remote-controlled-area").nth(0).bounding_box()
+    x0, y0 = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x0 - half_width_px, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + half_width_px, y0, steps=10)
+    page.mouse.up()
+
+
+def _version_store(root: Path, subject: str) -> Path:
+    return root / "derivatives" / "labels" / ".sciseg_versions" / subject / "anat" / f"{subject}_T2w"
+
+
+def test_two_raters_on_different_cases_at_once_lose_nothing(page, second_page, dataset) -> None:
+    root = dataset["root"]
+    first, second = page, second_page
+    assert _session_id(first) != _session_id(second)  # one address, two sessions (two workers, two scenes)
+    assert first.inner_text("#case-title") == CASES["sub-03"]  # opened by the previous test
+    assert second.inner_text("#case-title") == ""  # a new session starts with no case: nothing is shared
+    first_view = _view_pixels(first)
+    second.click(f".case-item[data-case='{CASES['sub-02']}']")
+    second.wait_for_function(
+        f"document.querySelector('#case-title').textContent.includes('{CASES['sub-02']}')"
+        " && document.querySelector('#message').textContent.startsWith('opened')", timeout=60_000)
+    second_view = _wait_pixels(second, lambda rgb: _lesion_pixels(rgb).sum() > 20)
+    time.sleep(1.0)
+    assert np.abs(_view_pixels(first) - first_view).mean() < 2, "the second rater's case changed the first rater's view"
+    assert first.inner_text("#case-title") == CASES["sub-03"]
+    assert _lesion_pixels(second_view).sum() > 20 and np.abs(second_view - first_view).mean() > 5
+
+    tabs = [(first, "sub-03", "alice"), (second, "sub-02", "bob")]
+    before = [_counts(tab) for tab, _, _ in tabs]
+    for tab, _, _ in tabs:
+        _paint_lesion_across_the_centre(tab)  # one stroke right after the other: both workers edit at once
+    after = [_wait_counts_change(tab, counts) for (tab, _, _), counts in zip(tabs, before, strict=True)]
+    for tab, _, rater in tabs:
+        tab.fill("#rater", rater)
+    existing = {subject: set(version_numbers(_version_store(root, subject))) for _, subject, _ in tabs}
+    for tab, _, _ in tabs:
+        tab.click("#export", no_wait_after=True)
+    for tab, _, _ in tabs:
+        tab.wait_for_function("document.querySelector('#message').textContent.includes('saved version')", timeout=60_000)
+
+    for (tab, subject, rater), counts_before, counts_after in zip(tabs, before, after, strict=True):
+        store = _version_store(root, subject)
+        (version,) = sorted(set(version_numbers(store)) - existing[subject])
+        exported = _read(store / f"v{version:03d}" / f"{subject}_T2w_dseg.nii.gz")
+        assert (int((exported == 1).sum()), int((exported == 2).sum())) == counts_after  # what this rater saw was saved
+        predicted = _read(root / f"derivatives/sciseg/{subject}/anat/{subject}_T2w_lesion_seg.nii.gz") > 0
+        sidecar = json.loads((store / f"v{version:03d}" / f"{subject}_T2w_dseg.json").read_text())
+        assert sidecar["Rater"] == rater
+        gained = counts_after[1] - counts_before[1]
+        assert gained > 0 and sidecar["Corrections"]["lesion"]["VoxelsAdded"] == gained
+        assert sidecar["Corrections"]["lesion"]["VoxelsRemoved"] == 0
+        assert int(((exported == 2) & ~predicted).sum()) == gained
+        assert tab.inner_text("#case-title") == CASES[subject]  # each tab still shows its own case
+        stroke_row = _view_pixels(tab)[int(tab.locator(".remote-controlled-area").nth(0).bounding_box()["height"] / 2)]
+        assert _lesion_pixels(stroke_row[None]).sum() >= 10, f"{rater}'s stroke is not in {rater}'s view"
+
+
+def test_a_reload_returns_to_the_same_session(second_page) -> None:
+    session, title, counts = _session_id(second_page), second_page.inner_text("#case-title"), _counts(second_page)
+    second_page.reload()
+    second_page.wait_for_selector(".case-item", timeout=60_000)
+    second_page.wait_for_function(f"document.querySelector('#case-title').textContent.includes('{CASES['sub-02']}')")
+    assert _session_id(second_page) == session and second_page.inner_text("#case-title") == title
+    assert _counts(second_page) == counts  # the edits are still there, exported or not
+    assert _lesion_pixels(_wait_pixels(second_page, lambda rgb: _lesion_pixels(rgb).sum() > 20)).sum() > 20
+
+
+def test_two_raters_export_the_same_case_at_once(page, second_page, dataset) -> None:
+    store = _version_store(dataset["root"], "sub-02")
+    existing = set(version_numbers(store))
+    for rater, tab in (("alice", page), ("bob", second_page)):
+        tab.click(f".case-item[data-case='{CASES['sub-02']}']")
+        tab.wait_for_function(f"document.querySelector('#case-title').textContent.includes('{CASES['sub-02']}')"
+                              " && document.querySelector('#message').textContent.startsWith('opened')", timeout=60_000)
+        tab.fill("#rater", rater)
+    page.click("#export", no_wait_after=True)
+    second_page.click("#export", no_wait_after=True)
+    for tab in (page, second_page):
+        tab.wait_for_function("document.querySelector('#message').textContent.includes('saved version')", timeout=60_000)
+    messages = [page.inner_text("#message"), second_page.inner_text("#message")]
+    new = sorted(set(version_numbers(store)) - existing)
+    assert len(new) == 2
+    raters = {json.loads((store / f"v{v:03d}" / "sub-02_T2w_dseg.json").read_text())["Rater"] for v in new}
     assert raters == {"alice", "bob"}
-    told = [m for m in messages if "another version (v001) appeared" in m]
-    assert len(told) == 1 and "v002" in told[0], messages
+    told = [m for m in messages if f"another version (v{new[0]:03d}) appeared" in m]
+    assert len(told) == 1 and f"v{new[1]:03d}" in told[0], messages
 
 
-def test_connections_without_the_token_get_nothing(browser, server) -> None:
+def _worker_ports(front_process: subprocess.Popen) -> list[tuple[str, int]]:
+    """(address, port) each worker of the front listens on."""
+    import psutil
+
+    return [(c.laddr.ip, c.laddr.port) for child in psutil.Process(front_process.pid).children()
+            for c in child.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+
+
+def test_connections_without_the_token_get_nothing(browser, front, server, second_page) -> None:
+    workers = _worker_ports(front[0])
+    assert len(workers) == 2 and all(ip == "127.0.0.1" for ip, _ in workers)  # workers never listen on the network
     context = browser.new_context(viewport=VIEWPORT)
     try:
-        for address in (server, f"{server}?secret=wrong-token-0123456789"):
+        addresses = [server, f"{server}?secret=wrong-token-0123456789", f"{server}s/{_session_id(second_page)}/"]
+        addresses += [f"http://127.0.0.1:{port}/" for _, port in workers]  # straight to a worker: wslink's own check
+        for address in addresses:
             intruder = context.new_page()
             intruder.goto(address)
             time.sleep(2.5)  # an accepted connection lists the cases within about 1.5 s
-            assert intruder.locator(".case-item").count() == 0
+            assert intruder.locator(".case-item").count() == 0, address
             assert "sub-01" not in intruder.content()
             intruder.close()
     finally:
         context.close()
 
 
-def test_a_second_tab_on_the_same_server_is_warned(browser, server, page) -> None:
-    context = browser.new_context(viewport=VIEWPORT)
+def test_a_duplicated_tab_shares_its_session_and_both_are_warned(page, second_page) -> None:
+    duplicate = second_page.context.new_page()  # the same browser on the same session address
     try:
-        other = context.new_page()
-        other.goto(f"{server}?secret={TOKEN}")
-        other.wait_for_selector(".case-item", timeout=60_000)
-        page.wait_for_selector("#tabs-warning", timeout=10_000)
-        assert "2 browser tabs share this server" in page.inner_text("#tabs-warning")
+        duplicate.goto(second_page.url)  # trame's page removed the secret from it: the front's cookie stands in
+        duplicate.wait_for_selector(".case-item", timeout=60_000)
+        assert _session_id(duplicate) == _session_id(second_page)
+        duplicate.wait_for_function(f"document.querySelector('#case-title').textContent.includes('{CASES['sub-02']}')")
+        second_page.wait_for_selector("#tabs-warning", timeout=10_000)
+        assert "2 browser tabs show this session" in second_page.inner_text("#tabs-warning")
+        assert page.locator("#tabs-warning").count() == 0  # the other rater's session has one tab
     finally:
-        context.close()
+        duplicate.close()
 
 
 def test_case_ids_escaping_the_root_are_refused(page) -> None:
@@ -354,3 +466,15 @@ def test_case_ids_escaping_the_root_are_refused(page) -> None:
         page.evaluate("(id) => window.trame.trigger('open_case', [id])", case_id)
         page.wait_for_function("(s) => document.querySelector('#error').textContent.includes(s)", arg=sentence, timeout=10_000)
         assert page.inner_text("#case-title") == title
+
+
+def test_no_worker_outlives_the_front(front, page, second_page) -> None:
+    import psutil
+
+    process = front[0]
+    workers = psutil.Process(process.pid).children()
+    assert len(workers) == 2
+    process.kill()  # the harshest stop: the front cannot stop them; they see their standard input close
+    process.wait(timeout=10)
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    assert alive == [], f"workers left after the front was killed: {[w.pid for w in alive]}"

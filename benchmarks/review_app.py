@@ -9,6 +9,10 @@ Usage (about 2 minutes on 2 shared CPU cores)::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/review_app.py --work /tmp/review_bench > benchmarks/review_app.json
 
+Since ``sciseg review`` gives each tab its own worker process behind a front, ``server_start_s`` is the front's
+start, ``page_to_case_list_s`` includes the tab's worker start, and the memory figures add the front and its
+workers (``benchmarks/review_sessions.py`` measures several raters). The JSON kept here predates the front.
+
 Times are wall-clock seconds seen by the browser; "first image" ends when the axial view's pixels show
 the new case with its overlay (screenshots polled every ~0.1 s, so the figures include up to one
 screenshot of latency); "stroke to view" ends when the painted lesion pixels appear after mouse-up.
@@ -66,10 +70,11 @@ def make_dataset(root: Path) -> list[str]:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident MB of the command and its children: the front and each browser tab's worker process."""
+    import psutil
+
+    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sum(process.memory_info().rss for process in processes) / 2**20
 
 
 def view_rgb(page) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 Built from trame-slicer's parts (``SlicerApp``, ``LayoutManager``, remote-rendered slice views,
 ``SegmentationEditor``) rather than its packaged ``SegmentationApp``, whose effect pipelines have no
-view in 2.0.0. One server holds one scene: trame shares its state with every connected tab, so each
-rater runs their own ``sciseg review`` (other port); exports of the same case by two servers are
-ordered by the exporter's lock, and the second rater is told.
+view in 2.0.0. One app holds one scene, and trame shares its state with every tab connected to it, so
+``sciseg review`` runs a front (:mod:`front`) that gives each browser tab its own session: a worker
+process (:mod:`worker`) serving this app on 127.0.0.1, reached through the front's ``/s/<session>/``
+(decisions in :mod:`launcher`). Two tabs only share an app when they open the same session address
+(a duplicated tab): both are then warned. Exports of the same case by two sessions are ordered by the
+exporter's lock, and the second rater is told.
 
 Keyboard: p paint, e erase, c scissors, d draw, Escape no tool, 1 cord segment, 2 lesion segment,
 l lesion overlay, z undo, y redo, n next uncorrected case, b previous case.
@@ -408,8 +411,8 @@ class ReviewApp(TrameApp):
     def _tools_ui(self) -> None:
         v3.VAlert(
             v_if=("tabs > 1",), type="warning", density="compact", id="tabs-warning", classes="mb-2 text-caption",
-            text=("`${tabs} browser tabs share this server: they show and edit the same case. "
-                  "Each rater should start their own sciseg review (another --port).`",),
+            text=("`${tabs} browser tabs show this session: they edit the same case. "
+                  "For a session of your own, open the review address itself (without /s/...) in a new tab.`",),
         )
         with html.Div(v_if=("running",), id="progress"):
             v3.VProgressLinear(model_value=("progress",), height=8, color="primary")
@@ -465,15 +468,19 @@ class ReviewApp(TrameApp):
             self.state.message = message
 
 
-def serve(root: Path, *, queue: Path | None, model: str, host: str, port: int, token: str | None) -> None:
-    """Build the app and serve it until interrupted (no idle timeout: trame's default quits after 300 s alone).
-
-    With a token, wslink refuses every websocket connection whose hello does not carry it; the page
-    passes the ``secret`` query parameter of its URL (``http://HOST:PORT/?secret=TOKEN``).
-    """
+def headless_rendering() -> None:
+    """Render offscreen with Mesa's EGL (no X server) unless a display is there; call before building the app."""
     if not os.environ.get("DISPLAY"):
-        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless: Mesa EGL, no X server
-    app = ReviewApp(root, queue, model)
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
+def serve(app: ReviewApp, *, host: str, port: int, token: str | None) -> None:
+    """Serve one session's app until stopped (no idle timeout: trame's default quits after 300 s alone).
+
+    Run by the session's worker (:mod:`worker`, ``port=0``: the system picks it). With a token, wslink
+    refuses every websocket connection whose hello does not carry it; the page passes the ``secret``
+    query parameter of its URL (``.../s/<session>/?secret=TOKEN``).
+    """
     saved = sys.argv
     sys.argv = [saved[0]] + (["--authKey", token] if token else [])  # trame reads its options from sys.argv
     try:

@@ -1,0 +1,350 @@
+"""The front of ``sciseg review``: one address for every rater, one worker process per browser tab.
+
+trame shares one server's state (and here one MRML scene) with every tab connected to it, so each tab
+gets its own session: ``GET /`` starts a worker (:mod:`worker`: the trame app on 127.0.0.1, a port the
+system picks) and redirects the tab to ``/s/<session>/``; everything under that prefix, HTTP and the
+websocket, is proxied to the session's worker. The session id lives in the tab's URL, not in a cookie:
+cookies are shared by every tab of a browser, a URL is not, and a reload keeps it, so a reload returns to
+the same worker with nothing lost, while a new tab on the review address gets a new session.
+
+Why proxy rather than redirect to each worker's port: raters need one port open (firewalls, SSH tunnels,
+an HTTPS reverse proxy in front), workers never listen on the network, and the front sees every tab
+connect and leave, which is what the idle rule needs. The cost is one extra local hop per message.
+
+The token (``--allow-remote``) is required by the front for every request: ``?secret=TOKEN`` (which then
+sets an HttpOnly cookie for the page's assets and its websocket) or that cookie; every other request gets
+403. Workers also get the token and wslink checks it again in each websocket's hello.
+
+Decisions (session ids, cap, idle and reclaim rules) are in :mod:`launcher`; this file carries them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .auth import TOKEN_ENVIRONMENT
+from .launcher import (
+    DEFAULT_IDLE_MINUTES,
+    DEFAULT_MAX_SESSIONS,
+    RECLAIM_AFTER_S,
+    STATUS_PATH,
+    SessionTable,
+    Worker,
+    is_session_id,
+    ready_port,
+)
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "host", "content-length", "cookie"}
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    """What the front needs: the worker's options, the token (None on loopback) and the session rules (seconds)."""
+
+    root: Path
+    queue: Path | None = None
+    model: str = "sciseg-v2"
+    token: str | None = None
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    idle_s: float = DEFAULT_IDLE_MINUTES * 60
+    reclaim_after_s: float = RECLAIM_AFTER_S
+    start_timeout_s: float = 180.0
+    check_every_s: float = 30.0
+
+
+def worker_command(settings: FrontSettings) -> list[str]:
+    """The real worker: this Python running :mod:`SCIsegLib.review.worker` on the same dataset."""
+    command = [sys.executable, "-m", "SCIsegLib.review.worker", "--bids", str(settings.root), "--model", settings.model]
+    return command + (["--queue", str(settings.queue)] if settings.queue is not None else [])
+
+
+def _worker_url(scheme: str, port: int, tail: str) -> URL:
+    """The worker's address for the path after ``/s/<session>/``: always 127.0.0.1 and that port, the path encoded."""
+    return URL.build(scheme=scheme, host="127.0.0.1", port=port, path="/" + tail)
+
+
+def _redirect(location: str) -> web.Response:
+    """A 302 returned (not raised) so the token middleware can still set its cookie on it.
+
+    Locations are relative, so the front also works behind a reverse proxy that mounts it under a path prefix.
+    """
+    return web.Response(status=302, headers={"Location": location})
+
+
+def _page(title: str, sentence: str, status: int) -> web.Response:
+    body = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body style='font-family: sans-serif; margin: 3em'><h2>{html.escape(title)}</h2>"
+            f"<p id='sentence'>{html.escape(sentence)}</p></body></html>")
+    return web.Response(status=status, text=body, content_type="text/html")
+
+
+class Front:
+    """The aiohttp application and the worker processes of one ``sciseg review``."""
+
+    def __init__(self, settings: FrontSettings, command: Sequence[str] | None = None, log=None) -> None:
+        self.settings = settings
+        self.command = list(command) if command is not None else worker_command(settings)
+        self.table = SessionTable(settings.max_sessions, settings.idle_s, settings.reclaim_after_s)
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self._ready: dict[str, asyncio.Future] = {}
+        self._output: dict[str, deque[str]] = {}
+        self._client: aiohttp.ClientSession | None = None
+        self._reaper: asyncio.Task | None = None
+        self._log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.cookie = "sciseg_review_token"
+
+    # ------------------------------------------------------------------ application
+    def application(self, port: int = 0) -> web.Application:
+        self.cookie = f"sciseg_review_token_{port}"  # fronts on other ports of one host keep their own cookie
+        app = web.Application(middlewares=[self._require_token])
+        app.router.add_get("/", self._new_session)
+        app.router.add_get("/index.html", self._index)
+        app.router.add_route("*", "/s/{sid}", self._add_slash)
+        app.router.add_route("*", "/s/{sid}/{tail:.*}", self._to_worker)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, _app: web.Application) -> None:
+        self._client = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await asyncio.gather(*(self.stop_worker(sid, "the front stops") for sid in list(self.table.workers)))
+        if self._client is not None:
+            await self._client.close()
+
+    # ------------------------------------------------------------------ token
+    def _same_token(self, given: str | None) -> bool:
+        token = self.settings.token
+        return token is not None and given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+    @web.middleware
+    async def _require_token(self, request: web.Request, handler):
+        if self.settings.token is None:
+            return await handler(request)
+        if self._same_token(request.query.get("secret")):
+            response = await handler(request)
+            if not response.prepared:  # a websocket is already answered; the page set the cookie before
+                response.set_cookie(self.cookie, self.settings.token, httponly=True, samesite="Strict", path="/")
+            return response
+        if self._same_token(request.cookies.get(self.cookie)):
+            return await handler(request)
+        return _page("SCIseg review", "This review server needs its access token: open the address it printed at "
+                     "start (http://HOST:PORT/?secret=TOKEN).", 403)
+
+    def _with_secret(self, path: str) -> str:
+        return path + (f"?secret={quote(self.settings.token, safe='')}" if self.settings.token else "")
+
+    # ------------------------------------------------------------------ routes
+    async def _new_session(self, request: web.Request) -> web.StreamResponse:
+        worker = await self._claim()
+        if worker is None:
+            return _page("SCIseg review is full", f"All {self.settings.max_sessions} review sessions are in use (one per "
+                         "open browser tab). Close a review tab you no longer use and reload this page in a few minutes, "
+                         "or ask whoever started sciseg review to restart it with a larger --max-sessions.", 503)
+        self._launch(worker)
+        return _redirect(self._with_secret(f"s/{worker.session_id}/"))
+
+    async def _index(self, request: web.Request) -> web.Response:
+        """A page that sends the browser to ``/`` (a new session); answering it starts nothing (probes, bookmarks)."""
+        target = html.escape(self._with_secret("./"))
+        return web.Response(text=f"<!doctype html><meta http-equiv='refresh' content='0; url={target}'>"
+                                 f"<a href='{target}'>SCIseg review</a>", content_type="text/html")
+
+    async def _add_slash(self, request: web.Request) -> web.StreamResponse:
+        return _redirect(self._with_secret(f"{request.match_info['sid']}/"))
+
+    async def _to_worker(self, request: web.Request) -> web.StreamResponse:
+        sid, tail = request.match_info["sid"], request.match_info["tail"]
+        worker = self.table.get(sid) if is_session_id(sid) else None
+        if worker is None:  # ended (idle, reclaimed, front restarted) or never existed: a new session
+            return _redirect(self._with_secret("../" * (tail.count("/") + 2)))  # the review address
+        try:
+            port = await asyncio.wait_for(asyncio.shield(self._ready[sid]), self.settings.start_timeout_s)
+        except asyncio.TimeoutError:
+            await self.stop_worker(sid, f"not listening after {self.settings.start_timeout_s:.0f} s")
+            return _page("SCIseg review", "Your review session did not start in time; reload this page to try again.", 504)
+        except RuntimeError as error:
+            return _page("SCIseg review", f"Your review session could not start: {error}", 500)
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        if self.settings.token and not websocket and tail in ("", "index.html") and "secret" not in request.query:
+            return _redirect(self._with_secret(f"./{tail}"))  # the page hands the token to wslink's hello
+        if websocket:
+            return await self._proxy_websocket(request, sid, port, tail)
+        return await self._proxy_http(request, port, tail)
+
+    async def _proxy_http(self, request: web.Request, port: int, tail: str) -> web.Response:
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
+        body = await request.read()
+        try:
+            async with self._client.request(request.method, _worker_url("http", port, tail), params=request.query,
+                                            headers=headers, data=body or None, allow_redirects=False) as upstream:
+                payload = await upstream.read()
+                answer = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP)
+                return web.Response(status=upstream.status, body=payload, headers=answer)
+        except aiohttp.ClientError as error:
+            return _page("SCIseg review", f"Your review session does not answer ({error}); reload this page.", 502)
+
+    async def _proxy_websocket(self, request: web.Request, sid: str, port: int, tail: str) -> web.WebSocketResponse:
+        browser = web.WebSocketResponse(max_msg_size=0)
+        await browser.prepare(request)
+        self.table.connected(sid)
+        try:
+            async with self._client.ws_connect(_worker_url("ws", port, tail), max_msg_size=0) as upstream:
+                pumps = [asyncio.create_task(_pump(browser, upstream)), asyncio.create_task(_pump(upstream, browser))]
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+        except aiohttp.ClientError as error:
+            self._log(f"session {sid[:8]}: websocket to the worker failed ({error})")
+        finally:
+            self.table.disconnected(sid, time.monotonic())
+            await browser.close()
+        return browser
+
+    # ------------------------------------------------------------------ workers
+    async def _claim(self) -> Worker | None:
+        """A new session in the table, reclaiming a long-disconnected worker without unsaved edits when full."""
+        if self.table.full():
+            for sid in self.table.reclaimable(time.monotonic()):
+                if not await self.busy(sid):
+                    await self.stop_worker(sid, "reclaimed for a new tab (no tab, no unsaved edits)")
+                    break
+        try:
+            return self.table.add(time.monotonic())
+        except RuntimeError:
+            return None
+
+    def _launch(self, worker: Worker) -> None:
+        self._ready[worker.session_id] = asyncio.get_running_loop().create_future()
+        self._output[worker.session_id] = deque(maxlen=20)
+        asyncio.create_task(self._run_worker(worker))
+
+    async def _run_worker(self, worker: Worker) -> None:
+        sid, ready = worker.session_id, self._ready[worker.session_id]
+        environment = dict(os.environ)
+        environment.pop(TOKEN_ENVIRONMENT, None)
+        if self.settings.token:
+            environment[TOKEN_ENVIRONMENT] = self.settings.token
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=environment, start_new_session=True)  # a terminal's Ctrl-C reaches the front, which stops them
+        except OSError as error:
+            ready.set_exception(RuntimeError(f"the worker could not be started ({error})"))
+            self.table.remove(sid)
+            return
+        worker.pid = process.pid
+        self.processes[sid] = process
+        self._log(f"session {sid[:8]}: worker pid {process.pid} starting ({len(self.table)} of {self.settings.max_sessions})")
+        started = time.monotonic()
+        while line := await process.stdout.readline():
+            text = line.decode(errors="replace").rstrip()
+            port = ready_port(text)
+            if port is not None and not ready.done():
+                worker.port = port
+                ready.set_result(port)
+                self._log(f"session {sid[:8]}: worker pid {process.pid} ready on 127.0.0.1:{port} "
+                          f"after {time.monotonic() - started:.1f} s")
+            elif text:
+                self._output[sid].append(text)
+                self._log(f"[session {sid[:8]}] {text}")
+        code = await process.wait()
+        if not ready.done():
+            last = self._output[sid][-1] if self._output[sid] else "no output"
+            ready.set_exception(RuntimeError(f"its worker stopped with exit code {code} ({last})"))
+            ready.exception()  # read here: a tab may never come to ask
+        self._output.pop(sid, None)
+        if self.processes.get(sid) is process:  # it ended by itself (stop_worker removes it first)
+            self.processes.pop(sid, None)
+            self._ready.pop(sid, None)
+            self.table.remove(sid)
+            self._log(f"session {sid[:8]}: worker pid {process.pid} ended (exit code {code})")
+
+    async def busy(self, sid: str) -> bool:
+        """True when the session's worker has unsaved edits or a running segmentation, or cannot tell (kept then)."""
+        worker = self.table.get(sid)
+        if worker is None or not worker.port:
+            return worker is not None
+        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        try:
+            async with self._client.get(f"http://127.0.0.1:{worker.port}{STATUS_PATH}", headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=30)) as answer:
+                status = await answer.json()
+            return bool(status["unsaved"])
+        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+            return True
+
+    async def stop_worker(self, sid: str, reason: str) -> None:
+        """Remove the session and end its worker: close its stdin, SIGTERM, then SIGKILL after 10 s."""
+        self.table.remove(sid)
+        ready = self._ready.pop(sid, None)
+        if ready is not None and not ready.done():
+            ready.set_exception(RuntimeError(reason))
+            ready.exception()
+        process = self.processes.pop(sid, None)
+        if process is None or process.returncode is not None:
+            return
+        self._log(f"session {sid[:8]}: stopping worker pid {process.pid}: {reason}")
+        try:
+            process.terminate()
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def _reap_forever(self) -> None:
+        kept: set[str] = set()
+        while True:
+            await asyncio.sleep(self.settings.check_every_s)
+            for sid in self.table.due_for_shutdown(time.monotonic()):
+                if await self.busy(sid):
+                    if sid not in kept:
+                        self._log(f"session {sid[:8]}: idle but has unsaved edits; kept until the front stops")
+                        kept.add(sid)
+                else:
+                    await self.stop_worker(sid, f"no tab for {self.settings.idle_s / 60:g} min and no unsaved edits")
+
+
+async def _pump(source, target) -> None:
+    """Forward one websocket's messages to another, text as text and binary as binary, until either closes."""
+    async for message in source:
+        if message.type == WSMsgType.TEXT:
+            await target.send_str(message.data)
+        elif message.type == WSMsgType.BINARY:
+            await target.send_bytes(message.data)
+        else:
+            break
+
+
+def run_front(settings: FrontSettings, host: str, port: int, command: Sequence[str] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then stop every worker. Raises ``OSError`` when the address is taken."""
+    front = Front(settings, command)
+    try:
+        web.run_app(front.application(port), host=host, port=port, print=None, handle_signals=True, shutdown_timeout=5)
+    finally:
+        asyncio.set_event_loop(None)  # run_app leaves its closed loop as the thread's current one

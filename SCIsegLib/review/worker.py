@@ -1,0 +1,115 @@
+"""One review session's worker: ``python -m SCIsegLib.review.worker --bids ROOT [--queue Q] [--model M]``.
+
+Started by the front (:mod:`front`), never by hand: it serves the trame app (:mod:`app`, its own MRML scene)
+on 127.0.0.1 and a port the system picks, prints ``READY_PREFIX<port>`` on stdout once it listens, and
+exits when its standard input closes (the front stopped, even by SIGKILL) or on SIGTERM, cancelling a
+running segmentation child first. The token, when there is one, comes in ``SCISEG_REVIEW_TOKEN``: wslink
+refuses websockets without it, and ``STATUS_PATH`` (which the front asks before stopping an idle worker)
+answers only with it as ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import os
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..training.export import latest_version
+from .auth import TOKEN_ENVIRONMENT
+from .launcher import READY_PREFIX, STATUS_PATH
+
+
+def unsaved_edits(session) -> bool:
+    """True when the open case's masks differ both from the prediction as loaded and from its latest exported version.
+
+    Conservative: if another rater exported the case since, the masks differ from that version and count as
+    unsaved (the worker is kept).
+    """
+    case = session.case
+    if case is None:
+        return False
+    labels = session.labels()
+    if np.array_equal(labels, case.predicted_labels):
+        return False
+    latest = latest_version(session.root, case.image_path)
+    if latest is None:
+        return True
+    saved = latest / f"{case.case_id.rsplit('/', 1)[1]}_dseg.nii.gz"
+    return not (saved.is_file() and np.array_equal(labels, sitk.GetArrayFromImage(sitk.ReadImage(str(saved)))))
+
+
+def stop_segmentation(app) -> None:
+    """Cancel a running ``sciseg segment`` child (it runs in its own process group) and wait up to 5 s for it."""
+    run = getattr(app, "run", None)
+    if run is not None and not run.finished:
+        run.cancel(grace_s=1.0)
+        run.wait(timeout_s=5.0)
+
+
+def _status_route(app, token: str | None):
+    from aiohttp import web
+
+    async def status(request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "")
+        if token is not None and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return web.json_response({"error": "token required"}, status=403)
+        running = bool(app.state.running)
+        return web.json_response({"unsaved": running or unsaved_edits(app.session), "running": running,
+                                  "case_id": app.state.case_id, "tabs": int(app.state.tabs)})
+
+    return lambda wslink_server: wslink_server.app.router.add_get(STATUS_PATH, status)
+
+
+def _exit_when_stdin_closes(app) -> None:
+    def watch() -> None:
+        try:
+            while os.read(0, 65536):  # the raw descriptor: a buffered reader's lock would stall the interpreter's exit
+                pass
+        except OSError:
+            pass
+        stop_segmentation(app)
+        os._exit(0)  # the front is gone: nobody can reach this worker any more
+
+    threading.Thread(target=watch, daemon=True, name="sciseg-front-watch").start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m SCIsegLib.review.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--bids", type=Path, required=True)
+    parser.add_argument("--queue", type=Path)
+    parser.add_argument("--model", default="sciseg-v2")
+    args = parser.parse_args(argv)
+    token = os.environ.get(TOKEN_ENVIRONMENT) or None
+    os.environ["WSLINK_READY_MSG"] = ""  # wslink's own start message carries no port; ours follows
+
+    from .app import ReviewApp, headless_rendering, serve
+
+    headless_rendering()
+    app = ReviewApp(args.bids, args.queue, args.model)
+    app.server.controller.on_server_bind.add(_status_route(app, token))
+    app.server.controller.on_server_ready.add(lambda **_: print(f"{READY_PREFIX}{app.server.port}", flush=True))
+    _exit_when_stdin_closes(app)
+    code = 1
+    try:
+        serve(app, host="127.0.0.1", port=0, token=token)
+        code = 0
+    except (KeyboardInterrupt, SystemExit):  # SIGINT, or SIGTERM through aiohttp's GracefulExit
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        stop_segmentation(app)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # skip tearing down the scene and VTK one object at a time: nothing of it is kept
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""``sciseg review``'s front: the launcher's decisions, and the real front process with small workers.
+
+The front runs as a real process (``run_front``) that starts real child processes; to keep these tests
+fast its workers are ``echo_review_worker.py`` (the worker protocol without trame: ready line, page,
+websocket echo, status). The real worker (trame-slicer) behind the same front is tested in
+``test_review_browser.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.cookiejar
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPOSITORY
+from SCIsegLib.review.launcher import READY_PREFIX, SessionTable, is_session_id, new_session_id, ready_port
+
+psutil = pytest.importorskip("psutil", reason="psutil (brought by distributed) lists the front's worker processes")
+aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (brought by trame) runs the front")
+
+TOKEN = "front-test-token-0123456789"
+ECHO_WORKER = Path(__file__).with_name("echo_review_worker.py")
+FRONT_CODE = (
+    "import json, sys\n"
+    "from pathlib import Path\n"
+    "from SCIsegLib.review.front import FrontSettings, run_front\n"
+    "o = json.loads(sys.argv[1])\n"
+    "settings = FrontSettings(root=Path(o['root']), token=o['token'], max_sessions=o['max'], idle_s=o['idle'],\n"
+    "                         reclaim_after_s=o['reclaim'], check_every_s=0.2)\n"
+    "run_front(settings, '127.0.0.1', o['port'], [sys.executable, o['worker']])\n"
+)
+
+
+# ------------------------------------------------------------------------------------------- the decisions
+def test_session_ids_are_random_hex_and_nothing_else_passes() -> None:
+    ids = {new_session_id() for _ in range(200)}
+    assert len(ids) == 200 and all(is_session_id(i) for i in ids)
+    for text in ("", "../../etc/passwd", "0123456789ABCDEF", "0123456789abcde", "0123456789abcdef0", "0123456789abcdeg"):
+        assert not is_session_id(text)
+
+
+def test_the_table_caps_sessions_and_tells_which_may_stop() -> None:
+    table = SessionTable(max_sessions=2, idle_s=100.0, reclaim_after_s=10.0)
+    first, second = table.add(now=0.0), table.add(now=5.0)
+    assert first.session_id != second.session_id and table.full()
+    with pytest.raises(RuntimeError, match="all 2 review sessions"):
+        table.add(now=6.0)
+    assert table.due_for_shutdown(now=1000.0) == []  # not ready yet (no port): never stopped for idleness
+    first.port, second.port = 9001, 9002
+    table.connected(first.session_id)
+    table.connected(first.session_id)  # a reload opens the new websocket before the old one closes
+    table.disconnected(first.session_id, now=50.0)
+    assert first.idle_s(now=1000.0) == 0.0  # one tab still there
+    assert table.reclaimable(now=20.0) == [second.session_id]  # no tab since it started at 5 s
+    assert table.due_for_shutdown(now=104.0) == []
+    assert table.due_for_shutdown(now=105.0) == [second.session_id]
+    table.disconnected(first.session_id, now=60.0)
+    assert table.due_for_shutdown(now=160.0) == [second.session_id, first.session_id]  # longest idle first
+    table.connected(second.session_id)
+    assert table.due_for_shutdown(now=500.0) == [first.session_id]
+    table.remove(first.session_id)
+    assert not table.full() and table.add(now=501.0).session_id not in (first.session_id, second.session_id)
+    with pytest.raises(ValueError):
+        SessionTable(max_sessions=0)
+
+
+def test_only_the_exact_ready_line_gives_a_port() -> None:
+    assert ready_port(f"{READY_PREFIX}43123\n") == 43123
+    for line in ("wslink: Starting factory", f"{READY_PREFIX}", f"{READY_PREFIX}0", f"{READY_PREFIX}70000",
+                 f"{READY_PREFIX}12x", f"x {READY_PREFIX}8080"):
+        assert ready_port(line) is None
+
+
+# ------------------------------------------------------------------------------------------- the front process
+class FrontProcess:
+    """A real front (``run_front``) on a free port with echo workers; ``unsaved`` is the folder of their flags."""
+
+    def __init__(self, tmp_path: Path, token: str | None = TOKEN, max_sessions: int = 2, idle_s: float = 3600.0,
+                 reclaim_after_s: float = 3600.0, worker: Path = ECHO_WORKER) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.unsaved = tmp_path / "unsaved"
+        self.unsaved.mkdir(exist_ok=True)
+        options = {"root": str(tmp_path), "token": token, "max": max_sessions, "idle": idle_s, "reclaim": reclaim_after_s,
+                   "port": self.port, "worker": str(worker)}
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPOSITORY), str(ECHO_WORKER.parent)]))
+        environment["ECHO_WORKER_UNSAVED"] = str(self.unsaved)
+        self.log = tmp_path / f"front_{self.port}.log"
+        self.process = subprocess.Popen([sys.executable, "-c", FRONT_CODE, json.dumps(options)], env=environment,
+                                        stdout=open(self.log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/s/x/", timeout=1)
+            except urllib.error.HTTPError:
+                return  # it answers (403 without the token, or a redirect)
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"the front did not start: {self.log.read_text()[-2000:]}") from None
+                time.sleep(0.1)
+            else:
+                return
+
+    def workers(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+class Tab:
+    """A browser-like client: a cookie jar (shared by the tabs of one browser) and redirects followed."""
+
+    def __init__(self, jar: http.cookiejar.CookieJar | None = None) -> None:
+        self.jar = jar if jar is not None else http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, url: str) -> tuple[int, str, str]:
+        """(status, body, final URL)."""
+        try:
+            with self.opener.open(url, timeout=30) as answer:
+                return answer.status, answer.read().decode(), answer.url
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(), error.url
+
+
+def _run(coroutine):
+    """Run a coroutine on a loop of its own; unlike ``asyncio.run`` it leaves the thread's current loop as it was
+    (trame code in later tests schedules its tasks on that one)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
+def _pid(body: str) -> int:
+    assert body.startswith("worker "), body
+    return int(body.split()[1])
+
+
+def _gone(pids: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture()
+def front(tmp_path: Path):
+    process = FrontProcess(tmp_path)
+    yield process
+    process.stop()
+
+
+def test_the_front_refuses_every_request_without_the_token(front: FrontProcess) -> None:
+    stranger = Tab()
+    for path in ("/", "/?secret=wrong-token-0123456789", "/s/0123456789abcdef/", "/s/0123456789abcdef/ws", "/anything"):
+        status, body, _ = stranger.get(front.url + path)
+        assert status == 403 and "access token" in body, path
+    assert front.workers() == []  # nothing was started for a stranger
+    status, body, _ = Tab().get(f"{front.url}/index.html?secret={TOKEN}")  # a probe or bookmark: a link to "/" only
+    assert status == 200 and "http-equiv='refresh'" in body and front.workers() == []
+
+    async def websocket_without_cookie() -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(f"{front.url}/s/0123456789abcdef/ws"):
+                    return 101
+            except aiohttp.WSServerHandshakeError as error:
+                return error.status
+
+    assert _run(websocket_without_cookie()) == 403
+
+
+def test_each_tab_gets_its_own_worker_and_a_reload_returns_to_it(front: FrontProcess) -> None:
+    tab = Tab()
+    status, body, url = tab.get(f"{front.url}/?secret={TOKEN}")
+    assert status == 200 and "/s/" in url and f"secret={TOKEN}" in body  # the worker's page gets the token for wslink
+    session_id = url.split("/s/")[1].split("/")[0]
+    first = _pid(body)
+    # a reload: the page's address without the secret (trame's page removes it from the URL); the cookie is enough
+    status, body, again = tab.get(f"{front.url}/s/{session_id}/")
+    assert status == 200 and _pid(body) == first and f"/s/{session_id}/" in again
+    # a new tab of the same browser on the review address: a session and a worker of its own
+    status, body, other_url = tab.get(f"{front.url}/")
+    second = _pid(body)
+    assert status == 200 and second != first and session_id not in other_url
+    assert sorted(p.pid for p in front.workers()) == sorted([first, second])
+
+    async def echo_through_the_front() -> tuple[str, bytes]:
+        cookies = {cookie.name: cookie.value for cookie in tab.jar}
+        async with aiohttp.ClientSession(cookies=cookies) as session:
+            async with session.ws_connect(f"{front.url}/s/{session_id}/ws") as socket:
+                await socket.send_str("hello")
+                text = await socket.receive_str(timeout=10)
+                await socket.send_bytes(b"\x00\x01\xff" * 1000)
+                data = await socket.receive_bytes(timeout=10)
+                return text, data
+
+    text, data = _run(echo_through_the_front())
+    assert text == f"{first}:hello" and data == f"{first}:".encode() + b"\x00\x01\xff" * 1000
+    # an unknown or ended session: a new session instead of an error
+    status, body, url = tab.get(f"{front.url}/s/0123456789abcdef/")
+    assert status == 503 and "All 2 review sessions are in use" in body  # ... here the cap (2) is reached
+
+
+def test_the_cap_gives_the_full_page_and_a_long_gone_clean_tab_is_reclaimed(tmp_path: Path) -> None:
+    front = FrontProcess(tmp_path, max_sessions=1, reclaim_after_s=1.5)
+    try:
+        tab = Tab()
+        status, body, first_url = tab.get(f"{front.url}/?secret={TOKEN}")
+        first = _pid(body)
+        (front.unsaved / str(first)).touch()  # the first rater has unsaved edits
+        status, body, _ = Tab().get(f"{front.url}/?secret={TOKEN}")
+        assert status == 503 and "All 1 review sessions are in use" in body and "--max-sessions" in body
+        time.sleep(2.0)  # past the reclaim delay, but unsaved: still kept
+        status, body, _ = Tab().get(f"{front.url}/?secret={TOKEN}")
+        assert status == 503 and psutil.pid_exists(first)
+        (front.unsaved / str(first)).unlink()  # saved: the long-gone worker may now serve a new tab
+        status, body, _ = Tab().get(f"{front.url}/?secret={TOKEN}")
+        assert status == 200 and _pid(body) != first and _gone([first], 15)
+        status, body, url = tab.get(first_url.split("?")[0])  # the first tab comes back: its session ended cleanly
+        assert status == 503  # a new session is asked for, and the cap is reached again
+    finally:
+        front.stop()
+
+
+def test_idle_workers_stop_unless_they_have_unsaved_edits(tmp_path: Path) -> None:
+    front = FrontProcess(tmp_path, max_sessions=3, idle_s=1.0)
+    try:
+        tab = Tab()
+        clean = _pid(tab.get(f"{front.url}/?secret={TOKEN}")[1])
+        dirty = _pid(tab.get(f"{front.url}/")[1])
+        (front.unsaved / str(dirty)).touch()
+        assert _gone([clean], 15), "an idle worker without unsaved edits was kept"
+        time.sleep(1.5)
+        assert psutil.pid_exists(dirty), "a worker with unsaved edits was stopped"
+        assert "idle but has unsaved edits" in front.log.read_text()
+    finally:
+        front.stop()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_no_worker_outlives_the_front(tmp_path: Path, how: str) -> None:
+    front = FrontProcess(tmp_path)
+    tab = Tab()
+    pids = [_pid(tab.get(f"{front.url}/?secret={TOKEN}")[1]), _pid(tab.get(f"{front.url}/")[1])]
+    assert sorted(pids) == sorted(p.pid for p in front.workers())
+    front.process.send_signal(getattr(signal, how))  # SIGKILL: the workers see their stdin close
+    front.process.wait(timeout=30)
+    assert _gone(pids, 15), f"workers left after the front's {how}"
+
+
+def test_a_worker_that_cannot_start_gives_a_page_with_its_last_words(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_worker.py"
+    broken.write_text("import sys\nprint('no such dataset: /nowhere', flush=True)\nsys.exit(2)\n")
+    front = FrontProcess(tmp_path, token=None, worker=broken)
+    try:
+        status, body, _ = Tab().get(f"{front.url}/")
+        assert status == 500 and "could not start" in body and "exit code 2" in body and "no such dataset" in body
+        assert front.workers() == []
+    finally:
+        front.stop()
+
+
+def test_the_command_refuses_bad_session_options_and_a_taken_port_with_exit_2(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    import socket
+
+    from SCIsegLib.cli import main
+
+    assert main(["review", "--bids", str(tmp_path), "--max-sessions", "0"]) == 2
+    assert main(["review", "--bids", str(tmp_path), "--idle-minutes", "0"]) == 2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["review", "--bids", str(tmp_path), "--port", str(taken.getsockname()[1])]) == 2
+    error = capsys.readouterr().err
+    assert "--max-sessions 0" in error and "--idle-minutes 0" in error and "choose another --port" in error
+    assert "Traceback" not in error
+
+
+def test_unsaved_edits_are_masks_differing_from_the_prediction_and_the_last_export(tmp_path: Path) -> None:
+    """The worker's answer to the front's idle rule, on a real scene (slicer-core) and the real exporter."""
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    from trame_slicer.core import SlicerApp
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    from conftest import SHARED_DATA, shared_file
+    from review_data import CASES, make_review_bids
+    from SCIsegLib.review.session import ReviewSession
+    from SCIsegLib.review.worker import unsaved_edits
+
+    shared_file("sct_testing_data/t2/t2.nii.gz")
+    bids = make_review_bids(tmp_path / "bids", SHARED_DATA)
+    session = ReviewSession(SlicerApp(), bids["root"], "sciseg-demo")
+    assert not unsaved_edits(session)  # no case open
+    session.open_case(CASES["sub-01"])
+    assert not unsaved_edits(session)  # the prediction as loaded
+
+    def paint_lesion(count: int) -> None:
+        session.editor.set_active_segment_id("lesion")
+        modifier = session.editor.active_segment_modifier
+        stroke = modifier.create_modifier_labelmap()
+        dims = stroke.GetDimensions()
+        voxels = vtk_to_numpy(stroke.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+        voxels[:] = 0
+        for z, y, x in np.argwhere(session.labels() == 1)[:count]:
+            voxels[z, y, x] = 1
+        stroke.Modified()
+        modifier.apply_labelmap(stroke)
+
+    paint_lesion(5)
+    assert unsaved_edits(session)
+    session.export("alice")
+    assert not unsaved_edits(session)  # the masks are the latest version on disk
+    paint_lesion(3)
+    assert unsaved_edits(session)
+    other = ReviewSession(SlicerApp(), bids["root"], "sciseg-demo")  # another rater saves the case meanwhile
+    other.open_case(CASES["sub-01"])
+    other.export("bob")  # the prediction as it is: the latest version now differs from this session's masks
+    assert unsaved_edits(session)
+
+
+def test_a_token_with_url_characters_survives_the_redirects(tmp_path: Path) -> None:
+    from urllib.parse import quote, unquote
+
+    odd = "tok&en+with/odd=chars#0123456789"
+    front = FrontProcess(tmp_path, token=odd)
+    try:
+        status, body, url = Tab().get(f"{front.url}/?secret={quote(odd, safe='')}")
+        assert status == 200 and body.startswith("worker ")
+        assert unquote(body.split("query=secret=")[1]) == odd  # the worker's page gets the exact token for wslink
+        assert Tab().get(f"{front.url}/?secret={quote(odd[:-1], safe='')}")[0] == 403
+    finally:
+        front.stop()
