@@ -89,26 +89,45 @@ def test_fast_engine_agrees_with_reference_on_a_real_lesion_scan(demo, lesion_sc
     assert dice(output.label_map == 2, expected == 2) >= 0.97
 
 
-def test_cropped_run_on_a_full_field_of_view_scan_matches_the_reference(demo, reference, cache):
-    """errsm_21 (a 100x200x52 part of the full-FOV sagittal scan): the two-pass run crops and agrees.
+@pytest.fixture(scope="module")
+def painted_full_fov(demo, reference):
+    """errsm_21's full-FOV sagittal T2w (52x384x215) with 2 lesions painted in its manual cord mask, and SCT's call on it."""
+    from SCIsegLib.phantom import paint_lesions
 
-    Its plan mixes both kinds of axes: along z and y the reference's own tiles around the cord, along x
-    (52 voxels, 2 overlapping 48-voxel tiles in the reference) one tile centred on the cord.
+    cord = load_image(shared_file("sct_2014_errsm/errsm_21/t2_manual_segmentation.nii.gz")) > 0.5
+    painted = paint_lesions(load_image(shared_file("sct_2014_errsm/errsm_21/t2.nii.gz")), cord, lesions=2, seed=1).image
+    image = reorient(painted, sct_to_itk_orientation(demo.orientation))
+    array = array_zyx(image).astype(np.float32)
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    return array, spacing, reference.predict(array, spacing).label_map
+
+
+@pytest.mark.parametrize("crop", ["fast", "exact"])
+def test_cropped_run_on_a_full_field_of_view_scan_agrees_with_the_reference(demo, cache, painted_full_fov, crop):
+    """Both crops run far fewer tiles than the reference and agree with it on the cord and on the lesions in it.
+
+    Measured on the whole image, the demo model also calls a few specks far from the cord "cord" or
+    "lesion"; the crop never looks there (``benchmarks/inference_speed.md`` gives both figures), so the
+    agreement is taken on the reference's main cord piece and on lesions within 3 voxels of it.
     """
-    array, spacing = model_array("sct_2014_errsm/errsm_21/t2.nii.gz", demo, (slice(60, 160), slice(100, 300), slice(None)))
-    expected = reference.predict(array, spacing).label_map
-    engine = FastEngine(demo, InferenceSettings(crop="fast"), "openvino", "bf16", cache)
+    from scipy import ndimage
+
+    from SCIsegLib.postprocess import keep_largest_component
+
+    array, spacing, expected = painted_full_fov
+    engine = FastEngine(demo, InferenceSettings(crop=crop), "openvino", "bf16", cache)
     planned: list[int] = []
     engine._predictor.slicers_hook = planned.append
     output = engine.predict(array, spacing)
-    assert output.run["crop_note"] == "cropped", output.run
-    whole = tile_count(array.shape, tuple(demo_patch(demo)), 0.5)
-    assert len(planned) == 2 and planned[0] < whole and sum(planned) < whole / 2, (planned, whole)  # pass 1, pass 2
-    box = output.run["crop_box"]
-    assert (np.array(box["stop_zyx"]) - np.array(box["start_zyx"])).prod() < array.size
-    inside = tuple(slice(a, b) for a, b in zip(box["start_zyx"], box["stop_zyx"], strict=True))
-    assert (expected >= 1).sum() > 1000 and (expected[inside] >= 1).sum() >= 0.99 * (expected >= 1).sum()
-    assert dice(output.label_map >= 1, expected >= 1) >= 0.99
+    assert output.run["crop_note"] == "cropped" and output.run["crop"] == crop, output.run
+    whole = tile_count((215, 382, 52), tuple(demo_patch(demo)), 0.5)  # the preprocessed grid of this scan
+    assert len(planned) == 2 and sum(planned) < whole / 2, (planned, whole)  # pass 1 and pass 2
+    cord = keep_largest_component(expected >= 1)
+    assert cord.sum() > 10000 and (expected == 2).sum() > 300
+    assert dice(keep_largest_component(output.label_map >= 1), cord) >= 0.99
+    near = ndimage.binary_dilation(cord, iterations=3)
+    assert ((expected == 2) & near).sum() > 300
+    assert dice((output.label_map == 2) & near, (expected == 2) & near) >= 0.97
 
 
 def test_exact_crop_gives_the_reference_logits_around_the_cord(demo):
