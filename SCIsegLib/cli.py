@@ -729,6 +729,7 @@ def _add_run_parser(commands) -> None:
     run.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (on the workers)")
     run.add_argument("--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
                      help="as for `sciseg segment` (auto: the fastest that works on the workers; reference: SCT's exact call)")
+    run.add_argument("--crop", choices=("fast", "exact", "off"), default="fast", help="as for `sciseg segment` (fast engines)")
     run.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
     run.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
     run.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
@@ -793,7 +794,7 @@ def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
     try:
         outcome = run_cohort(scans, args.output, model, plan, postprocess=postprocess, force=args.force,
                              participants=read_participants(args.bids), on_event=on_event,
-                             engine=args.engine)
+                             engine=args.engine, crop=args.crop)
     except KeyboardInterrupt:
         raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
     finally:

@@ -423,10 +423,13 @@ def test_cli_engine_option_is_recorded_in_the_sidecar(demo_model_path, tmp_path:
     source = shared_file("sct_testing_data/t2/t2.nii.gz")
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "SCISEG_COMPILED_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-m", "SCIsegLib", "segment", str(source), "-o", str(tmp_path),
-                             "--model", str(demo_model_path), "--device", "cpu", "--engine", engine, "--progress", "none"],
+                             "--model", str(demo_model_path), "--device", "cpu", "--engine", engine, "--crop", "exact",
+                             "--progress", "none"],
                             capture_output=True, text=True, cwd=REPOSITORY, env=env)
     assert result.returncode == 0, result.stderr
     sidecar = json.loads((tmp_path / "t2_sc_seg.json").read_text())
     ran = sidecar["GeneratedBy"][0]["Engine"]
-    assert ran["engine"] == expected and "precision" in ran and "crop_box" in ran
+    assert ran["engine"] == expected and "precision" in ran and "crop_box" in ran and ran["crop"] == "exact"
+    assert ran["crop_note"]  # why the whole image ran, or "cropped"
     assert sidecar["GeneratedBy"][0]["Settings"]["engine"] == engine
+    assert sidecar["GeneratedBy"][0]["Settings"]["crop"] == "exact"
