@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (fastest that works here: CUDA, else OpenVINO bf16/fp32; cropped to the cord where that saves tiles), "
              "reference (SCT's exact nnU-Net call), openvino, torch-bf16 or cuda",
     )
-    segment.add_argument("--no-crop", action="store_true", help="fast engines: run the whole image, not only a box around the cord")
+    segment.add_argument("--crop", choices=("fast", "exact", "off"), default="fast",
+                         help="fast engines: fast (tiles around the cord, one tile where the cord fits in one), exact "
+                              "(only the reference's tiles around the cord) or off (the whole image)")
+    segment.add_argument("--no-crop", action="store_true", help="the same as --crop off")
     segment.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
     segment.add_argument("--fill-holes", action="store_true", help="fill holes in the cord and lesion masks")
     segment.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
@@ -273,7 +276,7 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
 
     model = resolve_model(args.model)
     settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads,
-                                 engine=args.engine, crop=not args.no_crop)
+                                 engine=args.engine, crop="off" if args.no_crop else args.crop)
     postprocess = PostprocessSettings(
         keep_largest_cord=args.keep_largest_cord,
         fill_holes=args.fill_holes,
@@ -728,6 +731,7 @@ def _add_run_parser(commands) -> None:
     run.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (on the workers)")
     run.add_argument("--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
                      help="as for `sciseg segment` (auto: the fastest that works on the workers; reference: SCT's exact call)")
+    run.add_argument("--crop", choices=("fast", "exact", "off"), default="fast", help="as for `sciseg segment` (fast engines)")
     run.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
     run.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
     run.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
@@ -792,7 +796,7 @@ def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
     try:
         outcome = run_cohort(scans, args.output, model, plan, postprocess=postprocess, force=args.force,
                              participants=read_participants(args.bids), on_event=on_event,
-                             engine=args.engine)
+                             engine=args.engine, crop=args.crop)
     except KeyboardInterrupt:
         raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
     finally:

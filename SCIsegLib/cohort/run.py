@@ -61,6 +61,7 @@ def run_cohort(
     participants: list[dict[str, str]] | None = None,
     on_event: EventCallback | None = None,
     engine: str = "auto",
+    crop: str = "fast",
 ) -> RunOutcome:
     """Run every scan on the planned cluster; write ``run_summary.csv``, the cohort tables and ``qc/``."""
     from distributed import as_completed
@@ -77,7 +78,7 @@ def run_cohort(
         raise InputError(f"another `sciseg run` is writing to {deriv}; wait for it or choose another output folder.") from None
     try:
         remove_stale_staging(deriv)
-        inference = InferenceSettings(device=plan.device, threads=plan.torch_threads, engine=engine)
+        inference = InferenceSettings(device=plan.device, threads=plan.torch_threads, engine=engine, crop=crop)
         model_sha256 = model.weights_sha256()
         jobs = [ScanJob(scan, deriv, model.path, model.name, model_sha256, inference, postprocess, force) for scan in scans]
         rows: list[dict | None] = [None] * len(jobs)

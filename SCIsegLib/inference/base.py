@@ -60,6 +60,10 @@ class CancelToken:
             raise CancelledError("segmentation cancelled; no output was written.")
 
 
+#: The crop modes of the fast engines (see :class:`InferenceSettings`).
+CROP_MODES = ("fast", "exact", "off")
+
+
 @dataclass(frozen=True)
 class InferenceSettings:
     """How to run the network. Defaults equal SCT's ``sct_deepseg`` for SCIseg.
@@ -73,9 +77,11 @@ class InferenceSettings:
         use_gaussian: gaussian weighting of overlapping tiles.
         engine: "reference" (SCT's exact call: torch fp32, nnU-Net's predictor as is), "auto" (the fastest
             that works here: CUDA autocast, OpenVINO bf16/fp32 on a CPU, cropped to the cord), "openvino",
-            "torch-bf16" or "cuda" (each cropped to the cord unless ``crop`` is False).
-        crop: run the full-resolution pass only in a box around the cord found by a coarse first pass
-            (fast engines only; the reference never crops).
+            "torch-bf16" or "cuda" (each cropped to the cord unless ``crop`` is "off").
+        crop: fast engines only (the reference never crops): "fast" runs the full-resolution pass only on
+            tiles around the cord found by a cheap first pass, one tile along axes where the cord fits in one;
+            "exact" only on the reference's own tiles around the cord (the logits within 10 mm of the cord
+            are the reference's, up to the runtime's precision); "off" the whole image (see :mod:`.cropped`).
     """
 
     device: str = "auto"
@@ -85,7 +91,11 @@ class InferenceSettings:
     threads: int | None = None
     use_gaussian: bool = True
     engine: str = "reference"
-    crop: bool = True
+    crop: str = "fast"
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROP_MODES:
+            raise InputError(f"unknown crop mode '{self.crop}'; use one of {', '.join(CROP_MODES)}.")
 
     def as_dict(self) -> dict:
         return {

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import CancelledError, InputError
 from ..models import ModelInfo
 from .base import CancelToken, InferenceSettings, NetworkOutput, choose_device
-from .cropped import two_pass_logits
+from .cropped import Locator, locate_cord, two_pass_logits
 from .openvino_cache import CompiledModelCache, default_cache_root
 from .predictor import NnUNetEngine, TileProgress, build_predictor, structure_probabilities
 
@@ -65,6 +65,10 @@ class FastEngine:
         self._progress = TileProgress()
         predictor.tile_hook = self._progress.tile
         predictor.slicers_hook = lambda n: self._progress.add_planned(n)
+        #: Pass 1 of the crop (:func:`~.cropped.locate_cord`); a benchmark may swap it to time random weights on a real box.
+        self.locate: Locator = locate_cord
+        #: False only to time random weights (see :func:`~.cropped.two_pass_logits`).
+        self.check_crop_edges = True
 
     @property
     def run_info(self) -> dict:
@@ -93,8 +97,9 @@ class FastEngine:
             prepared = next(adapter)
             data, properties = prepared["data"], prepared["data_properties"]
             run = dict(self.run_info)
-            if self.settings.crop:
-                cropped = two_pass_logits(predictor, data)
+            if self.settings.crop != "off":
+                cropped = two_pass_logits(predictor, data, locate=self.locate, check_edges=self.check_crop_edges,
+                                          single_tile_axes=self.settings.crop == "fast")
                 logits = cropped.logits
                 box = self._box_on_input(cropped.box, properties, tuple(int(s) for s in data.shape[1:]))
                 run.update(crop_note=cropped.note, crop_box=box)

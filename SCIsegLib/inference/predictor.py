@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import itertools
 from pathlib import Path
 from typing import Callable
 
@@ -37,8 +38,8 @@ def _predictor_class():
 
         tile_hook: Callable[[], None] | None = None
         slicers_hook: Callable[[int], None] | None = None
-        #: (box, unpadded image shape): run only the reference's tiles that meet this box (see :mod:`.cropped`).
-        tile_box: tuple[tuple[tuple[int, int], ...], tuple[int, ...]] | None = None
+        #: Tile start positions (voxels) per axis to run instead of nnU-Net's sliding window (see :mod:`.cropped`).
+        tile_positions: list[list[int]] | None = None
 
         def initialize_from_trained_model_folder(self, model_training_output_dir, use_folds, checkpoint_name="checkpoint_final.pth"):
             """nnU-Net's set-up with :func:`load_checkpoint` in place of ``torch.load(weights_only=False)``."""
@@ -74,9 +75,12 @@ def _predictor_class():
                                        trainer_name, mirror_axes)
 
         def _internal_get_sliding_window_slicers(self, image_size):
-            slicers = super()._internal_get_sliding_window_slicers(image_size)
-            if self.tile_box is not None:
-                slicers = tiles_meeting_box(slicers, image_size, *self.tile_box)
+            if self.tile_positions is not None:
+                patch = self.configuration_manager.patch_size
+                slicers = [(slice(None), *(slice(start, start + tile) for start, tile in zip(starts, patch, strict=True)))
+                           for starts in itertools.product(*self.tile_positions)]
+            else:
+                slicers = super()._internal_get_sliding_window_slicers(image_size)
             if self.slicers_hook is not None:
                 self.slicers_hook(len(slicers))
             return slicers
@@ -87,22 +91,6 @@ def _predictor_class():
             return super()._internal_maybe_mirror_and_predict(x)
 
     return SafePredictor
-
-
-def tiles_meeting_box(slicers: list, padded_shape, box: tuple[tuple[int, int], ...], shape: tuple[int, ...]) -> list:
-    """The sliding-window tiles (nnU-Net slicers over the padded image) that overlap ``box`` of the unpadded image.
-
-    nnU-Net pads an image smaller than a tile symmetrically (``pad_nd_image``: half below, rounded down),
-    so box coordinates are shifted by that amount on padded axes.
-    """
-    offsets = [(int(p) - int(s)) // 2 for p, s in zip(padded_shape, shape, strict=True)]
-    kept = []
-    for slicer in slicers:
-        spatial = slicer[1:]
-        if all(part.start < stop + offset and part.stop > start + offset
-               for part, (start, stop), offset in zip(spatial, box, offsets, strict=True)):
-            kept.append(slicer)
-    return kept
 
 
 def build_predictor(model: ModelInfo, settings: InferenceSettings, device, *, on_device: bool):
