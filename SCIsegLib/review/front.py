@@ -38,7 +38,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .auth import TOKEN_ENVIRONMENT
+from .auth import TOKEN_ENVIRONMENT, is_loopback
 from .launcher import (
     DEFAULT_IDLE_MINUTES,
     DEFAULT_MAX_SESSIONS,
@@ -67,12 +67,22 @@ class FrontSettings:
     reclaim_after_s: float = RECLAIM_AFTER_S
     start_timeout_s: float = 180.0
     check_every_s: float = 30.0
+    heartbeat_s: float = 30.0
 
 
 def worker_command(settings: FrontSettings) -> list[str]:
     """The real worker: this Python running :mod:`SCIsegLib.review.worker` on the same dataset."""
     command = [sys.executable, "-m", "SCIsegLib.review.worker", "--bids", str(settings.root), "--model", settings.model]
     return command + (["--queue", str(settings.queue)] if settings.queue is not None else [])
+
+
+def _local_name(host_header: str) -> bool:
+    """True when a Host header names this machine's loopback (``localhost``, 127.0.0.0/8, ``[::1]``), any port."""
+    try:
+        name = URL(f"http://{host_header}").host
+    except ValueError:
+        return False
+    return bool(host_header) and name is not None and is_loopback(name)
 
 
 def _worker_url(scheme: str, port: int, tail: str) -> URL:
@@ -86,6 +96,10 @@ def _redirect(location: str) -> web.Response:
     Locations are relative, so the front also works behind a reverse proxy that mounts it under a path prefix.
     """
     return web.Response(status=302, headers={"Location": location})
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 def _page(title: str, sentence: str, status: int) -> web.Response:
@@ -114,7 +128,7 @@ class Front:
     def application(self, port: int = 0) -> web.Application:
         self.cookie = f"sciseg_review_token_{port}"  # fronts on other ports of one host keep their own cookie
         app = web.Application(middlewares=[self._require_token])
-        app.router.add_get("/", self._new_session)
+        app.router.add_get("/", self._new_session, allow_head=False)  # HEAD (previews, monitors) starts nothing
         app.router.add_get("/index.html", self._index)
         app.router.add_route("*", "/s/{sid}", self._add_slash)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self._to_worker)
@@ -136,11 +150,17 @@ class Front:
     # ------------------------------------------------------------------ token
     def _same_token(self, given: str | None) -> bool:
         token = self.settings.token
-        return token is not None and given is not None and hmac.compare_digest(given.encode(), token.encode())
+        if token is None or given is None:
+            return False  # headers are decoded with surrogate escapes: any text encodes, and only the token matches
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
 
     @web.middleware
     async def _require_token(self, request: web.Request, handler):
         if self.settings.token is None:
+            if not _local_name(request.headers.get("Host", "")):  # DNS rebinding: another site's name re-pointed here
+                return _page("SCIseg review", "Started without --allow-remote, this review server answers only to this "
+                             "machine's local names (localhost, 127.0.0.1); open it by one of them, or restart it with "
+                             "--allow-remote and a token.", 403)
             return await handler(request)
         if self._same_token(request.query.get("secret")):
             response = await handler(request)
@@ -157,6 +177,9 @@ class Front:
 
     # ------------------------------------------------------------------ routes
     async def _new_session(self, request: web.Request) -> web.StreamResponse:
+        if _is_websocket(request):
+            return _page("SCIseg review", "A review session's connection belongs under /s/<session>/; open the review "
+                         "address in a browser.", 400)
         worker = await self._claim()
         if worker is None:
             return _page("SCIseg review is full", f"All {self.settings.max_sessions} review sessions are in use (one per "
@@ -172,7 +195,10 @@ class Front:
                                  f"<a href='{target}'>SCIseg review</a>", content_type="text/html")
 
     async def _add_slash(self, request: web.Request) -> web.StreamResponse:
-        return _redirect(self._with_secret(f"{request.match_info['sid']}/"))
+        session_id = request.match_info["sid"]
+        if not is_session_id(session_id):  # a Location built from it could leave the front: //host, \\host
+            return _page("SCIseg review", "There is no such review session; open the review address to start one.", 404)
+        return _redirect(self._with_secret(f"{session_id}/"))
 
     async def _to_worker(self, request: web.Request) -> web.StreamResponse:
         sid, tail = request.match_info["sid"], request.match_info["tail"]
@@ -186,7 +212,7 @@ class Front:
             return _page("SCIseg review", "Your review session did not start in time; reload this page to try again.", 504)
         except RuntimeError as error:
             return _page("SCIseg review", f"Your review session could not start: {error}", 500)
-        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        websocket = _is_websocket(request)
         if self.settings.token and not websocket and tail in ("", "index.html") and "secret" not in request.query:
             return _redirect(self._with_secret(f"./{tail}"))  # the page hands the token to wslink's hello
         if websocket:
@@ -206,7 +232,9 @@ class Front:
             return _page("SCIseg review", f"Your review session does not answer ({error}); reload this page.", 502)
 
     async def _proxy_websocket(self, request: web.Request, sid: str, port: int, tail: str) -> web.WebSocketResponse:
-        browser = web.WebSocketResponse(max_msg_size=0)
+        # pings every heartbeat_s: a tab that vanished without closing (laptop shut, network gone) is let go, so its
+        # session can become idle; browsers answer pings by themselves
+        browser = web.WebSocketResponse(max_msg_size=0, heartbeat=self.settings.heartbeat_s)
         await browser.prepare(request)
         self.table.connected(sid)
         try:
@@ -259,7 +287,14 @@ class Front:
         self.processes[sid] = process
         self._log(f"session {sid[:8]}: worker pid {process.pid} starting ({len(self.table)} of {self.settings.max_sessions})")
         started = time.monotonic()
-        while line := await process.stdout.readline():
+        while True:
+            try:
+                line = await process.stdout.readline()
+            except ValueError:  # a line over the stream's 64 KiB limit: left out, the output is still read
+                self._log(f"[session {sid[:8]}] (a line of more than 64 KiB left out)")
+                continue
+            if not line:
+                break
             text = line.decode(errors="replace").rstrip()
             port = ready_port(text)
             if port is not None and not ready.done():
