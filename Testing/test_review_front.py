@@ -396,10 +396,11 @@ def test_only_a_plain_get_of_the_review_address_starts_a_session_and_no_redirect
     assert "Traceback" not in front.log.read_text()
 
 
-def test_without_a_token_the_front_answers_only_to_local_names(tmp_path: Path) -> None:
+def test_without_a_token_the_front_answers_only_to_local_names_and_workers_still_need_a_secret(tmp_path: Path) -> None:
     """On loopback there is no token: a page of another site whose name was re-pointed at 127.0.0.1 (DNS rebinding)
-    would otherwise be same-origin with the review app and could open, edit and export any case."""
-    front = FrontProcess(tmp_path, token=None)
+    would otherwise be same-origin with the review app and could open, edit and export any case; and a page that
+    finds a worker's port must not get in with trame's default secret."""
+    front = FrontProcess(tmp_path, token=None, idle_s=1.5)
     try:
         for host in (f"evil.example:{front.port}", "evil.example", f"127.0.0.1.evil.example:{front.port}", "", "[::1"):
             assert _raw(front.port, "/", host=host)[0] == 403, host
@@ -407,6 +408,11 @@ def test_without_a_token_the_front_answers_only_to_local_names(tmp_path: Path) -
         for host in (f"127.0.0.1:{front.port}", f"localhost:{front.port}", f"[::1]:{front.port}", "localhost:9999"):
             status, headers = _raw(front.port, "/index.html", host=host)
             assert status == 200, host
+        status, body, url = Tab().get(f"{front.url}/")
+        secret = body.split("query=secret=")[1]
+        assert status == 200 and len(secret) >= 16 and secret != "wslink-secret"
+        assert psutil.Process(_pid(body)).environ()["SCISEG_REVIEW_TOKEN"] == secret  # what wslink checks in the hello
+        assert _gone([_pid(body)], 10), "the idle rule could not ask the worker (its status needs the secret)"
     finally:
         front.stop()
 

@@ -13,7 +13,9 @@ connect and leave, which is what the idle rule needs. The cost is one extra loca
 
 The token (``--allow-remote``) is required by the front for every request: ``?secret=TOKEN`` (which then
 sets an HttpOnly cookie for the page's assets and its websocket) or that cookie; every other request gets
-403. Workers also get the token and wslink checks it again in each websocket's hello.
+403. Without a token (loopback) the front answers only to local Host names (no DNS rebinding). Workers always
+get a secret, checked again by wslink in each websocket's hello: the token, or on loopback a random one of this
+run (never trame's well-known default), which the front adds to the page's address.
 
 Decisions (session ids, cap, idle and reclaim rules) are in :mod:`launcher`; this file carries them out.
 """
@@ -24,6 +26,7 @@ import asyncio
 import hmac
 import html
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -123,6 +126,9 @@ class Front:
         self._reaper: asyncio.Task | None = None
         self._log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.cookie = "sciseg_review_token"
+        # what the workers require (wslink's hello, their status): the token, or without one (loopback) a secret of this
+        # run, so that a web page that finds a worker's port cannot use trame's well-known default ("wslink-secret")
+        self.worker_secret = settings.token or secrets.token_urlsafe(24)
 
     # ------------------------------------------------------------------ application
     def application(self, port: int = 0) -> web.Application:
@@ -173,7 +179,8 @@ class Front:
                      "start (http://HOST:PORT/?secret=TOKEN).", 403)
 
     def _with_secret(self, path: str) -> str:
-        return path + (f"?secret={quote(self.settings.token, safe='')}" if self.settings.token else "")
+        """``path`` with the workers' secret as ``?secret=`` (the page passes it in wslink's hello)."""
+        return f"{path}?secret={quote(self.worker_secret, safe='')}"
 
     # ------------------------------------------------------------------ routes
     async def _new_session(self, request: web.Request) -> web.StreamResponse:
@@ -213,7 +220,7 @@ class Front:
         except RuntimeError as error:
             return _page("SCIseg review", f"Your review session could not start: {error}", 500)
         websocket = _is_websocket(request)
-        if self.settings.token and not websocket and tail in ("", "index.html") and "secret" not in request.query:
+        if not websocket and tail in ("", "index.html") and "secret" not in request.query:
             return _redirect(self._with_secret(f"./{tail}"))  # the page hands the token to wslink's hello
         if websocket:
             return await self._proxy_websocket(request, sid, port, tail)
@@ -273,8 +280,7 @@ class Front:
         sid, ready = worker.session_id, self._ready[worker.session_id]
         environment = dict(os.environ)
         environment.pop(TOKEN_ENVIRONMENT, None)
-        if self.settings.token:
-            environment[TOKEN_ENVIRONMENT] = self.settings.token
+        environment[TOKEN_ENVIRONMENT] = self.worker_secret
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -322,7 +328,7 @@ class Front:
         worker = self.table.get(sid)
         if worker is None or not worker.port:
             return worker is not None
-        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        headers = {"Authorization": f"Bearer {self.worker_secret}"}
         try:
             async with self._client.get(f"http://127.0.0.1:{worker.port}{STATUS_PATH}", headers=headers,
                                         timeout=aiohttp.ClientTimeout(total=30)) as answer:
