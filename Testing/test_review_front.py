@@ -404,10 +404,15 @@ def test_without_a_token_the_front_answers_only_to_local_names_and_workers_still
     try:
         for host in (f"evil.example:{front.port}", "evil.example", f"127.0.0.1.evil.example:{front.port}", "", "[::1"):
             assert _raw(front.port, "/", host=host)[0] == 403, host
+        # any web page may load the local address as an image, a frame or a fetch: none of them starts a session
+        for destination in ("image", "iframe", "empty", "script"):
+            assert _raw(front.port, "/", f"Sec-Fetch-Dest: {destination}\r\nSec-Fetch-Site: cross-site\r\n")[0] == 403
         assert front.workers() == []
         for host in (f"127.0.0.1:{front.port}", f"localhost:{front.port}", f"[::1]:{front.port}", "localhost:9999"):
             status, headers = _raw(front.port, "/index.html", host=host)
             assert status == 200, host
+        assert _raw(front.port, "/", "Sec-Fetch-Dest: document\r\nSec-Fetch-Site: none\r\n")[0] == 302  # typed or a link
+        assert _gone([worker.pid for worker in front.workers()], 10)  # that tab never came: idle, stopped
         status, body, url = Tab().get(f"{front.url}/")
         secret = body.split("query=secret=")[1]
         assert status == 200 and len(secret) >= 16 and secret != "wslink-secret"

@@ -187,6 +187,10 @@ class Front:
         if _is_websocket(request):
             return _page("SCIseg review", "A review session's connection belongs under /s/<session>/; open the review "
                          "address in a browser.", 400)
+        if request.headers.get("Sec-Fetch-Dest", "document") != "document":  # browsers say what a request is for
+            # another site's image, frame or fetch of this address would start workers up to the cap (and hold a frame's)
+            return _page("SCIseg review", "A review session opens only as a page of its own: type the review address "
+                         "or follow a link to it.", 403)
         worker = await self._claim()
         if worker is None:
             return _page("SCIseg review is full", f"All {self.settings.max_sessions} review sessions are in use (one per "
