@@ -150,18 +150,21 @@ def _run(coroutine):
 
 
 def _raw(port: int, target: str, headers: str = "", method: str = "GET", host: str | None = None,
-         extra: bytes = b"") -> tuple[int, dict[str, str]]:
-    """One HTTP request sent byte for byte (no client normalising the target): (status, lower-cased headers)."""
+         extra: bytes = b"", connection: str = "close") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request sent byte for byte (no client normalising the target): (status, lower-cased headers, body)."""
     host = host if host is not None else f"127.0.0.1:{port}"
-    request = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}".encode() + extra + b"\r\n"
+    request = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: {connection}\r\n{headers}".encode() + extra + b"\r\n"
     data = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(request)
-        while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as link:
+        link.sendall(request)
+        while b"\r\n\r\n" not in data and (chunk := link.recv(65536)):
             data += chunk
-    lines = data.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
-    fields = (line.split(":", 1) for line in lines[1:] if ":" in line)
-    return int(lines[0].split()[1]), {name.strip().lower(): value.strip() for name, value in fields}
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = dict((name.strip().lower(), value.strip()) for name, value in (line.split(":", 1) for line in lines[1:] if ":" in line))
+        while len(body) < int(fields.get("content-length", 0)) and (chunk := link.recv(65536)):
+            body += chunk
+    return int(lines[0].split()[1]), fields, body
 
 
 def _pid(body: str) -> int:
@@ -239,6 +242,13 @@ def test_each_tab_gets_its_own_worker_and_a_reload_returns_to_it(front: FrontPro
                 data = await socket.receive_bytes(timeout=10)
                 return text, data
 
+    # hop-by-hop headers (RFC 9110 7.6.1), those the client's Connection names included, stop at the front
+    sent = (f"Cookie: sciseg_review_token_{front.port}={TOKEN}\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\n"
+            "Proxy-Connection: keep-alive\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n")
+    status, _, body = _raw(front.port, f"/s/{session_id}/headers", sent, connection="close, X-Private")
+    seen = {name.lower(): value for name, value in json.loads(body)}
+    assert seen["x-kept"] == "yes" and seen["host"].startswith("127.0.0.1:") and f"{front.port}" not in seen["host"]
+    assert not {"x-private", "keep-alive", "proxy-connection", "te", "proxy-authorization", "cookie"} & set(seen), seen
     text, data = _run(echo_through_the_front())
     assert text == f"{first}:hello" and data == f"{first}:".encode() + b"\x00\x01\xff" * 1000
     # an unknown or ended session: a new session instead of an error
@@ -383,7 +393,7 @@ def test_only_a_plain_get_of_the_review_address_starts_a_session_and_no_redirect
     # redirects carry the token: they must stay on the front (browsers read a backslash as a slash)
     for target in ("/s/%2F%2Fevil.example", "/s/%5C%5Cevil.example", "/s/%5C/evil.example", "/s/@evil.example",
                    "/s/%2F%2Fevil.example/", "/s/0123456789abcdef/%2F%2Fevil.example"):
-        status, headers = _raw(front.port, target, cookie)
+        status, headers, _ = _raw(front.port, target, cookie)
         location = urljoin(front.url + target, headers.get("location", "").replace("\\", "/"))
         assert urlsplit(location).netloc == f"127.0.0.1:{front.port}", (target, status, location)
     # a cookie that is not UTF-8 is refused like any wrong cookie, not answered with an internal error
@@ -409,7 +419,7 @@ def test_without_a_token_the_front_answers_only_to_local_names_and_workers_still
             assert _raw(front.port, "/", f"Sec-Fetch-Dest: {destination}\r\nSec-Fetch-Site: cross-site\r\n")[0] == 403
         assert front.workers() == []
         for host in (f"127.0.0.1:{front.port}", f"localhost:{front.port}", f"[::1]:{front.port}", "localhost:9999"):
-            status, headers = _raw(front.port, "/index.html", host=host)
+            status, _, _ = _raw(front.port, "/index.html", host=host)
             assert status == 200, host
         assert _raw(front.port, "/", "Sec-Fetch-Dest: document\r\nSec-Fetch-Site: none\r\n")[0] == 302  # typed or a link
         assert _gone([worker.pid for worker in front.workers()], 10)  # that tab never came: idle, stopped

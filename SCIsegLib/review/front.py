@@ -53,8 +53,15 @@ from .launcher import (
     ready_port,
 )
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length", "cookie"}
+
+
+def _forwarded(headers) -> CIMultiDict:
+    """The headers a proxy passes on: without hop-by-hop ones, those the message's ``Connection`` names included
+    (RFC 9110 7.6.1), nor the host, length and cookie (the front's token) that the next hop sets or must not see."""
+    named = {name.strip().lower() for value in headers.getall("Connection", []) for name in value.split(",")}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named)
 
 
 @dataclass(frozen=True)
@@ -231,13 +238,13 @@ class Front:
         return await self._proxy_http(request, port, tail)
 
     async def _proxy_http(self, request: web.Request, port: int, tail: str) -> web.Response:
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
+        headers = _forwarded(request.headers)
         body = await request.read()
         try:
             async with self._client.request(request.method, _worker_url("http", port, tail), params=request.query,
                                             headers=headers, data=body or None, allow_redirects=False) as upstream:
                 payload = await upstream.read()
-                answer = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP)
+                answer = _forwarded(upstream.headers)
                 return web.Response(status=upstream.status, body=payload, headers=answer)
         except aiohttp.ClientError as error:
             return _page("SCIseg review", f"Your review session does not answer ({error}); reload this page.", 502)
