@@ -40,7 +40,8 @@ FRONT_CODE = (
     "from SCIsegLib.review.front import FrontSettings, run_front\n"
     "o = json.loads(sys.argv[1])\n"
     "settings = FrontSettings(root=Path(o['root']), token=o['token'], max_sessions=o['max'], idle_s=o['idle'],\n"
-    "                         reclaim_after_s=o['reclaim'], check_every_s=0.2, heartbeat_s=o['heartbeat'])\n"
+    "                         reclaim_after_s=o['reclaim'], check_every_s=0.2, heartbeat_s=o['heartbeat'],\n"
+    "                         start_timeout_s=o['start_timeout'])\n"
     "run_front(settings, '127.0.0.1', o['port'], [sys.executable, o['worker']])\n"
 )
 
@@ -90,7 +91,8 @@ class FrontProcess:
     """A real front (``run_front``) on a free port with echo workers; ``unsaved`` is the folder of their flags."""
 
     def __init__(self, tmp_path: Path, token: str | None = TOKEN, max_sessions: int = 2, idle_s: float = 3600.0,
-                 reclaim_after_s: float = 3600.0, worker: Path = ECHO_WORKER, heartbeat_s: float = 30.0) -> None:
+                 reclaim_after_s: float = 3600.0, worker: Path = ECHO_WORKER, heartbeat_s: float = 30.0,
+                 start_timeout_s: float = 180.0) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -98,7 +100,8 @@ class FrontProcess:
         self.unsaved = tmp_path / "unsaved"
         self.unsaved.mkdir(exist_ok=True)
         options = {"root": str(tmp_path), "token": token, "max": max_sessions, "idle": idle_s, "reclaim": reclaim_after_s,
-                   "port": self.port, "worker": str(worker), "heartbeat": heartbeat_s}
+                   "port": self.port, "worker": str(worker), "heartbeat": heartbeat_s,
+                   "start_timeout": start_timeout_s}
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPOSITORY), str(ECHO_WORKER.parent)]))
         environment["ECHO_WORKER_UNSAVED"] = str(self.unsaved)
         self.log = tmp_path / f"front_{self.port}.log"
@@ -493,3 +496,20 @@ def test_a_generated_token_is_printed_once(tmp_path: Path, capsys, monkeypatch: 
     captured = capsys.readouterr()
     token = re.search(r"\?secret=([A-Za-z0-9_-]+)", captured.out).group(1)
     assert (captured.out + captured.err).count(token) == 1
+
+
+def test_a_worker_that_never_gets_ready_is_stopped_even_when_its_tab_never_came(tmp_path: Path) -> None:
+    """A tab closed right after ``GET /`` never asks for its session: the start timeout must still free the slot."""
+    stuck = tmp_path / "stuck_worker.py"
+    stuck.write_text("import time\nprint('loading forever', flush=True)\ntime.sleep(3600)\n")
+    front = FrontProcess(tmp_path, max_sessions=1, worker=stuck, start_timeout_s=1.0)
+    try:
+        assert _raw(front.port, f"/?secret={TOKEN}")[0] == 302  # the redirect is not followed: the tab is gone
+        deadline = time.monotonic() + 10
+        while not (pids := [worker.pid for worker in front.workers()]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the worker process is started just after the answer
+        assert len(pids) == 1
+        assert _gone(pids, 10), "a worker that never got ready kept its slot"
+        assert _raw(front.port, f"/?secret={TOKEN}")[0] == 302  # the slot is free again (not the full page, 503)
+    finally:
+        front.stop()

@@ -131,6 +131,7 @@ class Front:
         self._output: dict[str, deque[str]] = {}
         self._client: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.cookie = "sciseg_review_token"
         # what the workers require (wslink's hello, their status): the token, or without one (loopback) a secret of this
@@ -285,7 +286,19 @@ class Front:
     def _launch(self, worker: Worker) -> None:
         self._ready[worker.session_id] = asyncio.get_running_loop().create_future()
         self._output[worker.session_id] = deque(maxlen=20)
-        asyncio.create_task(self._run_worker(worker))
+        for job in (self._run_worker(worker), self._stop_unless_ready(worker.session_id)):
+            task = asyncio.create_task(job)
+            self._tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._tasks.discard)
+
+    async def _stop_unless_ready(self, sid: str) -> None:
+        """Stop a worker not listening after ``start_timeout_s``, whether or not its tab still waits for it."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready[sid]), self.settings.start_timeout_s)
+        except asyncio.TimeoutError:
+            await self.stop_worker(sid, f"not listening after {self.settings.start_timeout_s:g} s")
+        except RuntimeError:
+            pass  # it stopped before getting ready: _run_worker has cleaned up
 
     async def _run_worker(self, worker: Worker) -> None:
         sid, ready = worker.session_id, self._ready[worker.session_id]
@@ -301,6 +314,10 @@ class Front:
             self.table.remove(sid)
             return
         worker.pid = process.pid
+        if self.table.get(sid) is not worker:  # stopped while starting (front stopping, start timeout): no orphan
+            process.terminate()
+            await process.wait()
+            return
         self.processes[sid] = process
         self._log(f"session {sid[:8]}: worker pid {process.pid} starting ({len(self.table)} of {self.settings.max_sessions})")
         started = time.monotonic()
