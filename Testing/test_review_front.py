@@ -413,7 +413,7 @@ def test_without_a_token_the_front_answers_only_to_local_names_and_workers_still
     """On loopback there is no token: a page of another site whose name was re-pointed at 127.0.0.1 (DNS rebinding)
     would otherwise be same-origin with the review app and could open, edit and export any case; and a page that
     finds a worker's port must not get in with trame's default secret."""
-    front = FrontProcess(tmp_path, token=None, idle_s=1.5)
+    front = FrontProcess(tmp_path, token=None, idle_s=3.0)
     try:
         for host in (f"evil.example:{front.port}", "evil.example", f"127.0.0.1.evil.example:{front.port}", "", "[::1"):
             assert _raw(front.port, "/", host=host)[0] == 403, host
@@ -450,7 +450,7 @@ def test_a_worker_writing_a_very_long_line_still_serves_its_tab(tmp_path: Path) 
 
 def test_a_tab_that_vanished_without_closing_its_websocket_does_not_hold_its_session(tmp_path: Path) -> None:
     """A laptop closed or a network gone sends no close: the front's pings go unanswered and it lets the tab go."""
-    front = FrontProcess(tmp_path, idle_s=1.5, heartbeat_s=0.4)
+    front = FrontProcess(tmp_path, idle_s=3.0, heartbeat_s=1.0)  # idle counts from the start: above a slow start
     try:
         tab = Tab()
         status, body, url = tab.get(f"{front.url}/?secret={TOKEN}")
@@ -477,7 +477,7 @@ def test_a_tab_that_vanished_without_closing_its_websocket_does_not_hold_its_ses
                     await socket_.send_str("still here")  # several pings later: still connected, still served
                     return await asyncio.wait_for(reader, 10)
 
-        assert _run(connect(True, 2.5)) == f"{pid}:still here" and psutil.pid_exists(pid)
+        assert _run(connect(True, 3.5)) == f"{pid}:still here" and psutil.pid_exists(pid)
         assert _run(connect(False, 8.0)) == "closed"
         assert _gone([pid], 10), "the worker of a vanished tab was kept"
     finally:
