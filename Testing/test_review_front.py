@@ -513,3 +513,35 @@ def test_a_worker_that_never_gets_ready_is_stopped_even_when_its_tab_never_came(
         assert _raw(front.port, f"/?secret={TOKEN}")[0] == 302  # the slot is free again (not the full page, 503)
     finally:
         front.stop()
+
+
+def test_the_front_stops_at_once_with_a_tab_connected(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM: workers are stopped first, so open websockets end cleanly and nothing waits for them."""
+    front = FrontProcess(tmp_path)
+    tab = Tab()
+    status, body, url = tab.get(f"{front.url}/?secret={TOKEN}")
+    session_id, pid = url.split("/s/")[1].split("/")[0], _pid(body)
+    cookies = {cookie.name: cookie.value for cookie in tab.jar}
+    ended: dict[str, object] = {}
+
+    async def connected_tab() -> None:
+        async with aiohttp.ClientSession(cookies=cookies) as session:
+            async with session.ws_connect(f"{front.url}/s/{session_id}/ws") as socket_:
+                ended["connected"] = True
+                ended["message"] = (await socket_.receive(timeout=30)).type
+
+    import threading
+
+    thread = threading.Thread(target=lambda: _run(connected_tab()))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while "connected" not in ended and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    front.process.terminate()
+    front.process.wait(timeout=30)
+    stopped_s = time.monotonic() - started
+    thread.join(timeout=30)
+    assert stopped_s < 3.0, f"the front took {stopped_s:.1f} s to stop"
+    assert ended["message"] == aiohttp.WSMsgType.CLOSE  # a close frame, not a dropped connection
+    assert _gone([pid], 5)

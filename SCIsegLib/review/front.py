@@ -147,6 +147,7 @@ class Front:
         app.router.add_route("*", "/s/{sid}", self._add_slash)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self._to_worker)
         app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._stop_all)  # before aiohttp waits for open requests: websockets end with their workers
         app.on_cleanup.append(self._cleanup)
         return app
 
@@ -154,10 +155,13 @@ class Front:
         self._client = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         self._reaper = asyncio.create_task(self._reap_forever())
 
-    async def _cleanup(self, _app: web.Application) -> None:
+    async def _stop_all(self, _app: web.Application) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
         await asyncio.gather(*(self.stop_worker(sid, "the front stops") for sid in list(self.table.workers)))
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await self._stop_all(app)  # any started meanwhile
         if self._client is not None:
             await self._client.close()
 
