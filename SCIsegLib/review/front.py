@@ -169,7 +169,8 @@ class Front:
     def _same_token(self, given: str | None) -> bool:
         token = self.settings.token
         if token is None or given is None:
-            return False  # headers are decoded with surrogate escapes: any text encodes, and only the token matches
+            return False
+        # headers are decoded with surrogate escapes (bytes that are not UTF-8): any text encodes, only the token matches
         return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
 
     @web.middleware
@@ -297,8 +298,11 @@ class Front:
 
     async def _stop_unless_ready(self, sid: str) -> None:
         """Stop a worker not listening after ``start_timeout_s``, whether or not its tab still waits for it."""
+        ready = self._ready.get(sid)
+        if ready is None:
+            return  # already stopped
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready[sid]), self.settings.start_timeout_s)
+            await asyncio.wait_for(asyncio.shield(ready), self.settings.start_timeout_s)
         except asyncio.TimeoutError:
             await self.stop_worker(sid, f"not listening after {self.settings.start_timeout_s:g} s")
         except RuntimeError:
@@ -319,6 +323,7 @@ class Front:
             return
         worker.pid = process.pid
         if self.table.get(sid) is not worker:  # stopped while starting (front stopping, start timeout): no orphan
+            self._output.pop(sid, None)
             process.terminate()
             await process.wait()
             return
