@@ -420,6 +420,9 @@ def test_without_a_token_the_front_answers_only_to_local_names_and_workers_still
         # any web page may load the local address as an image, a frame or a fetch: none of them starts a session
         for destination in ("image", "iframe", "empty", "script"):
             assert _raw(front.port, "/", f"Sec-Fetch-Dest: {destination}\r\nSec-Fetch-Site: cross-site\r\n")[0] == 403
+        # nor does a browser prefetching or prerendering the address while it is typed (the tab may never come)
+        assert _raw(front.port, "/", "Sec-Fetch-Dest: document\r\nSec-Purpose: prefetch;prerender\r\n")[0] == 403
+        assert _raw(front.port, "/", "Sec-Fetch-Dest: document\r\nPurpose: prefetch\r\n")[0] == 403
         assert front.workers() == []
         for host in (f"127.0.0.1:{front.port}", f"localhost:{front.port}", f"[::1]:{front.port}", "localhost:9999"):
             status, _, _ = _raw(front.port, "/index.html", host=host)

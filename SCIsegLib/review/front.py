@@ -200,8 +200,10 @@ class Front:
         if _is_websocket(request):
             return _page("SCIseg review", "A review session's connection belongs under /s/<session>/; open the review "
                          "address in a browser.", 400)
-        if request.headers.get("Sec-Fetch-Dest", "document") != "document":  # browsers say what a request is for
-            # another site's image, frame or fetch of this address would start workers up to the cap (and hold a frame's)
+        purpose = request.headers.get("Sec-Purpose", "") + request.headers.get("Purpose", "")
+        if request.headers.get("Sec-Fetch-Dest", "document") != "document" or "prefetch" in purpose:
+            # browsers say what a request is for: another site's image, frame or fetch of this address, or a prefetch
+            # while the address is typed, would start workers up to the cap for tabs that never come
             return _page("SCIseg review", "A review session opens only as a page of its own: type the review address "
                          "or follow a link to it.", 403)
         worker = await self._claim()
