@@ -1,7 +1,7 @@
 """A small worker for the front's fast tests: it speaks the worker protocol of ``SCIsegLib.review.launcher`` without trame.
 
 Run as ``python echo_review_worker.py``: listens on 127.0.0.1 (a port the system picks), prints the ready line,
-answers ``GET /`` with ``worker <pid>`` (and the query it got), echoes websocket messages prefixed with its
+answers ``GET /`` with ``worker <pid>`` (and the query it got), ``GET /headers`` with the request's headers (JSON), echoes websocket messages prefixed with its
 pid (text as text, binary as binary), answers ``STATUS_PATH`` with ``{"unsaved": true}`` while the file ``<pid>``
 exists in the folder ``ECHO_WORKER_UNSAVED`` (only with ``Authorization: Bearer <SCISEG_REVIEW_TOKEN>`` when that is set),
 and exits when its standard input closes, like the real worker (``SCIsegLib.review.worker``).
@@ -22,6 +22,10 @@ from SCIsegLib.review.launcher import READY_PREFIX, STATUS_PATH
 
 async def page(request: web.Request) -> web.Response:
     return web.Response(text=f"worker {os.getpid()} query={request.query_string}")
+
+
+async def headers(request: web.Request) -> web.Response:
+    return web.json_response([[name, value] for name, value in request.headers.items()])
 
 
 async def echo(request: web.Request) -> web.WebSocketResponse:
@@ -48,6 +52,7 @@ async def main() -> None:
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/ws", echo)
+    app.router.add_get("/headers", headers)
     app.router.add_get(STATUS_PATH, status)
     runner = web.AppRunner(app)
     await runner.setup()

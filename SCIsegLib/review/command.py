@@ -44,7 +44,8 @@ def run_review(bids: Path, queue: Path | None, model: str, host: str, port: int,
     print(f"each browser tab gets its own session (at most {max_sessions} at once; a session ends after "
           f"{idle_minutes:g} min without its tab, unless it has unsaved edits)", flush=True)
     if generated:
-        print(f"access token (shown once; set {TOKEN_ENVIRONMENT} to choose it): {token}", flush=True)
+        print(f"the access token is the secret in that address, generated for this run and shown only there "
+              f"(set {TOKEN_ENVIRONMENT} to choose it)", flush=True)
     try:
         run_front(settings, host, port)
     except OSError as error:

@@ -13,7 +13,9 @@ connect and leave, which is what the idle rule needs. The cost is one extra loca
 
 The token (``--allow-remote``) is required by the front for every request: ``?secret=TOKEN`` (which then
 sets an HttpOnly cookie for the page's assets and its websocket) or that cookie; every other request gets
-403. Workers also get the token and wslink checks it again in each websocket's hello.
+403. Without a token (loopback) the front answers only to local Host names (no DNS rebinding). Workers always
+get a secret, checked again by wslink in each websocket's hello: the token, or on loopback a random one of this
+run (never trame's well-known default), which the front adds to the page's address.
 
 Decisions (session ids, cap, idle and reclaim rules) are in :mod:`launcher`; this file carries them out.
 """
@@ -24,6 +26,7 @@ import asyncio
 import hmac
 import html
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -38,7 +41,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .auth import TOKEN_ENVIRONMENT
+from .auth import TOKEN_ENVIRONMENT, is_loopback
 from .launcher import (
     DEFAULT_IDLE_MINUTES,
     DEFAULT_MAX_SESSIONS,
@@ -50,8 +53,15 @@ from .launcher import (
     ready_port,
 )
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length", "cookie"}
+
+
+def _forwarded(headers) -> CIMultiDict:
+    """The headers a proxy passes on: without hop-by-hop ones, those the message's ``Connection`` names included
+    (RFC 9110 7.6.1), nor the host, length and cookie (the front's token) that the next hop sets or must not see."""
+    named = {name.strip().lower() for value in headers.getall("Connection", []) for name in value.split(",")}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named)
 
 
 @dataclass(frozen=True)
@@ -67,12 +77,22 @@ class FrontSettings:
     reclaim_after_s: float = RECLAIM_AFTER_S
     start_timeout_s: float = 180.0
     check_every_s: float = 30.0
+    heartbeat_s: float = 30.0
 
 
 def worker_command(settings: FrontSettings) -> list[str]:
     """The real worker: this Python running :mod:`SCIsegLib.review.worker` on the same dataset."""
     command = [sys.executable, "-m", "SCIsegLib.review.worker", "--bids", str(settings.root), "--model", settings.model]
     return command + (["--queue", str(settings.queue)] if settings.queue is not None else [])
+
+
+def _local_name(host_header: str) -> bool:
+    """True when a Host header names this machine's loopback (``localhost``, 127.0.0.0/8, ``[::1]``), any port."""
+    try:
+        name = URL(f"http://{host_header}").host
+    except ValueError:
+        return False
+    return bool(host_header) and name is not None and is_loopback(name)
 
 
 def _worker_url(scheme: str, port: int, tail: str) -> URL:
@@ -86,6 +106,10 @@ def _redirect(location: str) -> web.Response:
     Locations are relative, so the front also works behind a reverse proxy that mounts it under a path prefix.
     """
     return web.Response(status=302, headers={"Location": location})
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 def _page(title: str, sentence: str, status: int) -> web.Response:
@@ -107,18 +131,23 @@ class Front:
         self._output: dict[str, deque[str]] = {}
         self._client: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.cookie = "sciseg_review_token"
+        # what the workers require (wslink's hello, their status): the token, or without one (loopback) a secret of this
+        # run, so that a web page that finds a worker's port cannot use trame's well-known default ("wslink-secret")
+        self.worker_secret = settings.token or secrets.token_urlsafe(24)
 
     # ------------------------------------------------------------------ application
     def application(self, port: int = 0) -> web.Application:
         self.cookie = f"sciseg_review_token_{port}"  # fronts on other ports of one host keep their own cookie
         app = web.Application(middlewares=[self._require_token])
-        app.router.add_get("/", self._new_session)
+        app.router.add_get("/", self._new_session, allow_head=False)  # HEAD (previews, monitors) starts nothing
         app.router.add_get("/index.html", self._index)
         app.router.add_route("*", "/s/{sid}", self._add_slash)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self._to_worker)
         app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._stop_all)  # before aiohttp waits for open requests: websockets end with their workers
         app.on_cleanup.append(self._cleanup)
         return app
 
@@ -126,21 +155,31 @@ class Front:
         self._client = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         self._reaper = asyncio.create_task(self._reap_forever())
 
-    async def _cleanup(self, _app: web.Application) -> None:
+    async def _stop_all(self, _app: web.Application) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
         await asyncio.gather(*(self.stop_worker(sid, "the front stops") for sid in list(self.table.workers)))
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await self._stop_all(app)  # any started meanwhile
         if self._client is not None:
             await self._client.close()
 
     # ------------------------------------------------------------------ token
     def _same_token(self, given: str | None) -> bool:
         token = self.settings.token
-        return token is not None and given is not None and hmac.compare_digest(given.encode(), token.encode())
+        if token is None or given is None:
+            return False
+        # headers are decoded with surrogate escapes (bytes that are not UTF-8): any text encodes, only the token matches
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
 
     @web.middleware
     async def _require_token(self, request: web.Request, handler):
         if self.settings.token is None:
+            if not _local_name(request.headers.get("Host", "")):  # DNS rebinding: another site's name re-pointed here
+                return _page("SCIseg review", "Started without --allow-remote, this review server answers only to this "
+                             "machine's local names (localhost, 127.0.0.1); open it by one of them, or restart it with "
+                             "--allow-remote and a token.", 403)
             return await handler(request)
         if self._same_token(request.query.get("secret")):
             response = await handler(request)
@@ -153,10 +192,20 @@ class Front:
                      "start (http://HOST:PORT/?secret=TOKEN).", 403)
 
     def _with_secret(self, path: str) -> str:
-        return path + (f"?secret={quote(self.settings.token, safe='')}" if self.settings.token else "")
+        """``path`` with the workers' secret as ``?secret=`` (the page passes it in wslink's hello)."""
+        return f"{path}?secret={quote(self.worker_secret, safe='')}"
 
     # ------------------------------------------------------------------ routes
     async def _new_session(self, request: web.Request) -> web.StreamResponse:
+        if _is_websocket(request):
+            return _page("SCIseg review", "A review session's connection belongs under /s/<session>/; open the review "
+                         "address in a browser.", 400)
+        purpose = request.headers.get("Sec-Purpose", "") + request.headers.get("Purpose", "")
+        if request.headers.get("Sec-Fetch-Dest", "document") != "document" or "prefetch" in purpose:
+            # browsers say what a request is for: another site's image, frame or fetch of this address, or a prefetch
+            # while the address is typed, would start workers up to the cap for tabs that never come
+            return _page("SCIseg review", "A review session opens only as a page of its own: type the review address "
+                         "or follow a link to it.", 403)
         worker = await self._claim()
         if worker is None:
             return _page("SCIseg review is full", f"All {self.settings.max_sessions} review sessions are in use (one per "
@@ -172,7 +221,10 @@ class Front:
                                  f"<a href='{target}'>SCIseg review</a>", content_type="text/html")
 
     async def _add_slash(self, request: web.Request) -> web.StreamResponse:
-        return _redirect(self._with_secret(f"{request.match_info['sid']}/"))
+        session_id = request.match_info["sid"]
+        if not is_session_id(session_id):  # a Location built from it could leave the front: //host, \\host
+            return _page("SCIseg review", "There is no such review session; open the review address to start one.", 404)
+        return _redirect(self._with_secret(f"{session_id}/"))
 
     async def _to_worker(self, request: web.Request) -> web.StreamResponse:
         sid, tail = request.match_info["sid"], request.match_info["tail"]
@@ -186,27 +238,29 @@ class Front:
             return _page("SCIseg review", "Your review session did not start in time; reload this page to try again.", 504)
         except RuntimeError as error:
             return _page("SCIseg review", f"Your review session could not start: {error}", 500)
-        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-        if self.settings.token and not websocket and tail in ("", "index.html") and "secret" not in request.query:
+        websocket = _is_websocket(request)
+        if not websocket and tail in ("", "index.html") and "secret" not in request.query:
             return _redirect(self._with_secret(f"./{tail}"))  # the page hands the token to wslink's hello
         if websocket:
             return await self._proxy_websocket(request, sid, port, tail)
         return await self._proxy_http(request, port, tail)
 
     async def _proxy_http(self, request: web.Request, port: int, tail: str) -> web.Response:
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
+        headers = _forwarded(request.headers)
         body = await request.read()
         try:
             async with self._client.request(request.method, _worker_url("http", port, tail), params=request.query,
                                             headers=headers, data=body or None, allow_redirects=False) as upstream:
                 payload = await upstream.read()
-                answer = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP)
+                answer = _forwarded(upstream.headers)
                 return web.Response(status=upstream.status, body=payload, headers=answer)
         except aiohttp.ClientError as error:
             return _page("SCIseg review", f"Your review session does not answer ({error}); reload this page.", 502)
 
     async def _proxy_websocket(self, request: web.Request, sid: str, port: int, tail: str) -> web.WebSocketResponse:
-        browser = web.WebSocketResponse(max_msg_size=0)
+        # pings every heartbeat_s: a tab that vanished without closing (laptop shut, network gone) is let go, so its
+        # session can become idle; browsers answer pings by themselves
+        browser = web.WebSocketResponse(max_msg_size=0, heartbeat=self.settings.heartbeat_s)
         await browser.prepare(request)
         self.table.connected(sid)
         try:
@@ -239,14 +293,28 @@ class Front:
     def _launch(self, worker: Worker) -> None:
         self._ready[worker.session_id] = asyncio.get_running_loop().create_future()
         self._output[worker.session_id] = deque(maxlen=20)
-        asyncio.create_task(self._run_worker(worker))
+        for job in (self._run_worker(worker), self._stop_unless_ready(worker.session_id)):
+            task = asyncio.create_task(job)
+            self._tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._tasks.discard)
+
+    async def _stop_unless_ready(self, sid: str) -> None:
+        """Stop a worker not listening after ``start_timeout_s``, whether or not its tab still waits for it."""
+        ready = self._ready.get(sid)
+        if ready is None:
+            return  # already stopped
+        try:
+            await asyncio.wait_for(asyncio.shield(ready), self.settings.start_timeout_s)
+        except asyncio.TimeoutError:
+            await self.stop_worker(sid, f"not listening after {self.settings.start_timeout_s:g} s")
+        except RuntimeError:
+            pass  # it stopped before getting ready: _run_worker has cleaned up
 
     async def _run_worker(self, worker: Worker) -> None:
         sid, ready = worker.session_id, self._ready[worker.session_id]
         environment = dict(os.environ)
         environment.pop(TOKEN_ENVIRONMENT, None)
-        if self.settings.token:
-            environment[TOKEN_ENVIRONMENT] = self.settings.token
+        environment[TOKEN_ENVIRONMENT] = self.worker_secret
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -256,10 +324,22 @@ class Front:
             self.table.remove(sid)
             return
         worker.pid = process.pid
+        if self.table.get(sid) is not worker:  # stopped while starting (front stopping, start timeout): no orphan
+            self._output.pop(sid, None)
+            process.terminate()
+            await process.wait()
+            return
         self.processes[sid] = process
         self._log(f"session {sid[:8]}: worker pid {process.pid} starting ({len(self.table)} of {self.settings.max_sessions})")
         started = time.monotonic()
-        while line := await process.stdout.readline():
+        while True:
+            try:
+                line = await process.stdout.readline()
+            except ValueError:  # a line over the stream's 64 KiB limit: left out, the output is still read
+                self._log(f"[session {sid[:8]}] (a line of more than 64 KiB left out)")
+                continue
+            if not line:
+                break
             text = line.decode(errors="replace").rstrip()
             port = ready_port(text)
             if port is not None and not ready.done():
@@ -287,7 +367,7 @@ class Front:
         worker = self.table.get(sid)
         if worker is None or not worker.port:
             return worker is not None
-        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        headers = {"Authorization": f"Bearer {self.worker_secret}"}
         try:
             async with self._client.get(f"http://127.0.0.1:{worker.port}{STATUS_PATH}", headers=headers,
                                         timeout=aiohttp.ClientTimeout(total=30)) as answer:
