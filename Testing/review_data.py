@@ -8,6 +8,7 @@ The queue file ranks sub-02 first, then sub-01 (sub-03 is not scored).
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,32 @@ CASES = {"sub-01": "sub-01/anat/sub-01_T2w", "sub-02": "sub-02/anat/sub-02_T2w",
 LESION_VOXELS_SUB01 = 27
 
 
+def browser_requirement_missing() -> str | None:
+    """Why the review app cannot be served and driven in a real browser here, or None when it can."""
+    try:
+        import playwright.sync_api  # noqa: F401
+        import trame_slicer  # noqa: F401
+    except ImportError as error:
+        return f"the web extra or playwright is not installed ({error.name})"
+    if shutil.which("chromium") is None:
+        return "chromium is not installed (apt-get install chromium; scripts/system_packages.sh)"
+    if ctypes.util.find_library("EGL") is None and ctypes.util.find_library("OSMesa") is None:
+        return "neither EGL nor OSMesa is installed (apt-get install libegl1 libosmesa6)"
+    return None
+
+
+def _cube_lesion(cord: sitk.Image, centre_zyx: tuple[int, int, int]) -> sitk.Image:
+    """A 3x3x3 voxel lesion around ``centre_zyx`` (array index z, y, x), kept inside the cord mask."""
+    array = sitk.GetArrayFromImage(cord) > 0
+    z, y, x = centre_zyx
+    lesion = np.zeros(array.shape, np.uint8)
+    lesion[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 1
+    lesion &= array.astype(np.uint8)
+    image = sitk.GetImageFromArray(lesion)
+    image.CopyInformation(cord)
+    return image
+
+
 def _write(image: sitk.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=True)
@@ -27,13 +54,7 @@ def _write(image: sitk.Image, path: Path) -> None:
 def painted_lesion(cord: sitk.Image) -> sitk.Image:
     """A 3x3x3 voxel lesion centred on the cord mask's centre of mass (all inside the cord)."""
     array = sitk.GetArrayFromImage(cord) > 0
-    z, y, x = (int(round(v.mean())) for v in np.nonzero(array))
-    lesion = np.zeros(array.shape, np.uint8)
-    lesion[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 1
-    lesion &= array.astype(np.uint8)
-    image = sitk.GetImageFromArray(lesion)
-    image.CopyInformation(cord)
-    return image
+    return _cube_lesion(cord, tuple(int(round(v.mean())) for v in np.nonzero(array)))
 
 
 def make_review_bids(root: Path, shared: Path) -> dict[str, Path]:
@@ -73,13 +94,7 @@ def lesion_inside(cord: sitk.Image) -> sitk.Image:
     array = sitk.GetArrayFromImage(cord) > 0
     voxels = np.argwhere(array)
     middle = voxels[voxels[:, 0] == int(np.median(voxels[:, 0]))]
-    z, y, x = (int(v) for v in middle[np.argmin(((middle - middle.mean(axis=0)) ** 2).sum(axis=1))])
-    lesion = np.zeros(array.shape, np.uint8)
-    lesion[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 1
-    lesion &= array.astype(np.uint8)
-    image = sitk.GetImageFromArray(lesion)
-    image.CopyInformation(cord)
-    return image
+    return _cube_lesion(cord, tuple(int(v) for v in middle[np.argmin(((middle - middle.mean(axis=0)) ** 2).sum(axis=1))]))
 
 
 def make_full_fov_bids(root: Path, shared: Path) -> list[str]:

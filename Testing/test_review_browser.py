@@ -11,7 +11,6 @@ killed. Views are small (the page is 1100x560) to keep software rendering quick.
 
 from __future__ import annotations
 
-import ctypes.util
 import io
 import json
 import os
@@ -29,7 +28,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPOSITORY, SHARED_DATA, shared_file
-from review_data import CASES, LESION_VOXELS_SUB01, make_review_bids
+from review_data import CASES, LESION_VOXELS_SUB01, browser_requirement_missing, make_review_bids
 from SCIsegLib.training.export import version_numbers
 
 TOKEN = "review-test-token-0123456789"
@@ -37,16 +36,7 @@ VIEWPORT = {"width": 1100, "height": 560}
 
 
 def _missing_requirement() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-        import trame_slicer  # noqa: F401
-    except ImportError as error:
-        return f"the web extra or playwright is not installed ({error.name})"
-    if shutil.which("chromium") is None:
-        return "chromium is not installed (apt-get install chromium; scripts/system_packages.sh)"
-    if ctypes.util.find_library("EGL") is None and ctypes.util.find_library("OSMesa") is None:
-        return "neither EGL nor OSMesa is installed (apt-get install libegl1 libosmesa6)"
-    return None
+    return browser_requirement_missing()
 
 
 pytestmark = pytest.mark.skipif(_missing_requirement() is not None, reason=str(_missing_requirement()))

@@ -9,7 +9,6 @@ what it was with the first case open (measured: 736 -> 750 MB). About 40 s on 2 
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import shutil
 import socket
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPOSITORY, SHARED_DATA, shared_file
-from review_data import make_full_fov_bids
+from review_data import browser_requirement_missing, make_full_fov_bids
 
 OPENINGS = 8
 GROWTH_BOUND_MB = 40.0
@@ -30,15 +29,9 @@ VIEWPORT = {"width": 1830, "height": 690}  # the axial view about 800 x 600, as 
 
 
 def _missing_requirement() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-        import trame_slicer  # noqa: F401
-    except ImportError as error:
-        return f"the web extra or playwright is not installed ({error.name})"
-    if shutil.which("chromium") is None:
-        return "chromium is not installed (apt-get install chromium; scripts/system_packages.sh)"
-    if ctypes.util.find_library("EGL") is None and ctypes.util.find_library("OSMesa") is None:
-        return "neither EGL nor OSMesa is installed (apt-get install libegl1 libosmesa6)"
+    missing = browser_requirement_missing()
+    if missing is not None:
+        return missing
     if not Path("/proc/self/status").is_file():
         return "resident memory is read from /proc (Linux only)"
     from SCIsegLib.review.memory import _glibc
