@@ -70,6 +70,16 @@ def make_dataset(root: Path) -> list[str]:
     return cases
 
 
+def wait_until_serving(port: int, poll_s: float = 0.1) -> None:
+    """Return once ``sciseg review`` on 127.0.0.1:``port`` answers ``/index.html`` (a page that starts no session)."""
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2)
+            return
+        except OSError:
+            time.sleep(poll_s)
+
+
 def rss_mb(pid: int) -> float:
     """Resident MB of the command and its children: the front and each browser tab's worker process."""
     import psutil
@@ -122,12 +132,7 @@ def main() -> None:
     results: dict = {"command": "PYTHONPATH=$PWD .venv/bin/python benchmarks/review_app.py --work /tmp/review_bench",
                      "cpu_count": os.cpu_count(), "scan_size_voxels": list(sitk.ReadImage(str(root / f"{cases[0]}.nii.gz")).GetSize()), "viewport": VIEWPORT}
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_serving(port)
         results["server_start_s"] = round(time.perf_counter() - started, 2)
         results["server_rss_mb_idle"] = round(rss_mb(server.pid), 1)
         with sync_playwright() as playwright:

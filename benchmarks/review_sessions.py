@@ -28,14 +28,13 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from review_app import REPOSITORY, VIEWPORT, lesion_pixels, make_dataset, view_rgb, wait_view  # noqa: E402
+from review_app import REPOSITORY, VIEWPORT, lesion_pixels, make_dataset, view_rgb, wait_until_serving, wait_view  # noqa: E402
 
 
 def worker_rss_mb(front: psutil.Process) -> dict[int, float]:
@@ -96,12 +95,7 @@ def main() -> None:
     results: dict = {"command": f"PYTHONPATH=$PWD .venv/bin/python benchmarks/review_sessions.py --work /tmp/review_sessions --raters {args.raters}",
                      "cpu_count": os.cpu_count(), "viewport": VIEWPORT, "raters": []}
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_serving(port)
         results["front_start_s"] = round(time.perf_counter() - started, 2)
         results["front_rss_mb"] = round(front.memory_info().rss / 2**20, 1)
         with sync_playwright() as playwright:
