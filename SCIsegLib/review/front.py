@@ -208,7 +208,9 @@ class Front:
                          "or follow a link to it.", 403)
         worker = await self._claim()
         if worker is None:
-            return _page("SCIseg review is full", f"All {self.settings.max_sessions} review sessions are in use (one per "
+            count = self.settings.max_sessions
+            in_use = "The only review session is" if count == 1 else f"All {count} review sessions are"
+            return _page("SCIseg review is full", f"{in_use} in use (one per "
                          "open browser tab). Close a review tab you no longer use and reload this page in a few minutes, "
                          "or ask whoever started sciseg review to restart it with a larger --max-sessions.", 503)
         self._launch(worker)
