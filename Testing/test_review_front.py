@@ -267,7 +267,7 @@ def test_the_cap_gives_the_full_page_and_a_long_gone_clean_tab_is_reclaimed(tmp_
         first = _pid(body)
         (front.unsaved / str(first)).touch()  # the first rater has unsaved edits
         status, body, _ = Tab().get(f"{front.url}/?secret={TOKEN}")
-        assert status == 503 and "All 1 review sessions are in use" in body and "--max-sessions" in body
+        assert status == 503 and "The only review session is in use" in body and "--max-sessions" in body
         time.sleep(2.0)  # past the reclaim delay, but unsaved: still kept
         status, body, _ = Tab().get(f"{front.url}/?secret={TOKEN}")
         assert status == 503 and psutil.pid_exists(first)
