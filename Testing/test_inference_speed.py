@@ -19,7 +19,6 @@ from SCIsegLib.checkpoints import UnsafeCheckpointError
 from SCIsegLib.inference import InferenceSettings, NnUNetEngine, make_engine
 from SCIsegLib.inference.choice import EngineChoice, engine_candidates
 from SCIsegLib.inference.cropped import (
-    cord_box,
     cord_pieces,
     first_pass_shape,
     foreground_bounds,
@@ -272,11 +271,10 @@ def test_locate_cord_scales_the_box_back_to_the_full_grid():
                for (a, b), lo, hi in zip(bounds, (10, 25, 4), (80, 33, 8), strict=True)), bounds
 
 
-def test_cord_box_and_inner_faces():
+def test_foreground_bounds_and_inner_faces():
     mask = cube((20, 30, 40), (5, 10, 0), (8, 12, 40))
-    assert cord_box(mask, (2, 2, 2), (1, 1, 1)) == ((3, 10), (8, 14), (0, 40))
-    assert cord_box(mask, (0, 0, 0), (10, 10, 10)) == ((2, 12), (6, 16), (0, 40))
-    assert cord_box(np.zeros((4, 4, 4), bool), (1, 1, 1), (1, 1, 1)) is None
+    assert foreground_bounds(mask) == ((5, 8), (10, 12), (0, 40))
+    assert foreground_bounds(np.zeros((4, 4, 4), bool)) is None
     box = ((3, 10), (8, 14), (0, 40))
     inside = mask[3:10, 8:14, 0:40]
     assert not touches_inner_face(inside, box, mask.shape)  # along x it spans the image: image faces are fine

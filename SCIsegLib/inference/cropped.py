@@ -59,32 +59,6 @@ def foreground_bounds(mask: np.ndarray) -> Box | None:
     return tuple(bounds)
 
 
-def expand_box(bounds: Box, margin_voxels: tuple[int, ...], min_size_voxels: tuple[int, ...],
-               shape: tuple[int, ...]) -> Box:
-    """``bounds`` grown by ``margin_voxels``, to at least ``min_size_voxels``, then moved inside an image of ``shape``."""
-    box = []
-    for (first, stop_), margin, least, size in zip(bounds, margin_voxels, min_size_voxels, shape, strict=True):
-        start, stop = first - margin, stop_ + margin
-        missing = least - (stop - start)
-        if missing > 0:
-            start, stop = start - missing // 2, stop + missing - missing // 2
-        if start < 0:
-            start, stop = 0, stop - start
-        if stop > size:
-            start, stop = max(start - (stop - size), 0), size
-        box.append((start, stop))
-    return tuple(box)
-
-
-def cord_box(mask: np.ndarray, margin_voxels: tuple[int, ...], min_size_voxels: tuple[int, ...]) -> Box | None:
-    """The box around the foreground of ``mask`` plus ``margin_voxels``, at least ``min_size_voxels``, inside the array.
-
-    Returns None when ``mask`` holds no foreground.
-    """
-    bounds = foreground_bounds(mask)
-    return None if bounds is None else expand_box(bounds, margin_voxels, min_size_voxels, mask.shape)
-
-
 def touches_inner_face(mask_in_box: np.ndarray, box: Box, shape: tuple[int, ...]) -> bool:
     """True when foreground of ``mask_in_box`` lies on a face of ``box`` that is not a face of the image."""
     for axis, (start, stop) in enumerate(box):
