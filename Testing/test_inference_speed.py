@@ -26,8 +26,10 @@ from SCIsegLib.inference.cropped import (
     plan_box,
     tile_count,
     tile_plan,
+    touched_faces,
     touches_inner_face,
     two_pass_logits,
+    widen_to_image_faces,
 )
 from SCIsegLib.inference.fast import FallbackEngine, FastEngine
 from SCIsegLib.inference.openvino_cache import CacheKey, CompiledModelCache
@@ -229,15 +231,31 @@ def test_crop_falls_back_to_the_whole_image_when_the_first_pass_finds_nothing():
     assert predictor.calls == [(0.5, shape, None)] and np.array_equal((result.logits[0] > 0).numpy(), cord)
 
 
-def test_crop_falls_back_when_the_cord_touches_the_box_edge():
+def test_crop_follows_a_cord_that_touches_the_box_edge_and_falls_back_when_it_still_does():
     shape = (40, 40, 40)
     cord = cube(shape, (0, 18, 18), (40, 22, 22))
-    predictor = ThresholdPredictor()
     seen_partly = ((15, 20), (18, 22), (18, 22))  # the first pass saw only part of the cord
+
+    predictor = ThresholdPredictor()
     result = two_pass_logits(predictor, image_of(cord), margin_mm=2, locate=lambda _p, _d: seen_partly)
+    assert result.note == "cropped (box widened 1x where the cord touched it)"
+    assert result.box is not None and result.box[0] == (0, 40)  # widened to both z faces of the image
+    assert [positions is None for _, _, positions in predictor.calls] == [False, False]
+    assert np.array_equal((result.logits[0] > 0).numpy(), cord)
+
+    predictor = ThresholdPredictor()
+    result = two_pass_logits(predictor, image_of(cord), margin_mm=2, locate=lambda _p, _d: seen_partly, max_widenings=0)
     assert result.note == "cord touches the box edge" and result.box is None
     assert [positions is None for _, _, positions in predictor.calls] == [False, True]
     assert np.array_equal((result.logits[0] > 0).numpy(), cord)
+
+
+def test_touched_faces_and_widening():
+    mask = cube((20, 30, 40), (0, 10, 5), (4, 12, 8))
+    box = ((0, 4), (9, 12), (5, 9))
+    # z: low side is the image's face (not counted), high side touched; y: high side touched; x: low side touched
+    assert touched_faces(mask[0:4, 9:12, 5:9], box, (20, 30, 40)) == [(0, 1), (1, 1), (2, 0)]
+    assert widen_to_image_faces(((0, 4), (10, 12), (5, 8)), [(0, 1), (1, 1), (2, 0)], (20, 30, 40)) == ((0, 20), (10, 30), (0, 8))
 
 
 def test_crop_is_skipped_when_small_when_it_cannot_pay_and_when_the_cord_needs_every_tile():

@@ -22,7 +22,8 @@ the sidecar says why) when:
 - the first pass plus one tile cost at least the tiles of the whole run: "crop would not pay";
 - pass 1 finds no cord: "no cord found by the first pass";
 - the plan around the cord costs as many tiles as the whole image: "the cord needs every tile";
-- the cord of pass 2 touches a face of the tiles run inside the image (it may go on outside):
+- the cord of pass 2 still touches a face of the tiles run inside the image (it may go on outside)
+  after the box was widened to the image's face on each touched side :data:`MAX_WIDENINGS` times:
   "cord touches the box edge".
 """
 
@@ -43,6 +44,8 @@ DEFAULT_MARGIN_MM = 10.0
 MAX_FIRST_PASS_ZOOM = 1.5
 #: Pass-1 pieces smaller than this share of the largest piece are specks, not cord, and do not widen the box.
 MIN_PIECE_SHARE = 0.1
+#: How many times pass 2 is redone with the box widened to the image's face where the cord touched it.
+MAX_WIDENINGS = 2
 #: Logit magnitude meaning "certainly background" outside the box (fits fp16).
 _CERTAIN = 50.0
 
@@ -59,14 +62,28 @@ def foreground_bounds(mask: np.ndarray) -> Box | None:
     return tuple(bounds)
 
 
-def touches_inner_face(mask_in_box: np.ndarray, box: Box, shape: tuple[int, ...]) -> bool:
-    """True when foreground of ``mask_in_box`` lies on a face of ``box`` that is not a face of the image."""
+def touched_faces(mask_in_box: np.ndarray, box: Box, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The faces (axis, 0 = low side / 1 = high side) of ``box`` inside the image on which ``mask_in_box`` has foreground."""
+    faces = []
     for axis, (start, stop) in enumerate(box):
         if start > 0 and mask_in_box.take(0, axis=axis).any():
-            return True
+            faces.append((axis, 0))
         if stop < shape[axis] and mask_in_box.take(-1, axis=axis).any():
-            return True
-    return False
+            faces.append((axis, 1))
+    return faces
+
+
+def touches_inner_face(mask_in_box: np.ndarray, box: Box, shape: tuple[int, ...]) -> bool:
+    """True when foreground of ``mask_in_box`` lies on a face of ``box`` that is not a face of the image."""
+    return bool(touched_faces(mask_in_box, box, shape))
+
+
+def widen_to_image_faces(bounds: Box, faces: list[tuple[int, int]], shape: tuple[int, ...]) -> Box:
+    """``bounds`` with each touched side moved to the image's face along its axis."""
+    widened = [list(pair) for pair in bounds]
+    for axis, side in faces:
+        widened[axis][side] = 0 if side == 0 else shape[axis]
+    return tuple((start, stop) for start, stop in widened)
 
 
 def tile_count(shape: tuple[int, ...], patch: tuple[int, ...], step: float) -> int:
@@ -195,7 +212,7 @@ def plan_box(plan: list[list[int]], shape: tuple[int, ...], patch: tuple[int, ..
 @torch.inference_mode()
 def two_pass_logits(predictor, data: torch.Tensor, margin_mm: float = DEFAULT_MARGIN_MM,
                     locate: Locator = locate_cord, check_edges: bool = True,
-                    single_tile_axes: bool = True) -> CroppedLogits:
+                    single_tile_axes: bool = True, max_widenings: int = MAX_WIDENINGS) -> CroppedLogits:
     """Run ``predictor`` (nnU-Net predictor, tile step = the fine step) on ``data`` (channels, z, y, x), cropped to the cord.
 
     ``locate`` is pass 1 (:func:`locate_cord`): it returns the cord's tight box in voxels of ``data``'s grid.
@@ -222,20 +239,24 @@ def two_pass_logits(predictor, data: torch.Tensor, margin_mm: float = DEFAULT_MA
         return whole("no cord found by the first pass")
     spacing = [float(s) for s in predictor.configuration_manager.spacing]
     margin = tuple(math.ceil(margin_mm / s) for s in spacing)
-    plan = tile_plan(bounds, shape, patch, fine_step, margin, single_tile_axes)
-    if math.prod(len(starts) for starts in plan) >= whole_tiles:
-        return whole("the cord needs every tile")
-    box = plan_box(plan, shape, patch)
-    region = tuple(slice(start, stop) for start, stop in box)
-    predictor.tile_positions = [[q - start for q in starts] for starts, (start, _) in zip(plan, box, strict=True)]
-    try:
-        inside = predictor.predict_logits_from_preprocessed_data(data[(slice(None), *region)].contiguous())
-    finally:
-        predictor.tile_positions = None
-    if check_edges and touches_inner_face(_foreground(predictor, inside), box, shape):
+    for widening in range(max_widenings + 1):
+        plan = tile_plan(bounds, shape, patch, fine_step, margin, single_tile_axes)
+        if math.prod(len(starts) for starts in plan) >= whole_tiles:
+            return whole("the cord needs every tile")
+        box = plan_box(plan, shape, patch)
+        region = tuple(slice(start, stop) for start, stop in box)
+        predictor.tile_positions = [[q - start for q in starts] for starts, (start, _) in zip(plan, box, strict=True)]
+        try:
+            inside = predictor.predict_logits_from_preprocessed_data(data[(slice(None), *region)].contiguous())
+        finally:
+            predictor.tile_positions = None
+        faces = touched_faces(_foreground(predictor, inside), box, shape) if check_edges else []
+        if not faces:
+            logits = torch.empty((inside.shape[0], *shape), dtype=inside.dtype)
+            _fill_background(predictor, logits)
+            logits[(slice(None), *region)] = inside
+            note = "cropped" if widening == 0 else f"cropped (box widened {widening}x where the cord touched it)"
+            return CroppedLogits(logits, box, note)
         del inside
-        return whole("cord touches the box edge")
-    logits = torch.empty((inside.shape[0], *shape), dtype=inside.dtype)
-    _fill_background(predictor, logits)
-    logits[(slice(None), *region)] = inside
-    return CroppedLogits(logits, box, "cropped")
+        bounds = widen_to_image_faces(bounds, faces, shape)  # pass 1 missed part of the cord: follow it to the image's face
+    return whole("cord touches the box edge")
