@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__, cancel
 from .errors import CancelledError, DownloadError, InputError, SCIsegError
+from .inference.base import CROP_MODES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (fastest that works here: CUDA, else OpenVINO bf16/fp32; cropped to the cord where that saves tiles), "
              "reference (SCT's exact nnU-Net call), openvino, torch-bf16 or cuda",
     )
-    segment.add_argument("--crop", choices=("fast", "exact", "off"), default="fast",
+    segment.add_argument("--crop", choices=CROP_MODES, default="fast",
                          help="fast engines: fast (tiles around the cord, one tile where the cord fits in one), exact "
                               "(only the reference's tiles around the cord) or off (the whole image)")
     segment.add_argument("--no-crop", action="store_true", help="the same as --crop off")
@@ -731,7 +732,7 @@ def _add_run_parser(commands) -> None:
     run.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (on the workers)")
     run.add_argument("--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
                      help="as for `sciseg segment` (auto: the fastest that works on the workers; reference: SCT's exact call)")
-    run.add_argument("--crop", choices=("fast", "exact", "off"), default="fast", help="as for `sciseg segment` (fast engines)")
+    run.add_argument("--crop", choices=CROP_MODES, default="fast", help="as for `sciseg segment` (fast engines)")
     run.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
     run.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
     run.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")

@@ -134,14 +134,12 @@ def test_cropped_run_on_a_full_field_of_view_scan_agrees_with_the_reference(demo
 def test_exact_crop_gives_the_reference_logits_around_the_cord(demo):
     """crop "exact" on the reference's own runtime (torch fp32): the logits within the margin around the cord are
     bit-identical to those of SCT's call, while fewer tiles run."""
-    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+    from SCIsegLib.inference.predictor import preprocess
 
     array, spacing = model_array("sct_2014_errsm/errsm_21/t2.nii.gz", demo, (slice(60, 160), slice(100, 300), slice(None)))
     engine = FastEngine(demo, InferenceSettings(crop="exact"), "torch", "fp32")
     predictor = engine._predictor
-    adapter = PreprocessAdapterFromNpy([array[None]], [None], [{"spacing": list(spacing)}], [None], predictor.plans_manager,
-                                       predictor.dataset_json, predictor.configuration_manager, num_threads_in_multithreaded=1)
-    data = next(adapter)["data"]
+    data, _ = preprocess(predictor, array, spacing)
     reference = predictor.predict_logits_from_preprocessed_data(data)
     bounds = locate_cord(predictor, data)
     assert bounds is not None

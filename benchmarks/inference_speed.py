@@ -43,6 +43,7 @@ from SCIsegLib.inference import InferenceSettings, NnUNetEngine, make_engine  # 
 from SCIsegLib.inference.cpu import cpu_identity, read_cpu_flags  # noqa: E402
 from SCIsegLib.inference.cropped import locate_cord  # noqa: E402
 from SCIsegLib.inference.fast import FallbackEngine, FastEngine  # noqa: E402
+from SCIsegLib.inference.predictor import preprocess  # noqa: E402
 from SCIsegLib.models import read_model, resolve_model  # noqa: E402
 from SCIsegLib.volume import array_zyx, load_image, reorient, sct_to_itk_orientation  # noqa: E402
 
@@ -125,12 +126,8 @@ def load_scan(name: str, orientation: str) -> tuple[np.ndarray, tuple[float, flo
 
 def demo_cord_bounds(demo_engine: FastEngine, array: np.ndarray, spacing: tuple[float, float, float]):
     """(preprocessed shape, the demo model's pass-1 cord box on it) for one scan."""
-    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
-
     predictor = demo_engine._predictor
-    adapter = PreprocessAdapterFromNpy([array[None]], [None], [{"spacing": list(spacing)}], [None], predictor.plans_manager,
-                                       predictor.dataset_json, predictor.configuration_manager, num_threads_in_multithreaded=1)
-    data = next(adapter)["data"]
+    data, _ = preprocess(predictor, array, spacing)
     return tuple(int(s) for s in data.shape[1:]), locate_cord(predictor, data)
 
 

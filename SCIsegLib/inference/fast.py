@@ -19,7 +19,7 @@ from ..models import ModelInfo
 from .base import CancelToken, InferenceSettings, NetworkOutput, choose_device
 from .cropped import Locator, locate_cord, two_pass_logits
 from .openvino_cache import CompiledModelCache, default_cache_root
-from .predictor import NnUNetEngine, TileProgress, build_predictor, structure_probabilities
+from .predictor import NnUNetEngine, TileProgress, build_predictor, preprocess, structure_probabilities
 
 
 class FastEngine:
@@ -85,17 +85,10 @@ class FastEngine:
         cancel: CancelToken | None = None,
     ) -> NetworkOutput:
         """Segment one image (model orientation, (z, y, x), spacing in mm in the same order)."""
-        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
-
         predictor = self._predictor
         self._progress.start(on_progress, cancel)
         try:
-            adapter = PreprocessAdapterFromNpy(
-                [np.ascontiguousarray(image_zyx, dtype=np.float32)[None]], [None],
-                [{"spacing": [float(s) for s in spacing_zyx_mm]}], [None], predictor.plans_manager,
-                predictor.dataset_json, predictor.configuration_manager, num_threads_in_multithreaded=1)
-            prepared = next(adapter)
-            data, properties = prepared["data"], prepared["data_properties"]
+            data, properties = preprocess(predictor, image_zyx, spacing_zyx_mm)
             run = dict(self.run_info)
             if self.settings.crop != "off":
                 cropped = two_pass_logits(predictor, data, locate=self.locate, check_edges=self.check_crop_edges,

@@ -93,6 +93,22 @@ def _predictor_class():
     return SafePredictor
 
 
+def preprocess(predictor, image_zyx: np.ndarray, spacing_zyx_mm) -> tuple:
+    """nnU-Net's preprocessing of one image (model orientation, (z, y, x); spacing in mm, same order).
+
+    Returns (data, properties): data (channels, z, y, x) on the network's grid, and nnU-Net's properties
+    (cropping box, shapes) needed to map results back to the input grid.
+    """
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+
+    adapter = PreprocessAdapterFromNpy(
+        [np.ascontiguousarray(image_zyx, dtype=np.float32)[None]], [None],
+        [{"spacing": [float(s) for s in spacing_zyx_mm]}], [None], predictor.plans_manager,
+        predictor.dataset_json, predictor.configuration_manager, num_threads_in_multithreaded=1)
+    prepared = next(adapter)
+    return prepared["data"], prepared["data_properties"]
+
+
 def build_predictor(model: ModelInfo, settings: InferenceSettings, device, *, on_device: bool):
     """A :class:`SafePredictor` for ``model`` with SCT's settings (step, gaussian, mirroring from ``settings``)."""
     import torch
