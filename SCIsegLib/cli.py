@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
              "reference (SCT's exact nnU-Net call), openvino, torch-bf16 or cuda",
     )
     segment.add_argument("--crop", choices=CROP_MODES, default="fast",
-                         help="fast engines: fast (tiles around the cord, one tile where the cord fits in one), exact "
+                         help="fast engines: fast (tiles around the cord; one tile where a reference tile holds it), exact "
                               "(only the reference's tiles around the cord) or off (the whole image)")
     segment.add_argument("--no-crop", action="store_true", help="the same as --crop off")
     segment.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")

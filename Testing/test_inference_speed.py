@@ -19,14 +19,17 @@ from SCIsegLib.checkpoints import UnsafeCheckpointError
 from SCIsegLib.inference import InferenceSettings, NnUNetEngine, make_engine
 from SCIsegLib.inference.choice import EngineChoice, engine_candidates
 from SCIsegLib.inference.cropped import (
+    central_window,
     cord_pieces,
     first_pass_shape,
     foreground_bounds,
     locate_cord,
     plan_box,
+    superior_inferior_axis,
     tile_count,
     tile_plan,
     touched_faces,
+    weighing_tiles,
     touches_inner_face,
     two_pass_logits,
     widen_to_image_faces,
@@ -122,12 +125,51 @@ def test_cropped_run_on_a_full_field_of_view_scan_agrees_with_the_reference(demo
     output = engine.predict(array, spacing)
     assert output.run["crop_note"] == "cropped" and output.run["crop"] == crop, output.run
     whole = tile_count((215, 382, 52), tuple(demo_patch(demo)), 0.5)  # the preprocessed grid of this scan
-    assert len(planned) == 2 and sum(planned) < whole / 2, (planned, whole)  # pass 1 and pass 2
+    # pass 1: the central window (2 tiles; not trusted on this sagittal scan of neck and brain, whose cord does not
+    # run along 90 % of it), then the whole shrunk image (8 tiles); pass 2: the tiles around the cord
+    assert planned[:2] == [2, 8] and len(planned) == 3 and sum(planned) < whole / 2, (planned, whole)
     cord = keep_largest_component(expected >= 1)
     assert cord.sum() > 10000 and (expected == 2).sum() > 300
     assert dice(keep_largest_component(output.label_map >= 1), cord) >= 0.99
     near = ndimage.binary_dilation(cord, iterations=3)
     assert ((expected == 2) & near).sum() > 300
+    assert dice((output.label_map == 2) & near, (expected == 2) & near) >= 0.97
+
+
+@pytest.fixture(scope="module")
+def painted_axial(demo, reference):
+    """gm_challenge sub-10062Ses1 (held out of the demo's training): an axial T2*w slab, 256x256x20 voxels of
+    0.7x0.7x2.5 mm (180 mm across), with 2 lesions painted in its manual cord mask, and SCT's call on it."""
+    from SCIsegLib.phantom import paint_lesions
+
+    cord = load_image(shared_file(
+        "gm_challenge/derivatives/labels/sub-10062Ses1/anat/sub-10062Ses1_run-1_T2starw_seg-manual.nii.gz")) > 0.5
+    painted = paint_lesions(load_image(shared_file("gm_challenge/sub-10062Ses1/anat/sub-10062Ses1_run-1_T2starw.nii.gz")),
+                            cord, lesions=2, seed=3).image
+    image = reorient(painted, sct_to_itk_orientation(demo.orientation))
+    array = array_zyx(image).astype(np.float32)
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    return array, spacing, reference.predict(array, spacing).label_map
+
+
+def test_an_axial_slab_is_located_in_the_central_window_and_agrees_with_the_reference(demo, cache, painted_axial):
+    """Pass 1 runs one central window instead of the shrunk slab's 6 tiles, pass 2 one tile of the reference's 35."""
+    from scipy import ndimage
+
+    from SCIsegLib.postprocess import keep_largest_component
+
+    array, spacing, expected = painted_axial
+    engine = FastEngine(demo, InferenceSettings(), "openvino", "bf16", cache)
+    assert engine.along_axis == 0  # RPI, no transpose: the grid's axis 0 runs along the body
+    planned: list[int] = []
+    engine._predictor.slicers_hook = planned.append
+    output = engine.predict(array, spacing)
+    assert output.run["crop_note"] == "cropped", output.run
+    assert tile_count((50, 180, 179), tuple(demo_patch(demo)), 0.5) == 35 and planned == [1, 1], planned
+    cord = keep_largest_component(expected >= 1)
+    assert cord.sum() > 3000 and (expected == 2).sum() > 50
+    assert dice(keep_largest_component(output.label_map >= 1), cord) >= 0.99
+    near = ndimage.binary_dilation(cord, iterations=3)
     assert dice((output.label_map == 2) & near, (expected == 2) & near) >= 0.97
 
 
@@ -214,10 +256,31 @@ def test_tile_plan_keeps_the_reference_tiles_or_one_tile():
     # x: 4..8: the reference runs 2 overlapping tiles (0 and 4), both hold it, centres 4 and 8 tie: the first
     assert list(reference[2]) == [0, 4] and plan[2] == [0]
     assert plan_box(plan, shape, patch) == ((0, 40), (16, 24), (0, 8))
-    # x: 3..10 fits one tile but no reference tile holds it: one tile centred on it
-    assert tile_plan(((5, 35), (18, 22), (4, 9)), shape, patch, 0.5, (1, 1, 1))[2] == [2]
+    # x: 3..10 fits one tile but no reference tile holds it: the reference's tiles that meet it (a tile placed
+    # elsewhere would see other context than any reference tile)
+    assert tile_plan(((5, 35), (18, 22), (4, 9)), shape, patch, 0.5, (1, 1, 1))[2] == [0, 4]
     short = tile_plan(((0, 5), (1, 3), (0, 4)), (6, 40, 5), patch, 0.5, (1, 1, 1))
     assert short[0] == [0] and short[2] == [0]  # axes shorter than a tile: one (padded) tile
+
+
+def test_fast_crop_drops_the_reference_tiles_that_weigh_nothing_on_the_cord():
+    """An axial slab 161 voxels across, SCIseg's 48-voxel tile: the reference runs 6 tiles along that axis and no
+    one of them holds the cord (73..91) and its margin (63..101); the two whose gaussians carry the cord run."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    positions = [int(q) for q in compute_steps_for_sliding_window((51, 191, 161), (192, 256, 48), 0.5)[2]]
+    assert positions == [0, 23, 45, 68, 90, 113]
+    meeting = [q for q in positions if q < 101 and q + 48 > 63]
+    assert meeting == [23, 45, 68, 90]
+    assert weighing_tiles(meeting, positions, 48, (73, 91), (63, 101)) == [45, 68]
+    # the share is nnU-Net's: tile 90's gaussian (centre 114, sigma 6) is 0.035 % of the blend at voxel 90
+    assert weighing_tiles(meeting, positions, 48, (73, 91), (63, 101), min_share=0.0003) == [45, 68, 90]
+    # tiles that would leave part of the margin uncovered are not dropped
+    assert weighing_tiles(meeting, positions, 48, (73, 91), (40, 101)) == meeting
+    plan = tile_plan(((0, 51), (80, 110), (73, 91)), (51, 191, 161), (192, 256, 48), 0.5, (10, 10, 10))
+    assert plan == [[0], [0], [45, 68]]
+    assert tile_plan(((0, 51), (80, 110), (73, 91)), (51, 191, 161), (192, 256, 48), 0.5, (10, 10, 10),
+                     single_tile_axes=False)[2] == [23, 45, 68, 90]  # exact: every reference tile that meets them
 
 
 def test_crop_falls_back_to_the_whole_image_when_the_first_pass_finds_nothing():
@@ -235,17 +298,35 @@ def test_crop_follows_a_cord_that_touches_the_box_edge_and_falls_back_when_it_st
     seen_partly = ((15, 20), (18, 22), (18, 22))  # the first pass saw only part of the cord
 
     predictor = ThresholdPredictor()
-    result = two_pass_logits(predictor, image_of(cord), margin_mm=2, locate=lambda _p, _d: seen_partly)
+    result = two_pass_logits(predictor, image_of(cord), margin_mm=5, locate=lambda _p, _d: seen_partly)
     assert result.note == "cropped (box widened 1x where the cord touched it)"
     assert result.box is not None and result.box[0] == (0, 40)  # widened to both z faces of the image
     assert [positions is None for _, _, positions in predictor.calls] == [False, False]
     assert np.array_equal((result.logits[0] > 0).numpy(), cord)
 
     predictor = ThresholdPredictor()
-    result = two_pass_logits(predictor, image_of(cord), margin_mm=2, locate=lambda _p, _d: seen_partly, max_widenings=0)
+    result = two_pass_logits(predictor, image_of(cord), margin_mm=5, locate=lambda _p, _d: seen_partly, max_widenings=0)
     assert result.note == "cord touches the box edge" and result.box is None
     assert [positions is None for _, _, positions in predictor.calls] == [False, True]
     assert np.array_equal((result.logits[0] > 0).numpy(), cord)
+
+
+def test_only_the_cord_in_line_touches_the_box_and_a_speck_beside_it_does_not_widen_it():
+    shape = (40, 40, 40)
+    cord = cube(shape, (0, 18, 18), (40, 22, 22))
+    speck = cube(shape, (20, 26, 9), (21, 28, 11))  # near a face of the box (x = 8), 8 mm beside the cord
+    bounds = ((0, 40), (18, 22), (18, 22))
+    predictor = ThresholdPredictor()
+    result = two_pass_logits(predictor, image_of(cord | speck), margin_mm=3, locate=lambda _p, _d: bounds)
+    assert result.note.startswith("cropped (box widened")  # without the body's axis any foreground counts
+    predictor = ThresholdPredictor()
+    result = two_pass_logits(predictor, image_of(cord | speck), margin_mm=3, locate=lambda _p, _d: bounds, along_axis=0)
+    assert result.note == "cropped" and result.box == ((0, 40), (8, 32), (8, 32)), result.box
+    # the cord itself within TOUCH_BAND_MM (4 mm) of a face, not on it, still widens the box
+    near_face = cube(shape, (0, 18, 18), (40, 22, 22)) | cube(shape, (0, 22, 18), (10, 30, 22))  # 2 voxels from y = 32
+    predictor = ThresholdPredictor()
+    result = two_pass_logits(predictor, image_of(near_face), margin_mm=3, locate=lambda _p, _d: bounds, along_axis=0)
+    assert result.note.startswith("cropped (box widened") and result.box[1][1] == 40, result
 
 
 def test_touched_faces_and_widening():
@@ -276,6 +357,62 @@ def test_cord_pieces_drop_specks_but_keep_a_broken_cord():
     kept = cord_pieces(mask)
     assert kept.sum() == mask.sum() - 2 and not kept[2, 2, 2] and kept[6, 14, 14] and kept[40, 14, 14]
     assert foreground_bounds(kept) == ((5, 55), (12, 17), (12, 17))
+
+
+def test_cord_pieces_across_the_body_keep_the_cord_in_line_and_drop_what_lies_beside_it():
+    """Axis 0 runs along the body (S-I): a big blob beside the cord is dropped, a curved cord in pieces is kept."""
+    shape = (90, 60, 60)
+    cord = cube(shape, (5, 28, 28), (40, 34, 34)) | cube(shape, (42, 30, 28), (60, 36, 34))  # broken, slightly moved
+    cord |= cube(shape, (62, 35, 28), (85, 41, 34))  # further on: in line with the piece before it, not with the first
+    beside = cube(shape, (20, 50, 5), (35, 58, 15))  # a big false structure 15 mm beside the cord (>10 % of it)
+    mask = cord | beside
+    assert np.array_equal(cord_pieces(mask), mask)  # by size alone, it widens the box
+    kept = cord_pieces(mask, along_axis=0, spacing_mm=(1.0, 1.0, 1.0))
+    assert np.array_equal(kept, cord)
+    # the distance counts in mm: at 0.25 mm voxels the blob is 4 mm away, in line within IN_LINE_MM (5 mm)
+    assert np.array_equal(cord_pieces(mask, along_axis=0, spacing_mm=(1.0, 0.25, 0.25)), mask)
+
+
+def test_superior_inferior_axis_follows_the_orientation_letters_and_the_transpose():
+    assert superior_inferior_axis("RPI", [0, 1, 2]) == 0  # SCIseg: arrays (z=I-S, y, x); no transpose
+    assert superior_inferior_axis("RPI", [2, 0, 1]) == 1  # grid axis 1 is array axis 0
+    assert superior_inferior_axis("PIL", [0, 1, 2]) == 1  # y is I-S
+    assert superior_inferior_axis("LPA", [0, 1, 2]) is None
+
+
+def test_first_pass_tries_the_central_window_before_the_whole_shrunk_image():
+    """An axial-like grid (axis 0 along the body, wide across it): a centred cord is found with one window."""
+    shape, patch = (20, 72, 72), (24, 16, 16)
+    small = first_pass_shape(shape, patch)
+    assert small == (20, 48, 48) and central_window(small, patch, 0) == ((0, 20), (16, 32), (16, 32))
+    assert central_window((20, 16, 16), patch, 0) is None  # one tile across already: no window
+
+    def run(mask: np.ndarray):
+        predictor, report = ThresholdPredictor(patch), {}
+        bounds = locate_cord(predictor, image_of(mask), along_axis=0, report=report)
+        return bounds, report["windows"], [call[1] for call in predictor.calls]
+
+    centred = cube(shape, (0, 33, 33), (20, 39, 39))
+    bounds, windows, shapes = run(centred)
+    assert windows == ["centre"] and shapes == [(20, 16, 16)]  # one tile across instead of 3 x 3
+    assert all(a <= lo and b >= hi for (a, b), lo, hi in zip(bounds, (0, 33, 33), (20, 39, 39), strict=True)), bounds
+
+    aside = cube(shape, (0, 3, 33), (20, 9, 39))  # the cord is not in the window
+    bounds, windows, shapes = run(aside)
+    assert windows == ["centre", "whole"] and shapes == [(20, 16, 16), (20, 48, 48)]
+    assert bounds[1][0] <= 3 and bounds[1][1] >= 9
+
+    leaving = cube(shape, (0, 30, 33), (20, 58, 39))  # crosses the window's side: it may go on outside
+    bounds, windows, _ = run(leaving)
+    assert windows == ["centre", "whole"] and bounds[1][1] >= 58
+
+    short = cube(shape, (8, 33, 33), (12, 39, 39)) | cube(shape, (0, 3, 3), (20, 9, 9))  # only a blob in the window
+    bounds, windows, _ = run(short)
+    assert windows == ["centre", "whole"]
+    assert bounds[1][0] <= 3  # the cord along the whole image is found
+
+    bounds, windows, _ = run(np.zeros(shape, bool))
+    assert bounds is None and windows == ["centre", "whole"]
 
 
 def test_locate_cord_scales_the_box_back_to_the_full_grid():

@@ -125,17 +125,25 @@ def load_scan(name: str, orientation: str) -> tuple[np.ndarray, tuple[float, flo
 
 
 def demo_cord_bounds(demo_engine: FastEngine, array: np.ndarray, spacing: tuple[float, float, float]):
-    """(preprocessed shape, the demo model's pass-1 cord box on it) for one scan."""
+    """(preprocessed shape, the demo model's pass-1 cord box on it, the pass-1 windows it ran) for one scan."""
     predictor = demo_engine._predictor
     data, _ = preprocess(predictor, array, spacing)
-    return tuple(int(s) for s in data.shape[1:]), locate_cord(predictor, data)
+    report: dict = {}
+    bounds = locate_cord(predictor, data, demo_engine.along_axis, report=report)
+    return tuple(int(s) for s in data.shape[1:]), bounds, tuple(report["windows"])
 
 
-def borrow_box(engine, shape: tuple[int, ...], bounds) -> None:
-    """Make a cropping ``engine`` run its own first pass (for time) but use ``bounds`` (the demo's) as the cord box."""
+def borrow_box(engine, shape: tuple[int, ...], bounds, windows: tuple[str, ...]) -> None:
+    """Make a cropping ``engine`` run its own first pass (for time) but use ``bounds`` (the demo's) as the cord box.
+
+    ``windows``: the pass-1 windows the demo model ran (the central window, the whole shrunk image or both);
+    the random network runs the same ones, so that its pass 1 costs what the trained model's does.
+    """
 
     def locate(predictor, data):
-        locate_cord(predictor, data)  # the random network's pass 1: its time counts, its answer cannot
+        fast = engine.fast if isinstance(engine, FallbackEngine) else engine
+        # the random network's pass 1: its time counts, its answer cannot
+        locate_cord(predictor, data, fast.along_axis, windows=windows)
         if tuple(int(s) for s in data.shape[1:]) != shape:
             raise RuntimeError(f"the demo model's grid {shape} is not this network's {tuple(data.shape[1:])}")
         return bounds
@@ -241,10 +249,11 @@ def run(args: argparse.Namespace) -> dict:
     for name in args.scans:
         array, spacing, description = load_scan(name, model.orientation)
         if demo_engine is not None:
-            shape, bounds = demo_cord_bounds(demo_engine, array, spacing)
+            shape, bounds, windows = demo_cord_bounds(demo_engine, array, spacing)
             for engine in engines.values():
-                borrow_box(engine, shape, bounds)
+                borrow_box(engine, shape, bounds, windows)
             results.setdefault("borrowed_boxes", {})[description] = bounds
+            results.setdefault("first_pass_windows", {})[description] = windows
         rows: dict = {spec: {"seconds": [], "peak_mib": [], "run": None} for spec in args.engines}
         labels: dict = {}
         for repeat in range(max(args.repeats, args.reference_repeats)):
@@ -303,17 +312,20 @@ def machine() -> dict:
 
 
 def markdown(results: dict, args: argparse.Namespace, info: dict, load_before, load_after) -> str:
-    lines = [f"## Network `{args.network}` — {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='minutes')}", "",
+    lines = [f"### Network `{args.network}` — {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='minutes')}", "",
              f"Command: `PYTHONPATH=$PWD python benchmarks/inference_speed.py {' '.join(sys.argv[1:])}`", "",
              f"Machine: {info}", "", f"Load average (1, 5, 15 min) before: {load_before}, after: {load_after}", "",
              f"Engine set-up seconds (model load, OpenVINO conversion/compile or cache load): {results['engine_setup_seconds']}", ""]
     if results.get("borrowed_boxes"):
         lines += ["Crop boxes borrowed from the demo model's first pass (random weights find no cord; the random network's "
                   f"own first pass still ran and is timed): `{json.dumps(results['borrowed_boxes'])}`", ""]
+    if results.get("first_pass_windows"):
+        lines += ["First-pass windows the demo model ran, replayed by the random network (`centre`: the central window "
+                  f"only; `centre`, `whole`: the window was not trusted): `{json.dumps(results['first_pass_windows'])}`", ""]
     if results["plan"] is not None:
         lines += [f"nnU-Net's 3d_fullres plan on the sagittal T2w fingerprint: `{json.dumps(results['plan'])}`", ""]
     for scan, rows in results["scans"].items():
-        lines += [f"### {scan}", "", "| engine | what ran | runs (s) | median s | speed-up vs reference | peak extra MiB | cord Dice | cord Dice, largest piece | lesion Dice | lesion Dice, in the cord | largest analyze change |",
+        lines += [f"#### {scan}", "", "| engine | what ran | runs (s) | median s | speed-up vs reference | peak extra MiB | cord Dice | cord Dice, largest piece | lesion Dice | lesion Dice, in the cord | largest analyze change |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for spec, row in rows.items():
             run = row["run"] or {}

@@ -79,7 +79,7 @@ class InferenceSettings:
             that works here: CUDA autocast, OpenVINO bf16/fp32 on a CPU, cropped to the cord), "openvino",
             "torch-bf16" or "cuda" (each cropped to the cord unless ``crop`` is "off").
         crop: fast engines only (the reference never crops): "fast" runs the full-resolution pass only on
-            tiles around the cord found by a cheap first pass, one tile along axes where the cord fits in one;
+            tiles around the cord found by a cheap first pass, one tile along an axis where a reference tile holds it;
             "exact" only on the reference's own tiles around the cord (the logits within 10 mm of the cord
             are the reference's, up to the runtime's precision); "off" the whole image (see :mod:`.cropped`).
     """

@@ -1,19 +1,27 @@
 """The cord-cropped two-pass run, on nnU-Net's preprocessed grid (channels, z, y, x after its transpose).
 
-The cord fills a small part of a full field-of-view scan. Pass 1 finds it cheaply: the whole
-preprocessed image is shrunk (trilinear, by at most :data:`MAX_FIRST_PASS_ZOOM` per axis, so the
-cord keeps a size the network was trained on) until it fits in as few tiles as possible, and the
-network runs once with non-overlapping tiles (step 1.0). Pass 2 runs at full resolution only the
-tiles of a per-axis plan (:func:`tile_plan`) around that cord plus a margin in mm:
+The cord fills a small part of a full field-of-view scan. Pass 1 (:func:`locate_cord`) finds it cheaply:
+the whole preprocessed image is shrunk (trilinear, by at most :data:`MAX_FIRST_PASS_ZOOM` per axis, so the
+cord keeps a size the network was trained on) and the network runs with non-overlapping tiles (step 1.0).
+Where that shrunk image still needs several tiles across the body (an axial slab 180 mm wide against
+a 48 mm tile), pass 1 first runs only the central window (one tile across, the whole length along
+the body): the cord of a centred patient lies there, and the window's answer is kept when its cord
+runs along at least 90 % of the image's length and touches no side of the window; else the whole shrunk
+image runs too. Of what pass 1 finds, only the cord's pieces count (:func:`cord_pieces`: the largest
+piece and the big pieces in line with it along the body). Pass 2 runs at full resolution only the tiles
+of a per-axis plan (:func:`tile_plan`) around that cord plus a margin in mm:
 
 - along an axis where the cord and its margin need more than one tile, the reference's own tile
   positions that meet them: every voxel within the margin sees exactly the tiles, gaussian weights and
   context it has in the reference run, so its logits are the reference's;
 - along an axis where the cord and its margin fit in one tile but the reference runs several
   overlapping tiles (SCIseg's 48-voxel tile on a 52-voxel-wide scan: 2 tiles 4 voxels apart), one
-  tile: the reference tile that holds them and whose centre is nearest theirs (else one tile centred
-  on them). Logits then differ from the reference's blend of overlapping tiles by what tile placement
-  changes (measured on the demo model in ``benchmarks/inference_speed.md``).
+  tile: the reference tile that holds them and whose centre is nearest theirs. Where no reference tile
+  holds them, the reference's tiles that meet them less those whose gaussian weight is under
+  :data:`MIN_TILE_SHARE` of the blend everywhere on the cord itself (:func:`weighing_tiles`); a single
+  tile placed elsewhere was measured to cut the demo model's cord by 2.5 % (other context). Logits then
+  differ from the reference's blend by what dropping the other tiles changes (measured on the demo
+  model in ``benchmarks/inference_speed.md``).
 
 Outside the tiles run, the logits are set to certain background. The whole image is run instead (and
 the sidecar says why) when:
@@ -22,8 +30,8 @@ the sidecar says why) when:
 - the first pass plus one tile cost at least the tiles of the whole run: "crop would not pay";
 - pass 1 finds no cord: "no cord found by the first pass";
 - the plan around the cord costs as many tiles as the whole image: "the cord needs every tile";
-- the cord of pass 2 still touches a face of the tiles run inside the image (it may go on outside)
-  after the box was widened to the image's face on each touched side :data:`MAX_WIDENINGS` times:
+- the cord of pass 2 still touches (comes within :data:`TOUCH_BAND_MM` of) a face of the tiles run
+  inside the image (it may go on outside) after the box was widened to the image's face on each touched side :data:`MAX_WIDENINGS` times:
   "cord touches the box edge".
 """
 
@@ -44,8 +52,16 @@ DEFAULT_MARGIN_MM = 10.0
 MAX_FIRST_PASS_ZOOM = 1.5
 #: Pass-1 pieces smaller than this share of the largest piece are specks, not cord, and do not widen the box.
 MIN_PIECE_SHARE = 0.1
+#: A piece is in line with the cord when, across the body, it lies within this distance (mm) of the largest piece.
+IN_LINE_MM = 5.0
+#: Pass 1's central window is trusted when its cord runs along at least this share of the image's length (S-I).
+MIN_CORD_LENGTH_SHARE = 0.9
 #: How many times pass 2 is redone with the box widened to the image's face where the cord touched it.
 MAX_WIDENINGS = 2
+#: "fast" crop: a reference tile weighing less than this share of the blend everywhere on the cord is not run.
+MIN_TILE_SHARE = 0.01
+#: Pass 2's cord "touches" a face of its box when it comes this close to it (mm).
+TOUCH_BAND_MM = 4.0
 #: Logit magnitude meaning "certainly background" outside the box (fits fp16).
 _CERTAIN = 50.0
 
@@ -62,13 +78,21 @@ def foreground_bounds(mask: np.ndarray) -> Box | None:
     return tuple(bounds)
 
 
-def touched_faces(mask_in_box: np.ndarray, box: Box, shape: tuple[int, ...]) -> list[tuple[int, int]]:
-    """The faces (axis, 0 = low side / 1 = high side) of ``box`` inside the image on which ``mask_in_box`` has foreground."""
+def touched_faces(mask_in_box: np.ndarray, box: Box, shape: tuple[int, ...],
+                  band: tuple[int, ...] | None = None) -> list[tuple[int, int]]:
+    """The faces (axis, 0 = low side / 1 = high side) of ``box`` inside the image near which ``mask_in_box`` has foreground.
+
+    ``band``: per axis, how many voxels from a face count as touching it (default 1: the face's own plane). A
+    cord leaving the box through a face that is also a tile's edge is often not called there (the network sees
+    no context beyond it), so pass 2 looks a few mm in.
+    """
+    band = band or (1,) * len(box)
     faces = []
     for axis, (start, stop) in enumerate(box):
-        if start > 0 and mask_in_box.take(0, axis=axis).any():
+        depth = max(1, min(band[axis], mask_in_box.shape[axis]))
+        if start > 0 and mask_in_box.take(range(depth), axis=axis).any():
             faces.append((axis, 0))
-        if stop < shape[axis] and mask_in_box.take(-1, axis=axis).any():
+        if stop < shape[axis] and mask_in_box.take(range(mask_in_box.shape[axis] - depth, mask_in_box.shape[axis]), axis=axis).any():
             faces.append((axis, 1))
     return faces
 
@@ -99,11 +123,28 @@ def first_pass_shape(shape: tuple[int, ...], patch: tuple[int, ...], max_zoom: f
     return tuple(s if s <= p else max(p, math.ceil(s / max_zoom)) for s, p in zip(shape, patch, strict=True))
 
 
-def cord_pieces(mask: np.ndarray, min_share: float = MIN_PIECE_SHARE) -> np.ndarray:
-    """The pieces (26-connected components) of ``mask`` holding at least ``min_share`` of the largest piece's voxels.
+def superior_inferior_axis(orientation: str, transpose_forward) -> int | None:
+    """The axis of nnU-Net's preprocessed grid that runs along the body (S-I); None when no letter says S or I.
+
+    ``orientation``: the model orientation in SCT letters for the input's x, y, z (arrays are (z, y, x), so
+    letter i is array axis 2 - i); ``transpose_forward``: nnU-Net's axis order (grid axis i = array axis t[i]).
+    """
+    for letter_index, letter in enumerate(orientation.upper()[:3]):
+        if letter in "SI":
+            return list(transpose_forward).index(2 - letter_index)
+    return None
+
+
+def cord_pieces(mask: np.ndarray, min_share: float = MIN_PIECE_SHARE, along_axis: int | None = None,
+                spacing_mm: tuple[float, ...] | None = None, in_line_mm: float = IN_LINE_MM) -> np.ndarray:
+    """The cord's pieces (26-connected components) in ``mask``: those holding at least ``min_share`` of the largest's voxels.
 
     A cord broken by a lesion or an artefact stays whole (its pieces are long); isolated false-positive
-    specks far from the cord do not stretch the box over the whole field of view.
+    specks far from the cord do not stretch the box over the whole field of view. With ``along_axis`` (the
+    grid's S-I axis) and ``spacing_mm`` (per grid axis), a piece must also lie in line with the cord: across
+    the body (the other axes) its extent must come within ``in_line_mm`` of the extent of the cord gathered so
+    far (the largest piece, then each piece in line with it), so that a false structure beside the cord,
+    however big, does not widen the box either.
     """
     from scipy import ndimage
 
@@ -111,8 +152,36 @@ def cord_pieces(mask: np.ndarray, min_share: float = MIN_PIECE_SHARE) -> np.ndar
     if count <= 1:
         return mask.astype(bool)
     sizes = np.bincount(labels.ravel())[1:]
-    kept = np.flatnonzero(sizes >= min_share * sizes.max()) + 1
+    kept = [int(label) for label in np.flatnonzero(sizes >= min_share * sizes.max()) + 1]
+    if along_axis is not None and spacing_mm is not None:
+        extents = ndimage.find_objects(labels)
+        across = [axis for axis in range(mask.ndim) if axis != along_axis]
+        main = int(np.argmax(sizes)) + 1
+        line = {axis: [extents[main - 1][axis].start * spacing_mm[axis], extents[main - 1][axis].stop * spacing_mm[axis]]
+                for axis in across}  # the cord's extent across the body so far, mm
+        chosen, candidates = [main], [label for label in kept if label != main]
+        grown = True
+        while grown:  # a piece in line joins the cord, and the cord's extent grows by it (a curved cord in pieces)
+            grown = False
+            for label in list(candidates):
+                piece = extents[label - 1]
+                if all(piece[axis].start * spacing_mm[axis] < line[axis][1] + in_line_mm
+                       and piece[axis].stop * spacing_mm[axis] > line[axis][0] - in_line_mm for axis in across):
+                    chosen.append(label)
+                    candidates.remove(label)
+                    for axis in across:
+                        line[axis] = [min(line[axis][0], piece[axis].start * spacing_mm[axis]),
+                                      max(line[axis][1], piece[axis].stop * spacing_mm[axis])]
+                    grown = True
+        kept = chosen
     return np.isin(labels, kept)
+
+
+def central_window(shape: tuple[int, ...], patch: tuple[int, ...], along_axis: int) -> Box | None:
+    """The centred window one tile across the body and the whole image along it (``along_axis``); None if that is all of it."""
+    window = tuple((0, size) if axis == along_axis or size <= tile else ((size - tile) // 2, (size - tile) // 2 + tile)
+                   for axis, (size, tile) in enumerate(zip(shape, patch, strict=True)))
+    return None if all(stop - start == size for (start, stop), size in zip(window, shape, strict=True)) else window
 
 
 def _foreground(predictor, logits: torch.Tensor) -> np.ndarray:
@@ -127,29 +196,60 @@ def _fill_background(predictor, logits: torch.Tensor) -> None:
         logits[0] = _CERTAIN
 
 
+def _coarse_foreground(predictor, data: torch.Tensor) -> np.ndarray:
+    """The network's foreground on ``data`` with non-overlapping tiles (step 1.0)."""
+    fine_step = predictor.tile_step_size
+    predictor.tile_step_size = 1.0
+    try:
+        return _foreground(predictor, predictor.predict_logits_from_preprocessed_data(data))
+    finally:
+        predictor.tile_step_size = fine_step
+
+
 @torch.inference_mode()
-def locate_cord(predictor, data: torch.Tensor) -> Box | None:
+def locate_cord(predictor, data: torch.Tensor, along_axis: int | None = None, *,
+                windows: tuple[str, ...] = ("centre", "whole"), report: dict | None = None) -> Box | None:
     """Pass 1: the tight box (full-grid voxels) around what the network calls cord on the shrunk image; None if nothing.
 
     Only the pieces of :func:`cord_pieces` count: a speck the reference would also find far from the cord
     is left out of the box (and so out of the result), which the agreement figures include.
 
-    ``data`` is (channels, z, y, x) on nnU-Net's preprocessed grid; the network runs with step 1.0 on
-    :func:`first_pass_shape` of it, and the box found there is scaled back outwards (floor/ceil).
+    Args:
+        data: (channels, z, y, x) on nnU-Net's preprocessed grid; the network runs with step 1.0 on
+            :func:`first_pass_shape` of it, and the box found there is scaled back outwards (floor/ceil).
+        along_axis: the grid's S-I axis (:func:`superior_inferior_axis`); None: no central window, and pieces
+            are chosen by size only.
+        windows: what pass 1 may run, in order: "centre" (the :func:`central_window`, trusted only when its
+            cord runs along >= :data:`MIN_CORD_LENGTH_SHARE` of the image and touches none of its sides) and
+            "whole" (the whole shrunk image). A benchmark replays another model's choice with it.
+        report: if given, receives "windows" (what ran), for the tests and the benchmark.
     """
     shape = tuple(int(s) for s in data.shape[1:])
-    small_shape = first_pass_shape(shape, tuple(int(p) for p in predictor.configuration_manager.patch_size))
+    patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
+    small_shape = first_pass_shape(shape, patch)
     small = data
     if small_shape != shape:
         small = torch.nn.functional.interpolate(data[None].float(), size=small_shape, mode="trilinear",
                                                 align_corners=False)[0]
-    fine_step = predictor.tile_step_size
-    predictor.tile_step_size = 1.0
-    try:
-        coarse = predictor.predict_logits_from_preprocessed_data(small)
-    finally:
-        predictor.tile_step_size = fine_step
-    bounds = foreground_bounds(cord_pieces(_foreground(predictor, coarse)))
+    spacing = [float(s) * size / small_size for s, size, small_size in
+               zip(predictor.configuration_manager.spacing, shape, small_shape, strict=True)]
+    ran: list[str] = []
+    bounds: Box | None = None
+    for name in windows:
+        window = central_window(small_shape, patch, along_axis) if name == "centre" and along_axis is not None else None
+        region = window or tuple((0, size) for size in small_shape)  # no central window: the centre is the whole image
+        ran.append(name if window is not None else "whole")
+        inside = small[(slice(None), *(slice(a, b) for a, b in region))].contiguous()
+        pieces = cord_pieces(_coarse_foreground(predictor, inside), along_axis=along_axis, spacing_mm=tuple(spacing))
+        found = foreground_bounds(pieces)
+        if window is not None and (found is None or touches_inner_face(pieces, region, small_shape)
+                                   or found[along_axis][1] - found[along_axis][0] < MIN_CORD_LENGTH_SHARE * small_shape[along_axis]):
+            continue  # the cord may lie (partly) outside the window: look at the whole shrunk image
+        if found is not None:
+            bounds = tuple((a + start, b + start) for (a, b), (start, _) in zip(found, region, strict=True))
+        break
+    if report is not None:
+        report["windows"] = ran
     if bounds is None:
         return None
     return tuple((math.floor(start * size / small_size), min(size, math.ceil(stop * size / small_size)))
@@ -174,6 +274,24 @@ class CroppedLogits:
 Locator = Callable[[object, torch.Tensor], "Box | None"]
 
 
+def weighing_tiles(meeting: list[int], positions: list[int], tile: int, cord: tuple[int, int],
+                   covered: tuple[int, int], min_share: float = MIN_TILE_SHARE) -> list[int]:
+    """Of the reference tiles ``meeting`` a region along one axis, those whose gaussian weight is at least ``min_share`` of
+    the reference's blend somewhere on ``cord`` (start, stop voxels), if together they still cover ``covered``; else all.
+
+    nnU-Net weights each tile with a gaussian centred on the tile (sigma = tile / 8) and divides by the sum over
+    all tiles (``positions``); the weights are a product over axes, so the share along one axis is exact.
+    """
+    sigma = tile / 8
+    voxels = np.arange(cord[0], cord[1], dtype=float)
+    weights = {q: np.exp(-((voxels - (q + tile // 2)) ** 2) / (2 * sigma ** 2)) for q in positions}
+    total = np.sum(list(weights.values()), axis=0)
+    kept = sorted(q for q in meeting if np.max(weights[q] / total) >= min_share)
+    holds = bool(kept) and kept[0] <= covered[0] and kept[-1] + tile >= covered[1] \
+        and all(later <= earlier + tile for earlier, later in zip(kept, kept[1:], strict=False))
+    return kept if holds else meeting
+
+
 def tile_plan(bounds: Box, shape: tuple[int, ...], patch: tuple[int, ...], step: float,
               margin_voxels: tuple[int, ...], single_tile_axes: bool = True) -> list[list[int]]:
     """Tile start positions (voxels) per axis for pass 2 (see the module's docstring); axes shorter than the tile: [0].
@@ -182,8 +300,9 @@ def tile_plan(bounds: Box, shape: tuple[int, ...], patch: tuple[int, ...], step:
         bounds: the cord's tight box from pass 1, (start, stop) voxels per axis.
         shape: the image (z, y, x) in voxels; patch: the tile; step: the fine tile step (fraction of the tile).
         margin_voxels: margin around ``bounds`` per axis.
-        single_tile_axes: allow one tile along an axis where the reference blends several ("fast" crop);
-            False keeps only the reference's tiles ("exact" crop).
+        single_tile_axes: "fast" crop: one tile along an axis where a reference tile holds the cord and margin,
+            else the reference's tiles that weigh on the cord (:func:`weighing_tiles`); False keeps every
+            reference tile that meets them ("exact" crop).
     """
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
@@ -197,9 +316,8 @@ def tile_plan(bounds: Box, shape: tuple[int, ...], patch: tuple[int, ...], step:
             holding = [q for q in meeting if q <= low and q + tile >= high]
             if holding:  # a reference tile holds it all: keep that tile's grid phase (strided networks are not shift-invariant)
                 meeting = [min(holding, key=lambda q: abs(q + tile / 2 - (low + high) / 2))]
-            else:
-                centred = int(round((low + high - tile) / 2))
-                meeting = [min(max(centred, 0), size - tile)]
+            else:  # the reference's tiles, less those that weigh nothing on the cord itself
+                meeting = weighing_tiles(meeting, [int(q) for q in positions], tile, (first, stop), (low, high))
         plan.append(meeting)
     return plan
 
@@ -212,12 +330,16 @@ def plan_box(plan: list[list[int]], shape: tuple[int, ...], patch: tuple[int, ..
 @torch.inference_mode()
 def two_pass_logits(predictor, data: torch.Tensor, margin_mm: float = DEFAULT_MARGIN_MM,
                     locate: Locator = locate_cord, check_edges: bool = True,
-                    single_tile_axes: bool = True, max_widenings: int = MAX_WIDENINGS) -> CroppedLogits:
+                    single_tile_axes: bool = True, max_widenings: int = MAX_WIDENINGS,
+                    along_axis: int | None = None) -> CroppedLogits:
     """Run ``predictor`` (nnU-Net predictor, tile step = the fine step) on ``data`` (channels, z, y, x), cropped to the cord.
 
     ``locate`` is pass 1 (:func:`locate_cord`): it returns the cord's tight box in voxels of ``data``'s grid.
     ``check_edges`` False skips the "cord touches the box edge" fallback (only for timing random weights,
     whose noise touches every edge). Pass 2 sets ``predictor.tile_positions`` (tile starts per axis, relative to the box) for one call.
+    ``along_axis`` (the grid's S-I axis, :func:`superior_inferior_axis`): only what lies in line with pass 2's cord
+    (:func:`cord_pieces`, any size) can touch the box; None: any foreground does (a false speck beside the cord
+    near a face then widens the box for nothing).
     """
     shape = tuple(int(s) for s in data.shape[1:])
     patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
@@ -239,6 +361,7 @@ def two_pass_logits(predictor, data: torch.Tensor, margin_mm: float = DEFAULT_MA
         return whole("no cord found by the first pass")
     spacing = [float(s) for s in predictor.configuration_manager.spacing]
     margin = tuple(math.ceil(margin_mm / s) for s in spacing)
+    band = tuple(math.ceil(TOUCH_BAND_MM / s) for s in spacing)
     for widening in range(max_widenings + 1):
         plan = tile_plan(bounds, shape, patch, fine_step, margin, single_tile_axes)
         if math.prod(len(starts) for starts in plan) >= whole_tiles:
@@ -250,7 +373,12 @@ def two_pass_logits(predictor, data: torch.Tensor, margin_mm: float = DEFAULT_MA
             inside = predictor.predict_logits_from_preprocessed_data(data[(slice(None), *region)].contiguous())
         finally:
             predictor.tile_positions = None
-        faces = touched_faces(_foreground(predictor, inside), box, shape) if check_edges else []
+        faces = []
+        if check_edges:
+            found = _foreground(predictor, inside)
+            if along_axis is not None:
+                found = cord_pieces(found, min_share=0.0, along_axis=along_axis, spacing_mm=tuple(spacing))
+            faces = touched_faces(found, box, shape, band)
         if not faces:
             logits = torch.empty((inside.shape[0], *shape), dtype=inside.dtype)
             _fill_background(predictor, logits)

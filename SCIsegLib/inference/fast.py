@@ -9,6 +9,7 @@ labels was measured to change the cord mask (Dice 0.96 on a 0.8 mm scan), so it 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable
 
@@ -17,7 +18,7 @@ import numpy as np
 from ..errors import CancelledError, InputError
 from ..models import ModelInfo
 from .base import CancelToken, InferenceSettings, NetworkOutput, choose_device
-from .cropped import Locator, locate_cord, two_pass_logits
+from .cropped import Locator, locate_cord, superior_inferior_axis, two_pass_logits
 from .openvino_cache import CompiledModelCache, default_cache_root
 from .predictor import NnUNetEngine, TileProgress, build_predictor, preprocess, structure_probabilities
 
@@ -65,8 +66,10 @@ class FastEngine:
         self._progress = TileProgress()
         predictor.tile_hook = self._progress.tile
         predictor.slicers_hook = lambda n: self._progress.add_planned(n)
+        #: The preprocessed grid's S-I axis (None if the model orientation has no S/I letter): pass 1's central window.
+        self.along_axis = superior_inferior_axis(model.orientation, predictor.plans_manager.transpose_forward)
         #: Pass 1 of the crop (:func:`~.cropped.locate_cord`); a benchmark may swap it to time random weights on a real box.
-        self.locate: Locator = locate_cord
+        self.locate: Locator = functools.partial(locate_cord, along_axis=self.along_axis)
         #: False only to time random weights (see :func:`~.cropped.two_pass_logits`).
         self.check_crop_edges = True
 
@@ -92,7 +95,7 @@ class FastEngine:
             run = dict(self.run_info)
             if self.settings.crop != "off":
                 cropped = two_pass_logits(predictor, data, locate=self.locate, check_edges=self.check_crop_edges,
-                                          single_tile_axes=self.settings.crop == "fast")
+                                          single_tile_axes=self.settings.crop == "fast", along_axis=self.along_axis)
                 logits = cropped.logits
                 box = self._box_on_input(cropped.box, properties, tuple(int(s) for s in data.shape[1:]))
                 run.update(crop_note=cropped.note, crop_box=box)
