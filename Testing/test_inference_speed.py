@@ -453,8 +453,33 @@ def tiny_key(tmp_path: Path, weights: bytes) -> CacheKey:
     return CacheKey(str(tmp_path), hashlib.sha256(weights).hexdigest(), "0", (1, 1, 8, 8, 8), "fp32", "test cpu", "test")
 
 
+def test_converting_a_network_for_openvino_sends_nothing_and_writes_nothing_home(tmp_path: Path, monkeypatch):
+    """OpenVINO's converter reports usage to Google Analytics and counts it in ~/intel unless opted out; ours does neither."""
+    import socket
+    import time
+
+    from SCIsegLib.inference.openvino_quiet import import_openvino
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # where openvino-telemetry keeps its consent file and usage counter
+    monkeypatch.delenv("CI", raising=False)  # openvino-telemetry is silent under CI=true; users have no such variable
+    lookups: list = []
+
+    def refuse(*arguments, **keywords):
+        lookups.append(arguments[:2])
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    ov = import_openvino()
+    converted = ov.convert_model(Tiny().eval(), example_input=torch.zeros(1, 1, 8, 8, 8))
+    assert converted.inputs and converted.outputs
+    time.sleep(0.5)  # openvino-telemetry sends from a worker thread
+    assert lookups == [] and not (tmp_path / "intel").exists(), (lookups, list(tmp_path.rglob("*")))
+
+
 def test_compiled_model_cache_hit_corruption_and_invalidation(tmp_path: Path):
-    import openvino as ov
+    from SCIsegLib.inference.openvino_quiet import import_openvino
+
+    ov = import_openvino()
 
     core, network, x = ov.Core(), Tiny().eval(), torch.randn(1, 1, 8, 8, 8)
     fp32 = {"INFERENCE_PRECISION_HINT": "f32"}  # OpenVINO's default on a bf16 CPU is bf16

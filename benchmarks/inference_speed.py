@@ -303,8 +303,11 @@ def machine() -> dict:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     except ImportError:  # pragma: no cover
         gpu = "unknown"
-    import openvino
     import torch
+
+    from SCIsegLib.inference.openvino_quiet import import_openvino
+
+    openvino = import_openvino()
 
     return {"cpu": cpu_identity(), "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
             "amx_bf16": "amx_bf16" in flags, "amx_tile": "amx_tile" in flags, "gpu": gpu, "python": platform.python_version(),

@@ -22,9 +22,9 @@ def read_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     except OSError:
         pass
     try:
-        import openvino as ov
+        from .openvino_quiet import import_openvino
 
-        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        capabilities = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         return frozenset({"avx512_bf16"} if "BF16" in capabilities else set())
     except Exception:  # noqa: BLE001 - no OpenVINO or no CPU plugin: no flags known
         return frozenset()

@@ -73,7 +73,9 @@ class OpenVINONetwork(torch.nn.Module):
         model_folder: str = "",
     ) -> None:
         super().__init__()
-        import openvino as ov
+        from .openvino_quiet import import_openvino
+
+        ov = import_openvino()  # the converter's telemetry off: nothing leaves the machine
 
         core = ov.Core()
         config: dict = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
