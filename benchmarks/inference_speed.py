@@ -140,15 +140,15 @@ def borrow_box(engine, shape: tuple[int, ...], bounds, windows: tuple[str, ...])
     the random network runs the same ones, so that its pass 1 costs what the trained model's does.
     """
 
+    fast = engine.fast if isinstance(engine, FallbackEngine) else engine
+
     def locate(predictor, data):
-        fast = engine.fast if isinstance(engine, FallbackEngine) else engine
         # the random network's pass 1: its time counts, its answer cannot
         locate_cord(predictor, data, fast.along_axis, windows=windows)
         if tuple(int(s) for s in data.shape[1:]) != shape:
             raise RuntimeError(f"the demo model's grid {shape} is not this network's {tuple(data.shape[1:])}")
         return bounds
 
-    fast = engine.fast if isinstance(engine, FallbackEngine) else engine
     if isinstance(fast, FastEngine):
         fast.locate = locate
         fast.check_crop_edges = False  # random weights' noise touches every face of any box
