@@ -156,24 +156,20 @@ def cord_pieces(mask: np.ndarray, min_share: float = MIN_PIECE_SHARE, along_axis
     if along_axis is not None and spacing_mm is not None:
         extents = ndimage.find_objects(labels)
         across = [axis for axis in range(mask.ndim) if axis != along_axis]
-        main = int(np.argmax(sizes)) + 1
-        line = {axis: [extents[main - 1][axis].start * spacing_mm[axis], extents[main - 1][axis].stop * spacing_mm[axis]]
-                for axis in across}  # the cord's extent across the body so far, mm
-        chosen, candidates = [main], [label for label in kept if label != main]
-        grown = True
-        while grown:  # a piece in line joins the cord, and the cord's extent grows by it (a curved cord in pieces)
-            grown = False
-            for label in list(candidates):
-                piece = extents[label - 1]
-                if all(piece[axis].start * spacing_mm[axis] < line[axis][1] + in_line_mm
-                       and piece[axis].stop * spacing_mm[axis] > line[axis][0] - in_line_mm for axis in across):
-                    chosen.append(label)
-                    candidates.remove(label)
-                    for axis in across:
-                        line[axis] = [min(line[axis][0], piece[axis].start * spacing_mm[axis]),
-                                      max(line[axis][1], piece[axis].stop * spacing_mm[axis])]
-                    grown = True
-        kept = chosen
+        low = np.array([[piece[axis].start * spacing_mm[axis] for axis in across] for piece in extents])  # mm, (piece, axis)
+        high = np.array([[piece[axis].stop * spacing_mm[axis] for axis in across] for piece in extents])
+        main = int(np.argmax(sizes))
+        chosen = np.zeros(count, bool)
+        chosen[main] = True
+        candidate = np.zeros(count, bool)
+        candidate[np.array(kept) - 1] = True
+        while True:  # pieces in line join the cord, and its extent across the body grows by them (a curved cord in pieces)
+            line_low, line_high = low[chosen].min(axis=0), high[chosen].max(axis=0)
+            joining = candidate & ~chosen & np.all((low < line_high + in_line_mm) & (high > line_low - in_line_mm), axis=1)
+            if not joining.any():
+                break
+            chosen |= joining
+        kept = [int(label) for label in np.flatnonzero(chosen) + 1]
     return np.isin(labels, kept)
 
 
@@ -279,13 +275,17 @@ def weighing_tiles(meeting: list[int], positions: list[int], tile: int, cord: tu
     """Of the reference tiles ``meeting`` a region along one axis, those whose gaussian weight is at least ``min_share`` of
     the reference's blend somewhere on ``cord`` (start, stop voxels), if together they still cover ``covered``; else all.
 
-    nnU-Net weights each tile with a gaussian centred on the tile (sigma = tile / 8) and divides by the sum over
-    all tiles (``positions``); the weights are a product over axes, so the share along one axis is exact.
+    nnU-Net weights each tile with its gaussian importance map (``compute_gaussian``, sigma = tile / 8) and divides
+    by the sum over all tiles (``positions``) covering a voxel; the map is a product over axes, so the share along
+    one axis is the reference's.
     """
-    sigma = tile / 8
-    voxels = np.arange(cord[0], cord[1], dtype=float)
-    weights = {q: np.exp(-((voxels - (q + tile // 2)) ** 2) / (2 * sigma ** 2)) for q in positions}
-    total = np.sum(list(weights.values()), axis=0)
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    gaussian = compute_gaussian((tile,), 1.0 / 8, 1, dtype=torch.float32, device=torch.device("cpu")).numpy()
+    voxels = np.arange(cord[0], cord[1])
+    weights = {q: np.where((voxels >= q) & (voxels < q + tile), gaussian[np.clip(voxels - q, 0, tile - 1)], 0.0)
+               for q in positions}
+    total = np.maximum(np.sum(list(weights.values()), axis=0), np.finfo(np.float32).tiny)
     kept = sorted(q for q in meeting if np.max(weights[q] / total) >= min_share)
     holds = bool(kept) and kept[0] <= covered[0] and kept[-1] + tile >= covered[1] \
         and all(later <= earlier + tile for earlier, later in zip(kept, kept[1:], strict=False))
