@@ -41,6 +41,28 @@ def write_table(table: pd.DataFrame, path: Path, sheet: str = "measures") -> lis
     return written + [excel]
 
 
+def write_cord_table(table: pd.DataFrame, path: Path, cord_path: Path | str, angle_correction: bool = True,
+                     smooth: float | None = None) -> list[Path]:
+    """The per-slice cord table (:func:`SCIsegLib.cord.cord_morphometry`) as ``path`` (+ ``.xlsx``) and a JSON
+    sidecar beside it naming the SCT release and the ``sct_process_segmentation`` call the numbers follow."""
+    from .cord import SCT_VERSION, sct_equivalent_command
+    from .centerline import SCT_CLI_SMOOTHING
+
+    smooth = SCT_CLI_SMOOTHING if smooth is None else smooth
+    written = write_table(table, path, sheet="csa")
+    sidecar = {
+        "Description": "spinal cord shape per axial slice (RPI z, I->S); mm2, mm, degrees",
+        "FollowsSCTVersion": SCT_VERSION,
+        "EquivalentCommand": sct_equivalent_command(str(cord_path), angle_correction, smooth),
+        "AngleCorrection": angle_correction,
+        "CenterlineSmooth": smooth,
+        "Source": str(cord_path),
+        "EmptyCells": "a slice without cord has no value in any column, as in SCT's CSV",
+    }
+    written.append(_write_text_atomic(json.dumps(sidecar, indent=2), path.with_suffix(".json")))
+    return written
+
+
 def write_lesion_analysis(
     result: LesionAnalysis, lesion_path: Path, output_dir: Path, profile: pd.DataFrame | None = None
 ) -> list[Path]:

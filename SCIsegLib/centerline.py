@@ -13,6 +13,8 @@ from scipy import interpolate
 
 #: SCT's default smoothing of the bspline centerline (``ParamCenterline.smooth``).
 SCT_SMOOTHING = 20
+#: ``sct_process_segmentation``'s default ``-centerline-smooth`` (its ParamCenterline gets 30, not 20).
+SCT_CLI_SMOOTHING = 30
 
 
 @dataclass
@@ -53,6 +55,19 @@ def bspline_fit(z: np.ndarray, values: np.ndarray, z_ref: np.ndarray, smooth: fl
     smoothing = density * smooth * pz / 3.0
     knots = interpolate.splrep(z, values, s=smoothing, k=degree)
     return interpolate.splev(z_ref, knots, der=0), interpolate.splev(z_ref, knots, der=1)
+
+
+def centerline_derivatives(mask_xyz: np.ndarray, pz: float, smooth: float) -> dict[int, tuple[float, float]]:
+    """dx/dz and dy/dz (voxels per slice) of SCT's bspline centerline at every slice from the first to the last
+    holding cord (``get_centerline`` with ``minmax=True``). Empty when the cord spans fewer than two slices
+    (no direction can be fitted; SCT stops with an error there)."""
+    x_mean, y_mean, z_mean = slice_centers_of_mass(mask_xyz)
+    if len(z_mean) < 2:
+        return {}
+    z_ref = np.arange(int(z_mean.min()), int(z_mean.max()) + 1, dtype=float)
+    _, dx = bspline_fit(z_mean, x_mean, z_ref, smooth, pz)
+    _, dy = bspline_fit(z_mean, y_mean, z_ref, smooth, pz)
+    return {int(z): (float(a), float(b)) for z, a, b in zip(z_ref, dx, dy, strict=True)}
 
 
 def cord_angles(cord_xyz: np.ndarray, spacing_xyz_mm: tuple[float, float, float], smooth: float = SCT_SMOOTHING) -> CordAngles:

@@ -107,10 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
 
-    cord = commands.add_parser("cord", help="cord cross-sectional area per slice as sct_process_segmentation -perslice 1")
+    cord = commands.add_parser("cord", help="cord shape per slice as SCT 7.3's sct_process_segmentation -perslice 1")
     cord.add_argument("--cord", type=Path, required=True, help="binary or soft cord mask")
     cord.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
     cord.add_argument("--no-angle-correction", action="store_true", help="measure the axial sections as they are")
+    cord.add_argument("--centerline-smooth", type=float, default=30.0,
+                      help="smoothing of the bspline centerline (SCT's -centerline-smooth, default 30)")
 
     export = commands.add_parser("export", help="save corrected masks as a new version in a BIDS derivatives folder")
     export.add_argument("--root", type=Path, required=True, help="BIDS dataset; labels go to ROOT/derivatives/labels")
@@ -404,13 +406,15 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_cord(args: argparse.Namespace) -> int:
-    from .analysis_files import write_table
+    from .analysis_files import write_cord_table
     from .cord import cord_morphometry
     from .volume import image_stem, load_mask
 
     _output_folder(args.output)
-    table = cord_morphometry(load_mask(args.cord, binary=False), angle_correction=not args.no_angle_correction)
-    for path in write_table(table, args.output / f"{image_stem(args.cord)}_csa.csv", sheet="csa"):
+    angle_correction = not args.no_angle_correction
+    table = cord_morphometry(load_mask(args.cord, binary=False), angle_correction, args.centerline_smooth)
+    output = args.output / f"{image_stem(args.cord)}_csa.csv"
+    for path in write_cord_table(table, output, args.cord.resolve(), angle_correction, args.centerline_smooth):
         print(path)
     return EXIT_OK
 

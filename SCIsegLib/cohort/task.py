@@ -143,7 +143,7 @@ def process_scan(job: ScanJob) -> dict:
 
 
 def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[Path], seconds: dict[str, float]) -> dict:
-    from ..analysis_files import write_lesion_analysis, write_table
+    from ..analysis_files import write_cord_table, write_lesion_analysis
     from ..cord import cord_morphometry
     from ..errors import InputError
     from ..lesions import analyze_lesions, per_slice_profile
@@ -169,7 +169,7 @@ def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[
     warnings = list(analysis.warnings)
     if _any(cord):
         csa = timed("cord", cord_morphometry, cord)
-        write_table(csa, anat / f"{scan.stem}_sc_seg_csa.csv", sheet="csa")
+        write_cord_table(csa, anat / f"{scan.stem}_sc_seg_csa.csv", f"{scan.stem}_sc_seg.nii.gz")
     else:
         raise InputError(f"{scan.path.name}: the model found no spinal cord; check that this is a T2w spinal cord scan.")
     measures = scan_measures(analysis.table, analysis.summary, csa, lesion)
