@@ -15,11 +15,11 @@ the output are those of the input file. Column names and units are SCT's:
   ventral to the lesion) on it and on every sagittal slice holding the lesion.
 
 Lesions are the 18-connected components (skimage ``label``, connectivity 2) of the lesion mask,
-labelled on the whole mask and then restricted to the cord mask.
+labelled on the whole mask and then restricted to the cord mask, as SCT 7.3's ``label_lesion`` and ``measure`` do
+(where a lesion lies wholly outside the cord SCT stops on an assertion; here it is dropped with a warning).
 
-Sources: SCT 7.x ``spinalcordtoolbox/scripts/sct_analyze_lesion.py`` for the measures and the
-midsagittal interpolation; for what SCT 7.3 changed (its source was not readable here) the pull requests
-that made it: #5179 (a parasagittal lesion and ``-nli-slice`` report the cord A-P diameter, half of it per
+Sources: SCT 7.3 ``spinalcordtoolbox/scripts/sct_analyze_lesion.py`` for the measures and the
+midsagittal interpolation, and the pull requests that changed them in 7.3: #5179 (a parasagittal lesion and ``-nli-slice`` report the cord A-P diameter, half of it per
 bridge), #5202 and issue #5184 (the midsagittal bridges interpolate the two sagittal slices' minimum bridges,
 or use the one slice holding the lesion).
 """

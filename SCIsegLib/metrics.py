@@ -1,10 +1,13 @@
 """Segmentation metrics in physical units, and lesion-wise detection (ANIMA's and MetricsReloaded's rules).
 
 Masks are numpy arrays on the same grid (any axis order) with the voxel spacing (mm) in the same
-axis order. Conventions for empty masks (stated once, used everywhere):
+axis order. Empty-mask conventions, and the tool each follows (docs/measurements.md has the table):
 
-* both empty: Dice 1, RVE 0 %, every distance 0 mm, normalised surface Dice 1;
-* only one empty: Dice 0, surface distances and NSD NaN (undefined), RVE NaN when the reference is empty.
+* Dice: 1 when both are empty, 0 when one is (MetricsReloaded, NeuroPoly's fork used for SCIsegV2).
+* relative volume error: 0 % when both are empty, +100 % when only the reference is (MetricsReloaded fork).
+* surface distances: 0 mm when both are empty, NaN when one is (undefined; ANIMA writes nothing there).
+* normalised surface Dice (DeepMind ``surface-distance``): 1 when both are empty, NaN when one is.
+* lesion-wise, MetricsReloaded's rule: see :func:`overlap_detection`; ANIMA's rule: see :func:`anima_detection`.
 
 Surface distances follow ANIMA (``animaSegPerfAnalyzer``): contours are the mask voxels with a
 background face-neighbour (6-connectivity), and distances are Euclidean in mm between contour voxel
@@ -29,10 +32,11 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 def relative_volume_error(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Signed relative volume error in %: 100 (|A| - |B|) / |B|; 0 when both empty, NaN when only B is."""
+    """Signed relative volume error in %: 100 (|A| - |B|) / |B|; 0 when both are empty and +100 when only the
+    reference B is (MetricsReloaded fork's ``rel_vol_error``: an over-segmentation of nothing)."""
     a, b = int(np.count_nonzero(prediction)), int(np.count_nonzero(reference))
     if b == 0:
-        return 0.0 if a == 0 else float("nan")
+        return 0.0 if a == 0 else 100.0
     return 100.0 * (a - b) / b
 
 
@@ -126,12 +130,14 @@ class LesionDetection:
     f1: float
 
 
-def _scores(reference_count: int, predicted_count: int, detected: int, correct: int) -> LesionDetection:
-    """Sensitivity, PPV, F1 with the empty conventions: no lesion on either side -> 1, 1, 1."""
-    sensitivity = detected / reference_count if reference_count else (1.0 if predicted_count == 0 else 0.0)
-    ppv = correct / predicted_count if predicted_count else (1.0 if reference_count == 0 else 0.0)
-    f1 = 2 * sensitivity * ppv / (sensitivity + ppv) if (sensitivity + ppv) > 0 else 0.0
-    return LesionDetection(reference_count, predicted_count, detected, correct, sensitivity, ppv, f1)
+def _anima_scores(reference_count: int, predicted_count: int, detected: int, correct: int) -> LesionDetection:
+    """ANIMA's ``getDetectionMarks``: PPV = correct / predicted, sensitivity = detected / reference,
+    F1 = 2 PPV sens / (PPV + sens), each NaN where ANIMA divides 0 by 0 (no lesion on that side)."""
+    nan = float("nan")
+    sensitivity = detected / reference_count if reference_count else nan
+    ppv = correct / predicted_count if predicted_count else nan
+    f1 = 2 * sensitivity * ppv / (sensitivity + ppv) if (sensitivity + ppv) > 0 else nan
+    return LesionDetection(reference_count, predicted_count, detected, correct, float(sensitivity), float(ppv), float(f1))
 
 
 def _components(mask: np.ndarray, connectivity: int, min_voxels: int = 1) -> tuple[np.ndarray, int]:
@@ -178,7 +184,8 @@ def anima_detection(
     A reference lesion is detected when more than ``alpha`` of it is covered by predicted lesions and,
     going through the overlapping predicted lesions by decreasing overlap until they account for
     ``gamma`` of the covered part, none lies more than ``beta`` outside every reference lesion. The
-    same test with the roles swapped counts the correct predicted lesions (PPV).
+    same test with the roles swapped counts the correct predicted lesions (PPV). Without a lesion on a side,
+    ANIMA divides 0 by 0: that side's score and the F1 are NaN (:func:`_anima_scores`).
     """
     voxel_mm3 = float(np.prod(spacing_mm))
     min_voxels = int(np.floor(min_volume_mm3 / voxel_mm3)) + 1  # strictly larger than min_volume_mm3
@@ -188,23 +195,39 @@ def anima_detection(
     np.add.at(table, (reference_labels.ravel(), predicted_labels.ravel()), 1)
     detected = _anima_true_positives(table, alpha, beta, gamma) if n_reference and n_predicted else 0
     correct = _anima_true_positives(table.T, alpha, beta, gamma) if n_reference and n_predicted else 0
-    return _scores(n_reference, n_predicted, detected, correct)
+    return _anima_scores(n_reference, n_predicted, detected, correct)
 
 
-def overlap_detection(
-    prediction: np.ndarray, reference: np.ndarray, *, min_overlap: float = 0.10, connectivity: int = 3,
-) -> LesionDetection:
-    """MetricsReloaded's rule used for SCIsegV2: a reference lesion is found when at least ``min_overlap`` of it
-    overlaps the prediction; a predicted lesion is a false positive only when it touches no reference voxel."""
+def overlap_detection(prediction: np.ndarray, reference: np.ndarray, *, overlap_ratio: float = 0.10) -> LesionDetection:
+    """MetricsReloaded's lesion-wise rule as NeuroPoly's fork computes it for SCIsegV2 (``lesion_wise_tp_fp_fn``,
+    ``lesion_sensitivity``, ``lesion_ppv``, ``lesion_f1_score`` of github.com/ivadomed/MetricsReloaded).
+
+    Lesions are the components of ``scipy.ndimage.label`` with its default structure: face-connected
+    (6-connectivity in 3D), so two lesions touching only by an edge or a corner are two lesions.
+    TP: a reference lesion with at least ``overlap_ratio`` of its voxels predicted; FN: the other reference lesions;
+    FP: a predicted lesion touching no reference voxel. Sensitivity TP / (TP + FN), PPV TP / (TP + FP),
+    F1 TP / (TP + (FP + FN) / 2); a zero denominator gives 1. Empty masks: both empty 1, 1, 1; empty prediction
+    0, 0, 0; empty reference: sensitivity 1, PPV 0, F1 0.
+    """
     reference = np.asarray(reference, bool)
     prediction = np.asarray(prediction, bool)
-    reference_labels, n_reference = _components(reference, connectivity)
-    predicted_labels, n_predicted = _components(prediction, connectivity)
+    reference_labels, n_reference = ndimage.label(reference)
+    predicted_labels, n_predicted = ndimage.label(prediction)
     overlap = np.bincount(reference_labels[prediction], minlength=n_reference + 1)
     sizes = np.bincount(reference_labels.ravel(), minlength=n_reference + 1)
-    detected = int(sum(overlap[i] / sizes[i] >= min_overlap for i in range(1, n_reference + 1)))
+    tp = int(sum(overlap[i] / sizes[i] >= overlap_ratio for i in range(1, n_reference + 1)))
+    fn = n_reference - tp
     touching = set(np.unique(predicted_labels[reference & prediction]).tolist()) - {0}
-    return _scores(n_reference, n_predicted, detected, len(touching))
+    fp = n_predicted - len(touching)
+    sensitivity = tp / (tp + fn) if tp + fn else 1.0
+    if n_reference == 0 and n_predicted == 0:
+        ppv = f1 = 1.0
+    elif n_reference == 0 or n_predicted == 0:
+        ppv = f1 = 0.0
+    else:
+        ppv = tp / (tp + fp) if tp + fp else 1.0
+        f1 = tp / (tp + (fp + fn) / 2) if tp + fp + fn else 1.0
+    return LesionDetection(n_reference, n_predicted, tp, len(touching), float(sensitivity), float(ppv), float(f1))
 
 
 def compare_label_maps(a: np.ndarray, b: np.ndarray, spacing_mm) -> dict[str, float]:

@@ -446,3 +446,25 @@ def test_sct_test_suite_dummy_lesions(start, size, rtol, t2_cord: sitk.Image) ->
         for side, expected in (("dorsal", dorsal), ("ventral", ventral), ("total", dorsal + ventral)):
             value = row[f"slice_{k}_{side}_bridge_width [mm]"]  # our slice numbers are the file's own
             assert value == pytest.approx(expected, rel=rtol) and value <= expected + 1e-12
+
+
+@pytest.mark.parametrize(("offset", "count"), [((2, 0, 0), 1), ((2, 2, 0), 1), ((2, 2, 2), 2)], ids=["face", "edge", "corner"])
+def test_touching_lesions_follow_sct_18_connectivity(offset, count: int) -> None:
+    """SCT's ``label_lesion``: ``skimage.measure.label(connectivity=2)``, 18-connected: lesions touching by a face or an
+    edge are one lesion, by a corner only two."""
+    cord, spacing = straight_cord()
+    lesion = np.zeros_like(cord)
+    lesion[8:10, 10:12, 10:12] = True
+    x, y, z = (a + o for a, o in zip((8, 10, 10), offset, strict=True))
+    lesion[x : x + 2, y : y + 2, z : z + 2] = True
+    assert np.all(cord[lesion])
+    result = analyze_lesions(as_image(lesion, spacing), as_image(cord, spacing))
+    assert result.summary["lesion_count"] == count
+    assert result.table["volume [mm3]"].sum() == pytest.approx(16 * np.prod(spacing))
+
+
+def test_empty_lesion_mask_gives_no_row_and_zero_volume() -> None:
+    cord, spacing = straight_cord()
+    result = analyze_lesions(as_image(np.zeros_like(cord), spacing), as_image(cord, spacing))
+    assert result.table.empty and result.summary["lesion_count"] == 0
+    assert result.summary["total_volume_mm3"] == 0.0

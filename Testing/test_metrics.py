@@ -75,7 +75,7 @@ def test_empty_mask_conventions() -> None:
     assert both["normalized_surface_dice"] == 1.0
     one = metrics.voxel_metrics(empty, full, (1, 1, 1))
     assert one["dice"] == 0.0 and one["relative_volume_error_percent"] == -100.0 and np.isnan(one["hausdorff_mm"])
-    assert np.isnan(metrics.relative_volume_error(full, empty))
+    assert metrics.relative_volume_error(full, empty) == 100.0  # MetricsReloaded fork's rel_vol_error
     assert metrics.relative_volume_error(full, full) == 0.0
 
 
@@ -127,13 +127,76 @@ def test_split_and_merged_lesions(canvas) -> None:
     assert (reloaded.sensitivity, reloaded.ppv) == (1.0, 1.0)
 
 
-def test_touching_lesions_and_connectivity(canvas) -> None:
+@pytest.mark.parametrize(("offset", "lesions"), [((2, 0, 0), 1), ((2, 2, 0), 2), ((2, 2, 2), 2)], ids=["face", "edge", "corner"])
+def test_touching_lesions_are_counted_as_each_tool_labels_them(canvas, offset, lesions: int) -> None:
+    """ANIMA (ITK ConnectedComponentImageFilter, not fully connected) and MetricsReloaded (scipy.ndimage.label's
+    default structure) both form face-connected (6) components: lesions touching by an edge or a corner are two."""
     reference = canvas.copy()
     box(reference, slice(2, 4), slice(2, 4), slice(2, 4))
+    z, y, x = (2 + o for o in offset)
+    box(reference, slice(z, z + 2), slice(y, y + 2), slice(x, x + 2))
+    assert metrics.anima_detection(reference, reference, (1, 1, 1), min_volume_mm3=3.0).reference_lesions == lesions
+    assert metrics.overlap_detection(reference, reference).reference_lesions == lesions
+
+
+def test_corner_touching_lesions_one_missed_give_half_sensitivity_as_metricsreloaded(canvas) -> None:
+    reference, prediction = canvas.copy(), canvas.copy()
+    box(reference, slice(2, 4), slice(2, 4), slice(2, 4))
     box(reference, slice(4, 6), slice(4, 6), slice(4, 6))  # touches the first by a corner only
-    anima = metrics.anima_detection(reference, reference, (1, 1, 1), min_volume_mm3=3.0)
-    assert anima.reference_lesions == 2  # 6-connectivity: two lesions
-    assert metrics.overlap_detection(reference, reference).reference_lesions == 1  # 26-connectivity: one
+    box(prediction, slice(2, 4), slice(2, 4), slice(2, 4))  # finds the first only
+    result = metrics.overlap_detection(prediction, reference)
+    assert (result.reference_lesions, result.sensitivity, result.ppv) == (2, 0.5, 1.0)
+    assert result.f1 == pytest.approx(2 / 3)
+
+
+def _metricsreloaded_case(ref_boxes, pred_boxes) -> tuple[np.ndarray, np.ndarray]:
+    """A 10x10x10 volume as NeuroPoly's MetricsReloaded tests build it: ``ref[a:b, c:d] = 1`` (all z)."""
+    reference, prediction = np.zeros((10, 10, 10)), np.zeros((10, 10, 10))
+    for (a, b, c, d) in ref_boxes:
+        reference[a:b, c:d] = 1
+    for (a, b, c, d) in pred_boxes:
+        prediction[a:b, c:d] = 1
+    return prediction > 0, reference > 0
+
+
+# test/test_metrics/test_pairwise_measures_neuropoly.py of github.com/ivadomed/MetricsReloaded (the code SCIsegV2
+# reported its lesion-wise numbers with): boxes, then dsc, rel_vol_error, lesion_ppv, lesion_sensitivity,
+# lesion_f1_score, ref_count, pred_count as that test expects them.
+METRICSRELOADED_CASES = {
+    "empty ref and pred": ([], [], 1, 0, 1.0, 1.0, 1.0, 0, 0),
+    "empty ref": ([], [(5, 7, 2, 5)], 0.0, 100, 0.0, 1.0, 0.0, 0, 1),
+    "empty pred": ([(5, 7, 2, 5)], [], 0.0, -100.0, 0.0, 0.0, 0.0, 1, 0),
+    "partial overlap": ([(4, 5, 3, 6)], [(4, 8, 2, 5)], 0.26666666666666666, 300.0, 1.0, 1.0, 1.0, 1, 1),
+    "two lesions, one partial": ([(1, 3, 3, 6), (7, 9, 2, 5)], [(1, 3, 3, 6), (7, 8, 2, 5)], 0.8571428571428571,
+                                 -25.0, 1.0, 1.0, 1.0, 2, 2),
+    "one of two not predicted": ([(1, 3, 3, 6), (7, 9, 2, 5)], [(1, 3, 3, 6)], 0.6666666666666666, -50.0, 1.0, 0.5,
+                                 0.6666666666666666, 2, 1),
+    "none of two predicted": ([(1, 3, 3, 6), (7, 9, 2, 5)], [], 0.0, -100.0, 0.0, 0.0, 0.0, 2, 0),
+    "full overlap": ([(4, 8, 2, 5)], [(4, 8, 2, 5)], 1.0, 0.0, 1.0, 1.0, 1.0, 1, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(METRICSRELOADED_CASES))
+def test_metricsreloaded_own_test_cases(case: str) -> None:
+    ref_boxes, pred_boxes, dsc, rve, ppv, sensitivity, f1, ref_count, pred_count = METRICSRELOADED_CASES[case]
+    prediction, reference = _metricsreloaded_case(ref_boxes, pred_boxes)
+    assert metrics.dice(prediction, reference) == pytest.approx(dsc)
+    assert metrics.relative_volume_error(prediction, reference) == pytest.approx(rve)
+    result = metrics.overlap_detection(prediction, reference)
+    assert (result.reference_lesions, result.predicted_lesions) == (ref_count, pred_count)
+    assert (result.ppv, result.sensitivity) == (pytest.approx(ppv), pytest.approx(sensitivity))
+    assert result.f1 == pytest.approx(f1)
+
+
+def test_metricsreloaded_ppv_counts_reference_lesions_found_against_unmatched_predictions(canvas) -> None:
+    """PPV = TP / (TP + FP) with TP counted on the reference: two predicted pieces of one lesion and one false
+    positive give 1 / 2, not 2 / 3."""
+    reference, prediction = canvas.copy(), canvas.copy()
+    box(reference, slice(2, 10), slice(2, 6), slice(2, 6))
+    box(prediction, slice(2, 5), slice(2, 6), slice(2, 6))
+    box(prediction, slice(7, 10), slice(2, 6), slice(2, 6))
+    box(prediction, slice(15, 18), slice(15, 18), slice(15, 18))
+    assert metrics.overlap_detection(prediction, reference).ppv == 0.5
 
 
 def test_tiny_lesions_are_ignored_by_anima(canvas) -> None:
@@ -147,12 +210,18 @@ def test_tiny_lesions_are_ignored_by_anima(canvas) -> None:
 
 
 def test_no_lesions_anywhere(canvas) -> None:
-    for result in (metrics.anima_detection(canvas, canvas, (1, 1, 1)), metrics.overlap_detection(canvas, canvas)):
-        assert (result.sensitivity, result.ppv, result.f1) == (1.0, 1.0, 1.0)
+    reloaded = metrics.overlap_detection(canvas, canvas)
+    assert (reloaded.sensitivity, reloaded.ppv, reloaded.f1) == (1.0, 1.0, 1.0)
+    anima = metrics.anima_detection(canvas, canvas, (1, 1, 1))
+    assert np.isnan([anima.sensitivity, anima.ppv, anima.f1]).all()  # ANIMA divides 0 by 0
     reference = canvas.copy()
     box(reference, slice(2, 5), slice(2, 5), slice(2, 5))
     missed = metrics.overlap_detection(canvas, reference)
     assert (missed.sensitivity, missed.ppv, missed.f1) == (0.0, 0.0, 0.0)
+    anima_missed = metrics.anima_detection(canvas, reference, (1, 1, 1))
+    assert anima_missed.sensitivity == 0.0 and np.isnan(anima_missed.ppv) and np.isnan(anima_missed.f1)
+    anima_false = metrics.anima_detection(reference, canvas, (1, 1, 1))
+    assert anima_false.ppv == 0.0 and np.isnan(anima_false.sensitivity)
 
 
 def test_compare_label_maps_reports_what_changed(canvas) -> None:
