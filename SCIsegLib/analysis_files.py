@@ -14,7 +14,7 @@ from .table_cells import escape_formulas
 from .volume import image_stem, publish_file, write_image_atomic
 
 
-def _write_text_atomic(text: str, path: Path) -> Path:
+def write_text_atomic(text: str, path: Path) -> Path:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     with os.fdopen(handle, "w") as stream:
         stream.write(text)
@@ -28,7 +28,7 @@ def write_table(table: pd.DataFrame, path: Path, sheet: str = "measures") -> lis
     Text cells that a spreadsheet would run as a formula are escaped (:mod:`SCIsegLib.table_cells`)."""
     table = escape_formulas(table)
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = [_write_text_atomic(table.to_csv(index=False), path)]
+    written = [write_text_atomic(table.to_csv(index=False), path)]
     try:
         import openpyxl  # noqa: F401
     except ImportError:
@@ -59,7 +59,7 @@ def write_cord_table(table: pd.DataFrame, path: Path, cord_path: Path | str, ang
         "Source": str(cord_path),
         "EmptyCells": "a slice without cord has no value in any column, as in SCT's CSV",
     }
-    written.append(_write_text_atomic(json.dumps(sidecar, indent=2), path.with_suffix(".json")))
+    written.append(write_text_atomic(json.dumps(sidecar, indent=2), path.with_suffix(".json")))
     return written
 
 
@@ -71,8 +71,8 @@ def write_lesion_analysis(
     stem = image_stem(lesion_path)
     written = write_table(result.table, output_dir / f"{stem}_analysis.csv")
     if profile is not None:
-        written.append(_write_text_atomic(escape_formulas(profile).to_csv(index=False), output_dir / f"{stem}_perslice.csv"))
+        written.append(write_text_atomic(escape_formulas(profile).to_csv(index=False), output_dir / f"{stem}_perslice.csv"))
     written.append(write_image_atomic(result.labels, output_dir / f"{stem}_label.nii.gz"))
     summary = {**result.summary, "warnings": result.warnings, "lesion_mask": str(Path(lesion_path).resolve())}
-    written.append(_write_text_atomic(json.dumps(summary, indent=2), output_dir / f"{stem}_analysis.json"))
+    written.append(write_text_atomic(json.dumps(summary, indent=2), output_dir / f"{stem}_analysis.json"))
     return written

@@ -738,6 +738,12 @@ def _add_run_parser(commands) -> None:
                      help="as for `sciseg segment` (auto: the fastest that works on the workers; reference: SCT's exact call)")
     run.add_argument("--crop", choices=CROP_MODES, default="fast", help="as for `sciseg segment` (fast engines)")
     run.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
+    run.add_argument(
+        "--labels", choices=("corrected", "model"), default="corrected",
+        help="corrected (default): measure each scan on its latest rater correction in BIDS_ROOT/derivatives/labels "
+        "where one exists, else on the model's masks (a rerun redoes only the scans whose correction changed); "
+        "model: always segment and measure the model's masks",
+    )
     run.add_argument("--lesion-in-cord", action="store_true", help="drop lesion voxels outside the cord")
     run.add_argument("--keep-largest-cord", action="store_true", help="keep only the largest cord component")
     run.add_argument(
@@ -801,7 +807,8 @@ def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
     try:
         outcome = run_cohort(scans, args.output, model, plan, postprocess=postprocess, force=args.force,
                              participants=read_participants(args.bids), on_event=on_event,
-                             engine=args.engine, crop=args.crop)
+                             engine=args.engine, crop=args.crop,
+                             corrections_root=args.bids if args.labels == "corrected" else None)
     except KeyboardInterrupt:
         raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
     finally:

@@ -157,6 +157,50 @@ def test_second_run_skips_complete_scans_and_force_redoes(cohort: dict) -> None:
     assert markers["sub-00"].stat().st_mtime_ns == before["sub-00"]
 
 
+def test_rerun_after_one_exported_correction_measures_that_scan_from_it(cohort: dict) -> None:
+    """A rater exports a correction of sub-00 (the model's lesion replaced by a slab of the cord); the next run measures
+    sub-00 on it, says so in run_summary.csv and the cohort table, and leaves the other scans as they were."""
+    from skimage.measure import label
+
+    from SCIsegLib.training.export import export_correction
+
+    bids, deriv = cohort["bids"], cohort["deriv"]
+    source = bids / "sub-00" / "anat" / "sub-00_T2w.nii.gz"
+    anat = deriv / "sub-00" / "anat"
+    cord = sitk.ReadImage(str(anat / "sub-00_T2w_sc_seg.nii.gz"))
+    cord_array = sitk.GetArrayFromImage(cord) > 0
+    rows = np.nonzero(cord_array.any(axis=(0, 2)))[0]
+    lesion_array = cord_array.copy()
+    lesion_array[:, : rows[len(rows) // 3]] = False
+    lesion_array[:, rows[len(rows) // 2] :] = False
+    lesion = sitk.GetImageFromArray(lesion_array.astype(np.uint8))
+    lesion.CopyInformation(cord)
+    export_correction(root=bids, source=source, cord=cord, lesion=lesion, rater="alice")
+    markers = {s: deriv / s / "anat" / f"{s}_T2w_sciseg-run.json" for s in GOOD}
+    before = {s: m.stat().st_mtime_ns for s, m in markers.items()}
+
+    def rerun() -> pd.DataFrame:
+        result = sciseg("run", "--bids", str(bids), "--include", "sub-0[012]", "-o", str(deriv), "--model", "sciseg-demo",
+                        "--device", "cpu", "--workers", "1", "--progress", "none")
+        assert result.returncode == 0, result.stderr[-2000:]
+        return pd.read_csv(deriv / "run_summary.csv", keep_default_na=False).set_index("subject")
+
+    summary = rerun()
+    assert list(summary.loc[GOOD, "status"]) == ["done", "skipped", "skipped"]
+    assert list(summary.loc[GOOD, "measured_on"]) == ["correction v001 (alice)", "model", "model"]
+    assert {s: markers[s].stat().st_mtime_ns == before[s] for s in GOOD} == {"sub-00": False, "sub-01": True, "sub-02": True}
+    subjects = pd.read_csv(deriv / "cohort_subjects.csv").set_index("subject")
+    assert subjects.loc["sub-00", "measured_on"] == "correction v001 (alice)"
+    voxel_mm3 = float(np.prod(cord.GetSpacing()))
+    assert subjects.loc["sub-00", "volume [mm3]"] == pytest.approx(lesion_array.sum() * voxel_mm3)
+    assert subjects.loc["sub-00", "lesion_count"] == label(lesion_array, connectivity=2).max()
+    measured = sitk.GetArrayFromImage(sitk.ReadImage(str(anat / "sub-00_T2w_lesion_seg.nii.gz"))) > 0
+    assert np.array_equal(measured, lesion_array)
+    assert json.loads((anat / "sub-00_T2w_lesion_seg.json").read_text())["Version"] == 1
+
+    assert list(rerun().loc[GOOD, "status"]) == ["skipped"] * 3  # nothing changed since: nothing redone
+
+
 def test_resume_check_and_an_interrupted_publish(cohort: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     deriv = cohort["deriv"]
     [scan] = find_bids_scans(cohort["bids"], include="sub-02")

@@ -39,8 +39,10 @@ def read_marker(deriv: Path, scan: Scan) -> dict | None:
         return None
 
 
-def completed_marker(deriv: Path, scan: Scan, source_sha256: str, model_sha256: str, settings: dict) -> dict | None:
-    """The marker when the scan is done with this source, model and settings and all its files exist; else None."""
+def completed_marker(deriv: Path, scan: Scan, source_sha256: str, model_sha256: str, settings: dict,
+                     labels: dict | None = None) -> dict | None:
+    """The marker when the scan is done with this source, model, settings and measured labels (the model's masks or
+    one rater correction, :mod:`SCIsegLib.cohort.corrections`) and all its files exist; else None."""
     marker = read_marker(deriv, scan)
     if marker is None:
         return None
@@ -49,6 +51,7 @@ def completed_marker(deriv: Path, scan: Scan, source_sha256: str, model_sha256: 
         and marker.get("SourceSha256") == source_sha256
         and marker.get("ModelSha256") == model_sha256
         and marker.get("Settings") == settings
+        and marker.get("Labels", {"From": "model"}) == (labels or {"From": "model"})
     )
     if not same:
         return None

@@ -62,8 +62,12 @@ def run_cohort(
     on_event: EventCallback | None = None,
     engine: str = "auto",
     crop: str = "fast",
+    corrections_root: Path | None = None,
 ) -> RunOutcome:
-    """Run every scan on the planned cluster; write ``run_summary.csv``, the cohort tables and ``qc/``."""
+    """Run every scan on the planned cluster; write ``run_summary.csv``, the cohort tables and ``qc/``.
+
+    ``corrections_root``: a BIDS dataset; scans with a rater correction in its ``derivatives/labels`` are measured
+    on the latest version (:mod:`SCIsegLib.cohort.corrections`)."""
     from distributed import as_completed
 
     deriv = Path(deriv).resolve()
@@ -80,7 +84,9 @@ def run_cohort(
         remove_stale_staging(deriv)
         inference = InferenceSettings(device=plan.device, threads=plan.torch_threads, engine=engine, crop=crop)
         model_sha256 = model.weights_sha256()
-        jobs = [ScanJob(scan, deriv, model.path, model.name, model_sha256, inference, postprocess, force) for scan in scans]
+        corrections = Path(corrections_root).resolve() if corrections_root is not None else None
+        jobs = [ScanJob(scan, deriv, model.path, model.name, model_sha256, inference, postprocess, force, corrections)
+                for scan in scans]
         rows: list[dict | None] = [None] * len(jobs)
         report = write_report(deriv, [])
         with open_client(plan) as client:
@@ -101,7 +107,7 @@ def run_cohort(
                         name = type(error).__name__
                         reason = _killed_reason(plan, error) if name == "KilledWorker" else f"the task failed ({name}: {error})."
                         row = {"file": str(scan.path), "subject": scan.subject, "session": scan.session, "scan": scan.stem,
-                               "status": "failed", "reason": reason}
+                               "status": "failed", "reason": reason, "measured_on": ""}
                     future.release()
                     rows[index] = row
                     finished += 1

@@ -12,10 +12,12 @@ import pandas as pd
 
 from ..analysis_files import write_table
 from ..lesions import BASE_COLUMNS, MIDSAGITTAL_COLUMNS
+from .corrections import MODEL_LABELS, describe_labels
 
-STAGES = ("hash", "load", "model", "segment", "write", "analyze", "cord", "qc", "publish", "total")
-SUMMARY_COLUMNS = ["file", "subject", "session", "scan", "status", "reason", *[f"seconds_{s}" for s in STAGES], "worker"]
-IDENTITY = ["subject", "session", "scan", "file"]
+STAGES = ("hash", "labels", "load", "model", "segment", "write", "analyze", "cord", "qc", "publish", "total")
+SUMMARY_COLUMNS = ["file", "subject", "session", "scan", "status", "reason", "measured_on",
+                   *[f"seconds_{s}" for s in STAGES], "worker"]
+IDENTITY = ["subject", "session", "scan", "file", "measured_on"]
 
 
 def write_run_summary(rows: list[dict], deriv: Path) -> Path:
@@ -38,7 +40,8 @@ def cohort_tables(rows: list[dict], deriv: Path, participants: list[dict[str, st
         marker = row.get("marker")
         if row.get("status") not in ("done", "skipped") or not marker:
             continue
-        identity = {"subject": row["subject"], "session": row["session"], "scan": row["scan"], "file": row["file"]}
+        identity = {"subject": row["subject"], "session": row["session"], "scan": row["scan"], "file": row["file"],
+                    "measured_on": describe_labels(marker.get("Labels", MODEL_LABELS))}
         subjects.append({**identity, **marker.get("Measures", {})})
         lesion_table = Path(deriv) / marker["LesionTable"]
         if lesion_table.is_file():

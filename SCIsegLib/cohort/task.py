@@ -23,6 +23,7 @@ from ..hashing import file_sha256
 from ..inference import InferenceSettings
 from ..models import ModelInfo, read_model
 from ..postprocess import PostprocessSettings
+from .corrections import MeasuredLabels, load_corrected_masks, measured_labels, write_measured_masks
 from .discovery import Scan
 from .measures import scan_measures
 from .outputs import completed_marker, new_staging_folder, publish_output_set
@@ -38,6 +39,8 @@ class ScanJob:
         model_path, model_name, model_sha256: the model folder, its name and the sha256 of its weights.
         inference: network settings; postprocess: mask clean-ups.
         force: redo the scan even when its outputs are complete and current.
+        corrections_root: the BIDS dataset whose ``derivatives/labels`` holds rater corrections: a scan with one is
+            measured on its latest version instead of the model's masks (None: always the model's masks).
     """
 
     scan: Scan
@@ -48,6 +51,7 @@ class ScanJob:
     inference: InferenceSettings = InferenceSettings()
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     force: bool = False
+    corrections_root: Path | None = None
 
     def settings(self) -> dict:
         """What, besides source and model, decides the outputs (the marker records it; threads do not count)."""
@@ -121,12 +125,15 @@ def process_scan(job: ScanJob) -> dict:
 
     try:
         source_sha256 = timed("hash", file_sha256, scan.path)
+        labels = timed("labels", measured_labels, job.corrections_root, scan)
+        row["measured_on"] = labels.describe()
         if not job.force:
-            marker = completed_marker(job.deriv, scan, source_sha256, job.model_sha256, job.settings())
+            marker = completed_marker(job.deriv, scan, source_sha256, job.model_sha256, job.settings(), labels.key())
             if marker is not None:
-                row.update(status="skipped", reason="outputs complete for this source, model and settings", marker=marker)
+                row.update(status="skipped", marker=marker,
+                           reason="outputs complete for this source, model, settings and labels")
                 return row
-        row["marker"] = _run_pipeline(job, source_sha256, timed, staging, seconds)
+        row["marker"] = _run_pipeline(job, source_sha256, labels, timed, staging, seconds)
         row["status"] = "done"
     except SCIsegError as error:
         row["reason"] = str(error)
@@ -142,7 +149,8 @@ def process_scan(job: ScanJob) -> dict:
     return row
 
 
-def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[Path], seconds: dict[str, float]) -> dict:
+def _run_pipeline(job: ScanJob, source_sha256: str, labels: MeasuredLabels, timed, staging_holder: list[Path],
+                  seconds: dict[str, float]) -> dict:
     from ..analysis_files import write_cord_table, write_lesion_analysis
     from ..cord import cord_morphometry
     from ..errors import InputError
@@ -153,14 +161,23 @@ def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[
 
     scan = job.scan
     image = timed("load", load_image, scan.path)
-    engine = timed("model", worker_engine, job)
-    result = timed("segment", segment_image, image, engine, postprocess=job.postprocess, source=str(scan.path))
+    if labels.corrected:  # the rater's version replaces the model's masks: no segmentation
+        masks = timed("segment", load_corrected_masks, labels, scan, image)
+        device = "none (measured on a rater correction)"
+    else:
+        engine = timed("model", worker_engine, job)
+        result = timed("segment", segment_image, image, engine, postprocess=job.postprocess, source=str(scan.path))
+        masks, device = result.masks, result.device
     staging = new_staging_folder(job.deriv)
     staging_holder.append(staging)
     anat = staging / scan.relative_folder
-    timed("write", write_result, result, model=engine.model, source=scan.path, output_dir=anat,
-          settings=job.inference, postprocess=job.postprocess)
-    cord, lesion = result.masks["sc"], result.masks["lesion"]
+    if labels.corrected:
+        labels_root = Path(job.corrections_root) / "derivatives" / "labels"
+        timed("write", write_measured_masks, masks, labels, scan, anat, labels_root)
+    else:
+        timed("write", write_result, result, model=engine.model, source=scan.path, output_dir=anat,
+              settings=job.inference, postprocess=job.postprocess)
+    cord, lesion = masks["sc"], masks["lesion"]
     lesion_name = anat / f"{scan.stem}_lesion_seg.nii.gz"
     analysis = timed("analyze", analyze_lesions, lesion, cord)
     profile = per_slice_profile(lesion, cord) if _any(cord) else None
@@ -170,6 +187,8 @@ def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[
     if _any(cord):
         csa = timed("cord", cord_morphometry, cord)
         write_cord_table(csa, anat / f"{scan.stem}_sc_seg_csa.csv", f"{scan.stem}_sc_seg.nii.gz")
+    elif labels.corrected:
+        raise InputError(f"{scan.path.name}: its correction ({labels.describe()}) holds no spinal cord; export it again.")
     else:
         raise InputError(f"{scan.path.name}: the model found no spinal cord; check that this is a T2w spinal cord scan.")
     measures = scan_measures(analysis.table, analysis.summary, csa, lesion)
@@ -181,7 +200,9 @@ def _run_pipeline(job: ScanJob, source_sha256: str, timed, staging_holder: list[
         "Model": job.model_name,
         "ModelSha256": job.model_sha256,
         "Settings": job.settings(),
-        "Device": result.device,
+        "Device": device,
+        "Labels": labels.key(),
+        "MeasuredOn": labels.describe(),
         "Date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "Subject": scan.subject,
         "Session": scan.session,
