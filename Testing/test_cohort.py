@@ -287,3 +287,64 @@ def test_local_cluster_is_sized_to_the_machine() -> None:
     assert plan.memory_per_worker.endswith("MiB")
     with pytest.raises(InputError):
         plan_cluster("http://nowhere", None, "cpu", None)
+
+
+def _rpi_image(array_xyz: np.ndarray, spacing=(0.8, 0.6, 2.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)).astype(np.uint8))
+    image.SetSpacing(spacing)
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # ITK LAS = SCT RPI
+    return image
+
+
+def _cord_xyz(shape=(20, 24, 40)) -> np.ndarray:
+    x, y, _ = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return ((x - 10) * 0.8 / 5.0) ** 2 + ((y - 12) * 0.6 / 4.0) ** 2 <= 1.0  # 10 mm R-L, 8 mm A-P
+
+
+def test_plausibility_flags_a_broken_cord_a_stray_lesion_and_a_bridge_wider_than_the_cord() -> None:
+    from SCIsegLib.cohort.plausibility import plausibility_flags
+    from SCIsegLib.cord import cord_morphometry
+    from SCIsegLib.lesions import analyze_lesions
+
+    cord = _cord_xyz()
+    cord[:, :, 30:32] = False  # a gap: the top 8 slices are a second piece
+    lesion = np.zeros_like(cord)
+    lesion[9:12, 11:14, 10:14] = True  # in the main piece
+    lesion[9:12, 11:14, 34:36] = True  # in the stray piece
+    cord_image, lesion_image = _rpi_image(cord), _rpi_image(lesion)
+    analysis = analyze_lesions(lesion_image, cord_image)
+    csa = cord_morphometry(cord_image)
+    flags = plausibility_flags(cord_image, analysis.labels, analysis.table, csa)
+    assert [f["code"] for f in flags] == ["cord_pieces", "lesion_off_cord"]
+    assert "2 pieces" in flags[0]["reason"] and flags[1]["label"] == 2
+
+    whole = _cord_xyz()
+    table = analysis.table.iloc[:1].copy()
+    cord_ap = csa["MEAN(diameter_AP)"].iloc[10:14].max()
+    assert cord_ap == pytest.approx(8.0, rel=0.05)
+    table["interpolated_total_bridge_width [mm]"] = cord_ap + 0.5  # within one voxel (0.6 mm): plausible
+    assert plausibility_flags(_rpi_image(whole), analysis.labels, table, cord_morphometry(_rpi_image(whole))) == []
+    table["interpolated_total_bridge_width [mm]"] = 2 * cord_ap
+    [flag] = plausibility_flags(_rpi_image(whole), analysis.labels, table, cord_morphometry(_rpi_image(whole)))
+    assert flag["code"] == "bridge_wider_than_cord" and flag["label"] == 1
+
+
+def test_flagged_values_are_left_out_of_the_cohort_tables_with_the_reason(tmp_path: Path) -> None:
+    from SCIsegLib.cohort.tables import cohort_tables
+
+    measures = {"lesion_count": 1, "volume [mm3]": 50.0, "length [mm]": 10.0, "max_axial_damage_ratio []": 0.4,
+                "interpolated_total_bridge_width [mm]": 19.0, "csa_at_lesion_mean [mm2]": 60.0}
+    flag = {"code": "bridge_wider_than_cord", "label": 1, "reason": "lesion 1: its tissue bridge (19.0 mm) is wider",
+            "columns": ["interpolated_total_bridge_width [mm]"]}
+    pd.DataFrame([{"label": 1, "volume [mm3]": 50.0, "interpolated_total_bridge_width [mm]": 19.0}]).to_csv(
+        tmp_path / "a.csv", index=False)
+    rows = [{"subject": s, "session": "", "scan": f"{s}_T2w", "file": f"/{s}.nii.gz", "status": "done",
+             "marker": {"Measures": measures, "Flags": f, "LesionTable": "a.csv"}} for s, f in (("sub-01", [flag]), ("sub-02", []))]
+    subjects, lesions = cohort_tables(rows, tmp_path, [])
+    subjects = subjects.set_index("subject")
+    assert np.isnan(subjects.loc["sub-01", "interpolated_total_bridge_width [mm]"])
+    assert subjects.loc["sub-01", "flags"] == flag["reason"] and subjects.loc["sub-01", "volume [mm3]"] == 50.0
+    assert subjects.loc["sub-02", "interpolated_total_bridge_width [mm]"] == 19.0 and subjects.loc["sub-02", "flags"] == ""
+    assert subjects["interpolated_total_bridge_width [mm]"].mean() == 19.0  # the flagged value is not averaged in
+    lesions = lesions.set_index("subject")
+    assert np.isnan(lesions.loc["sub-01", "interpolated_total_bridge_width [mm]"]) and lesions.loc["sub-01", "flags"]

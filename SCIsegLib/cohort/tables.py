@@ -13,11 +13,12 @@ import pandas as pd
 from ..analysis_files import write_table
 from ..lesions import BASE_COLUMNS, MIDSAGITTAL_COLUMNS
 from .corrections import MODEL_LABELS, describe_labels
+from .plausibility import blank_flagged, flag_text
 
 STAGES = ("hash", "labels", "load", "model", "segment", "write", "analyze", "cord", "qc", "publish", "total")
 SUMMARY_COLUMNS = ["file", "subject", "session", "scan", "status", "reason", "measured_on",
                    *[f"seconds_{s}" for s in STAGES], "worker"]
-IDENTITY = ["subject", "session", "scan", "file", "measured_on"]
+IDENTITY = ["subject", "session", "scan", "file", "measured_on", "flags"]
 
 
 def write_run_summary(rows: list[dict], deriv: Path) -> Path:
@@ -34,21 +35,27 @@ def _with_participants(table: pd.DataFrame, participants: list[dict[str, str]]) 
 
 
 def cohort_tables(rows: list[dict], deriv: Path, participants: list[dict[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(subjects, lesions) tables from the markers of the scans done or skipped as complete."""
+    """(subjects, lesions) tables from the markers of the scans done or skipped as complete.
+
+    A scan's implausible values (:mod:`SCIsegLib.cohort.plausibility`) are left empty and its ``flags`` cell says why,
+    so no average over the table takes them in."""
     subjects, lesions = [], []
     for row in rows:
         marker = row.get("marker")
         if row.get("status") not in ("done", "skipped") or not marker:
             continue
+        flags = marker.get("Flags", [])
         identity = {"subject": row["subject"], "session": row["session"], "scan": row["scan"], "file": row["file"],
-                    "measured_on": describe_labels(marker.get("Labels", MODEL_LABELS))}
-        subjects.append({**identity, **marker.get("Measures", {})})
+                    "measured_on": describe_labels(marker.get("Labels", MODEL_LABELS)), "flags": flag_text(flags)}
+        subjects.append(blank_flagged({**identity, **marker.get("Measures", {})}, flags))
         lesion_table = Path(deriv) / marker["LesionTable"]
         if lesion_table.is_file():
             table = pd.read_csv(lesion_table)
             keep = [c for c in (*BASE_COLUMNS, *MIDSAGITTAL_COLUMNS) if c in table.columns]
             for record in table[keep].to_dict("records"):
-                lesions.append({**identity, **record})
+                label = int(record.get("label", 0))
+                own = [f for f in flags if f.get("label") in (None, label)]
+                lesions.append(blank_flagged({**identity, "flags": flag_text(own), **record}, own, label))
     subject_table = pd.DataFrame(subjects)
     lesion_table = pd.DataFrame(lesions, columns=IDENTITY + list(BASE_COLUMNS) + list(MIDSAGITTAL_COLUMNS)) if not lesions \
         else pd.DataFrame(lesions)

@@ -26,6 +26,7 @@ from ..postprocess import PostprocessSettings
 from .corrections import MeasuredLabels, load_corrected_masks, measured_labels, write_measured_masks
 from .discovery import Scan
 from .measures import scan_measures
+from .plausibility import plausibility_flags
 from .outputs import completed_marker, new_staging_folder, publish_output_set
 
 
@@ -192,6 +193,7 @@ def _run_pipeline(job: ScanJob, source_sha256: str, labels: MeasuredLabels, time
     else:
         raise InputError(f"{scan.path.name}: the model found no spinal cord; check that this is a T2w spinal cord scan.")
     measures = scan_measures(analysis.table, analysis.summary, csa, lesion)
+    flags = plausibility_flags(cord, analysis.labels, analysis.table, csa)
     qc_folder = staging / "qc" / scan.relative_folder
     names = timed("qc", write_qc_images, image, cord, lesion, qc_folder, scan.stem)
     marker = {
@@ -207,6 +209,7 @@ def _run_pipeline(job: ScanJob, source_sha256: str, labels: MeasuredLabels, time
         "Subject": scan.subject,
         "Session": scan.session,
         "Measures": measures,
+        "Flags": flags,
         "LesionTable": f"{scan.relative_folder}/{scan.stem}_lesion_seg_analysis.csv",
         "Warnings": warnings,
         "QC": {role: f"{scan.relative_folder}/{name}" for role, name in names.items()},
