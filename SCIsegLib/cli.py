@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -808,7 +809,8 @@ def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
         outcome = run_cohort(scans, args.output, model, plan, postprocess=postprocess, force=args.force,
                              participants=read_participants(args.bids), on_event=on_event,
                              engine=args.engine, crop=args.crop,
-                             corrections_root=args.bids if args.labels == "corrected" else None)
+                             corrections_root=args.bids if args.labels == "corrected" else None,
+                             command=shlex.join(["sciseg", *sys.argv[1:]]))
     except KeyboardInterrupt:
         raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
     finally:

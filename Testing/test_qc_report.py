@@ -51,7 +51,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (bids / "participants.tsv").write_text("participant_id\tsite\nsub-01\tBern\nsub-02\tZurich\nsub-03\tBern\n")
     model = resolve_model("sciseg-demo")
     settings = InferenceSettings(device="cpu", threads=1)
-    rows = [process_scan(ScanJob(scan, deriv, model.path, model.name, model.weights_sha256(), settings))
+    rows = [process_scan(ScanJob(scan, deriv, model.path, model.name, model.weights_sha256(), settings,
+                                 command=f"sciseg run --bids {bids} -o {deriv}"))
             for scan in find_bids_scans(bids)]
     assert [row["status"] for row in rows] == ["done"] * 3, [row["reason"] for row in rows]
     sites = {p["participant_id"]: p["site"] for p in read_participants(bids)}
@@ -117,22 +118,53 @@ def test_keyboard_review_in_chromium_and_the_queue_takes_the_fails(report: Path,
 
         # Decisions survive a reload (local storage).
         page.reload()
-        cells = [page.locator("#rows tr").nth(i).locator("td").nth(7).inner_text() for i in range(3)]
+        cells = [page.locator("#rows tr").nth(i).locator("td").nth(10).inner_text() for i in range(3)]
         assert cells == ["Pass", "Fail", "Fail"]
-        assert page.locator("#rows tr").nth(2).locator("td").nth(8).inner_text() == "4"
+        assert page.locator("#rows tr").nth(2).locator("td").nth(11).inner_text() == "4"
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("f")  # sub-03: Fail -> Artifact
+        page.keyboard.press("f")  # Artifact -> Pass
+        page.keyboard.press("f")  # Pass -> Fail again
+        page.keyboard.press("k")
+        page.keyboard.press("k")
 
-        with page.expect_download() as fails_download:
-            page.click("#save-fails")
-        fails_file = tmp_path / "qc_fails.yml"
-        fails_download.value.save_as(fails_file)
-        with page.expect_download() as all_download:
-            page.click("#save-all")
-        all_file = tmp_path / "qc_decisions.json"
-        all_download.value.save_as(all_file)
+        # Date, command and version of the selected scan; the mosaic's slice numbers.
+        assert "sciseg run --bids" in page.locator("#meta").inner_text()
+        assert "SCIseg " in page.locator("#meta").inner_text() and "measured on model" in page.locator("#meta").inner_text()
+        assert "axial tiles: slices" in page.locator("#slices").inner_text()
+
+        # Sortable columns: volume ascending, then descending (a second click); the list follows.
+        volumes = [json.loads(report.with_name("entries.js").read_text()[len("window.SCISEG_QC = "):-2])["entries"][i]
+                   ["volume_mm3"] for i in range(3)]
+        page.locator("th[data-key=volume_mm3]").click()
+        shown = [float(page.locator("#rows tr").nth(i).locator("td").nth(6).inner_text()) for i in range(3)]
+        assert shown == sorted(round(v, 1) for v in volumes)
+        page.locator("th[data-key=volume_mm3]").click()
+        shown = [float(page.locator("#rows tr").nth(i).locator("td").nth(6).inner_text()) for i in range(3)]
+        assert shown == sorted((round(v, 1) for v in volumes), reverse=True)
+        page.locator("th[data-key=subject]").click()
+
+        # The Fail list in SCT's format, and an empty Artifact list, both read by a YAML loader with SCT's keys;
+        # then ours (Save fails, Save all).
+        def saved(button: str, name: str) -> Path:
+            with page.expect_download() as download:
+                page.click(button)
+            download.value.save_as(tmp_path / name)
+            return tmp_path / name
+
+        sct_fail, sct_artifact = saved("#save-sct-fail", "qc_fail.yml"), saved("#save-sct-artifact", "qc_artifact.yml")
+        fails_file, all_file = saved("#save-fails", "qc_fails.yml"), saved("#save-all", "qc_decisions.json")
         browser.close()
 
     failed = sorted(Path(item["file"]).name for item in yaml.safe_load(fails_file.read_text())["fails"])
     assert failed == ["sub-02_T2w.nii.gz", "sub-03_T2w.nii.gz"]
+    sct_lists = yaml.safe_load(sct_fail.read_text())
+    assert set(sct_lists) == {"FILES_SEG", "FILES_LESION"}
+    for key in ("FILES_SEG", "FILES_LESION"):  # SCT's manual-correction keeps the file names of these lists
+        assert sorted(Path(file).name for file in sct_lists[key]) == failed
+        assert all(Path(file).is_file() for file in sct_lists[key])
+    assert yaml.safe_load(sct_artifact.read_text()) == {"FILES_SEG": [], "FILES_LESION": []}
     decisions = {Path(d["file"]).name: d["decision"] for d in json.loads(all_file.read_text())["decisions"]}
     assert decisions == {"sub-01_T2w.nii.gz": "Pass", "sub-02_T2w.nii.gz": "Fail", "sub-03_T2w.nii.gz": "Fail"}
 
@@ -146,3 +178,25 @@ def test_keyboard_review_in_chromium_and_the_queue_takes_the_fails(report: Path,
     following = subprocess.run([sys.executable, "-m", "SCIsegLib", "queue", "next", "--queue", str(queue)],
                                capture_output=True, text=True, env=environment, timeout=120)
     assert following.returncode == 0 and Path(following.stdout.split()[-1]).name in failed
+
+
+def test_entry_explains_every_n_a_and_leaves_flagged_values_out() -> None:
+    measures = {"lesion_count": 2, "volume [mm3]": 80.0, "length [mm]": 12.0, "max_axial_damage_ratio []": 0.5,
+                "csa_above_lesion [mm2]": float("nan"), "interpolated_total_bridge_width [mm]": 20.0}
+    flag = {"code": "lesion_off_cord", "label": 2, "reason": "lesion 2 lies off the main cord piece",
+            "columns": ["lesion_count", "volume [mm3]", "length [mm]", "max_axial_damage_ratio []",
+                        "interpolated_total_bridge_width [mm]"]}
+    row = {"file": "/d/sub-01_T2w.nii.gz", "subject": "sub-01", "session": "", "scan": "sub-01_T2w", "status": "done",
+           "marker": {"Measures": measures, "Flags": [flag], "Date": "2026-12-02T18:00:00+00:00", "Command": "sciseg run x",
+                      "SCIsegVersion": "0.1.0", "Model": "sciseg-v2", "MeasuredOn": "correction v002 (alice)",
+                      "QCSlices": [12, 11]}}
+    entry = qc_entry(row)
+    assert entry["volume_mm3"] is None and entry["length_mm"] is None  # flagged: not shown as a number
+    assert entry["flags"] == [flag["reason"]] and entry["measured_on"] == "correction v002 (alice)"
+    assert entry["notes"][0] == "n/a because lesion 2 lies off the main cord piece"
+    assert any(note.startswith("CSA above n/a") for note in entry["notes"])
+    assert (entry["date"], entry["command"], entry["version"]) == ("2026-12-02T18:00:00+00:00", "sciseg run x",
+                                                                   "SCIseg 0.1.0, model sciseg-v2")
+    assert entry["slices"] == [12, 11]
+    no_lesion = qc_entry({**row, "marker": {"Measures": {"lesion_count": 0, "volume [mm3]": 0.0}}})
+    assert no_lesion["notes"] == ["no lesion: volume, length, damage ratio and CSA at or above the lesion do not apply (n/a)"]

@@ -63,6 +63,7 @@ def run_cohort(
     engine: str = "auto",
     crop: str = "fast",
     corrections_root: Path | None = None,
+    command: str = "",
 ) -> RunOutcome:
     """Run every scan on the planned cluster; write ``run_summary.csv``, the cohort tables and ``qc/``.
 
@@ -85,8 +86,8 @@ def run_cohort(
         inference = InferenceSettings(device=plan.device, threads=plan.torch_threads, engine=engine, crop=crop)
         model_sha256 = model.weights_sha256()
         corrections = Path(corrections_root).resolve() if corrections_root is not None else None
-        jobs = [ScanJob(scan, deriv, model.path, model.name, model_sha256, inference, postprocess, force, corrections)
-                for scan in scans]
+        jobs = [ScanJob(scan, deriv, model.path, model.name, model_sha256, inference, postprocess, force, corrections,
+                        command) for scan in scans]
         rows: list[dict | None] = [None] * len(jobs)
         report = write_report(deriv, [])
         with open_client(plan) as client:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from .. import __version__
 from ..errors import SCIsegError
 from ..hashing import file_sha256
 from ..inference import InferenceSettings
@@ -53,6 +54,7 @@ class ScanJob:
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     force: bool = False
     corrections_root: Path | None = None
+    command: str = ""  # the command line that started the run (recorded in the marker and the QC report)
 
     def settings(self) -> dict:
         """What, besides source and model, decides the outputs (the marker records it; threads do not count)."""
@@ -212,7 +214,10 @@ def _run_pipeline(job: ScanJob, source_sha256: str, labels: MeasuredLabels, time
         "Flags": flags,
         "LesionTable": f"{scan.relative_folder}/{scan.stem}_lesion_seg_analysis.csv",
         "Warnings": warnings,
-        "QC": {role: f"{scan.relative_folder}/{name}" for role, name in names.items()},
+        "QC": {role: f"{scan.relative_folder}/{name}" for role, name in names.items() if role != "slices"},
+        "QCSlices": [int(z) for z in names["slices"].split(",") if z],
+        "Command": job.command,
+        "SCIsegVersion": __version__,
         "Seconds": dict(seconds),  # per stage, up to the QC images (kept for the summaries of later runs)
     }
     return timed("publish", publish_output_set, staging, job.deriv, scan, marker)

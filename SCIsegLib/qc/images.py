@@ -1,6 +1,11 @@
 """QC images of one scan, as in SCT's ``sct_qc``: an axial mosaic cropped around the cord and a sagittal view
-through the lesion centre, each as a grey PNG and a transparent PNG of the cord (yellow) and lesion (red)
-contours, stacked by the report so a key toggles the overlay.
+of the whole cord, each as a grey PNG and a transparent PNG of the cord (yellow) and lesion (red) contours,
+stacked by the report so a key toggles the overlay.
+
+Each mosaic tile carries its slice number (RPI z, I->S: the ``Slice (I->S)`` of the CSA table). The sagittal view
+follows the cord: on every axial slice it samples the image at the cord's R-L centre (a curved reformat, so a
+cord curving left and right stays in view), and its contours are the cord and lesion projected along R-L, so no
+lesion is missed for lying off the midline.
 
 Display conventions: images are resampled to square pixels of ``PIXEL_MM``; axial slices are shown with
 anterior at the top and the patient's right on the viewer's left (radiological); the sagittal view has
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..volume import reorient, sct_to_itk_orientation
@@ -87,9 +92,40 @@ def _axial_tile(image: np.ndarray, cord: np.ndarray, lesion: np.ndarray, z: int,
     return planes
 
 
+def _label_tile(tile: np.ndarray, text: str) -> np.ndarray:
+    """The grey tile with ``text`` in white on black in its top-left corner."""
+    picture = Image.fromarray(tile)
+    draw = ImageDraw.Draw(picture)
+    left, top, right, bottom = draw.textbbox((2, 1), text)
+    draw.rectangle((0, 0, right + 2, bottom + 1), fill=0)
+    draw.text((2, 1), text, fill=255)
+    return np.asarray(picture)
+
+
+def cord_centre_x(cord: np.ndarray, fallback: float) -> np.ndarray:
+    """R-L centre (voxels) of the cord on every axial slice: the mean x of its voxels, interpolated linearly across
+    slices without cord and held constant beyond its ends; ``fallback`` everywhere when there is no cord."""
+    nz = cord.shape[2]
+    present = np.nonzero(cord.any(axis=(0, 1)))[0]
+    if not present.size:
+        return np.full(nz, fallback)
+    centres = np.array([np.nonzero(cord[:, :, z])[0].mean() for z in present])
+    return np.interp(np.arange(nz), present, centres)
+
+
+def curved_sagittal(volume: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
+    """(y, z) plane sampling ``volume`` (x, y, z) at x = ``centre_x[z]`` on every slice (linear along x)."""
+    low = np.clip(np.floor(centre_x).astype(int), 0, volume.shape[0] - 1)
+    high = np.clip(low + 1, 0, volume.shape[0] - 1)
+    weight = (centre_x - np.floor(centre_x))[None, :]
+    z = np.arange(volume.shape[2])
+    return (1 - weight) * volume[low, :, z].T + weight * volume[high, :, z].T
+
+
 def write_qc_images(image: sitk.Image, cord: sitk.Image, lesion: sitk.Image, folder: Path, stem: str) -> dict[str, str]:
     """Write ``<stem>_axial.png``, ``<stem>_axial_overlay.png``, ``<stem>_sagittal.png``, ``<stem>_sagittal_overlay.png``
-    into ``folder``; return their file names by role (``axial``, ``axial_overlay``, ...)."""
+    into ``folder``; return their file names by role (``axial``, ``axial_overlay``, ...) and, under ``slices``, the
+    mosaic's slice numbers in tile order (comma-separated)."""
     folder.mkdir(parents=True, exist_ok=True)
     volume, cord_xyz, lesion_xyz, spacing = _rpi_arrays(image, cord, lesion)
     inside = volume[cord_xyz] if cord_xyz.any() else volume
@@ -100,7 +136,8 @@ def write_qc_images(image: sitk.Image, cord: sitk.Image, lesion: sitk.Image, fol
     cord_slices = np.nonzero(cord_xyz.any(axis=(0, 1)))[0]
     fallback = ((volume.shape[0] - 1) / 2, (volume.shape[1] - 1) / 2)
     tiles, tile_masks = [], []
-    for z in _axial_slices(cord_xyz, lesion_xyz):
+    shown = _axial_slices(cord_xyz, lesion_xyz)
+    for z in shown:
         if cord_xyz[:, :, z].any():
             centres[z] = ndimage.center_of_mass(cord_xyz[:, :, z])
         elif cord_slices.size:
@@ -109,7 +146,7 @@ def write_qc_images(image: sitk.Image, cord: sitk.Image, lesion: sitk.Image, fol
         else:
             centres[z] = fallback
         grey, cord_plane, lesion_plane = _axial_tile(volume, cord_xyz, lesion_xyz, int(z), spacing, centres[z])
-        tiles.append(_resize(_grey(grey, low, high), spacing[1], spacing[0], nearest=False))
+        tiles.append(_label_tile(_resize(_grey(grey, low, high), spacing[1], spacing[0], nearest=False), f"z{int(z)}"))
         tile_masks.append(
             (_resize(cord_plane.astype(np.uint8), spacing[1], spacing[0], True) > 0,
              _resize(lesion_plane.astype(np.uint8), spacing[1], spacing[0], True) > 0)
@@ -124,10 +161,10 @@ def write_qc_images(image: sitk.Image, cord: sitk.Image, lesion: sitk.Image, fol
         mosaic[r * height : (r + 1) * height, c * width : (c + 1) * width] = tile
         overlay[r * height : (r + 1) * height, c * width : (c + 1) * width] = _overlay(cord_tile, lesion_tile)
 
-    # Sagittal view through the lesion centre (else the cord centre)
-    reference = lesion_xyz if lesion_xyz.any() else (cord_xyz if cord_xyz.any() else np.ones_like(cord_xyz))
-    x = int(round(ndimage.center_of_mass(reference)[0]))
-    sagittal = [plane[x].T[::-1, ::-1] for plane in (volume, cord_xyz, lesion_xyz)]  # rows z (S top), cols y (A left)
+    # Sagittal view along the cord (curved reformat), contours projected along R-L
+    centre_x = cord_centre_x(cord_xyz, (volume.shape[0] - 1) / 2)
+    planes = (curved_sagittal(volume, centre_x), cord_xyz.any(axis=0), lesion_xyz.any(axis=0))
+    sagittal = [plane.T[::-1, ::-1] for plane in planes]  # rows z (S top), cols y (A left)
     sagittal_grey = _resize(_grey(sagittal[0], low, high), spacing[2], spacing[1], nearest=False)
     sagittal_cord = _resize(sagittal[1].astype(np.uint8), spacing[2], spacing[1], True) > 0
     sagittal_lesion = _resize(sagittal[2].astype(np.uint8), spacing[2], spacing[1], True) > 0
@@ -138,8 +175,9 @@ def write_qc_images(image: sitk.Image, cord: sitk.Image, lesion: sitk.Image, fol
         "sagittal": f"{stem}_sagittal.png",
         "sagittal_overlay": f"{stem}_sagittal_overlay.png",
     }
+    slices = ",".join(str(int(z)) for z in shown)
     Image.fromarray(mosaic).save(folder / names["axial"], optimize=True)
     Image.fromarray(overlay, "RGBA").save(folder / names["axial_overlay"], optimize=True)
     Image.fromarray(sagittal_grey).save(folder / names["sagittal"], optimize=True)
     Image.fromarray(_overlay(sagittal_cord, sagittal_lesion), "RGBA").save(folder / names["sagittal_overlay"], optimize=True)
-    return names
+    return {**names, "slices": slices}

@@ -2,8 +2,11 @@
 lists the scans, shows the selected one, and keeps the rater's decisions in the browser's local storage.
 
 Keys: up/down or k/j move; right arrow toggles the contours; ``f`` cycles Pass / Fail / Artifact; digits set a
-rank; ``/`` focuses the search. "Save fails" downloads ``qc_fails.yml`` (the files marked Fail), "Save all"
-``qc_decisions.json`` (every decision); ``sciseg queue qc`` reads both. All user text goes in as textContent.
+rank; ``/`` focuses the search; a click on a column header sorts by it (again: reverse; n/a last). "Save fails"
+downloads ``qc_fails.yml`` (the files marked Fail), "Save all" ``qc_decisions.json`` (every decision); ``sciseg queue
+qc`` reads both. "qc_fail.yml" and "qc_artifact.yml" download the Fail and Artifact lists in SCT's format (the
+``FILES_SEG`` / ``FILES_LESION`` keys of SCT's QC report and of its ``manual-correction`` scripts). The viewer shows
+each scan's date, command and version, its flags, and why a number is n/a. All user text goes in as textContent.
 """
 
 INDEX_HTML = r"""<!DOCTYPE html>
@@ -12,19 +15,27 @@ INDEX_HTML = r"""<!DOCTYPE html>
 <meta charset="utf-8">
 <title>SCIseg QC report</title>
 <style>
-body { font-family: system-ui, sans-serif; margin: 0; background: #1e1e1e; color: #ddd; }
-header { padding: 8px 12px; background: #2b2b2b; display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
+body { font-family: system-ui, sans-serif; margin: 0; background: #1e1e1e; color: #ddd; height: 100vh;
+       display: flex; flex-direction: column; overflow: hidden; }
+header { flex: 0 0 auto; padding: 8px 12px; background: #2b2b2b; display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
 header h1 { font-size: 17px; margin: 0 12px 0 0; }
 button, select, input { background: #3a3a3a; color: #eee; border: 1px solid #555; padding: 4px 8px; }
 #keys { font-size: 12px; color: #aaa; }
-main { display: flex; height: calc(100vh - 48px); }
-#list { flex: 0 0 auto; max-width: 48%; overflow-y: auto; border-right: 1px solid #444; }
+main { display: flex; flex: 1 1 auto; min-height: 0; }
+#list { flex: 0 1 auto; max-width: 55%; overflow: auto; border-right: 1px solid #444; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { padding: 3px 6px; text-align: left; border-bottom: 1px solid #333; white-space: nowrap; }
 tr.selected { background: #31506b; }
 td.Pass { color: #6c6; } td.Fail { color: #f66; font-weight: bold; } td.Artifact { color: #fc3; }
-#viewer { flex: 1; padding: 10px; overflow-y: auto; }
-.stack { zoom: 1.5; position: relative; display: inline-block; margin: 4px 8px 8px 0; vertical-align: top; }
+#viewer { flex: 1; min-width: 0; padding: 10px; display: flex; flex-direction: column; overflow: hidden; }
+#images { flex: 1 1 auto; min-height: 0; display: flex; align-items: flex-start; gap: 10px; overflow: auto; }
+.stack { position: relative; flex: 0 0 auto; }
+#axial { zoom: 1; }
+#sagittal { height: 100%; }
+#sagittal img { height: 100%; width: auto; }
+th { cursor: pointer; user-select: none; }
+#meta, #notes, #slices { font-size: 12px; color: #aaa; margin: 3px 0; }
+#flags { color: #fc3; font-size: 13px; margin: 3px 0; }
 .stack img { display: block; image-rendering: pixelated; }
 .stack img.overlay { position: absolute; left: 0; top: 0; }
 .hidden-overlay .overlay { visibility: hidden; }
@@ -39,15 +50,17 @@ td.Pass { color: #6c6; } td.Fail { color: #f66; font-weight: bold; } td.Artifact
 <input id="search" placeholder="subject or file ( / )" size="24">
 <button id="save-fails">Save fails</button>
 <button id="save-all">Save all</button>
+<button id="save-sct-fail" title="the Fail list in SCT's format (FILES_SEG, FILES_LESION)">qc_fail.yml</button>
+<button id="save-sct-artifact" title="the Artifact list in SCT's format (FILES_SEG, FILES_LESION)">qc_artifact.yml</button>
 <span id="counts"></span>
 <span id="keys">&uarr;&darr;/j k move &middot; &rarr; contours &middot; f Pass/Fail/Artifact &middot; 0-9 rank &middot; / search</span>
 </header>
 <main>
-<div id="list"><table><thead><tr><th>subject</th><th>session</th><th>scan</th><th>site</th><th>lesion mm&sup3;</th>
-<th>length mm</th><th>damage</th><th>QC</th><th>rank</th></tr></thead><tbody id="rows"></tbody></table></div>
-<div id="viewer"><div id="title"></div><div id="numbers"></div><div id="reason"></div>
-<div id="images"><div class="stack" id="axial"><img class="base" alt="axial mosaic"><img class="overlay" alt=""></div>
-<div class="stack" id="sagittal"><img class="base" alt="sagittal view"><img class="overlay" alt=""></div></div></div>
+<div id="list"><table><thead><tr id="header"></tr></thead><tbody id="rows"></tbody></table></div>
+<div id="viewer"><div id="title"></div><div id="meta"></div><div id="numbers"></div><div id="flags"></div>
+<div id="notes"></div><div id="reason"></div><div id="slices"></div>
+<div id="images"><div class="stack" id="sagittal"><img class="base" alt="sagittal view along the cord"><img class="overlay" alt=""></div>
+<div class="stack" id="axial"><img class="base" alt="axial mosaic"><img class="overlay" alt=""></div></div></div>
 </main>
 <script src="entries.js"></script>
 <script>
@@ -60,11 +73,51 @@ try { decisions = JSON.parse(localStorage.getItem(STORE) || "{}"); } catch (e) {
 let shown = [];
 let current = 0;
 let overlay = true;
+const COLUMNS = [["subject", "subject"], ["session", "session"], ["scan", "scan"], ["site", "site"],
+  ["labels", "measured_on"], ["flags", "flags"], ["mm\u00b3", "volume_mm3"], ["len mm", "length_mm"],
+  ["damage", "damage_ratio"], ["date", "date"], ["QC", "decision"], ["rank", "rank"]];
+let sortKey = "";
+let sortDir = 1;
 
 function save() { localStorage.setItem(STORE, JSON.stringify(decisions)); }
 function decisionOf(entry) { return decisions[entry.file] || {decision: "", rank: ""}; }
 function fmt(value, digits) { return (value === null || value === undefined || Number.isNaN(value)) ? "n/a" : Number(value).toFixed(digits); }
 function cell(row, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; row.appendChild(td); }
+
+function sortValue(entry, key) {
+  if (key === "decision") return decisionOf(entry).decision || null;
+  if (key === "rank") return decisionOf(entry).rank === "" ? null : Number(decisionOf(entry).rank);
+  if (key === "flags") return (entry.flags || []).length;
+  const value = entry[key];
+  return (value === null || value === undefined || value === "" || Number.isNaN(value)) ? null : value;
+}
+
+function compareEntries(a, b) {
+  const x = sortValue(a, sortKey), y = sortValue(b, sortKey);
+  if (x === y) return 0;
+  if (x === null) return 1;  // n/a last, whatever the direction
+  if (y === null) return -1;
+  const order = (typeof x === "number" && typeof y === "number") ? x - y :
+    String(x).localeCompare(String(y), undefined, {numeric: true});
+  return order * sortDir;
+}
+
+function fillHeader() {
+  const header = document.getElementById("header");
+  header.replaceChildren();
+  for (const [label, key] of COLUMNS) {
+    const th = document.createElement("th");
+    th.dataset.key = key;
+    th.textContent = label + (key === sortKey ? (sortDir > 0 ? " \u25b2" : " \u25bc") : "");
+    th.addEventListener("click", () => {
+      sortDir = (sortKey === key) ? -sortDir : 1;
+      sortKey = key;
+      const file = shown[current] && shown[current].file;
+      fillHeader(); render(file);
+    });
+    header.appendChild(th);
+  }
+}
 
 function fillSites() {
   const sites = [...new Set(DATA.entries.map(e => e.site).filter(s => s))].sort();
@@ -72,11 +125,13 @@ function fillSites() {
   for (const site of sites) { const o = document.createElement("option"); o.value = site; o.textContent = site; select.appendChild(o); }
 }
 
-function render() {
+function render(keepFile) {
   const site = document.getElementById("site").value;
   const text = document.getElementById("search").value.toLowerCase();
   shown = DATA.entries.filter(e => (!site || e.site === site) &&
     (!text || e.subject.toLowerCase().includes(text) || e.file.toLowerCase().includes(text)));
+  if (sortKey) shown.sort(compareEntries);
+  if (keepFile) current = Math.max(0, shown.findIndex(e => e.file === keepFile));
   current = Math.min(current, Math.max(shown.length - 1, 0));
   const body = document.getElementById("rows");
   body.replaceChildren();
@@ -86,7 +141,9 @@ function render() {
     row.dataset.file = entry.file;
     if (index === current) row.className = "selected";
     cell(row, entry.subject); cell(row, entry.session); cell(row, entry.scan); cell(row, entry.site || "");
+    cell(row, entry.measured_on || ""); cell(row, (entry.flags || []).length ? "\u26a0 " + entry.flags.length : "");
     cell(row, fmt(entry.volume_mm3, 1)); cell(row, fmt(entry.length_mm, 1)); cell(row, fmt(entry.damage_ratio, 2));
+    cell(row, (entry.date || "").slice(0, 10));
     cell(row, entry.status === "failed" ? "run failed" : d.decision, d.decision); cell(row, d.rank);
     row.addEventListener("click", () => { current = index; render(); });
     body.appendChild(row);
@@ -102,16 +159,27 @@ function showCurrent() {
   images.className = overlay ? "" : "hidden-overlay";
   if (!entry) {
     document.getElementById("title").textContent = "no scan matches the filters";
-    document.getElementById("numbers").textContent = "";
-    document.getElementById("reason").textContent = "";
+    for (const id of ["meta", "numbers", "flags", "notes", "reason", "slices"]) document.getElementById(id).textContent = "";
     for (const view of ["axial", "sagittal"]) document.getElementById(view).style.display = "none";
     return;
   }
   document.getElementById("title").textContent = entry.file;
   document.getElementById("numbers").textContent = entry.status === "failed" ? "" :
-    `lesions ${entry.lesion_count}, volume ${fmt(entry.volume_mm3, 1)} mm3, length ${fmt(entry.length_mm, 1)} mm, ` +
+    `lesions ${fmt(entry.lesion_count, 0)}, volume ${fmt(entry.volume_mm3, 1)} mm3, length ${fmt(entry.length_mm, 1)} mm, ` +
     `max axial damage ratio ${fmt(entry.damage_ratio, 2)}, CSA above ${fmt(entry.csa_above_mm2, 1)} mm2`;
   document.getElementById("reason").textContent = entry.reason || "";
+  document.getElementById("meta").textContent = entry.status === "failed" ? "" :
+    [entry.date ? "made " + entry.date : "", entry.version || "", entry.measured_on ? "measured on " + entry.measured_on : "",
+     entry.command ? "by: " + entry.command : ""].filter(Boolean).join(" \u00b7 ");
+  const flags = document.getElementById("flags");
+  flags.replaceChildren();
+  for (const reason of entry.flags || []) { const line = document.createElement("div"); line.textContent = "\u26a0 " + reason; flags.appendChild(line); }
+  const notes = document.getElementById("notes");
+  notes.replaceChildren();
+  for (const note of entry.notes || []) { const line = document.createElement("div"); line.textContent = note; notes.appendChild(line); }
+  document.getElementById("slices").textContent = (entry.slices || []).length ?
+    "axial tiles: slices " + entry.slices.join(", ") + " (z = Slice (I->S) of the CSA table, superior first); " +
+    "sagittal: along the cord's R-L centre, contours projected along R-L" : "";
   for (const view of ["axial", "sagittal"]) {
     const stack = document.getElementById(view);
     const files = entry.images || {};
@@ -139,6 +207,19 @@ function saveFails() {
   for (const e of fails) lines.push("  - file: " + JSON.stringify(e.file), "    subject: " + JSON.stringify(e.subject));
   if (!fails.length) lines[2] = "fails: []";
   download("qc_fails.yml", lines.join("\n") + "\n", "text/yaml");
+}
+
+function saveSct(decision, name) {
+  const chosen = DATA.entries.filter(e => decisionOf(e).decision === decision);
+  const lines = [`# SCIseg QC: the scans marked ${decision}, in SCT's QC-report format (FILES_SEG: cord masks, FILES_LESION: lesion masks)`,
+    `# e.g. manual_correction.py -config ${name} -path-img <BIDS root> -path-label <this derivatives folder> ` +
+    "-suffix-files-seg _sc_seg -suffix-files-lesion _lesion_seg"];
+  for (const key of ["FILES_SEG", "FILES_LESION"]) {
+    if (!chosen.length) { lines.push(key + ": []"); continue; }
+    lines.push(key + ":");
+    for (const e of chosen) lines.push("- " + JSON.stringify(e.file));
+  }
+  download(name, lines.join("\n") + "\n", "text/yaml");
 }
 
 function saveAll() {
@@ -171,6 +252,9 @@ document.getElementById("site").addEventListener("change", render);
 document.getElementById("search").addEventListener("input", render);
 document.getElementById("save-fails").addEventListener("click", saveFails);
 document.getElementById("save-all").addEventListener("click", saveAll);
+document.getElementById("save-sct-fail").addEventListener("click", () => saveSct("Fail", "qc_fail.yml"));
+document.getElementById("save-sct-artifact").addEventListener("click", () => saveSct("Artifact", "qc_artifact.yml"));
+fillHeader();
 fillSites();
 render();
 </script>

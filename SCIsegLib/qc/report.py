@@ -25,10 +25,37 @@ def _number(value) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+#: Why a number of the report is n/a, by measure, when the scan has lesions and no flag explains it.
+NOT_AVAILABLE = {
+    "length [mm]": "length n/a: the lesion's S-I length needs the cord's centerline at its slices",
+    "max_axial_damage_ratio []": "damage ratio n/a: no axial slice of the lesion holds cord to divide by",
+    "csa_above_lesion [mm2]": "CSA above n/a: no slice within 10 mm above the lesion has a measured cord CSA "
+                              "(the lesion reaches the top of the cord or of the image)",
+}
+
+
+def not_available_notes(measures: dict, flags: list[dict]) -> list[str]:
+    """One sentence per number the report shows as n/a, saying why (``measures`` as measured, before flags)."""
+    if measures and (_number(measures.get("lesion_count")) or 0) == 0:
+        return ["no lesion: volume, length, damage ratio and CSA at or above the lesion do not apply (n/a)"]
+    notes = [f"n/a because {flag['reason']}" for flag in flags
+             if any(column in NOT_AVAILABLE or column == "volume [mm3]" for column in flag.get("columns", []))]
+    for column, why in NOT_AVAILABLE.items():
+        blanked = any(column in flag.get("columns", []) for flag in flags)
+        if measures and not blanked and _number(measures.get(column)) is None:
+            notes.append(why)
+    return notes
+
+
 def qc_entry(row: dict, site: str = "") -> dict:
-    """One scan's entry from its run-summary row (with its marker when it was done or skipped)."""
+    """One scan's entry from its run-summary row (with its marker when it was done or skipped): the numbers of the
+    cohort table (flagged values left out, as there), when and how it was made, and why any number is n/a."""
+    from ..cohort.plausibility import blank_flagged
+
     marker = row.get("marker") or {}
-    measures = marker.get("Measures", {})
+    flags = marker.get("Flags", [])
+    measured = marker.get("Measures", {})
+    measures = blank_flagged(measured, flags)
     return {
         "file": row["file"],
         "subject": row["subject"],
@@ -38,11 +65,18 @@ def qc_entry(row: dict, site: str = "") -> dict:
         "status": row["status"],
         "reason": row.get("reason", "") if row["status"] == "failed" else "",
         "images": marker.get("QC", {}),
-        "lesion_count": measures.get("lesion_count"),
+        "lesion_count": _number(measures.get("lesion_count")),
         "volume_mm3": _number(measures.get("volume [mm3]")),
         "length_mm": _number(measures.get("length [mm]")),
         "damage_ratio": _number(measures.get("max_axial_damage_ratio []")),
         "csa_above_mm2": _number(measures.get("csa_above_lesion [mm2]")),
+        "measured_on": marker.get("MeasuredOn", "model" if marker else ""),
+        "flags": [flag["reason"] for flag in flags],
+        "notes": not_available_notes(measured, flags) if marker else [],
+        "date": marker.get("Date", ""),
+        "command": marker.get("Command", ""),
+        "version": f"SCIseg {marker['SCIsegVersion']}, model {marker.get('Model', '')}" if marker.get("SCIsegVersion") else "",
+        "slices": marker.get("QCSlices", []),
     }
 
 
