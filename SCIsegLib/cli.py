@@ -810,7 +810,7 @@ def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
                              participants=read_participants(args.bids), on_event=on_event,
                              engine=args.engine, crop=args.crop,
                              corrections_root=args.bids if args.labels == "corrected" else None,
-                             command=shlex.join(["sciseg", *sys.argv[1:]]))
+                             command=shlex.join(["sciseg", *sys.argv[1:]]), source_dataset=args.bids)
     except KeyboardInterrupt:
         raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
     finally:

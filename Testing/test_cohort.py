@@ -105,6 +105,11 @@ def test_run_isolates_failures_and_writes_every_output(cohort: dict) -> None:
     leftovers = [p for p in deriv.rglob("*") if ".part" in p.name or outputs.STAGING in p.parts and p.is_file()]
     assert leftovers == []
     assert not (deriv / "sub-03").exists() and not (deriv / "sub-05").exists()  # failed scans publish nothing
+    assert not (deriv / outputs.STAGING).exists() and not (deriv / outputs.RUN_LOCK).exists()  # nothing left behind
+    description = json.loads((deriv / "dataset_description.json").read_text())  # a complete BIDS derivative
+    assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
+    assert description["GeneratedBy"][0]["Name"] == "SCIseg" and description["GeneratedBy"][0]["Version"]
+    assert description["SourceDatasets"] == [{"URL": cohort["bids"].resolve().as_uri()}]
 
 
 def test_cohort_tables_join_participants_and_sum_the_lesions(cohort: dict) -> None:

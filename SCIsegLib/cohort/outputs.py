@@ -23,6 +23,37 @@ from .discovery import Scan
 PIPELINE = "sciseg-run/1"
 STAGING = ".sciseg-staging"
 MARKER_SUFFIX = "_sciseg-run.json"
+RUN_LOCK = ".sciseg-run.lock"
+#: What the BIDS validator should not read as data in a run's derivatives folder.
+BIDS_IGNORE = ("qc/", "logs/", "run_summary.*", "cohort_subjects.*", "cohort_lesions.*")
+
+
+def write_dataset_description(deriv: Path, source_dataset: Path | None) -> Path:
+    """``DERIV/dataset_description.json`` of a BIDS derivative (``GeneratedBy`` SCIseg with its version; the source
+    dataset when the run took a BIDS dataset), and a ``.bidsignore`` for the run's tables and QC report."""
+    from .. import __version__
+    from ..analysis_files import write_text_atomic
+
+    deriv = Path(deriv)
+    description = {
+        "Name": "SCIseg: spinal cord and lesion segmentation and morphometrics",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "SCIseg", "Version": __version__,
+                         "Description": "sciseg run: nnU-Net v2 segmentation (or rater corrections), SCT 7.3 morphometrics, QC"}],
+    }
+    if source_dataset is not None:
+        description["SourceDatasets"] = [{"URL": Path(source_dataset).resolve().as_uri()}]
+    path = write_text_atomic(json.dumps(description, indent=2) + "\n", deriv / "dataset_description.json")
+    write_text_atomic("\n".join(BIDS_IGNORE) + "\n", deriv / ".bidsignore")
+    return path
+
+
+def tidy_after_run(deriv: Path) -> None:
+    """Remove the empty staging root left by a finished run (call while holding the run lock, before releasing it)."""
+    root = Path(deriv) / STAGING
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
 
 
 def marker_path(deriv: Path, scan: Scan) -> Path:

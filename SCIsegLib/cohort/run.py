@@ -20,7 +20,7 @@ from ..postprocess import PostprocessSettings
 from ..qc.report import qc_entry, write_report
 from .cluster import ClusterPlan, dashboard_available, open_client
 from .discovery import Scan
-from .outputs import remove_stale_staging
+from .outputs import RUN_LOCK, remove_stale_staging, tidy_after_run, write_dataset_description
 from .tables import write_cohort_tables, write_run_summary
 from .task import ScanJob, process_scan
 
@@ -64,6 +64,7 @@ def run_cohort(
     crop: str = "fast",
     corrections_root: Path | None = None,
     command: str = "",
+    source_dataset: Path | None = None,
 ) -> RunOutcome:
     """Run every scan on the planned cluster; write ``run_summary.csv``, the cohort tables and ``qc/``.
 
@@ -76,13 +77,14 @@ def run_cohort(
     emit = on_event or (lambda event: None)
     participants = participants or []
     sites = {p["participant_id"]: p.get("site", "") for p in participants}
-    lock = FileLock(str(deriv / ".sciseg-run.lock"))
+    lock = FileLock(str(deriv / RUN_LOCK))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise InputError(f"another `sciseg run` is writing to {deriv}; wait for it or choose another output folder.") from None
     try:
         remove_stale_staging(deriv)
+        write_dataset_description(deriv, source_dataset)
         inference = InferenceSettings(device=plan.device, threads=plan.torch_threads, engine=engine, crop=crop)
         model_sha256 = model.weights_sha256()
         corrections = Path(corrections_root).resolve() if corrections_root is not None else None
@@ -131,6 +133,8 @@ def run_cohort(
         outcome = RunOutcome(final_rows, summary, tables, report)
         emit({"event": "result", "done": outcome.count("done"), "skipped": outcome.count("skipped"),
               "failed": outcome.count("failed"), "summary": str(summary), "report": str(report)})
+        tidy_after_run(deriv)
+        Path(lock.lock_file).unlink(missing_ok=True)  # still held: a run starting now makes its own lock file
         return outcome
     finally:
         lock.release()
