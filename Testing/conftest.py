@@ -50,3 +50,32 @@ def demo_model_path() -> Path:
     if not (DEMO_MODEL / "nnUNetTrainer__nnUNetPlans__3d_fullres").is_dir():
         pytest.fail("the bundled demo model is missing from Resources/Models/sciseg-demo")
     return DEMO_MODEL
+
+
+# The suite ends with no process it started still alive: pytest adopts orphans (a subreaper on Linux) and,
+# after the last test, waits for its descendants to end; any left is listed, killed, and fails the run.
+_SUBREAPER = False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _SUBREAPER
+    from process_tree import become_subreaper
+
+    _SUBREAPER = become_subreaper()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _SUBREAPER:
+        return
+    from process_tree import describe, live_descendants, wait_until_gone
+
+    left = wait_until_gone(live_descendants, timeout_s=30.0)
+    if left:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            "processes started by the tests are still alive after the last test:\n" + describe(left), red=True)
+        for process in left:
+            try:
+                process.kill()
+            except Exception:
+                pass
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

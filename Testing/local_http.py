@@ -16,6 +16,8 @@ class Served:
     honour_range: bool = True
     send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
     requests: list[dict] = field(default_factory=list)
+    hold_after_bytes: int | None = None  # send this many body bytes, then wait for `release` (once)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 class LocalServer:
@@ -54,6 +56,13 @@ class LocalServer:
                 else:
                     self.close_connection = True
                 self.end_headers()
+                if served.hold_after_bytes is not None:
+                    hold = served.hold_after_bytes
+                    served.hold_after_bytes = None
+                    self.wfile.write(chunk[:hold])
+                    self.wfile.flush()
+                    served.release.wait(timeout=300)
+                    chunk = chunk[hold:]
                 if served.cut_after_bytes is not None:
                     cut = served.cut_after_bytes
                     served.cut_after_bytes = None

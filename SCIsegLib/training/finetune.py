@@ -10,6 +10,7 @@ resumes from nnU-Net's ``checkpoint_latest.pth`` when started again with the sam
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -17,6 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,6 +45,24 @@ def dataset_sha256(dataset_folder: Path) -> str:
         digest.update(str(file.relative_to(dataset_folder)).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def spawned_workers() -> Iterator[None]:
+    """Start multiprocessing's workers by *spawn*, not *fork*, for the block (then restore the previous method).
+
+    The trainer runs threads (torch, the augmenter's pin-memory thread) before batchgenerators starts its
+    data augmentation processes with the default context; a fork then copies locks other threads hold, and
+    a forked worker can block forever on one (one was found blocked on a futex, orphaned, holding 400 MB).
+    """
+    import multiprocessing
+
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
 
 
 def _dataset_id(dataset_folder: Path) -> int:
@@ -120,7 +140,8 @@ def finetune(
         checkpoint = load_checkpoint(base.checkpoint_files()[0])
         trainer.network.load_state_dict(checkpoint["network_weights"])
     if not (output / "checkpoint_final.pth").is_file():
-        trainer.run_training()
+        with spawned_workers():
+            trainer.run_training()
 
     results = output.parent
     package = work_dir / "package" / results.name
