@@ -46,7 +46,8 @@ for _candidate in (_MODULE_DIR, os.path.dirname(_MODULE_DIR)):
 else:
     raise ImportError("SCIseg: the SCIsegLib package was not found next to the module")
 
-from SCIsegLib import dependencies, models, mrml, panel, runner, volume  # noqa: E402
+# Only light modules at Slicer's start-up: mrml and panel_jobs (SimpleITK, numpy) are imported when a job needs them.
+from SCIsegLib import dependencies, models, panel, runner  # noqa: E402
 from SCIsegLib.panel import Action, Outcome, PanelInputs, PanelState  # noqa: E402
 
 CITATION = (
@@ -83,9 +84,9 @@ class SCIseg(ScriptedLoadableModule):
 def loadSCIsegTerminology():
     """Make the SCIseg terminology (spinal cord, lesion) known to Slicer's terminology picker."""
     logic = slicer.modules.terminologies.logic()
-    if not logic.LoadContextFromFile(str(mrml.TERMINOLOGY_FILE)):
+    if not logic.LoadContextFromFile(str(panel.TERMINOLOGY_FILE)):
         slicer.util.warningDisplay(
-            _("SCIseg could not load its terminology file {path}").format(path=mrml.TERMINOLOGY_FILE), windowTitle=WINDOW_TITLE
+            _("SCIseg could not load its terminology file {path}").format(path=panel.TERMINOLOGY_FILE), windowTitle=WINDOW_TITLE
         )
 
 
@@ -131,7 +132,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.state = PanelState()
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._probe = None
+        self._predictions = None  # this session's folder of model label maps (removed at cleanup)
         self._menuActions = []
         self._lesionTableID = None
         self._lesionCentres = {}
@@ -193,14 +194,22 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.state.cancel_all()
-        for job in list(self.state.jobs.values()):  # a last poll: a cancelled child that is gone already is reaped
-            job.run.poll()
+        """Reload or Slicer exit: every child stops and its temporary files go (``PanelState.shutdown``)."""
         self._timer.stop()
+        left = self.state.shutdown()
+        if left:
+            logging.warning("SCIseg: %s did not stop", ", ".join(job.action.value for job in left))
+        if self._predictions:
+            shutil.rmtree(self._predictions, ignore_errors=True)
         self.removeObservers()
         if self._tableView is not None:  # a reloaded module must not leave this widget's slot on Slicer's table view
             self._tableView.disconnect("selectionChanged()", self.onLesionRowSelected)
             self._tableView = None
+
+    def onReload(self) -> None:
+        """Reload SCIsegLib too (Slicer re-executes only this file), as SlicerNNUnet's ``onReload`` does."""
+        panel.forget_library_modules()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -212,7 +221,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromState)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.state.cancel_all()  # the timer finishes them; their results find no volume and are not imported
+        self.state.scene_closing()  # the timer finishes them; an export and a model install go on and are reported
         self.setParameterNode(None)
         # The lesion table leaves with the scene, and its node id may name another table in the next one.
         self._lesionTableID, self._lesionCentres = None, {}
@@ -367,15 +376,21 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def ensureDependencies(self, action: Action) -> bool:
         """The one dependency check before every action that starts a child (``panel.modules_needed``).
 
-        False while a job of that action runs: ``PanelState.start`` would refuse it after its child had started.
+        False while a job of that action runs or an install is under way (``PanelState.may_start``). While pip
+        runs (Slicer processes events between its lines) every action button is disabled.
         """
-        if self.state.busy(action):
+        if not self.state.may_start(action):
             return False
+        self.state.installing_dependencies = True
+        self.updateGUIFromState()
         try:
             ready = self.logic.ensureDependencies(action)
         except Exception:  # a failed pip run: tryWithErrorDisplay showed it and re-raised; say what is missing below
             logging.exception("SCIseg: installing the dependencies failed")
             ready = False
+        finally:
+            self.state.installing_dependencies = False
+            self.updateGUIFromState()
         self.appendLog(self.logic.installed)
         if self.logic.installed:
             self.ui.statusLabel.text = "; ".join(self.logic.installed)  # which torch build arrived, and nnU-Net
@@ -419,23 +434,24 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._inTimer = False
 
     def _pollJobs(self) -> None:
-        if self.state.probe_wanted and self._probe is None:
+        if self.state.probe_wanted and self.state.probe is None:
             self.state.probe_wanted = False
             try:
-                self._probe = runner.DeviceProbe(self.logic.pythonExecutable())
+                self.state.probe = runner.DeviceProbe(self.logic.pythonExecutable())
             except runner.RunnerError as error:  # PythonSlicer could not start: say so once, keep polling the jobs
                 self.state.devices = {}
                 self.showDevices()
                 self.appendLog([str(error)])
-        if self._probe is not None:
-            self._probe.poll()
-            if self._probe.finished:
-                self.state.devices = self._probe.devices() or {}
+        probe = self.state.probe
+        if probe is not None:
+            probe.poll()
+            if probe.finished:
+                self.state.devices = probe.devices() or {}
                 if not self.state.devices:  # why no device: torch missing, a broken CUDA build, or the time limit
-                    self.appendLog(panel.new_log_lines(self._probe))
-                    if getattr(self._probe, "timed_out", False):
+                    self.appendLog(panel.new_log_lines(probe))
+                    if getattr(probe, "timed_out", False):
                         self.appendLog([_("GPU detection did not finish within its time limit.")])
-                self._probe = None
+                self.state.probe = None
                 self.showDevices()
         for job in self.state.jobs.values():
             self.appendLog(panel.new_log_lines(job.run))
@@ -458,7 +474,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if finished.outcome == Outcome.CANCELLED:
                 self.ui.progressBar.value = 0
-                self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
+                self.ui.statusLabel.text = finished.message
             elif finished.outcome == Outcome.FAILED:
                 self.ui.statusLabel.text = _("Failed: {reason}").format(reason=finished.message)
                 self.appendLog(getattr(job.run, "stderr", "").splitlines())
@@ -479,11 +495,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     elif job.action == Action.COMPARE:
                         self.showComparison(job)
         finally:
-            folder = getattr(job.run, "folder", None)
-            if folder:
-                shutil.rmtree(folder, ignore_errors=True)
-            if job.action == Action.SEGMENT:
-                job.run.cleanup()
+            panel.remove_job_files(job)
 
     def showInstalledModel(self, job) -> None:
         self.refreshModels()
@@ -503,7 +515,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Import the masks onto the volume that was segmented (``panel.result_volume``), whatever is selected now."""
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not be imported."), waitCursor=True):
             volumeNode = panel.result_volume(slicer.mrmlScene, job)
-            segmentationNode = self.logic.importResult(job.run, volumeNode)
+            if not self._predictions or not os.path.isdir(self._predictions):
+                self._predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
+            segmentationNode = self.logic.importResult(job.run, volumeNode, self._predictions)
             self._parameterNode.inputVolume = volumeNode
             self._parameterNode.segmentation = segmentationNode
             self.ui.progressBar.value = 1000
@@ -519,6 +533,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         None when the rater cancels.
         """
+        from SCIsegLib import mrml
+
         chosen = {}
         while True:
             try:
@@ -549,16 +565,29 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         buttonBox.connect("accepted()", dialog, "accept()")
         buttonBox.connect("rejected()", dialog, "reject()")
         layout.addWidget(buttonBox)
-        if dialog.exec_() != qt.QDialog.Accepted:
-            return None
-        return comboBox.currentIndex
+        try:
+            return comboBox.currentIndex if dialog.exec_() == qt.QDialog.Accepted else None
+        finally:
+            dialog.deleteLater()  # parented to the main window: without this, one dialog per question stays alive
 
     # Export
+
+    def pairedOrSaid(self, segmentationNode, volumeNode) -> bool:
+        """True when the segmentation was made on the volume; else the reason, in one sentence, in the status line."""
+        from SCIsegLib import mrml
+
+        problem = mrml.pairing_problem(segmentationNode, volumeNode)
+        if problem:
+            self.ui.statusLabel.text = problem
+            slicer.util.errorDisplay(problem, windowTitle=WINDOW_TITLE)
+        return problem is None
 
     def onExportButton(self) -> None:
         if not self.ensureDependencies(Action.EXPORT):
             return
         segmentationNode, volumeNode = self._parameterNode.segmentation, self._parameterNode.inputVolume
+        if not self.pairedOrSaid(segmentationNode, volumeNode):
+            return
         chosen = self.askSegmentChoices(segmentationNode)
         if chosen is None:
             return
@@ -585,14 +614,16 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         other = self.ui.compareSegmentationSelector.currentNode()
         current = self._parameterNode.segmentation
+        volumeNode = self._parameterNode.inputVolume
+        if not (self.pairedOrSaid(current, volumeNode) and self.pairedOrSaid(other, volumeNode)):
+            return
         otherChoices = self.askSegmentChoices(other)
         currentChoices = self.askSegmentChoices(current) if otherChoices is not None else None
         if currentChoices is None:
             return
         with slicer.util.tryWithErrorDisplay(_("The segmentations could not be compared."), waitCursor=True):
-            command = self.logic.startCompare(other, current, self._parameterNode.inputVolume, otherChoices, currentChoices)
-            command.otherName = other.GetName()
-            self.state.start(Action.COMPARE, command, volume_id=self._parameterNode.inputVolume.GetID())
+            command = self.logic.startCompare(other, current, volumeNode, otherChoices, currentChoices)
+            self.state.start(Action.COMPARE, command, volume_id=volumeNode.GetID())
             self.ui.statusLabel.text = _("Comparing...")
         self.updateGUIFromState()
 
@@ -637,6 +668,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ensureDependencies(Action.MEASURE):
             return
         segmentationNode, volumeNode = self._parameterNode.segmentation, self._parameterNode.inputVolume
+        if not self.pairedOrSaid(segmentationNode, volumeNode):
+            return
         chosen = self.askSegmentChoices(segmentationNode)
         if chosen is None:
             return
@@ -691,8 +724,6 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 class SCIsegLogic(ScriptedLoadableModuleLogic):
     """Starts the child processes, installs what they need, and brings their results into the scene."""
-
-    PREDICTION_ATTRIBUTE = "SCIseg.PredictionFile"
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -783,145 +814,53 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    # Segment
+    # Jobs (SCIsegLib.panel_jobs, imported when first needed: SimpleITK stays out of Slicer's start-up)
 
     def startSegmentation(self, parameters: SCIsegParameterNode, pythonExecutable: Optional[str] = None):
         """Write the volume to a temporary NIfTI and start the child process."""
+        from SCIsegLib import panel_jobs
+
         if not parameters.inputVolume:
             raise ValueError(_("Select a T2w volume first."))
         options = runner.RunOptions(
-            model=parameters.model,
-            device=parameters.device,
-            tta=parameters.testTimeAugmentation,
-            step=parameters.stepSize,
-            keep_largest_cord=parameters.keepLargestCord,
-            fill_holes=parameters.fillHoles,
+            model=parameters.model, device=parameters.device, tta=parameters.testTimeAugmentation,
+            step=parameters.stepSize, keep_largest_cord=parameters.keepLargestCord, fill_holes=parameters.fillHoles,
             lesion_in_cord=parameters.lesionInsideCord,
         )
-        run = runner.SegmentationRun(options, python_executable=pythonExecutable or self.pythonExecutable())
-        # Written on the UI thread (MRML is not thread-safe): uncompressed, a 4.3-Mvoxel scan takes 13-35 ms instead
-        # of 350-525 ms gzipped (benchmarks/ui_thread_mrml.txt). The child names its outputs input_*.nii.gz either way.
-        run.input_path = run.work_dir / "input.nii"
-        try:
-            mrml.save_volume_node_as_nifti(parameters.inputVolume, run.input_path)
-            run.start()
-        except Exception:
-            run.cleanup()  # the work folder and the input copy
-            raise
-        return run
+        return panel_jobs.start_segmentation(parameters.inputVolume, options, pythonExecutable or self.pythonExecutable())
 
-    def importResult(self, run, volumeNode):
+    def importResult(self, run, volumeNode, predictionsFolder: str):
         """A new segmentation node with the run's masks on ``volumeNode`` (raises with the reason when the run failed)."""
-        import SimpleITK as sitk
+        from SCIsegLib import panel_jobs
 
-        outputs = run.outputs()
-        cord, lesion = sitk.ReadImage(str(outputs["sc"])), sitk.ReadImage(str(outputs["lesion"]))
-        segmentationNode = mrml.import_sciseg_masks(
-            slicer.modules.segmentations.logic(), slicer.mrmlScene, volumeNode, cord, lesion
-        )
-        # Keep the model's own label map, so an export can record what the rater changed.
-        predictions = os.path.join(str(models.user_data_dir()), "predictions")
-        os.makedirs(predictions, exist_ok=True)
-        predictionPath = os.path.join(predictions, f"{segmentationNode.GetID()}-{os.path.basename(run.work_dir)}.nii.gz")
-        labels = sitk.Maximum(sitk.Cast(cord > 0, sitk.sitkUInt8), sitk.Cast(lesion > 0, sitk.sitkUInt8) * 2)
-        volume.write_image_atomic(labels, predictionPath)
-        segmentationNode.SetAttribute(self.PREDICTION_ATTRIBUTE, predictionPath)
-        segmentationNode.SetAttribute("SCIseg.Model", run.options.model)
-        segmentationNode.CreateClosedSurfaceRepresentation()
-        return segmentationNode
-
-    # Compare, export, measure
-
-    @staticmethod
-    def exportLabelMaps(nodes, volumeNode, choices, prefix: str):
-        """Each segmentation as a label map file on the volume's grid (0, 1 cord only, 2 lesion) in a new folder."""
-        folder = tempfile.mkdtemp(prefix=prefix)
-        paths = []
-        for index, (node, chosen) in enumerate(zip(nodes, choices, strict=True)):
-            labels = mrml.export_sciseg_label_map(slicer.modules.segmentations.logic(), slicer.mrmlScene, node, volumeNode, chosen)
-            paths.append(os.path.join(folder, f"labels_{index}.nii.gz"))
-            volume.write_image_atomic(labels, paths[-1])
-        return folder, paths
+        return panel_jobs.import_result(slicer.mrmlScene, slicer.modules.segmentations.logic(), run, volumeNode, predictionsFolder)
 
     def startCompare(self, firstNode, secondNode, volumeNode, firstChoices=None, secondChoices=None):
         """What changed from ``firstNode`` to ``secondNode``: ``sciseg compare`` in a child (numbers in its stdout)."""
-        folder, paths = self.exportLabelMaps([firstNode, secondNode], volumeNode, [firstChoices, secondChoices], "sciseg-compare-")
-        command = runner.ChildCommand(["compare", *paths], self.pythonExecutable())
-        command.folder = folder
-        return command
+        from SCIsegLib import panel_jobs
 
-    @staticmethod
-    def sourceImagePath(volumeNode, root: str) -> str:
-        """The file the volume was loaded from; a volume without one is saved into the BIDS dataset first."""
-        storage = volumeNode.GetStorageNode()
-        if storage is not None and storage.GetFileName() and os.path.isfile(storage.GetFileName()):
-            return storage.GetFileName()
-        subject = "".join(c for c in volumeNode.GetName() if c.isalnum()) or "unnamed"
-        path = os.path.join(root, f"sub-{subject}", "anat", f"sub-{subject}_T2w.nii.gz")
-        if not os.path.exists(path):
-            mrml.save_volume_node_as_nifti(volumeNode, path)
-        return path
+        return panel_jobs.start_compare(slicer.mrmlScene, slicer.modules.segmentations.logic(), firstNode, secondNode,
+                                        volumeNode, self.pythonExecutable(), firstChoices, secondChoices)
 
-    def startExport(self, segmentationNode, volumeNode, root: str, rater: str, model: Optional[str] = None, chosen=None):
+    def startExport(self, segmentationNode, volumeNode, root: str, rater: str, chosen=None):
         """Write the corrected label map and run ``sciseg export`` (new BIDS version) in a child process."""
-        labels = mrml.export_sciseg_label_map(
-            slicer.modules.segmentations.logic(), slicer.mrmlScene, segmentationNode, volumeNode, chosen
-        )
-        folder = tempfile.mkdtemp(prefix="sciseg-export-")
-        labelsPath = os.path.join(folder, "corrected_labels.nii.gz")
-        volume.write_image_atomic(labels, labelsPath)
-        source = self.sourceImagePath(volumeNode, root)
-        arguments = ["export", "--root", root, "--source", source, "--labels", labelsPath, "--rater", rater]
-        if not os.path.basename(source).startswith("sub-"):
-            arguments += ["--subject", "".join(c for c in volumeNode.GetName() if c.isalnum()) or "unnamed"]
-        prediction = segmentationNode.GetAttribute(self.PREDICTION_ATTRIBUTE)
-        if prediction and os.path.isfile(prediction):
-            arguments += ["--predicted-labels", prediction]
-        model = model or segmentationNode.GetAttribute("SCIseg.Model")
-        if model:
-            arguments += ["--model", model]
-        command = runner.ChildCommand(arguments, self.pythonExecutable())
-        command.folder = folder
-        return command
+        from SCIsegLib import panel_jobs
+
+        return panel_jobs.start_export(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode,
+                                       volumeNode, root, rater, self.pythonExecutable(), chosen)
 
     def startMeasurement(self, segmentationNode, volumeNode, nliSlice: int = -1, chosen=None):
-        """Write the current segments as masks and run ``sciseg analyze`` on them in a child process.
+        """Write the current segments as masks and run ``sciseg analyze`` on them in a child process."""
+        from SCIsegLib import panel_jobs
 
-        nliSlice: axial slice (I->S) of the neurological level of injury, used when there is no lesion; -1 for none.
-        """
-        import SimpleITK as sitk
-
-        labels = mrml.export_sciseg_label_map(
-            slicer.modules.segmentations.logic(), slicer.mrmlScene, segmentationNode, volumeNode, chosen
-        )
-        folder = tempfile.mkdtemp(prefix="sciseg-measure-")
-        stem = volumeNode.GetName().replace(" ", "_") or "volume"
-        cordPath = os.path.join(folder, f"{stem}_sc_seg.nii.gz")
-        lesionPath = os.path.join(folder, f"{stem}_lesion_seg.nii.gz")
-        volume.write_image_atomic(sitk.Cast(labels > 0, sitk.sitkUInt8), cordPath)
-        volume.write_image_atomic(sitk.Cast(labels == 2, sitk.sitkUInt8), lesionPath)
-        arguments = ["analyze", "--lesion", lesionPath, "--cord", cordPath, "-o", folder]
-        if nliSlice >= 0:
-            arguments += ["--nli-slice", str(nliSlice)]
-        command = runner.ChildCommand(arguments, self.pythonExecutable())
-        command.folder, command.stem = folder, f"{stem}_lesion_seg"
-        return command
+        return panel_jobs.start_measurement(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode,
+                                            volumeNode, self.pythonExecutable(), nliSlice, chosen)
 
     def finishMeasurement(self, command, volumeNode):
         """Table node (one row per lesion), plot of the per-slice damage ratio and cord area, lesion centres (RAS mm)."""
-        import SimpleITK as sitk
+        from SCIsegLib import panel_jobs
 
-        if command.returncode != 0:
-            raise RuntimeError(panel.failure_message(command))
-        base = os.path.join(command.folder, command.stem)
-        tableNode = mrml.table_node_from_csv(slicer.mrmlScene, base + "_analysis.csv", f"{volumeNode.GetName()} lesions")
-        profileNode = mrml.table_node_from_csv(slicer.mrmlScene, base + "_perslice.csv", f"{volumeNode.GetName()} per slice")
-        chartNode = mrml.plot_chart_from_table(
-            slicer.mrmlScene, profileNode, "slice (I->S)", ["axial_damage_ratio []", "cord_area [mm2]"],
-            f"{volumeNode.GetName()} damage ratio and cord area",
-        )
-        centres = mrml.lesion_centroids_ras(sitk.ReadImage(base + "_label.nii.gz"))
-        return tableNode, chartNode, centres
+        return panel_jobs.finish_measurement(slicer.mrmlScene, command, volumeNode)
 
     @staticmethod
     def openSegmentEditor(segmentationNode, volumeNode) -> None:
@@ -933,6 +872,8 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         editorNode = editor.mrmlSegmentEditorNode()
         editorNode.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments)
         editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+        from SCIsegLib import mrml
+
         segmentIds = mrml.match_sciseg_segments(segmentationNode)[mrml.LESION.segment_id]
         if len(segmentIds) == 1:
             editorNode.SetSelectedSegmentID(segmentIds[0])
@@ -994,6 +935,7 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SimpleITK as sitk
 
+        from SCIsegLib import mrml, volume
         from SCIsegLib.phantom import SAGITTAL, LesionSpec, make_phantom
 
         moduleLogic = SCIsegLogic()
@@ -1010,6 +952,8 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         volumeNode = mrml.add_volume_node(slicer.mrmlScene, case.image, "phantom")
         slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
 
+        predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
+        self.addCleanup(shutil.rmtree, predictions, True)
         self.delayDisplay("Segmenting with sciseg-demo in a child process")
         parameters = moduleLogic.getParameterNode()
         parameters.inputVolume = volumeNode
@@ -1018,7 +962,7 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         run = moduleLogic.startSegmentation(parameters)
         events = self.waitFor(run, self.TIMEOUT_S)
         self.assertTrue(any(e.get("event") == "progress" for e in events))
-        segmentationNode = moduleLogic.importResult(run, volumeNode)
+        segmentationNode = moduleLogic.importResult(run, volumeNode, predictions)
         run.cleanup()
         self.assertFalse(os.path.exists(run.work_dir))
 
@@ -1072,7 +1016,7 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Comparing with a fresh automatic segmentation")
         run = moduleLogic.startSegmentation(parameters)
         self.waitFor(run, self.TIMEOUT_S)
-        automatic = moduleLogic.importResult(run, volumeNode)
+        automatic = moduleLogic.importResult(run, volumeNode, predictions)
         run.cleanup()
         command = moduleLogic.startCompare(automatic, segmentationNode, volumeNode)
         self.waitFor(command, 300)
