@@ -10,6 +10,7 @@ Every Slicer, CTK and PythonQt call made here is listed with the source file it 
 """
 
 import importlib
+import json
 import importlib.metadata
 import importlib.util
 import logging
@@ -603,8 +604,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUIFromState()
 
     def showExport(self, job) -> None:
-        summary = job.run.stdout.strip().splitlines()[0] if job.run.stdout.strip() else ""
-        self.ui.statusLabel.text = _("Exported {what}").format(what=summary)
+        self.ui.statusLabel.text = panel.export_summary(job.run.stdout)
         self.appendLog(job.run.stdout.splitlines())
 
     # Compare, review queue
@@ -1008,7 +1008,7 @@ class SCIsegTest(ScriptedLoadableModuleTest):
             self.waitFor(command, 300)
             shutil.rmtree(command.folder, ignore_errors=True)
             self.assertEqual(command.returncode, 0, command.stderr)
-            self.assertTrue(command.stdout.startswith(f"version {expected}:"))
+            self.assertEqual(json.loads(command.stdout.strip().splitlines()[-1])["version"], expected)
         dseg = os.path.join(root, "derivatives", "labels", "sub-phantom", "anat", "sub-phantom_T2w_dseg.nii.gz")
         exported = sitk.GetArrayFromImage(sitk.ReadImage(dseg))
         self.assertTrue(np.all(exported[added] == 2))

@@ -442,6 +442,16 @@ def next_case_path(returncode: int | None, stdout: str, is_file) -> str | None:
     return None
 
 
+def export_summary(stdout: str) -> str:
+    """The sentence for a finished export (``python -m SCIsegLib.panel_export`` printed one JSON line)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return stdout.strip().splitlines()[0] if stdout.strip() else "Exported."
+    result = json.loads(lines[-1])
+    text = f"Exported version v{result['version']:03d} (from {result['parent']}) to {result['folder']}."
+    return f"{text} {result['warning'][0].upper()}{result['warning'][1:]}" if result.get("warning") else text
+
+
 def compare_result(stdout: str) -> dict[str, float]:
     """The JSON line ``sciseg compare`` printed (cord/lesion Dice, voxels added/removed, lesion-wise F1)."""
     lines = [line for line in stdout.splitlines() if line.startswith("{")]

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from . import mrml, panel, runner, volume
+from . import mrml, panel, panel_case, runner, volume
 
-#: Segmentation node attributes: the model's own label map (so an export records what the rater changed), the model.
-PREDICTION_ATTRIBUTE = "SCIseg.PredictionFile"
+#: Segmentation node attribute: the model that made it.
 MODEL_ATTRIBUTE = "SCIseg.Model"
 
 
@@ -40,34 +39,40 @@ def start_segmentation(volume_node, options: runner.RunOptions, python_executabl
     return run
 
 
-def import_result(scene, logic, run: runner.SegmentationRun, volume_node, predictions_dir: str | os.PathLike[str]):
-    """A new segmentation node with the run's masks on ``volume_node``; the model's label map is kept in
-    ``predictions_dir`` (the panel's session folder, removed with the session: nothing is left in the user data
-    folder). Raises with the reason when the run failed."""
+def import_result(scene, logic, run: runner.SegmentationRun, volume_node, predictions_dir: str | os.PathLike[str],
+                  case=None):
+    """A new segmentation node with the run's masks on ``volume_node``, bound to ``case`` when there is one (its
+    base becomes the prediction). The model's masks are kept, with SCT's names, in a folder of ``predictions_dir``
+    (the panel's session folder, removed with the session: nothing is left in the user data folder), so an export
+    records what the rater changed. Raises with the reason when the run failed."""
     outputs = run.outputs()
     cord, lesion = sitk.ReadImage(str(outputs["sc"])), sitk.ReadImage(str(outputs["lesion"]))
     node = mrml.import_sciseg_masks(logic, scene, volume_node, cord, lesion)
-    prediction = Path(predictions_dir) / f"{node.GetID()}-{run.work_dir.name}.nii.gz"
-    labels = sitk.Maximum(sitk.Cast(cord > 0, sitk.sitkUInt8), sitk.Cast(lesion > 0, sitk.sitkUInt8) * 2)
-    volume.write_image_atomic(labels, prediction)
-    node.SetAttribute(PREDICTION_ATTRIBUTE, str(prediction))
+    folder = Path(tempfile.mkdtemp(prefix=f"{run.work_dir.name}-", dir=predictions_dir))
+    stem = case.scan.stem if case is not None else "prediction"
+    volume.write_image_atomic(sitk.Cast(cord > 0, sitk.sitkUInt8), folder / f"{stem}_sc_seg.nii.gz")
+    volume.write_image_atomic(sitk.Cast(lesion > 0, sitk.sitkUInt8), folder / f"{stem}_lesion_seg.nii.gz")
+    node.SetAttribute(panel_case.PREDICTION_FOLDER_ATTRIBUTE, str(folder))
     node.SetAttribute(MODEL_ATTRIBUTE, run.options.model)
+    if case is not None:
+        node.SetAttribute(panel_case.DRAWN_ON_ATTRIBUTE, case.scan.key)
+        node.SetAttribute(panel_case.BASE_ATTRIBUTE, "prediction")
     node.CreateClosedSurfaceRepresentation()
     return node
 
 
-def label_map(scene, logic, segmentation_node, volume_node, chosen=None) -> sitk.Image:
-    """The segmentation as SCIseg labels (0, 1 cord only, 2 lesion) on the volume's grid, after the pairing check."""
-    mrml.require_pairing(segmentation_node, volume_node)
-    return mrml.export_sciseg_label_map(logic, scene, segmentation_node, volume_node, chosen)
+def label_map(scene, logic, segmentation_node, volume_node, chosen=None, case=None) -> sitk.Image:
+    """The segmentation as SCIseg labels (0, 1 cord only, 2 lesion) on the volume's grid, after the pairing and
+    case checks (:func:`SCIsegLib.panel_case.labels_of`)."""
+    return panel_case.labels_of(scene, logic, case, segmentation_node, volume_node, chosen)
 
 
 def start_compare(scene, logic, first_node, second_node, volume_node, python_executable: str,
-                  first_choices=None, second_choices=None) -> runner.ChildCommand:
+                  first_choices=None, second_choices=None, case=None) -> runner.ChildCommand:
     """What changed from ``first_node`` to ``second_node``: ``sciseg compare`` in a child (numbers in its stdout).
 
-    Both segmentations must belong to the volume."""
-    labels = [label_map(scene, logic, node, volume_node, chosen)
+    Both segmentations must belong to the volume (and its case)."""
+    labels = [label_map(scene, logic, node, volume_node, chosen, case)
               for node, chosen in ((first_node, first_choices), (second_node, second_choices))]
     folder = tempfile.mkdtemp(prefix="sciseg-compare-")
     paths = [os.path.join(folder, f"labels_{index}.nii.gz") for index in range(2)]
@@ -81,50 +86,54 @@ def start_compare(scene, logic, first_node, second_node, volume_node, python_exe
 
 def source_image_path(volume_node, root: str) -> str:
     """The file the volume was loaded from; a volume without one is saved into the BIDS dataset first."""
-    storage = volume_node.GetStorageNode()
-    if storage is not None and storage.GetFileName() and os.path.isfile(storage.GetFileName()):
-        return storage.GetFileName()
-    subject = subject_label(volume_node.GetName())
-    path = os.path.join(root, f"sub-{subject}", "anat", f"sub-{subject}_T2w.nii.gz")
-    if not os.path.exists(path):
-        mrml.save_volume_node_as_nifti(volume_node, path)
-    return path
-
-
-def subject_label(name: str) -> str:
-    """A BIDS subject label from a node name: its letters and digits ("unnamed" when none)."""
-    return "".join(c for c in name if c.isalnum()) or "unnamed"
+    path = panel_case.image_path(volume_node)
+    if path is not None:
+        return str(path)
+    subject = panel_case.subject_label(volume_node.GetName())
+    target = os.path.join(root, f"sub-{subject}", "anat", f"sub-{subject}_T2w.nii.gz")
+    if not os.path.exists(target):
+        mrml.save_volume_node_as_nifti(volume_node, target)
+    return target
 
 
 def start_export(scene, logic, segmentation_node, volume_node, root: str, rater: str, python_executable: str,
-                 chosen=None, extra_arguments: list[str] | None = None) -> runner.ChildCommand:
-    """Write the corrected label map and run ``sciseg export`` (a new BIDS version) in a child process."""
-    labels = label_map(scene, logic, segmentation_node, volume_node, chosen)
+                 chosen=None, case=None) -> runner.ChildCommand:
+    """Write the corrected label map and export it as a new version of the volume's case in a child
+    (``python -m SCIsegLib.panel_export``): refused before anything is written when the segmentation belongs to
+    another volume or case. The version's parent is the base the segmentation started from (its
+    ``SCIseg.Base``; a Slicer prediction: ``prediction``; not known: the latest version)."""
+    labels = panel_case.labels_of(scene, logic, case, segmentation_node, volume_node, chosen)
     folder = tempfile.mkdtemp(prefix="sciseg-export-")
     labels_path = os.path.join(folder, "corrected_labels.nii.gz")
     volume.write_image_atomic(labels, labels_path)
     source = source_image_path(volume_node, root)
-    arguments = ["export", "--root", root, "--source", source, "--labels", labels_path, "--rater", rater]
+    arguments = ["--root", root, "--image", source, "--labels", labels_path, "--rater", rater]
     if not os.path.basename(source).startswith("sub-"):
-        arguments += ["--subject", subject_label(volume_node.GetName())]
-    prediction = segmentation_node.GetAttribute(PREDICTION_ATTRIBUTE)
-    if prediction and os.path.isfile(prediction):
-        arguments += ["--predicted-labels", prediction]
+        arguments += ["--subject", panel_case.subject_label(volume_node.GetName())]
+    masks = panel_case.prediction_masks(segmentation_node)
+    base = segmentation_node.GetAttribute(panel_case.BASE_ATTRIBUTE) or ("prediction" if masks else None)
+    if base:
+        arguments += ["--base", base]
+    if masks:
+        arguments += ["--prediction-cord", str(masks[0]), "--prediction-lesion", str(masks[1])]
+    drawn_on = segmentation_node.GetAttribute(panel_case.DRAWN_ON_ATTRIBUTE)
+    if drawn_on:
+        arguments += ["--drawn-on", drawn_on]
     model = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
     if model:
         arguments += ["--model", model]
-    command = runner.ChildCommand(arguments + list(extra_arguments or []), python_executable)
+    command = runner.ChildCommand(arguments, python_executable, module="SCIsegLib.panel_export")
     command.folder = folder
     return command
 
 
 def start_measurement(scene, logic, segmentation_node, volume_node, python_executable: str, nli_slice: int = -1,
-                      chosen=None) -> runner.ChildCommand:
+                      chosen=None, case=None) -> runner.ChildCommand:
     """Write the current segments as masks and run ``sciseg analyze`` on them in a child process.
 
     nli_slice: axial slice (I->S) of the neurological level of injury, used when there is no lesion; -1 for none.
     """
-    labels = label_map(scene, logic, segmentation_node, volume_node, chosen)
+    labels = label_map(scene, logic, segmentation_node, volume_node, chosen, case)
     folder = tempfile.mkdtemp(prefix="sciseg-measure-")
     stem = volume_node.GetName().replace(" ", "_") or "volume"
     cord_path = os.path.join(folder, f"{stem}_sc_seg.nii.gz")

@@ -540,8 +540,10 @@ class ChildCommand(_Child):
     then :attr:`timed_out` is True); :attr:`stdout`, :attr:`stderr` and :attr:`returncode` are then final.
     """
 
-    def __init__(self, arguments: list[str], python_executable: str | None = None, timeout_s: float = 300.0) -> None:
+    def __init__(self, arguments: list[str], python_executable: str | None = None, timeout_s: float = 300.0,
+                 module: str = "SCIsegLib") -> None:
         self.arguments = list(arguments)
+        self.module = module  # run as ``python -m MODULE ARGUMENTS``
         self.stdout = self.stderr = ""
         self.timed_out = False
         self._deadline = time.monotonic() + timeout_s
@@ -549,7 +551,7 @@ class ChildCommand(_Child):
         self._start_child()
 
     def command(self) -> list[str]:
-        return [self.python_executable, "-m", "SCIsegLib", *self.arguments]
+        return [self.python_executable, "-m", self.module, *self.arguments]
 
     def _check_deadline(self) -> None:
         if not self.cancelled and time.monotonic() > self._deadline:

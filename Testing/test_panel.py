@@ -18,7 +18,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
 
 from conftest import REPOSITORY, shared_file  # noqa: E402
-from SCIsegLib import dependencies, mrml, panel, panel_jobs, runner  # noqa: E402
+from SCIsegLib import dependencies, mrml, panel, panel_case, panel_jobs, runner  # noqa: E402
 from slicer_scene import load_with_slicer  # noqa: E402
 from SCIsegLib.panel import Action, Outcome, PanelInputs, PanelState  # noqa: E402
 
@@ -184,7 +184,7 @@ def test_every_child_action_is_guarded_by_the_modules_its_child_imports() -> Non
     """Import what each child's handler imports, in a fresh Python, and compare with the declared list."""
     handlers = {
         Action.MEASURE: "import SCIsegLib.lesions, SCIsegLib.analysis_files",
-        Action.EXPORT: "import SCIsegLib.training.export",
+        Action.EXPORT: "import SCIsegLib.panel_export, SCIsegLib.cases",
         Action.NEXT_CASE: "import SCIsegLib.training.queue",
         Action.SEGMENT: "import SCIsegLib.inference, SCIsegLib.segment",
         Action.INSTALL_MODEL: "import SCIsegLib.cli, SCIsegLib.models, SCIsegLib.download",
@@ -385,13 +385,14 @@ def test_segment_click_path_with_the_real_runner_and_the_demo_model(scene, demo_
     predictions = tmp_path / "predictions"  # the panel's session folder: no prediction file left in the user data folder
     predictions.mkdir()
     node = panel_jobs.import_result(scene, logic, run, volume, predictions)
-    [prediction] = predictions.iterdir()
-    assert node.GetAttribute(panel_jobs.PREDICTION_ATTRIBUTE) == str(prediction)
+    [folder] = predictions.iterdir()
+    assert node.GetAttribute(panel_case.PREDICTION_FOLDER_ATTRIBUTE) == str(folder)
+    prediction, _lesion = panel_case.prediction_masks(node)
     cord = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume)) > 0
     manual = mrml.on_grid_of(sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))), mrml.image_from_volume_node(volume))
     truth = sitk.GetArrayFromImage(manual) > 0
     assert 2 * np.sum(cord & truth) / (cord.sum() + truth.sum()) > 0.85  # 0.946 measured with the demo model
-    assert sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))).max() <= 2
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))).max() == 1
     panel.remove_job_files(finished.job)
     assert not run.work_dir.exists()
 
@@ -470,6 +471,7 @@ def test_a_segmentation_exported_with_its_own_volume_is_its_own_lesion(scene, tm
     state.start(Action.EXPORT, command)
     [finished] = poll_until_done(state, timeout_s=120)
     assert finished.outcome == Outcome.SUCCEEDED, finished.message
+    assert panel.export_summary(command.stdout).startswith("Exported version v001 (from empty)")
     panel.remove_job_files(finished.job)
     assert not Path(command.folder).exists()
     [dseg] = root.glob("derivatives/labels/sub-01/anat/sub-01_T2w*dseg.nii.gz")

@@ -1,0 +1,157 @@
+"""The Slicer panel bound to the case model (SCIsegLib/panel_case.py) on slicer-core's real MRML, real scans, real
+export children: unsaved work is drafted before the rater leaves a case, offered after a crash, the latest version
+opens by default, exports record their parent, and a segmentation is never filed under another case."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
+
+from conftest import shared_file  # noqa: E402
+from SCIsegLib import mrml, panel, panel_case, panel_jobs  # noqa: E402
+from SCIsegLib.panel import Action, Outcome, PanelState  # noqa: E402
+from slicer_scene import load_with_slicer  # noqa: E402
+
+
+def model_labels() -> np.ndarray:
+    """The model's labels of t2, (z, y, x) on its file's grid: the manual cord (1) with a 4x4x4 lesion (2)."""
+    manual = sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz")))
+    labels = (sitk.GetArrayFromImage(manual) > 0).astype(np.uint8)
+    labels[20:24, 25:29, 28:32] = 2
+    return labels
+
+
+def dataset(tmp_path: Path) -> Path:
+    """A BIDS dataset with two scans on the same grid (t2, and t2 with other voxels: a second session's protocol);
+    sub-01 has the model's prediction in derivatives/sciseg (SCT's names), as ``sciseg run`` writes it."""
+    root = tmp_path / "bids"
+    image = sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2.nii.gz")))
+    for subject, scaled in (("01", image), ("02", image * 2)):
+        path = root / f"sub-{subject}" / "anat" / f"sub-{subject}_T2w.nii.gz"
+        path.parent.mkdir(parents=True)
+        sitk.WriteImage(scaled, str(path))
+    predicted = root / "derivatives" / "sciseg" / "sub-01" / "anat"
+    predicted.mkdir(parents=True)
+    for name, mask in (("sc_seg", model_labels() > 0), ("lesion_seg", model_labels() == 2)):
+        written = sitk.GetImageFromArray(mask.astype(np.uint8))
+        written.CopyInformation(image)
+        sitk.WriteImage(written, str(predicted / f"sub-01_T2w_{name}.nii.gz"))
+    return root
+
+
+def scan_path(root: Path, subject: str) -> Path:
+    return root / f"sub-{subject}" / "anat" / f"sub-{subject}_T2w.nii.gz"
+
+
+def paint_lesion(scene, logic, case, segmentation, volume, box) -> np.ndarray:
+    """The rater paints lesion voxels in ``box`` (z, y, x slices of the volume's grid in Slicer); returns the new
+    label map on the case's grid."""
+    labels = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, segmentation, volume))
+    labels[box] = 2
+    reference = mrml.image_from_volume_node(volume)
+    lesion = mrml.image_from_array_zyx((labels == 2).astype(np.uint8), reference)
+    cord = mrml.image_from_array_zyx((labels == 1).astype(np.uint8), reference)
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.LESION, lesion, volume)
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.CORD, cord, volume)
+    return panel_case.labels_zyx(scene, logic, case, segmentation, volume)
+
+
+def exported(scene, logic, segmentation, volume, root: Path, rater: str, case) -> dict:
+    """Export through the real child (``python -m SCIsegLib.panel_export``) as the panel does; its JSON line."""
+    command = panel_jobs.start_export(scene, logic, segmentation, volume, str(root), rater, sys.executable, case=case)
+    state = PanelState()
+    state.start(Action.EXPORT, command)
+    deadline = time.monotonic() + 120
+    while state.jobs:
+        _events, ended = state.poll()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    [finished] = ended
+    panel.remove_job_files(finished.job)
+    assert finished.outcome == Outcome.SUCCEEDED, finished.message
+    return json.loads(command.stdout.strip().splitlines()[-1])
+
+
+def test_next_case_and_another_volume_keep_unsaved_edits_as_a_draft_offered_after_a_crash(scene, tmp_path: Path) -> None:
+    scene, logic = scene
+    root = dataset(tmp_path)
+    first = load_with_slicer(scene, scan_path(root, "01"))
+    opened = panel_case.opening(scene, root, first, rater="alice")
+    assert opened.case.base.name == "prediction" and not opened.segment and "the model's prediction" in opened.sentence
+    np.testing.assert_array_equal(opened.labels, model_labels())
+    assert panel_case.keep_work(scene, logic, opened.case, None, first, "alice") is None
+    segmentation = panel_case.segmentation_from_labels(scene, logic, opened.case, first, opened.labels, "sub-01 SCIseg")
+    # Opened as is: nothing to keep. Then alice paints a second lesion.
+    assert panel_case.keep_work(scene, logic, opened.case, segmentation, first, "alice") is None
+    edited = paint_lesion(scene, logic, opened.case, segmentation, first, np.s_[30:33, 25:28, 28:31])
+    assert np.count_nonzero(edited != model_labels()) > 0
+
+    # Next case (or another volume): the edits go to alice's draft, atomically, in the dataset's hidden drafts folder.
+    sentence = panel_case.keep_work(scene, logic, opened.case, segmentation, first, "alice")
+    assert sentence.startswith("Your unsaved edits of sub-01_T2w are kept as a draft by alice")
+    [draft_file] = (root / "derivatives" / "labels" / ".drafts").rglob("*.nrrd")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), edited)
+    assert panel_case.keep_work(scene, logic, opened.case, segmentation, first, "alice") is None  # drafted already
+
+    second = load_with_slicer(scene, scan_path(root, "02"))
+    other = panel_case.opening(scene, root, second, rater="alice")
+    assert other.case.scan.stem == "sub-02_T2w" and other.segmentation is None and other.segment  # nothing: segment it
+    # Case 1's segmentation with case 2's scan: refused even without Slicer's source reference (same grid).
+    segmentation.RemoveNodeReferenceIDs(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    with pytest.raises(ValueError, match="was made on sub-01_T2w.nii.gz, not on sub-02_T2w.nii.gz"):
+        panel_jobs.start_export(scene, logic, segmentation, second, str(root), "alice", sys.executable, case=other.case)
+    assert not (root / "derivatives" / "labels" / "sub-02").exists()
+
+    # Back on case 1 in the same scene: its own segmentation is shown again, with its unsaved state.
+    again = panel_case.opening(scene, root, first, rater="alice")
+    assert again.segmentation is segmentation and again.case.unsaved(edited)
+
+    # Slicer crashed: a new scene, the case reopened, the draft offered and restored.
+    scene.Clear(True)
+    first = load_with_slicer(scene, scan_path(root, "01"))
+    reopened = panel_case.opening(scene, root, first, rater="alice")
+    assert reopened.offer is not None and reopened.offer.rater == "alice" and reopened.offer.base == "prediction"
+    restored = panel_case.opening(scene, root, first, rater="alice", draft=reopened.offer)
+    np.testing.assert_array_equal(restored.labels, edited)
+    assert "your draft by alice" in restored.sentence
+    node = panel_case.segmentation_from_labels(scene, logic, restored.case, first, restored.labels, "sub-01 draft")
+    np.testing.assert_array_equal(panel_case.labels_zyx(scene, logic, restored.case, node, first), edited)
+
+
+def test_the_latest_version_opens_by_default_and_every_export_records_its_parent(scene, tmp_path: Path) -> None:
+    scene, logic = scene
+    root = dataset(tmp_path)
+    volume = load_with_slicer(scene, scan_path(root, "01"))
+    opened = panel_case.opening(scene, root, volume, rater="alice")
+    segmentation = panel_case.segmentation_from_labels(scene, logic, opened.case, volume, opened.labels, "sub-01 SCIseg")
+    edited = paint_lesion(scene, logic, opened.case, segmentation, volume, np.s_[30:33, 25:28, 28:31])
+    first = exported(scene, logic, segmentation, volume, root, "alice", opened.case)
+    assert (first["version"], first["parent"], first["warning"]) == (1, "prediction", None)
+    assert panel.export_summary(json.dumps(first)).startswith("Exported version v001 (from prediction)")
+
+    # Reopened (a new scene): v001 by alice, not the prediction; bob corrects it further.
+    scene.Clear(True)
+    volume = load_with_slicer(scene, scan_path(root, "01"))
+    opened = panel_case.opening(scene, root, volume, rater="bob")
+    assert opened.case.base.name == "v001" and "v001 by alice" in opened.sentence and not opened.segment
+    np.testing.assert_array_equal(opened.labels, edited)
+    bobs = panel_case.segmentation_from_labels(scene, logic, opened.case, volume, opened.labels, "sub-01 v001")
+    paint_lesion(scene, logic, opened.case, bobs, volume, np.s_[10:12, 25:27, 28:30])
+    second = exported(scene, logic, bobs, volume, root, "bob", opened.case)
+    assert (second["version"], second["parent"], second["warning"]) == (2, "v001", None)
+    sidecar = json.loads((Path(second["folder"]) / "sub-01_T2w_dseg.json").read_text())
+    assert sidecar["Parent"] == {"Kind": "version", "Version": 1} and sidecar["Rater"] == "bob"
+
+    # A segmentation that started from the prediction while v001 and v002 exist: exported as v003, with a warning.
+    stale = panel_case.segmentation_from_labels(scene, logic, opened.case, volume, model_labels(), "stale")
+    stale.SetAttribute(panel_case.BASE_ATTRIBUTE, "prediction")
+    third = exported(scene, logic, stale, volume, root, "carol", opened.case)
+    assert third["version"] == 3 and third["parent"] == "prediction" and "v001, v002 existed" in third["warning"]
