@@ -422,6 +422,38 @@ def table_node_from_csv(scene, csv_path: str | os.PathLike[str], name: str):
     return node
 
 
+def show_live_lesions(scene, name: str, columns: list[str], rows: list[list[float]], table=None, points=None):
+    """The live lesion table (one row per lesion, double columns) and a locked markups point list labelled with
+    each lesion's number at its centre; ``rows`` hold ``label`` then the centre's R, A, S (mm) as their last three
+    values. The nodes given are updated in place (the table view and the views follow); new ones are made when None.
+    Returns (table node, point list node)."""
+    if table is None or not scene.IsNodePresent(table):
+        table = slicer.vtkMRMLTableNode()
+        table.SetName(unique_node_name(scene, f"{name} lesions (live)"))
+        table.SetUseColumnTitleAsColumnHeader(True)  # view row k = table row k (see table_node_from_csv)
+        scene.AddNode(table)
+    content = vtk.vtkTable()
+    for index, column_name in enumerate(columns):
+        column = vtk.vtkDoubleArray()
+        column.SetName(column_name)
+        for row in rows:
+            column.InsertNextValue(float(row[index]))
+        content.AddColumn(column)
+    table.SetAndObserveTable(content)
+    if points is None or not scene.IsNodePresent(points):
+        points = slicer.vtkMRMLMarkupsFiducialNode()
+        points.SetName(unique_node_name(scene, f"{name} lesion numbers"))
+        scene.AddNode(points)
+        points.CreateDefaultDisplayNodes()
+        points.SetLocked(True)
+    was_modifying = points.StartModify()
+    points.RemoveAllControlPoints()
+    for row in rows:
+        points.AddControlPoint(vtk.vtkVector3d(*[float(v) for v in row[-3:]]), str(int(row[0])))
+    points.EndModify(was_modifying)
+    return table, points
+
+
 def plot_chart_from_table(scene, table_node, x_column: str, y_columns: list[str], title: str):
     """A plot chart node with one line series per column of ``y_columns`` against ``x_column``."""
     chart = slicer.vtkMRMLPlotChartNode()

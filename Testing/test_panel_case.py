@@ -155,3 +155,48 @@ def test_the_latest_version_opens_by_default_and_every_export_records_its_parent
     stale.SetAttribute(panel_case.BASE_ATTRIBUTE, "prediction")
     third = exported(scene, logic, stale, volume, root, "carol", opened.case)
     assert third["version"] == 3 and third["parent"] == "prediction" and "v001, v002 existed" in third["warning"]
+
+
+def test_the_live_lesion_table_follows_the_strokes_numbered_as_sciseg_analyze(scene, tmp_path: Path) -> None:
+    """A stroke fires the segmentation's event; once the rater pauses the table and the numbers at the lesions are
+    recomputed in process: same numbers, volumes and centres as ``sciseg analyze`` (SCIsegLib.lesions)."""
+    from SCIsegLib.lesions import analyze_lesions
+    from SCIsegLib.panel_lesions import EditDebounce, live_lesions, live_table_rows
+
+    scene, logic = scene
+    root = dataset(tmp_path)
+    volume = load_with_slicer(scene, scan_path(root, "01"))
+    opened = panel_case.opening(scene, root, volume)
+    segmentation = panel_case.segmentation_from_labels(scene, logic, opened.case, volume, opened.labels, "sub-01 SCIseg")
+    strokes = []
+    observer = segmentation.GetSegmentation().AddObserver(slicer.vtkSegmentation.SourceRepresentationModified,
+                                                          lambda caller, event: strokes.append(event))
+    debounce = EditDebounce(quiet_s=1.0)
+    paint_lesion(scene, logic, opened.case, segmentation, volume, np.s_[40:43, 26:29, 29:32])
+    assert strokes, "a stroke must reach the panel through the segmentation's SourceRepresentationModified event"
+    segmentation.GetSegmentation().RemoveObserver(observer)
+    debounce.touch(100.0)
+    assert not debounce.due(100.5) and debounce.due(101.2) and not debounce.due(102.0)  # once, after a pause
+
+    labels = mrml.export_sciseg_label_map(logic, scene, segmentation, volume)
+    lesions = live_lesions(labels)
+    reference = analyze_lesions(sitk.Cast(labels == 2, sitk.sitkUInt8), sitk.Cast(labels > 0, sitk.sitkUInt8))
+    assert [lesion.number for lesion in lesions] == reference.table["label"].astype(int).tolist() and len(lesions) == 2
+    np.testing.assert_allclose([lesion.volume_mm3 for lesion in lesions], reference.table["volume [mm3]"], rtol=1e-6)
+    centres = mrml.lesion_centroids_ras(reference.labels)
+    for lesion in lesions:
+        np.testing.assert_allclose(lesion.centre_ras, centres[lesion.number], atol=1e-6)
+
+    table, points = mrml.show_live_lesions(scene, "sub-01", *live_table_rows(lesions))
+    assert table.GetNumberOfRows() == 2 and points.GetNumberOfControlPoints() == 2
+    for row, lesion in enumerate(lesions):  # the number shown where the lesion is; a click on row k goes to lesion k
+        assert points.GetNthControlPointLabel(row) == str(lesion.number)
+        position = [0.0, 0.0, 0.0]
+        points.GetNthControlPointPosition(row, position)
+        np.testing.assert_allclose(position, lesion.centre_ras, atol=1e-6)
+        by_number = {lesion.number: lesion.centre_ras for lesion in lesions}
+        assert panel.lesion_centre_for_row(table, table.GetID(), row, by_number) == lesion.centre_ras
+    # The rater removes every lesion: the same nodes empty out.
+    empty = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    again = mrml.show_live_lesions(scene, "sub-01", *live_table_rows(live_lesions(empty)), table=table, points=points)
+    assert again == (table, points) and table.GetNumberOfRows() == 0 and points.GetNumberOfControlPoints() == 0
