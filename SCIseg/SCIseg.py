@@ -133,10 +133,15 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.state = PanelState()
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._predictions = None  # this session's folder of model label maps (removed at cleanup)
+        self._predictions = None  # this session's folder of the model's masks (removed at cleanup)
         self._menuActions = []
-        self._lesionTableID = None
-        self._lesionCentres = {}
+        self._case = None  # SCIsegLib.cases.Case of state.case_volume_id (SCIsegLib.panel_case)
+        self._segmentWhenOpened = False  # Next case: segment the new scan when its case has nothing yet
+        self._volumePending = False
+        self._observed = None  # the segmentation whose strokes drive drafts and the live lesion list
+        self._edits = None  # panel_lesions.EditDebounce, made with the first observed segmentation
+        self._live = (None, None)  # live lesion table and lesion-number point list
+        self._lesionTables = {}  # table node id -> {lesion number: centre RAS mm}, for the row click
         self._tableView = None
         self._inTimer = False
         self._timer = qt.QTimer()
@@ -195,8 +200,12 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Reload or Slicer exit: every child stops and its temporary files go (``PanelState.shutdown``)."""
+        """Reload or Slicer exit: unsaved edits go to a draft, every child stops, temporary files go."""
         self._timer.stop()
+        try:
+            self.keepWork()
+        except Exception:  # exit goes on; the autosaved draft (a pause after each stroke) is there
+            logging.exception("SCIseg: the unsaved edits could not be drafted")
         left = self.state.shutdown()
         if left:
             logging.warning("SCIseg: %s did not stop", ", ".join(job.action.value for job in left))
@@ -222,10 +231,15 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromState)
 
     def onSceneStartClose(self, caller, event) -> None:
+        try:
+            self.keepWork()  # the nodes are still there
+        except Exception:
+            logging.exception("SCIseg: the unsaved edits could not be drafted")
         self.state.scene_closing()  # the timer finishes them; an export and a model install go on and are reported
         self.setParameterNode(None)
-        # The lesion table leaves with the scene, and its node id may name another table in the next one.
-        self._lesionTableID, self._lesionCentres = None, {}
+        self.observeSegmentation(None)
+        # The lesion tables leave with the scene, and their node ids may name other tables in the next one.
+        self._case, self.state.case_volume_id, self._live, self._lesionTables = None, None, (None, None), {}
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -281,6 +295,106 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.deviceComboBox.findData(self._parameterNode.device)
             if index >= 0 and index != self.ui.deviceComboBox.currentIndex:
                 self.ui.deviceComboBox.setCurrentIndex(index)
+            self.observeSegmentation(self._parameterNode.segmentation)
+            volumeNode = self._parameterNode.inputVolume
+            if self.state.volume_changed(volumeNode.GetID() if volumeNode else None) and not self._volumePending:
+                self._volumePending = True  # opened after this observer returns (it may ask about a draft)
+                qt.QTimer.singleShot(0, self.onVolumeSelected)
+
+    # The case of the selected volume (SCIsegLib.panel_case)
+
+    def caseArguments(self):
+        return slicer.mrmlScene, slicer.modules.segmentations.logic()
+
+    def keepWork(self) -> None:
+        """The open case's unsaved edits go to the rater's draft (Next case, another volume, scene close, exit)."""
+        if self._case is None:
+            return
+        from SCIsegLib import panel_case
+
+        scene, logic = self.caseArguments()
+        volumeNode = scene.GetNodeByID(self.state.case_volume_id) if self.state.case_volume_id else None
+        segmentationNode = panel_case.bound_segmentation(scene, self._case)
+        sentence = panel_case.keep_work(scene, logic, self._case, segmentationNode, volumeNode, self.ui.raterLineEdit.text)
+        if sentence:
+            self.ui.statusLabel.text = sentence
+            self.appendLog([sentence])
+
+    def onVolumeSelected(self) -> None:
+        """Another volume: draft the previous case's edits, open this one's (its segmentation, a draft to restore,
+        its latest version), never keep the previous volume's segmentation selected."""
+        self._volumePending = False
+        if self._parameterNode is None:
+            return
+        volumeNode = self._parameterNode.inputVolume
+        if not self.state.volume_changed(volumeNode.GetID() if volumeNode else None):
+            return
+        self.keepWork()
+        from SCIsegLib import panel_case
+
+        scene, logic = self.caseArguments()
+        self._case, self.state.case_volume_id = None, volumeNode.GetID() if volumeNode else None
+        segmentNow, self._segmentWhenOpened = self._segmentWhenOpened, False
+        if volumeNode is None:
+            self._parameterNode.segmentation = None
+            return
+        root, rater = self.ui.exportFolderPathLineEdit.currentPath, self.ui.raterLineEdit.text
+        with slicer.util.tryWithErrorDisplay(_("The case could not be opened."), waitCursor=True):
+            opened = panel_case.opening(scene, root, volumeNode, rater)
+            if opened.offer is not None and slicer.util.confirmYesNoDisplay(
+                _("{scan} has a {draft} that was never exported (Slicer was closed or stopped). Restore it?").format(
+                    scan=opened.case.scan.stem, draft=opened.offer.describe()), windowTitle=WINDOW_TITLE):
+                opened = panel_case.opening(scene, root, volumeNode, rater, draft=opened.offer)
+            segmentation = opened.segmentation
+            if segmentation is None and opened.labels is not None:
+                segmentation = panel_case.segmentation_from_labels(
+                    scene, logic, opened.case, volumeNode, opened.labels, f"{volumeNode.GetName()} {opened.case.base.name}")
+            if segmentation is None and opened.case is None:
+                segmentation = panel_case.paired_segmentation(scene, volumeNode)
+            self._case = opened.case
+            self._parameterNode.segmentation = segmentation
+            if opened.sentence:
+                self.ui.statusLabel.text = opened.sentence
+            segmentNow = segmentNow and segmentation is None and not opened.offer
+        if segmentNow:  # after this slot: Segment may ask to install dependencies (a modal dialog, pip)
+            qt.QTimer.singleShot(0, self.onSegmentButton)
+
+    def observeSegmentation(self, segmentationNode) -> None:
+        """Follow the strokes on the selected segmentation (drafts and the live lesion list, once the rater pauses)."""
+        if segmentationNode is self._observed:
+            return
+        if self._observed is not None:
+            self.removeObserver(self._observed, slicer.vtkSegmentation.SourceRepresentationModified, self.onSegmentationEdited)
+        self._observed = segmentationNode
+        if segmentationNode is not None:
+            from SCIsegLib.panel_lesions import EditDebounce
+
+            self._edits = self._edits or EditDebounce()
+            self.addObserver(segmentationNode, slicer.vtkSegmentation.SourceRepresentationModified, self.onSegmentationEdited)
+            self._edits.touch(time.monotonic())  # a first list for a newly selected segmentation
+
+    def onSegmentationEdited(self, caller, event) -> None:
+        self._edits.touch(time.monotonic())
+
+    def onEditsSettled(self) -> None:
+        """The rater paused: draft the case's unsaved edits and update the live lesion list."""
+        from SCIsegLib import panel_case
+
+        volumeNode, segmentationNode = self._parameterNode.inputVolume, self._parameterNode.segmentation
+        if volumeNode is None or segmentationNode is None:
+            return
+        scene, logic = self.caseArguments()
+        if self._case is not None and segmentationNode is panel_case.bound_segmentation(scene, self._case):
+            draft = panel_case.autosave(scene, logic, self._case, segmentationNode, volumeNode, self.ui.raterLineEdit.text)
+            if draft is not None:
+                self.ui.statusLabel.text = _("Unsaved edits kept as a {draft}.").format(draft=draft.describe())
+        table, points, centres = panel_case.live_update(scene, logic, segmentationNode, volumeNode, *self._live)
+        if centres is None:
+            return
+        if self._live[0] is None:
+            self.showTable(table)
+        self._live = (table, points)
+        self._lesionTables[table.GetID()] = centres
 
     def appendLog(self, lines) -> None:
         for line in lines:
@@ -454,6 +568,11 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         self.appendLog([_("GPU detection did not finish within its time limit.")])
                 self.state.probe = None
                 self.showDevices()
+        if self._edits is not None and self._parameterNode is not None and self._edits.due(time.monotonic()):
+            try:
+                self.onEditsSettled()
+            except Exception:  # the jobs are still polled
+                logging.exception("SCIseg: the draft or the live lesion list could not be updated")
         for job in self.state.jobs.values():
             self.appendLog(panel.new_log_lines(job.run))
         events, ended = self.state.poll()
@@ -518,11 +637,20 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volumeNode = panel.result_volume(slicer.mrmlScene, job)
             if not self._predictions or not os.path.isdir(self._predictions):
                 self._predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
-            segmentationNode = self.logic.importResult(job.run, volumeNode, self._predictions)
+            case = self.caseOf(volumeNode)
+            segmentationNode = self.logic.importResult(job.run, volumeNode, self._predictions, case)
+            if case is not None:  # the case now starts from this prediction
+                from SCIsegLib import panel_case
+
+                self._case = panel_case.case_of(self.ui.exportFolderPathLineEdit.currentPath, volumeNode, segmentationNode)
             self._parameterNode.inputVolume = volumeNode
             self._parameterNode.segmentation = segmentationNode
             self.ui.progressBar.value = 1000
             self.ui.statusLabel.text = _("Done: '{name}'. Correct it with Edit.").format(name=segmentationNode.GetName())
+
+    def caseOf(self, volumeNode):
+        """The open case when it is ``volumeNode``'s, else None."""
+        return self._case if volumeNode is not None and self.state.case_volume_id == volumeNode.GetID() else None
 
     def onEditButton(self) -> None:
         self.logic.openSegmentEditor(self._parameterNode.segmentation, self._parameterNode.inputVolume)
@@ -598,13 +726,20 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue("SCIseg/Rater", rater)
         settings.setValue("SCIseg/ExportFolder", folder)
         with slicer.util.tryWithErrorDisplay(_("The corrections could not be exported."), waitCursor=True):
-            command = self.logic.startExport(segmentationNode, volumeNode, folder, rater, chosen=chosen)
+            command = self.logic.startExport(segmentationNode, volumeNode, folder, rater, chosen, self.caseOf(volumeNode))
             self.state.start(Action.EXPORT, command, volume_id=volumeNode.GetID(), segmentation_id=segmentationNode.GetID())
             self.ui.statusLabel.text = _("Exporting...")
         self.updateGUIFromState()
 
     def showExport(self, job) -> None:
+        """The version written; the segmentation's base becomes it, so the case has nothing unsaved."""
+        from SCIsegLib import panel_case
+
         self.ui.statusLabel.text = panel.export_summary(job.run.stdout)
+        segmentationNode = slicer.mrmlScene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
+        volumeNode = slicer.mrmlScene.GetNodeByID(job.volume_id) if job.volume_id else None
+        if panel_case.after_export(segmentationNode, job.run.stdout) and self.caseOf(volumeNode) is not None:
+            self._case = panel_case.case_of(self.ui.exportFolderPathLineEdit.currentPath, volumeNode, segmentationNode)
         self.appendLog(job.run.stdout.splitlines())
 
     # Compare, review queue
@@ -622,7 +757,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if currentChoices is None:
             return
         with slicer.util.tryWithErrorDisplay(_("The segmentations could not be compared."), waitCursor=True):
-            command = self.logic.startCompare(other, current, volumeNode, otherChoices, currentChoices)
+            command = self.logic.startCompare(other, current, volumeNode, otherChoices, currentChoices, self.caseOf(volumeNode))
             self.state.start(Action.COMPARE, command, volume_id=volumeNode.GetID())
             self.ui.statusLabel.text = _("Comparing...")
         self.updateGUIFromState()
@@ -658,9 +793,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volumeNode = slicer.util.loadVolume(path)  # raises RuntimeError when Slicer cannot read it
         if self._parameterNode is None:  # the scene was closed and the module not entered since
             return
+        self._segmentWhenOpened = True  # segmented once its case is open, if it has no version, prediction or draft
         self._parameterNode.inputVolume = volumeNode
-        # After this timer slot returns: Segment may ask to install dependencies (a modal dialog, pip).
-        qt.QTimer.singleShot(0, self.onSegmentButton)
 
     # Measure
 
@@ -674,7 +808,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if chosen is None:
             return
         with slicer.util.tryWithErrorDisplay(_("The lesions could not be measured."), waitCursor=True):
-            command = self.logic.startMeasurement(segmentationNode, volumeNode, self._parameterNode.nliSlice, chosen=chosen)
+            command = self.logic.startMeasurement(segmentationNode, volumeNode, self._parameterNode.nliSlice, chosen,
+                                                  self.caseOf(volumeNode))
             self.state.start(Action.MEASURE, command, volume_id=volumeNode.GetID(), segmentation_id=segmentationNode.GetID())
             self.ui.statusLabel.text = _("Measuring lesions...")
         self.updateGUIFromState()
@@ -682,28 +817,30 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showMeasurement(self, job) -> None:
         with slicer.util.tryWithErrorDisplay(_("The measurements could not be shown."), waitCursor=True):
             volumeNode = panel.result_volume(slicer.mrmlScene, job)
-            tableNode, chartNode, self._lesionCentres = self.logic.finishMeasurement(job.run, volumeNode)
-            self._lesionTableID = tableNode.GetID()
-            layoutManager = slicer.app.layoutManager()
-            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-            selection = slicer.app.applicationLogic().GetSelectionNode()
-            selection.SetActiveTableID(tableNode.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
+            tableNode, chartNode, centres = self.logic.finishMeasurement(job.run, volumeNode)
+            self._lesionTables[tableNode.GetID()] = centres
+            self.showTable(tableNode, slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
             slicer.modules.plots.logic().ShowChartInLayout(chartNode)
-            # One connection to the table view, whatever the number of measurements.
-            tableView = layoutManager.tableWidget(0).tableView()
-            if self._tableView is not None:
-                self._tableView.disconnect("selectionChanged()", self.onLesionRowSelected)
-            tableView.connect("selectionChanged()", self.onLesionRowSelected)
-            self._tableView = tableView
-            if not self._lesionCentres:
+            if not centres:
                 self.ui.statusLabel.text = _("No lesion: the tissue bridges are the cord A-P diameter at the NLI slice {nli}.").format(
                     nli=self._parameterNode.nliSlice
                 )
             else:
                 self.ui.statusLabel.text = _("{count} lesion(s) measured: click a row to jump to the lesion.").format(
-                    count=len(self._lesionCentres)
+                    count=len(centres)
                 )
+
+    def showTable(self, tableNode, layout=None) -> None:
+        """Show a lesion table in a layout with a table view (SegmentStatistics' showTable) and follow row clicks."""
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(layout or slicer.modules.tables.logic().GetLayoutWithTable(layoutManager.layout))
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(tableNode.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        tableView = layoutManager.tableWidget(0).tableView()
+        if self._tableView is not None:  # one connection to the table view, whatever the number of tables
+            self._tableView.disconnect("selectionChanged()", self.onLesionRowSelected)
+        tableView.connect("selectionChanged()", self.onLesionRowSelected)
+        self._tableView = tableView
 
     def onLesionRowSelected(self) -> None:
         if self._tableView is None:
@@ -712,7 +849,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # index moves (QItemSelectionModel::setCurrentIndex selects first); a mouse click sets both.
         selected = self._tableView.selectionModel().selectedIndexes()
         row = selected[0].row() if selected else self._tableView.currentIndex().row()
-        centre = panel.lesion_centre_for_row(self._tableView.mrmlTableNode(), self._lesionTableID, row, self._lesionCentres)
+        tableNode = self._tableView.mrmlTableNode()
+        centres = self._lesionTables.get(tableNode.GetID()) if tableNode is not None else None
+        centre = panel.lesion_centre_for_row(tableNode, tableNode.GetID() if centres is not None else None, row, centres or {})
         if centre is not None:
             slicer.modules.markups.logic().JumpSlicesToLocation(centre[0], centre[1], centre[2], True)
 
@@ -829,32 +968,33 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         )
         return panel_jobs.start_segmentation(parameters.inputVolume, options, pythonExecutable or self.pythonExecutable())
 
-    def importResult(self, run, volumeNode, predictionsFolder: str):
+    def importResult(self, run, volumeNode, predictionsFolder: str, case=None):
         """A new segmentation node with the run's masks on ``volumeNode`` (raises with the reason when the run failed)."""
         from SCIsegLib import panel_jobs
 
-        return panel_jobs.import_result(slicer.mrmlScene, slicer.modules.segmentations.logic(), run, volumeNode, predictionsFolder)
+        return panel_jobs.import_result(slicer.mrmlScene, slicer.modules.segmentations.logic(), run, volumeNode,
+                                        predictionsFolder, case)
 
-    def startCompare(self, firstNode, secondNode, volumeNode, firstChoices=None, secondChoices=None):
+    def startCompare(self, firstNode, secondNode, volumeNode, firstChoices=None, secondChoices=None, case=None):
         """What changed from ``firstNode`` to ``secondNode``: ``sciseg compare`` in a child (numbers in its stdout)."""
         from SCIsegLib import panel_jobs
 
         return panel_jobs.start_compare(slicer.mrmlScene, slicer.modules.segmentations.logic(), firstNode, secondNode,
-                                        volumeNode, self.pythonExecutable(), firstChoices, secondChoices)
+                                        volumeNode, self.pythonExecutable(), firstChoices, secondChoices, case)
 
-    def startExport(self, segmentationNode, volumeNode, root: str, rater: str, chosen=None):
-        """Write the corrected label map and run ``sciseg export`` (new BIDS version) in a child process."""
+    def startExport(self, segmentationNode, volumeNode, root: str, rater: str, chosen=None, case=None):
+        """Write the corrected label map and export it as a new version of the case in a child process."""
         from SCIsegLib import panel_jobs
 
         return panel_jobs.start_export(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode,
-                                       volumeNode, root, rater, self.pythonExecutable(), chosen)
+                                       volumeNode, root, rater, self.pythonExecutable(), chosen, case)
 
-    def startMeasurement(self, segmentationNode, volumeNode, nliSlice: int = -1, chosen=None):
+    def startMeasurement(self, segmentationNode, volumeNode, nliSlice: int = -1, chosen=None, case=None):
         """Write the current segments as masks and run ``sciseg analyze`` on them in a child process."""
         from SCIsegLib import panel_jobs
 
         return panel_jobs.start_measurement(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode,
-                                            volumeNode, self.pythonExecutable(), nliSlice, chosen)
+                                            volumeNode, self.pythonExecutable(), nliSlice, chosen, case)
 
     def finishMeasurement(self, command, volumeNode):
         """Table node (one row per lesion), plot of the per-slice damage ratio and cord area, lesion centres (RAS mm)."""

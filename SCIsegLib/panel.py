@@ -270,9 +270,14 @@ class PanelState:
     probe_wanted: bool = True
     probe: Any = None  # the running ``sciseg devices`` child (runner.DeviceProbe), None when none runs
     installing_dependencies: bool = False
+    case_volume_id: str | None = None  # the volume whose case the panel opened (None: none yet)
 
     def busy(self, action: Action) -> bool:
         return action in self.jobs
+
+    def volume_changed(self, selected_id: str | None) -> bool:
+        """The rater (or Next case) selected another volume than the one whose case is open."""
+        return selected_id != self.case_volume_id
 
     def may_start(self, action: Action) -> bool:
         """A click may start ``action``: none of it runs and no dependency install is under way."""
@@ -442,12 +447,17 @@ def next_case_path(returncode: int | None, stdout: str, is_file) -> str | None:
     return None
 
 
-def export_summary(stdout: str) -> str:
-    """The sentence for a finished export (``python -m SCIsegLib.panel_export`` printed one JSON line)."""
+def export_result(stdout: str) -> dict | None:
+    """The JSON line ``python -m SCIsegLib.panel_export`` printed (version, folder, parent, warning); None without."""
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if not lines:
+    return json.loads(lines[-1]) if lines else None
+
+
+def export_summary(stdout: str) -> str:
+    """The sentence for a finished export."""
+    result = export_result(stdout)
+    if result is None:
         return stdout.strip().splitlines()[0] if stdout.strip() else "Exported."
-    result = json.loads(lines[-1])
     text = f"Exported version v{result['version']:03d} (from {result['parent']}) to {result['folder']}."
     return f"{text} {result['warning'][0].upper()}{result['warning'][1:]}" if result.get("warning") else text
 

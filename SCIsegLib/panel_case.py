@@ -21,6 +21,7 @@ from . import mrml
 from .cases import Case, Draft
 from .cases.scan import CaseRefused
 from .errors import InputError
+from .panel import export_result
 
 #: Segmentation node attributes: the case's scan key it was made for, and the base it started from.
 DRAWN_ON_ATTRIBUTE = "SCIseg.DrawnOn"
@@ -133,6 +134,13 @@ def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, r
     return f"Your unsaved edits of {case.scan.stem} are kept as a {draft.describe()}: open the case again to continue."
 
 
+def autosave(scene, logic, case: Case, segmentation_node, volume_node, rater: str) -> Draft | None:
+    """After the rater's strokes: the rater's draft holds the unsaved edits (written only when they changed; removed
+    when the map is back to what was opened or exported). Returns the draft written, None when nothing was."""
+    labels = labels_zyx(scene, logic, case, segmentation_node, volume_node)
+    return None if labels is None else case.save_draft(labels, rater)
+
+
 def draft_to_offer(case: Case, rater: str) -> Draft | None:
     """The draft to offer when a case opens (Slicer closed or crashed before export): the rater's newest, else
     the newest of any rater; None when the case has no draft."""
@@ -175,3 +183,37 @@ def opening(scene, root: str | Path, volume_node, rater: str = "", draft: Draft 
     offer = draft_to_offer(case, rater) if draft is None else None
     empty = case.base.kind == "empty" and case.draft is None
     return Opening(case, None, None if empty else case.labels, case.opening_sentence(), empty and offer is None, offer)
+
+
+def paired_segmentation(scene, volume_node):
+    """Without a case: the newest segmentation node made on ``volume_node`` (:func:`mrml.pairing_problem` finds
+    nothing), None when there is none -- never the previous volume's."""
+    nodes = [scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
+    paired = [node for node in nodes if mrml.pairing_problem(node, volume_node) is None]
+    return paired[-1] if paired else None
+
+
+def after_export(segmentation_node, stdout: str) -> str | None:
+    """A finished export (``panel_export``'s JSON line) makes its version the segmentation's base; returns it."""
+    result = export_result(stdout)
+    if segmentation_node is None or result is None:
+        return None
+    base = f"v{int(result['version']):03d}"
+    segmentation_node.SetAttribute(BASE_ATTRIBUTE, base)
+    return base
+
+
+def live_update(scene, logic, segmentation_node, volume_node, table=None, points=None):
+    """Recompute the live lesion list after the rater's strokes (:mod:`SCIsegLib.panel_lesions`) into the table
+    and the lesion numbers at the lesions. Returns (table, points, {number: centre RAS mm}); (table, points, None)
+    when the segmentation cannot be read as cord and lesion (no such segment, another volume)."""
+    from .panel_lesions import live_lesions, live_table_rows
+
+    try:
+        labels = labels_of(scene, logic, None, segmentation_node, volume_node)
+    except (ValueError, mrml.SegmentChoiceError):
+        return table, points, None
+    lesions = live_lesions(labels)
+    table, points = mrml.show_live_lesions(scene, volume_node.GetName(), *live_table_rows(lesions), table=table, points=points)
+    return table, points, {lesion.number: lesion.centre_ras for lesion in lesions}

@@ -169,12 +169,13 @@ def test_the_live_lesion_table_follows_the_strokes_numbered_as_sciseg_analyze(sc
     opened = panel_case.opening(scene, root, volume)
     segmentation = panel_case.segmentation_from_labels(scene, logic, opened.case, volume, opened.labels, "sub-01 SCIseg")
     strokes = []
-    observer = segmentation.GetSegmentation().AddObserver(slicer.vtkSegmentation.SourceRepresentationModified,
-                                                          lambda caller, event: strokes.append(event))
+    # What the widget observes: the node, which re-invokes its segmentation's SourceRepresentationModified.
+    observer = segmentation.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified,
+                                        lambda caller, event: strokes.append(event))
     debounce = EditDebounce(quiet_s=1.0)
     paint_lesion(scene, logic, opened.case, segmentation, volume, np.s_[40:43, 26:29, 29:32])
     assert strokes, "a stroke must reach the panel through the segmentation's SourceRepresentationModified event"
-    segmentation.GetSegmentation().RemoveObserver(observer)
+    segmentation.RemoveObserver(observer)
     debounce.touch(100.0)
     assert not debounce.due(100.5) and debounce.due(101.2) and not debounce.due(102.0)  # once, after a pause
 
@@ -187,7 +188,8 @@ def test_the_live_lesion_table_follows_the_strokes_numbered_as_sciseg_analyze(sc
     for lesion in lesions:
         np.testing.assert_allclose(lesion.centre_ras, centres[lesion.number], atol=1e-6)
 
-    table, points = mrml.show_live_lesions(scene, "sub-01", *live_table_rows(lesions))
+    table, points, centres_by_number = panel_case.live_update(scene, logic, segmentation, volume)
+    assert centres_by_number == {lesion.number: lesion.centre_ras for lesion in lesions}
     assert table.GetNumberOfRows() == 2 and points.GetNumberOfControlPoints() == 2
     for row, lesion in enumerate(lesions):  # the number shown where the lesion is; a click on row k goes to lesion k
         assert points.GetNthControlPointLabel(row) == str(lesion.number)
@@ -200,3 +202,17 @@ def test_the_live_lesion_table_follows_the_strokes_numbered_as_sciseg_analyze(sc
     empty = sitk.Cast(labels > 0, sitk.sitkUInt8)
     again = mrml.show_live_lesions(scene, "sub-01", *live_table_rows(live_lesions(empty)), table=table, points=points)
     assert again == (table, points) and table.GetNumberOfRows() == 0 and points.GetNumberOfControlPoints() == 0
+
+
+def test_without_a_case_the_previous_volumes_segmentation_is_never_selected_for_the_next(scene, tmp_path: Path) -> None:
+    """No export folder (no case): another volume selects the newest segmentation made on it, or none."""
+    scene, logic = scene
+    root = dataset(tmp_path)
+    first = load_with_slicer(scene, scan_path(root, "01"))
+    second = load_with_slicer(scene, scan_path(root, "02"))
+    assert panel_case.opening(scene, "", first).case is None
+    made = mrml.import_sciseg_masks(logic, scene, first, *(mrml.image_from_volume_node(first) * 0,) * 2)
+    assert panel_case.paired_segmentation(scene, first) is made
+    assert panel_case.paired_segmentation(scene, second) is None
+    export = {"version": 4, "folder": "x", "parent": "v003", "warning": None}
+    assert panel_case.after_export(made, json.dumps(export)) == "v004" and made.GetAttribute(panel_case.BASE_ATTRIBUTE) == "v004"
