@@ -9,10 +9,8 @@ Every Slicer, CTK and PythonQt call made here is listed with the source file it 
 (``Testing/test_slicer_module.py`` checks this file for it).
 """
 
-import importlib
+import functools
 import json
-import importlib.metadata
-import importlib.util
 import logging
 import os
 import shutil
@@ -876,82 +874,31 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         """Slicer's Python launcher (runs the child with Slicer's environment)."""
         return shutil.which("PythonSlicer") or sys.executable
 
-    # Dependencies
+    # Dependencies (SCIsegLib.panel_install decides; Slicer's pip, PyTorch extension and dialog do)
 
-    @staticmethod
-    def pyTorchUtilsLogic():
-        """The PyTorch extension's logic (declared in EXTENSION_DEPENDS), None when it is not installed."""
+    def installer(self):
+        from SCIsegLib import panel_install
+
         try:
-            import PyTorchUtils
+            import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS); absent: torch comes from PyPI
+
+            torchUtils = PyTorchUtils.PyTorchUtilsLogic()
         except ImportError:
-            return None
-        return PyTorchUtils.PyTorchUtilsLogic()
+            torchUtils = None
+        return panel_install.Installer(
+            pip_install=slicer.util.pip_install,
+            run_module=getattr(slicer.util, "executePythonModule", None) or slicer.util._executePythonModule,
+            confirm=functools.partial(slicer.util.confirmOkCancelDisplay, windowTitle=WINDOW_TITLE),
+            torch_utils=torchUtils, slicer_version=(slicer.app.majorVersion, slicer.app.minorVersion),
+            installed=self.installed,
+        )
 
     def ensureDependencies(self, action: Action, confirm: bool = True) -> bool:
         """Offer to install what ``action``'s child imports; True when it can run. Never imports torch here."""
-        importlib.invalidate_caches()
-        missing = dependencies.missing_modules(panel.modules_needed(action))
-        mismatch = None
-        if action == Action.SEGMENT and "nnunetv2" not in missing:
-            mismatch = panel.version_mismatch(dependencies.NNUNET_REQUIREMENT, self.installedVersion("nnunetv2"))
-        packages = panel.packages_to_install(missing, mismatch is not None)
-        if not packages:
-            return True
-        torchUtils = self.pyTorchUtilsLogic()
-        steps = dependencies.install_plan(packages, torchUtils is not None)
-        question = _("SCIseg needs {packages} for this. Install now?").format(packages=", ".join(packages))
-        if mismatch:
-            question = mismatch + "\n\n" + question
-        if confirm and not slicer.util.confirmOkCancelDisplay(question + "\n\n- " + "\n- ".join(steps), windowTitle=WINDOW_TITLE):
-            return False
+        from SCIsegLib import panel_install
+
         with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
-            if "torch" in packages:
-                self.installed.append(_("Installed {build}").format(build=self.installTorch(torchUtils)))
-            if "nnunetv2" in packages:
-                self.installNnunet()
-                self.installed.append(_("Installed {requirement}").format(requirement=", ".join(panel.NNUNET_STEP)))
-        importlib.invalidate_caches()
-        return not dependencies.missing_modules(panel.modules_needed(action))
-
-    @staticmethod
-    def installedVersion(distribution: str) -> Optional[str]:
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    def installTorch(self, torchUtils) -> str:
-        """Install torch without importing it here; returns which build was installed ("torch 2.5.1+cu124 (CUDA 12.4)").
-
-        With the PyTorch extension: its own choice of wheel (light-the-torch picks the CUDA build the NVIDIA
-        driver supports), run as ``PyTorchUtilsLogic.installTorch`` does but without its final ``import torch``.
-        Without it: the PyPI wheel with pip.
-        """
-        if torchUtils is not None:
-            arguments = torchUtils._getPipInstallArguments()
-            if importlib.util.find_spec("light_the_torch") is None:
-                torchUtils._installLightTheTorch()
-            execute = getattr(slicer.util, "executePythonModule", None) or slicer.util._executePythonModule
-            execute("light_the_torch", arguments)
-        else:
-            slicer.util.pip_install(["torch"])
-        importlib.invalidate_caches()
-        version = self.installedVersion("torch")
-        return f"torch {version} ({panel.torch_build(version)})"
-
-    def installNnunet(self) -> None:
-        """pip-install the pinned nnU-Net with what Slicer bundles (and the chosen torch) held by a constraints file."""
-        folder = tempfile.mkdtemp(prefix="sciseg-")
-        try:
-            constraints = os.path.join(folder, "constraints.txt")
-            with open(constraints, "w") as stream:
-                stream.write("\n".join(dependencies.pinned_constraints()) + "\n")
-            requirements, options = panel.pip_install_call(
-                list(panel.NNUNET_STEP), constraints, (slicer.app.majorVersion, slicer.app.minorVersion)
-            )
-            slicer.util.pip_install(requirements, **options)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            return panel_install.ensure(action, self.installer(), confirm)
 
     # Jobs (SCIsegLib.panel_jobs, imported when first needed: SimpleITK stays out of Slicer's start-up)
 

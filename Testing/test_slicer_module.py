@@ -263,7 +263,7 @@ def test_module_file_has_no_pyflakes_findings() -> None:
 
 # Calls into SCIsegLib: names and arguments that exist (the module cannot be imported here without Qt)
 
-LIBRARY_MODULES = ("dependencies", "models", "mrml", "panel", "panel_case", "panel_jobs", "panel_lesions", "runner", "volume")
+LIBRARY_MODULES = ("dependencies", "models", "mrml", "panel", "panel_case", "panel_install", "panel_jobs", "panel_lesions", "runner", "volume")
 
 
 def library_call_problems(source: str, modules: dict[str, object]) -> list[str]:
