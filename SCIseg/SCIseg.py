@@ -10,7 +10,6 @@ Every Slicer, CTK and PythonQt call made here is listed with the source file it 
 """
 
 import functools
-import json
 import logging
 import os
 import shutil
@@ -1019,112 +1018,11 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         return logic.ensureDependencies(Action.SEGMENT) and all(logic.ensureDependencies(a) for a in panel.CHILD_ACTIONS)
 
     def test_SegmentEditExport(self):
-        import numpy as np
-        import SimpleITK as sitk
-
-        from SCIsegLib import mrml, volume
-        from SCIsegLib.phantom import SAGITTAL, LesionSpec, make_phantom
+        from SCIsegLib import panel_selftest
 
         moduleLogic = SCIsegLogic()
         if not self.dependenciesReady(moduleLogic):
             self.skipTest("SCIsegTest stops: torch and nnU-Net were not installed (the install was declined or failed).")
-
-        self.delayDisplay("Synthesising a T2w scan with two lesions")
-        case = make_phantom(
-            seed=5,
-            acquisition=SAGITTAL,
-            lesions=[LesionSpec(center_si_mm=-15.0, length_mm=16.0, width_fraction=0.9), LesionSpec(center_si_mm=20.0)],
-        )
-        logic = slicer.modules.segmentations.logic()
-        volumeNode = mrml.add_volume_node(slicer.mrmlScene, case.image, "phantom")
-        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
-
-        predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
-        self.addCleanup(shutil.rmtree, predictions, True)
-        self.delayDisplay("Segmenting with sciseg-demo in a child process")
-        parameters = moduleLogic.getParameterNode()
-        parameters.inputVolume = volumeNode
-        parameters.model = models.BUNDLED_DEMO
-        parameters.device = "cpu"
-        run = moduleLogic.startSegmentation(parameters)
-        events = self.waitFor(run, self.TIMEOUT_S)
-        self.assertTrue(any(e.get("event") == "progress" for e in events))
-        segmentationNode = moduleLogic.importResult(run, volumeNode, predictions)
-        run.cleanup()
-        self.assertFalse(os.path.exists(run.work_dir))
-
-        segmentation = segmentationNode.GetSegmentation()
-        self.assertEqual(segmentation.GetNthSegmentID(0), "spinal_cord")
-        self.assertEqual(segmentation.GetNthSegmentID(1), "lesion")
-        self.assertEqual(segmentation.GetSegment("lesion").GetName(), "Lesion")
-        truth = sitk.GetArrayFromImage(case.cord) > 0
-        cord = mrml.segment_mask(logic, slicer.mrmlScene, segmentationNode, "spinal_cord", volumeNode)
-        lesion = mrml.segment_mask(logic, slicer.mrmlScene, segmentationNode, "lesion", volumeNode)
-        dice = 2 * np.sum((cord | lesion) & truth) / (np.sum(cord | lesion) + np.sum(truth))
-        self.assertGreater(dice, 0.8)
-
-        self.delayDisplay("Editing: the rater adds lesion voxels")
-        added = np.zeros_like(lesion)
-        z, y, x = np.argwhere(cord)[len(np.argwhere(cord)) // 2]
-        added[z - 1 : z + 2, y, x] = True
-        reference = mrml.image_from_volume_node(volumeNode)
-        edited = sitk.GetImageFromArray((lesion | added).astype(np.uint8))
-        edited.CopyInformation(reference)
-        mrml.set_segment_from_mask(logic, slicer.mrmlScene, segmentationNode, mrml.LESION, edited, volumeNode)
-
-        self.delayDisplay("Exporting the corrected label map")
-        labels = mrml.export_sciseg_label_map(logic, slicer.mrmlScene, segmentationNode, volumeNode)
-        written = sitk.GetArrayFromImage(labels)
-        self.assertTrue(np.all(written[added] == 2))
-        self.assertEqual(set(np.unique(written).tolist()) - {0, 1, 2}, set())
-
-        self.delayDisplay("Measuring the lesions")
-        command = moduleLogic.startMeasurement(segmentationNode, volumeNode)
-        self.waitFor(command, 300)
-        tableNode, chartNode, centres = moduleLogic.finishMeasurement(command, volumeNode)
-        shutil.rmtree(command.folder, ignore_errors=True)
-        self.assertGreaterEqual(tableNode.GetNumberOfRows(), 1)
-        self.assertEqual(tableNode.GetTable().GetColumnName(1), "volume [mm3]")
-        self.assertEqual(chartNode.GetNumberOfPlotSeriesNodes(), 2)
-        self.assertEqual(len(centres), tableNode.GetNumberOfRows())
-
-        self.delayDisplay("Exporting for training (twice: two versions)")
-        root = tempfile.mkdtemp(prefix="sciseg-bids-")
-        for expected in (1, 2):
-            command = moduleLogic.startExport(segmentationNode, volumeNode, root, "SCIsegTest")
-            self.waitFor(command, 300)
-            shutil.rmtree(command.folder, ignore_errors=True)
-            self.assertEqual(command.returncode, 0, command.stderr)
-            self.assertEqual(json.loads(command.stdout.strip().splitlines()[-1])["version"], expected)
-        dseg = os.path.join(root, "derivatives", "labels", "sub-phantom", "anat", "sub-phantom_T2w_dseg.nii.gz")
-        exported = sitk.GetArrayFromImage(sitk.ReadImage(dseg))
-        self.assertTrue(np.all(exported[added] == 2))
-
-        self.delayDisplay("Comparing with a fresh automatic segmentation")
-        run = moduleLogic.startSegmentation(parameters)
-        self.waitFor(run, self.TIMEOUT_S)
-        automatic = moduleLogic.importResult(run, volumeNode, predictions)
-        run.cleanup()
-        command = moduleLogic.startCompare(automatic, segmentationNode, volumeNode)
-        self.waitFor(command, 300)
-        shutil.rmtree(command.folder, ignore_errors=True)
-        self.assertEqual(command.returncode, 0, command.stderr)
-        changes = panel.compare_result(command.stdout)
-        self.assertGreater(changes["lesion_voxels_added"], 0)
-        self.assertLess(changes["lesion_dice"], 1.0)
-
-        self.delayDisplay("Measuring a scan without lesion at the NLI slice")
-        empty = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
-        empty.CopyInformation(reference)
-        mrml.set_segment_from_mask(logic, slicer.mrmlScene, segmentationNode, mrml.LESION, empty, volumeNode)
-        cordRPI = sitk.GetArrayFromImage(volume.reorient(labels > 0, volume.sct_to_itk_orientation("RPI")))  # (z I->S, y, x)
-        nliSlice = int(np.nonzero(cordRPI.any(axis=(1, 2)))[0].mean())
-        command = moduleLogic.startMeasurement(segmentationNode, volumeNode, nliSlice)
-        self.waitFor(command, 300)
-        tableNode, chartNode, centres = moduleLogic.finishMeasurement(command, volumeNode)
-        shutil.rmtree(command.folder, ignore_errors=True)
-        self.assertEqual(tableNode.GetNumberOfRows(), 1)
-        self.assertEqual(centres, {})
-        totalColumn = tableNode.GetColumnIndex("interpolated_total_bridge_width [mm]")
-        self.assertGreater(float(tableNode.GetCellText(0, totalColumn)), 0.0)
+        panel_selftest.click_path(slicer.mrmlScene, slicer.modules.segmentations.logic(), moduleLogic.pythonExecutable(),
+                                  self.waitFor, self.delayDisplay)
         self.delayDisplay("Test passed")

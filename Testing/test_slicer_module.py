@@ -146,9 +146,12 @@ CALLABLE_TAKERS = {"connect", "disconnect", "singleShot", "addObserver", "remove
 
 
 def callable_misuses(source: str) -> list[str]:
-    """Calls passing a Python callable (a lambda, or a function/method defined in ``source``) to anything else."""
+    """Calls passing a Python callable (a lambda, or a function/method defined in ``source``) to anything else
+    than PythonQt's callable takers and SCIsegLib's own (pure Python) functions."""
     tree = ast.parse(source)
     defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    library = {alias.asname or alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "SCIsegLib"
+               for alias in n.names}
     problems = []
     for call in ast.walk(tree):
         if not isinstance(call, ast.Call):
@@ -156,6 +159,8 @@ def callable_misuses(source: str) -> list[str]:
         callee = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
         if callee in CALLABLE_TAKERS:
             continue
+        if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id in library:
+            continue  # a Python function of SCIsegLib, not PythonQt
         for argument in [*call.args, *(k.value for k in call.keywords)]:
             is_callable = isinstance(argument, ast.Lambda) or (
                 isinstance(argument, ast.Attribute) and isinstance(argument.value, ast.Name)
@@ -241,7 +246,7 @@ def test_module_and_everything_it_imports_load_no_torch_or_nnunet() -> None:
     modules = {n.module.split(".")[0] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module}
     assert not ({"torch", "nnunetv2"} & (imported | modules))
     named = sorted(sciseglib_modules_named_in(source))
-    assert {"SCIsegLib.panel", "SCIsegLib.runner", "SCIsegLib.mrml", "SCIsegLib.phantom"} <= set(named)
+    assert {"SCIsegLib.panel", "SCIsegLib.runner", "SCIsegLib.mrml", "SCIsegLib.panel_selftest"} <= set(named)
     code = (
         f"import importlib, sys; [importlib.import_module(m) for m in {named!r}];"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'nnunetv2')); print(bad); sys.exit(1 if bad else 0)"
@@ -263,7 +268,7 @@ def test_module_file_has_no_pyflakes_findings() -> None:
 
 # Calls into SCIsegLib: names and arguments that exist (the module cannot be imported here without Qt)
 
-LIBRARY_MODULES = ("dependencies", "models", "mrml", "panel", "panel_case", "panel_install", "panel_jobs", "panel_lesions", "runner", "volume")
+LIBRARY_MODULES = ("dependencies", "models", "mrml", "panel", "panel_case", "panel_install", "panel_jobs", "panel_lesions", "panel_selftest", "runner", "volume")
 
 
 def library_call_problems(source: str, modules: dict[str, object]) -> list[str]:
