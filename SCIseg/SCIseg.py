@@ -342,17 +342,11 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _("{scan} has a {draft} that was never exported (Slicer was closed or stopped). Restore it?").format(
                     scan=opened.case.scan.stem, draft=opened.offer.describe()), windowTitle=WINDOW_TITLE):
                 opened = panel_case.opening(scene, root, volumeNode, rater, draft=opened.offer)
-            segmentation = opened.segmentation
-            if segmentation is None and opened.labels is not None:
-                segmentation = panel_case.segmentation_from_labels(
-                    scene, logic, opened.case, volumeNode, opened.labels, f"{volumeNode.GetName()} {opened.case.base.name}")
-            if segmentation is None and opened.case is None:
-                segmentation = panel_case.paired_segmentation(scene, volumeNode)
+            segmentation = panel_case.selected_segmentation(scene, logic, opened, volumeNode)
             self._case = opened.case
             self._parameterNode.segmentation = segmentation
-            if opened.sentence:
-                self.ui.statusLabel.text = opened.sentence
-            segmentNow = segmentNow and segmentation is None and not opened.offer
+            self.ui.statusLabel.text = opened.sentence or self.ui.statusLabel.text
+            segmentNow = panel_case.segment_after_opening(segmentNow, opened, segmentation)
         if segmentNow:  # after this slot: Segment may ask to install dependencies (a modal dialog, pip)
             qt.QTimer.singleShot(0, self.onSegmentButton)
 
@@ -630,12 +624,14 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showSegmentation(self, job) -> None:
         """Import the masks onto the volume that was segmented (``panel.result_volume``), whatever is selected now."""
+        from SCIsegLib import panel_jobs
+
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not be imported."), waitCursor=True):
             volumeNode = panel.result_volume(slicer.mrmlScene, job)
             if not self._predictions or not os.path.isdir(self._predictions):
                 self._predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
             case = self.caseOf(volumeNode)
-            segmentationNode = self.logic.importResult(job.run, volumeNode, self._predictions, case)
+            segmentationNode = panel_jobs.import_result(slicer.mrmlScene, slicer.modules.segmentations.logic(), job.run, volumeNode, self._predictions, case)
             if case is not None:  # the case now starts from this prediction
                 from SCIsegLib import panel_case
 
@@ -709,6 +705,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return problem is None
 
     def onExportButton(self) -> None:
+        from SCIsegLib import panel_jobs
+
         if not self.ensureDependencies(Action.EXPORT):
             return
         segmentationNode, volumeNode = self._parameterNode.segmentation, self._parameterNode.inputVolume
@@ -723,7 +721,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue("SCIseg/Rater", rater)
         settings.setValue("SCIseg/ExportFolder", folder)
         with slicer.util.tryWithErrorDisplay(_("The corrections could not be exported."), waitCursor=True):
-            command = self.logic.startExport(segmentationNode, volumeNode, folder, rater, chosen, self.caseOf(volumeNode))
+            command = panel_jobs.start_export(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode, volumeNode, folder, rater,
+                                              self.logic.pythonExecutable(), chosen, self.caseOf(volumeNode))
             self.state.start(Action.EXPORT, command, volume_id=volumeNode.GetID(), segmentation_id=segmentationNode.GetID())
             self.ui.statusLabel.text = _("Exporting...")
         self.updateGUIFromState()
@@ -742,6 +741,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Compare, review queue
 
     def onCompareButton(self) -> None:
+        from SCIsegLib import panel_jobs
+
         if not self.ensureDependencies(Action.COMPARE):
             return
         other = self.ui.compareSegmentationSelector.currentNode()
@@ -754,28 +755,21 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if currentChoices is None:
             return
         with slicer.util.tryWithErrorDisplay(_("The segmentations could not be compared."), waitCursor=True):
-            command = self.logic.startCompare(other, current, volumeNode, otherChoices, currentChoices, self.caseOf(volumeNode))
+            command = panel_jobs.start_compare(slicer.mrmlScene, slicer.modules.segmentations.logic(), other, current, volumeNode, self.logic.pythonExecutable(),
+                                               otherChoices, currentChoices, self.caseOf(volumeNode))
             self.state.start(Action.COMPARE, command, volume_id=volumeNode.GetID())
             self.ui.statusLabel.text = _("Comparing...")
         self.updateGUIFromState()
 
     def showComparison(self, job) -> None:
-        result = panel.compare_result(job.run.stdout)
-        self.ui.statusLabel.text = _(
-            "Versus '{other}': cord Dice {cord:.3f} (+{added} / -{removed} voxels), lesion Dice {lesion:.3f}, "
-            "lesion-wise F1 {f1:.2f} ({before} -> {after} lesions)."
-        ).format(other=job.run.otherName, cord=result["cord_dice"], added=result["cord_voxels_added"],
-                 removed=result["cord_voxels_removed"], lesion=result["lesion_dice"], f1=result["lesion_f1"],
-                 before=result["lesions_a"], after=result["lesions_b"])
+        self.ui.statusLabel.text = panel.comparison_sentence(job.run.otherName, panel.compare_result(job.run.stdout))
 
     def onNextCaseButton(self) -> None:
         if not self.ensureDependencies(Action.NEXT_CASE):
             return
         queuePath = self.ui.queuePathLineEdit.currentPath
         qt.QSettings().setValue("SCIseg/Queue", queuePath)
-        arguments = ["queue", "next", "--queue", queuePath]
-        if self.ui.exportFolderPathLineEdit.currentPath:
-            arguments += ["--bids", self.ui.exportFolderPathLineEdit.currentPath]
+        arguments = panel.next_case_arguments(queuePath, self.ui.exportFolderPathLineEdit.currentPath)
         with slicer.util.tryWithErrorDisplay(_("The review queue could not be read."), waitCursor=True):
             self.state.start(Action.NEXT_CASE, runner.ChildCommand(arguments, self.logic.pythonExecutable()))
             self.ui.statusLabel.text = _("Looking for the next case...")
@@ -796,6 +790,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Measure
 
     def onMeasureButton(self) -> None:
+        from SCIsegLib import panel_jobs
+
         if not self.ensureDependencies(Action.MEASURE):
             return
         segmentationNode, volumeNode = self._parameterNode.segmentation, self._parameterNode.inputVolume
@@ -805,16 +801,18 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if chosen is None:
             return
         with slicer.util.tryWithErrorDisplay(_("The lesions could not be measured."), waitCursor=True):
-            command = self.logic.startMeasurement(segmentationNode, volumeNode, self._parameterNode.nliSlice, chosen,
-                                                  self.caseOf(volumeNode))
+            command = panel_jobs.start_measurement(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode, volumeNode, self.logic.pythonExecutable(),
+                                                   self._parameterNode.nliSlice, chosen, self.caseOf(volumeNode))
             self.state.start(Action.MEASURE, command, volume_id=volumeNode.GetID(), segmentation_id=segmentationNode.GetID())
             self.ui.statusLabel.text = _("Measuring lesions...")
         self.updateGUIFromState()
 
     def showMeasurement(self, job) -> None:
+        from SCIsegLib import panel_jobs
+
         with slicer.util.tryWithErrorDisplay(_("The measurements could not be shown."), waitCursor=True):
             volumeNode = panel.result_volume(slicer.mrmlScene, job)
-            tableNode, chartNode, centres = self.logic.finishMeasurement(job.run, volumeNode)
+            tableNode, chartNode, centres = panel_jobs.finish_measurement(slicer.mrmlScene, job.run, volumeNode)
             self._lesionTables[tableNode.GetID()] = centres
             self.showTable(tableNode, slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
             slicer.modules.plots.logic().ShowChartInLayout(chartNode)
@@ -913,40 +911,6 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
             lesion_in_cord=parameters.lesionInsideCord,
         )
         return panel_jobs.start_segmentation(parameters.inputVolume, options, pythonExecutable or self.pythonExecutable())
-
-    def importResult(self, run, volumeNode, predictionsFolder: str, case=None):
-        """A new segmentation node with the run's masks on ``volumeNode`` (raises with the reason when the run failed)."""
-        from SCIsegLib import panel_jobs
-
-        return panel_jobs.import_result(slicer.mrmlScene, slicer.modules.segmentations.logic(), run, volumeNode,
-                                        predictionsFolder, case)
-
-    def startCompare(self, firstNode, secondNode, volumeNode, firstChoices=None, secondChoices=None, case=None):
-        """What changed from ``firstNode`` to ``secondNode``: ``sciseg compare`` in a child (numbers in its stdout)."""
-        from SCIsegLib import panel_jobs
-
-        return panel_jobs.start_compare(slicer.mrmlScene, slicer.modules.segmentations.logic(), firstNode, secondNode,
-                                        volumeNode, self.pythonExecutable(), firstChoices, secondChoices, case)
-
-    def startExport(self, segmentationNode, volumeNode, root: str, rater: str, chosen=None, case=None):
-        """Write the corrected label map and export it as a new version of the case in a child process."""
-        from SCIsegLib import panel_jobs
-
-        return panel_jobs.start_export(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode,
-                                       volumeNode, root, rater, self.pythonExecutable(), chosen, case)
-
-    def startMeasurement(self, segmentationNode, volumeNode, nliSlice: int = -1, chosen=None, case=None):
-        """Write the current segments as masks and run ``sciseg analyze`` on them in a child process."""
-        from SCIsegLib import panel_jobs
-
-        return panel_jobs.start_measurement(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode,
-                                            volumeNode, self.pythonExecutable(), nliSlice, chosen, case)
-
-    def finishMeasurement(self, command, volumeNode):
-        """Table node (one row per lesion), plot of the per-slice damage ratio and cord area, lesion centres (RAS mm)."""
-        from SCIsegLib import panel_jobs
-
-        return panel_jobs.finish_measurement(slicer.mrmlScene, command, volumeNode)
 
     @staticmethod
     def openSegmentEditor(segmentationNode, volumeNode) -> None:

@@ -462,6 +462,18 @@ def export_summary(stdout: str) -> str:
     return f"{text} {result['warning'][0].upper()}{result['warning'][1:]}" if result.get("warning") else text
 
 
+def comparison_sentence(other: str, result: dict[str, float]) -> str:
+    """The status line after Compare: what changed from segmentation ``other`` to the selected one."""
+    return (f"Versus '{other}': cord Dice {result['cord_dice']:.3f} (+{result['cord_voxels_added']} / "
+            f"-{result['cord_voxels_removed']} voxels), lesion Dice {result['lesion_dice']:.3f}, lesion-wise F1 "
+            f"{result['lesion_f1']:.2f} ({result['lesions_a']} -> {result['lesions_b']} lesions).")
+
+
+def next_case_arguments(queue_path: str, bids_root: str) -> list[str]:
+    """``sciseg queue next`` for the panel's queue; with an export folder, scans exported there count as done."""
+    return ["queue", "next", "--queue", queue_path] + (["--bids", bids_root] if bids_root else [])
+
+
 def compare_result(stdout: str) -> dict[str, float]:
     """The JSON line ``sciseg compare`` printed (cord/lesion Dice, voxels added/removed, lesion-wise F1)."""
     lines = [line for line in stdout.splitlines() if line.startswith("{")]

@@ -217,3 +217,21 @@ def live_update(scene, logic, segmentation_node, volume_node, table=None, points
     lesions = live_lesions(labels)
     table, points = mrml.show_live_lesions(scene, volume_node.GetName(), *live_table_rows(lesions), table=table, points=points)
     return table, points, {lesion.number: lesion.centre_ras for lesion in lesions}
+
+
+def selected_segmentation(scene, logic, opened: Opening, volume_node):
+    """The segmentation the panel selects for a just-opened volume: the case's own, else one made from the base or
+    the restored draft (named after the volume and the base), else -- no case -- one made on this volume; None:
+    nothing yet (never the previous volume's)."""
+    if opened.segmentation is not None:
+        return opened.segmentation
+    if opened.case is not None and opened.labels is not None:
+        name = f"{volume_node.GetName()} {'draft' if opened.case.draft is not None else opened.case.base.name}"
+        return segmentation_from_labels(scene, logic, opened.case, volume_node, opened.labels, name)
+    return paired_segmentation(scene, volume_node) if opened.case is None else None
+
+
+def segment_after_opening(next_case: bool, opened: Opening, selected) -> bool:
+    """Next case segments the new scan only when its case gave nothing to show or restore (no segmentation, no
+    version, no prediction, no draft offered)."""
+    return next_case and selected is None and opened.offer is None

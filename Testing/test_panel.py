@@ -332,6 +332,15 @@ class CliChild(PythonChild):
         return []
 
 
+def test_comparison_sentence_and_next_case_arguments() -> None:
+    result = {"cord_dice": 0.9512, "cord_voxels_added": 12, "cord_voxels_removed": 3, "lesion_dice": 0.5, "lesion_f1": 0.667,
+              "lesions_a": 1, "lesions_b": 2}
+    assert panel.comparison_sentence("t2 SCIseg", result) == (
+        "Versus 't2 SCIseg': cord Dice 0.951 (+12 / -3 voxels), lesion Dice 0.500, lesion-wise F1 0.67 (1 -> 2 lesions).")
+    assert panel.next_case_arguments("/q.json", "") == ["queue", "next", "--queue", "/q.json"]
+    assert panel.next_case_arguments("/q.json", "/bids") == ["queue", "next", "--queue", "/q.json", "--bids", "/bids"]
+
+
 def test_next_case_path(tmp_path: Path) -> None:
     scan = tmp_path / "sub-01_T2w.nii.gz"
     scan.write_bytes(b"")

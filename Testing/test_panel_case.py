@@ -104,6 +104,8 @@ def test_next_case_and_another_volume_keep_unsaved_edits_as_a_draft_offered_afte
     second = load_with_slicer(scene, scan_path(root, "02"))
     other = panel_case.opening(scene, root, second, rater="alice")
     assert other.case.scan.stem == "sub-02_T2w" and other.segmentation is None and other.segment  # nothing: segment it
+    assert panel_case.selected_segmentation(scene, logic, other, second) is None  # never case 1's segmentation
+    assert panel_case.segment_after_opening(True, other, None) and not panel_case.segment_after_opening(False, other, None)
     # Case 1's segmentation with case 2's scan: refused even without Slicer's source reference (same grid).
     segmentation.RemoveNodeReferenceIDs(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
     with pytest.raises(ValueError, match="was made on sub-01_T2w.nii.gz, not on sub-02_T2w.nii.gz"):
@@ -122,7 +124,9 @@ def test_next_case_and_another_volume_keep_unsaved_edits_as_a_draft_offered_afte
     restored = panel_case.opening(scene, root, first, rater="alice", draft=reopened.offer)
     np.testing.assert_array_equal(restored.labels, edited)
     assert "your draft by alice" in restored.sentence
-    node = panel_case.segmentation_from_labels(scene, logic, restored.case, first, restored.labels, "sub-01 draft")
+    assert not panel_case.segment_after_opening(True, reopened, None)  # Next case: the draft is offered, not overwritten
+    node = panel_case.selected_segmentation(scene, logic, restored, first)
+    assert node.GetName() == "sub-01_T2w draft" and node.GetAttribute(panel_case.BASE_ATTRIBUTE) == "prediction"
     np.testing.assert_array_equal(panel_case.labels_zyx(scene, logic, restored.case, node, first), edited)
 
 
