@@ -339,7 +339,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("The case could not be opened."), waitCursor=True):
             opened = panel_case.opening(scene, root, volumeNode, rater)
             if opened.offer is not None and slicer.util.confirmYesNoDisplay(
-                _("{scan} has a {draft} that was never exported (Slicer was closed or stopped). Restore it?").format(
+                _("{scan} has a {draft} that was never exported (Slicer was closed or stopped). Restore it? "
+                  "(If not, it stays until your next edits of this case replace it.)").format(
                     scan=opened.case.scan.stem, draft=opened.offer.describe()), windowTitle=WINDOW_TITLE):
                 opened = panel_case.opening(scene, root, volumeNode, rater, draft=opened.offer)
             segmentation = panel_case.selected_segmentation(scene, logic, opened, volumeNode)
@@ -374,18 +375,16 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volumeNode, segmentationNode = self._parameterNode.inputVolume, self._parameterNode.segmentation
         if volumeNode is None or segmentationNode is None:
             return
-        scene, logic = self.caseArguments()
-        if self._case is not None and segmentationNode is panel_case.bound_segmentation(scene, self._case):
-            draft = panel_case.autosave(scene, logic, self._case, segmentationNode, volumeNode, self.ui.raterLineEdit.text)
-            if draft is not None:
-                self.ui.statusLabel.text = _("Unsaved edits kept as a {draft}.").format(draft=draft.describe())
-        table, points, centres = panel_case.live_update(scene, logic, segmentationNode, volumeNode, *self._live)
-        if centres is None:
+        settled = panel_case.edits_settled(slicer.mrmlScene, slicer.modules.segmentations.logic(), self.caseOf(volumeNode),
+                                           segmentationNode, volumeNode, self.ui.raterLineEdit.text, *self._live)
+        if settled.draft is not None:
+            self.ui.statusLabel.text = _("Unsaved edits kept as a {draft}.").format(draft=settled.draft.describe())
+        if settled.centres is None:
             return
         if self._live[0] is None:
-            self.showTable(table)
-        self._live = (table, points)
-        self._lesionTables[table.GetID()] = centres
+            self.showTable(settled.table)
+        self._live = (settled.table, settled.points)
+        self._lesionTables[settled.table.GetID()] = settled.centres
 
     def appendLog(self, lines) -> None:
         for line in lines:

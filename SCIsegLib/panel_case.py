@@ -134,13 +134,6 @@ def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, r
     return f"Your unsaved edits of {case.scan.stem} are kept as a {draft.describe()}: open the case again to continue."
 
 
-def autosave(scene, logic, case: Case, segmentation_node, volume_node, rater: str) -> Draft | None:
-    """After the rater's strokes: the rater's draft holds the unsaved edits (written only when they changed; removed
-    when the map is back to what was opened or exported). Returns the draft written, None when nothing was."""
-    labels = labels_zyx(scene, logic, case, segmentation_node, volume_node)
-    return None if labels is None else case.save_draft(labels, rater)
-
-
 def draft_to_offer(case: Case, rater: str) -> Draft | None:
     """The draft to offer when a case opens (Slicer closed or crashed before export): the rater's newest, else
     the newest of any rater; None when the case has no draft."""
@@ -204,19 +197,41 @@ def after_export(segmentation_node, stdout: str) -> str | None:
     return base
 
 
-def live_update(scene, logic, segmentation_node, volume_node, table=None, points=None):
-    """Recompute the live lesion list after the rater's strokes (:mod:`SCIsegLib.panel_lesions`) into the table
-    and the lesion numbers at the lesions. Returns (table, points, {number: centre RAS mm}); (table, points, None)
-    when the segmentation cannot be read as cord and lesion (no such segment, another volume)."""
+def _show_live(scene, labels: sitk.Image, volume_node, table, points):
     from .panel_lesions import live_lesions, live_table_rows
 
-    try:
-        labels = labels_of(scene, logic, None, segmentation_node, volume_node)
-    except (ValueError, mrml.SegmentChoiceError):
-        return table, points, None
     lesions = live_lesions(labels)
     table, points = mrml.show_live_lesions(scene, volume_node.GetName(), *live_table_rows(lesions), table=table, points=points)
     return table, points, {lesion.number: lesion.centre_ras for lesion in lesions}
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the panel does once the rater paused: the draft written (None: none), the live nodes and lesion centres
+    (``centres`` None: the segmentation cannot be read as cord and lesion; nothing was updated)."""
+
+    draft: Draft | None
+    table: object
+    points: object
+    centres: dict[int, tuple[float, float, float]] | None
+
+
+def edits_settled(scene, logic, case: Case | None, segmentation_node, volume_node, rater: str,
+                  table=None, points=None) -> Settled:
+    """The rater paused after strokes: one label-map export (~50-70 ms for a 4.3-Mvoxel scan) feeds both the draft
+    (only for the case's own segmentation, only when something is unsaved and not drafted yet) and the live list."""
+    try:
+        labels = labels_of(scene, logic, None, segmentation_node, volume_node)
+    except (ValueError, mrml.SegmentChoiceError):
+        return Settled(None, table, points, None)
+    draft = None
+    if case is not None and segmentation_node is bound_segmentation(scene, case):
+        try:
+            array = sitk.GetArrayFromImage(case.check(labels, segmentation_node.GetAttribute(DRAWN_ON_ATTRIBUTE) or None))
+            draft = case.save_draft(array, rater) if case.unsaved(array) else None
+        except CaseRefused:
+            draft = None
+    return Settled(draft, *_show_live(scene, labels, volume_node, table, points))
 
 
 def selected_segmentation(scene, logic, opened: Opening, volume_node):

@@ -33,20 +33,30 @@ class LiveLesion:
 
 
 def live_lesions(labels: sitk.Image) -> list[LiveLesion]:
-    """The lesions (label 2) of a SCIseg label map (0, 1 cord only, 2 lesion), numbered as ``sciseg analyze`` does."""
-    rpi = reorient(sitk.Cast(labels == 2, sitk.sitkUInt8), RPI)
+    """The lesions (label 2) of a SCIseg label map (0, 1 cord only, 2 lesion), numbered as ``sciseg analyze`` does.
+
+    Only the box around the lesion voxels is reoriented and labelled (a box keeps the order in which a C-order
+    scan meets the components, so the numbers are those of the whole image): ~10 ms instead of ~1 s for a
+    4.3-Mvoxel scan.
+    """
+    lesion_zyx = sitk.GetArrayViewFromImage(labels) == 2
+    found = np.nonzero(lesion_zyx)
+    if not found[0].size:
+        return []
+    low = [int(axis.min()) for axis in found]  # z, y, x
+    size = [int(axis.max()) + 1 - start for axis, start in zip(found, low, strict=True)]
+    box = sitk.RegionOfInterest(sitk.Cast(labels == 2, sitk.sitkUInt8), size[::-1], low[::-1])  # (x, y, z) for ITK
+    rpi = reorient(box, RPI)
     lesion_xyz = sitk.GetArrayFromImage(rpi).transpose(2, 1, 0).astype(bool)
     numbered, count = ndimage.label(lesion_xyz, structure=CONNECTIVITY_18)
-    if count == 0:
-        return []
     numbers = np.arange(1, count + 1)
-    voxels = ndimage.sum_labels(np.ones_like(numbered), numbered, numbers).astype(int)
+    voxels = np.bincount(numbered.ravel(), minlength=count + 1)[1:]
     centres = ndimage.center_of_mass(lesion_xyz, numbered, numbers)
     voxel_mm3 = float(np.prod(rpi.GetSpacing()))
     lesions = []
     for number, count_voxels, (x, y, z) in zip(numbers, voxels, centres, strict=True):
         lx, ly, lz = rpi.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))  # LPS mm
-        lesions.append(LiveLesion(int(number), count_voxels * voxel_mm3, int(count_voxels), (-lx, -ly, lz)))
+        lesions.append(LiveLesion(int(number), float(count_voxels) * voxel_mm3, int(count_voxels), (-lx, -ly, lz)))
     return lesions
 
 

@@ -192,8 +192,12 @@ def test_the_live_lesion_table_follows_the_strokes_numbered_as_sciseg_analyze(sc
     for lesion in lesions:
         np.testing.assert_allclose(lesion.centre_ras, centres[lesion.number], atol=1e-6)
 
-    table, points, centres_by_number = panel_case.live_update(scene, logic, segmentation, volume)
-    assert centres_by_number == {lesion.number: lesion.centre_ras for lesion in lesions}
+    settled = panel_case.edits_settled(scene, logic, opened.case, segmentation, volume, "alice")  # what the panel runs
+    table, points = settled.table, settled.points
+    assert settled.centres == {lesion.number: lesion.centre_ras for lesion in lesions}
+    assert settled.draft is not None and settled.draft.rater == "alice"  # the same pause drafted the stroke
+    again = panel_case.edits_settled(scene, logic, opened.case, segmentation, volume, "alice", table, points)
+    assert again.draft is None and (again.table, again.points) == (table, points)  # drafted already: nothing written
     assert table.GetNumberOfRows() == 2 and points.GetNumberOfControlPoints() == 2
     for row, lesion in enumerate(lesions):  # the number shown where the lesion is; a click on row k goes to lesion k
         assert points.GetNthControlPointLabel(row) == str(lesion.number)
@@ -220,3 +224,55 @@ def test_without_a_case_the_previous_volumes_segmentation_is_never_selected_for_
     assert panel_case.paired_segmentation(scene, second) is None
     export = {"version": 4, "folder": "x", "parent": "v003", "warning": None}
     assert panel_case.after_export(made, json.dumps(export)) == "v004" and made.GetAttribute(panel_case.BASE_ATTRIBUTE) == "v004"
+
+
+KILLED_SESSION = """
+import sys, time
+sys.path.insert(0, {testing!r})
+import numpy as np, slicer
+from pathlib import Path
+from SCIsegLib import panel_case
+from slicer_scene import load_with_slicer
+from test_panel_case import paint_lesion, scan_path
+scene = slicer.vtkMRMLScene()
+logic = slicer.vtkSlicerSegmentationsModuleLogic()
+logic.SetMRMLScene(scene)
+root = Path({root!r})
+volume = load_with_slicer(scene, scan_path(root, "01"))
+opened = panel_case.opening(scene, root, volume, rater="alice")
+node = panel_case.segmentation_from_labels(scene, logic, opened.case, volume, opened.labels, "sub-01 SCIseg")
+first = paint_lesion(scene, logic, opened.case, node, volume, np.s_[30:33, 25:28, 28:31])
+assert panel_case.edits_settled(scene, logic, opened.case, node, volume, "alice").draft is not None  # the rater paused
+np.save({first_path!r}, first)
+paint_lesion(scene, logic, opened.case, node, volume, np.s_[40:42, 25:27, 28:30])  # a last stroke, no pause
+print("painted", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_kill_9_mid_edit_loses_at_most_the_strokes_since_the_last_pause(scene, tmp_path: Path) -> None:
+    """Slicer killed (SIGKILL) while alice edits: reopened, the case offers her draft, which holds every stroke
+    up to her last pause (the panel drafts ~1 s after each pause); only the strokes after it are lost."""
+    import signal
+    import subprocess
+
+    from conftest import REPOSITORY
+
+    scene, logic = scene
+    root = dataset(tmp_path)
+    first_path = tmp_path / "first.npy"
+    code = KILLED_SESSION.format(testing=str(REPOSITORY / "Testing"), root=str(root), first_path=str(first_path))
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPOSITORY, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "painted"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    volume = load_with_slicer(scene, scan_path(root, "01"))
+    reopened = panel_case.opening(scene, root, volume, rater="alice")
+    assert reopened.offer is not None and reopened.offer.rater == "alice"
+    restored = panel_case.opening(scene, root, volume, rater="alice", draft=reopened.offer)
+    np.testing.assert_array_equal(restored.labels, np.load(first_path))
+    # No partial file was left beside the draft (each is written to a temporary name, then renamed).
+    assert [p.name for p in (root / "derivatives" / "labels" / ".drafts").rglob("*") if p.is_file()] == [reopened.offer.path.name]
