@@ -112,6 +112,10 @@ def start_export(scene, logic, segmentation_node, volume_node, root: str, rater:
         arguments += ["--subject", panel_case.subject_label(volume_node.GetName())]
     masks = panel_case.prediction_masks(segmentation_node)
     base = segmentation_node.GetAttribute(panel_case.BASE_ATTRIBUTE) or ("prediction" if masks else None)
+    if base == "prediction" and masks is None and segmentation_node.GetAttribute(panel_case.PREDICTION_FOLDER_ATTRIBUTE):
+        # A Slicer prediction whose session folder is gone (a saved scene reopened after a restart): the case cannot
+        # open that base, so the export is built on "empty" -- it still goes through, and warns when versions exist.
+        base = "empty"
     if base:
         arguments += ["--base", base]
     if masks:

@@ -483,6 +483,15 @@ def test_a_segmentation_exported_with_its_own_volume_is_its_own_lesion(scene, tm
     assert panel.export_summary(command.stdout).startswith("Exported version v001 (from empty)")
     panel.remove_job_files(finished.job)
     assert not Path(command.folder).exists()
+    # A Slicer prediction whose session folder is gone (saved scene, Slicer restarted): the rater can still export.
+    segmentation.SetAttribute(panel_case.BASE_ATTRIBUTE, "prediction")
+    segmentation.SetAttribute(panel_case.PREDICTION_FOLDER_ATTRIBUTE, str(tmp_path / "removed"))
+    again = panel_jobs.start_export(scene, logic, segmentation, case_1, str(root), "rater A", sys.executable)
+    state.start(Action.EXPORT, again)
+    [finished] = poll_until_done(state, timeout_s=120)
+    panel.remove_job_files(finished.job)
+    assert finished.outcome == Outcome.SUCCEEDED, finished.message
+    assert panel.export_result(again.stdout)["version"] == 2 and "v001 existed" in panel.export_result(again.stdout)["warning"]
     [dseg] = root.glob("derivatives/labels/sub-01/anat/sub-01_T2w*dseg.nii.gz")
     written = sitk.ReadImage(str(dseg))
     expected = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, segmentation, case_1))
