@@ -311,7 +311,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         scene, logic = self.caseArguments()
         volumeNode = scene.GetNodeByID(self.state.case_volume_id) if self.state.case_volume_id else None
-        segmentationNode = panel_case.bound_segmentation(scene, self._case)
+        selected = self._parameterNode.segmentation if self._parameterNode else None
+        segmentationNode = panel_case.case_segmentation(scene, self._case, selected)
         sentence = panel_case.keep_work(scene, logic, self._case, segmentationNode, volumeNode, self.ui.raterLineEdit.text)
         if sentence:
             self.ui.statusLabel.text = sentence

@@ -79,11 +79,22 @@ def case_of(root: str | Path, volume_node, segmentation_node) -> Case | None:
         return open_case(root, volume_node)
 
 
+def is_bound(segmentation_node, case: Case) -> bool:
+    """True when the segmentation was made for ``case`` (it carries the case's scan key)."""
+    return segmentation_node is not None and segmentation_node.GetAttribute(DRAWN_ON_ATTRIBUTE) == case.scan.key
+
+
+def case_segmentation(scene, case: Case, selected):
+    """The segmentation whose edits are the case's: the selected one when it belongs to the case (the rater may
+    have several), else the newest one made for it."""
+    return selected if is_bound(selected, case) else bound_segmentation(scene, case)
+
+
 def bound_segmentation(scene, case: Case):
     """The segmentation node of the scene made for ``case`` (the newest one), None when there is none."""
     nodes = [scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
              for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
-    mine = [node for node in nodes if node.GetAttribute(DRAWN_ON_ATTRIBUTE) == case.scan.key]
+    mine = [node for node in nodes if is_bound(node, case)]
     return mine[-1] if mine else None
 
 
@@ -225,7 +236,7 @@ def edits_settled(scene, logic, case: Case | None, segmentation_node, volume_nod
     except (ValueError, mrml.SegmentChoiceError):
         return Settled(None, table, points, None)
     draft = None
-    if case is not None and segmentation_node is bound_segmentation(scene, case):
+    if case is not None and is_bound(segmentation_node, case):
         try:
             array = sitk.GetArrayFromImage(case.check(labels, segmentation_node.GetAttribute(DRAWN_ON_ATTRIBUTE) or None))
             draft = case.save_draft(array, rater) if case.unsaved(array) else None

@@ -94,6 +94,12 @@ def test_next_case_and_another_volume_keep_unsaved_edits_as_a_draft_offered_afte
     edited = paint_lesion(scene, logic, opened.case, segmentation, first, np.s_[30:33, 25:28, 28:31])
     assert np.count_nonzero(edited != model_labels()) > 0
 
+    # A second segmentation of the case (segmented again): the one the rater selected is the one whose edits count.
+    newer = panel_case.segmentation_from_labels(scene, logic, opened.case, first, opened.labels, "sub-01 again")
+    assert panel_case.case_segmentation(scene, opened.case, segmentation) is segmentation
+    assert panel_case.case_segmentation(scene, opened.case, None) is newer
+    scene.RemoveNode(newer)
+
     # Next case (or another volume): the edits go to alice's draft, atomically, in the dataset's hidden drafts folder.
     sentence = panel_case.keep_work(scene, logic, opened.case, segmentation, first, "alice")
     assert sentence.startswith("Your unsaved edits of sub-01_T2w are kept as a draft by alice")
