@@ -382,7 +382,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Unsaved edits kept as a {draft}.").format(draft=settled.draft.describe())
         if settled.centres is None:
             return
-        if self._live[0] is None:
+        if settled.centres and settled.table.GetID() not in self._lesionTables:  # shown once, when it has a lesion
             self.showTable(settled.table)
         self._live = (settled.table, settled.points)
         self._lesionTables[settled.table.GetID()] = settled.centres
@@ -512,6 +512,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegmentButton(self) -> None:
         if not self.ensureDependencies(Action.SEGMENT):
             return
+        self.keepWork()  # the new result becomes the case's segmentation: the corrected one's edits are drafted first
         volumeNode = self._parameterNode.inputVolume
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not be started."), waitCursor=True):
             run = self.logic.startSegmentation(self._parameterNode)
