@@ -541,25 +541,10 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._inTimer = False
 
     def _pollJobs(self) -> None:
-        if self.state.probe_wanted and self.state.probe is None:
-            self.state.probe_wanted = False
-            try:
-                self.state.probe = runner.DeviceProbe(self.logic.pythonExecutable())
-            except runner.RunnerError as error:  # PythonSlicer could not start: say so once, keep polling the jobs
-                self.state.devices = {}
-                self.showDevices()
-                self.appendLog([str(error)])
-        probe = self.state.probe
-        if probe is not None:
-            probe.poll()
-            if probe.finished:
-                self.state.devices = probe.devices() or {}
-                if not self.state.devices:  # why no device: torch missing, a broken CUDA build, or the time limit
-                    self.appendLog(panel.new_log_lines(probe))
-                    if getattr(probe, "timed_out", False):
-                        self.appendLog([_("GPU detection did not finish within its time limit.")])
-                self.state.probe = None
-                self.showDevices()
+        changed, lines = self.state.poll_probe(functools.partial(runner.DeviceProbe, self.logic.pythonExecutable()))
+        self.appendLog(lines)
+        if changed:
+            self.showDevices()
         if self._edits is not None and self._parameterNode is not None and self._edits.due(time.monotonic()):
             try:
                 self.onEditsSettled()

@@ -356,6 +356,28 @@ class PanelState:
                 ended.append(decide(job))
         return events, ended
 
+    def poll_probe(self, start: Any) -> tuple[bool, list[str]]:
+        """The GPU probe (``sciseg devices`` in a child): started once wanted (``start()`` returns a
+        ``runner.DeviceProbe``), polled without blocking. Returns (the device list changed, lines for the log): a
+        probe that cannot start or finds nothing says why (torch missing, a broken CUDA build, its time limit)."""
+        if self.probe_wanted and self.probe is None:
+            self.probe_wanted = False
+            try:
+                self.probe = start()
+            except Exception as error:  # noqa: BLE001 - PythonSlicer could not start (runner.RunnerError): say so once
+                self.devices = {}
+                return True, [str(error)]
+        if self.probe is None:
+            return False, []
+        self.probe.poll()
+        if not self.probe.finished:
+            return False, []
+        probe, self.probe = self.probe, None
+        self.devices = probe.devices() or {}
+        lines = [] if self.devices else new_log_lines(probe) + (
+            ["GPU detection did not finish within its time limit."] if getattr(probe, "timed_out", False) else [])
+        return True, lines
+
     def dependencies_installed(self) -> None:
         """torch may have arrived: probe the devices again."""
         self.devices = None

@@ -180,6 +180,41 @@ def test_device_list_keeps_the_saved_device_and_is_probed_again_after_installing
     assert state.probe_wanted and state.devices is None
 
 
+def test_the_gpu_probe_runs_once_wanted_and_says_why_it_found_nothing() -> None:
+    class Probe(PythonChild):
+        def __init__(self, found: dict, timed_out: bool = False) -> None:
+            super().__init__("import sys; sys.stderr.write('torch is not installed\\n')")
+            self.found, self.timed_out = found, timed_out
+
+        def devices(self) -> dict:
+            return self.found
+
+        def new_log_lines(self) -> list[str]:
+            return self.stderr.splitlines()
+
+    state = PanelState()
+    started = []
+    assert state.poll_probe(lambda: started.append(1) or Probe({"cpu": "x86_64", "cuda": "NVIDIA H100"})) == (False, [])
+    while state.probe is not None:
+        changed, lines = state.poll_probe(lambda: started.append(1))
+        time.sleep(0.02)
+    assert changed and lines == [] and state.devices["cuda"] == "NVIDIA H100" and started == [1]  # started once
+    assert state.poll_probe(lambda: started.append(1)) == (False, [])
+    state.dependencies_installed()
+    state.poll_probe(lambda: Probe({}, timed_out=True))
+    while state.probe is not None:
+        changed, lines = state.poll_probe(None)
+        time.sleep(0.02)
+    assert state.devices == {} and lines == ["torch is not installed", "GPU detection did not finish within its time limit."]
+
+    def no_python():
+        raise runner.RunnerError("cannot start PythonSlicer (No such file); check the Python executable.")
+
+    state.dependencies_installed()
+    assert state.poll_probe(no_python) == (True, ["cannot start PythonSlicer (No such file); check the Python executable."])
+    assert state.devices == {} and state.probe is None
+
+
 def test_every_child_action_is_guarded_by_the_modules_its_child_imports() -> None:
     """Import what each child's handler imports, in a fresh Python, and compare with the declared list."""
     handlers = {
