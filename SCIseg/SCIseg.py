@@ -9,9 +9,7 @@ Every Slicer, CTK and PythonQt call made here is listed with the source file it 
 (``Testing/test_slicer_module.py`` checks this file for it).
 """
 
-import importlib
-import importlib.metadata
-import importlib.util
+import functools
 import logging
 import os
 import shutil
@@ -46,7 +44,8 @@ for _candidate in (_MODULE_DIR, os.path.dirname(_MODULE_DIR)):
 else:
     raise ImportError("SCIseg: the SCIsegLib package was not found next to the module")
 
-from SCIsegLib import dependencies, models, mrml, panel, runner, volume  # noqa: E402
+# Only light modules at Slicer's start-up: mrml and panel_jobs (SimpleITK, numpy) are imported when a job needs them.
+from SCIsegLib import dependencies, models, panel, runner  # noqa: E402
 from SCIsegLib.panel import Action, Outcome, PanelInputs, PanelState  # noqa: E402
 
 CITATION = (
@@ -83,9 +82,9 @@ class SCIseg(ScriptedLoadableModule):
 def loadSCIsegTerminology():
     """Make the SCIseg terminology (spinal cord, lesion) known to Slicer's terminology picker."""
     logic = slicer.modules.terminologies.logic()
-    if not logic.LoadContextFromFile(str(mrml.TERMINOLOGY_FILE)):
+    if not logic.LoadContextFromFile(str(panel.TERMINOLOGY_FILE)):
         slicer.util.warningDisplay(
-            _("SCIseg could not load its terminology file {path}").format(path=mrml.TERMINOLOGY_FILE), windowTitle=WINDOW_TITLE
+            _("SCIseg could not load its terminology file {path}").format(path=panel.TERMINOLOGY_FILE), windowTitle=WINDOW_TITLE
         )
 
 
@@ -131,10 +130,15 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.state = PanelState()
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._probe = None
+        self._predictions = None  # this session's folder of the model's masks (removed at cleanup)
         self._menuActions = []
-        self._lesionTableID = None
-        self._lesionCentres = {}
+        self._case = None  # SCIsegLib.cases.Case of state.case_volume_id (SCIsegLib.panel_case)
+        self._segmentWhenOpened = False  # Next case: segment the new scan when its case has nothing yet
+        self._volumePending = False
+        self._observed = None  # the segmentation whose strokes drive drafts and the live lesion list
+        self._edits = None  # panel_lesions.EditDebounce, made with the first observed segmentation
+        self._live = (None, None)  # live lesion table and lesion-number point list
+        self._lesionTables = {}  # table node id -> {lesion number: centre RAS mm}, for the row click
         self._tableView = None
         self._inTimer = False
         self._timer = qt.QTimer()
@@ -193,14 +197,26 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.state.cancel_all()
-        for job in list(self.state.jobs.values()):  # a last poll: a cancelled child that is gone already is reaped
-            job.run.poll()
+        """Reload or Slicer exit: unsaved edits go to a draft, every child stops, temporary files go."""
         self._timer.stop()
+        try:
+            self.keepWork()
+        except Exception:  # exit goes on; the autosaved draft (a pause after each stroke) is there
+            logging.exception("SCIseg: the unsaved edits could not be drafted")
+        left = self.state.shutdown()
+        if left:
+            logging.warning("SCIseg: %s did not stop", ", ".join(job.action.value for job in left))
+        if self._predictions:
+            shutil.rmtree(self._predictions, ignore_errors=True)
         self.removeObservers()
         if self._tableView is not None:  # a reloaded module must not leave this widget's slot on Slicer's table view
             self._tableView.disconnect("selectionChanged()", self.onLesionRowSelected)
             self._tableView = None
+
+    def onReload(self) -> None:
+        """Reload SCIsegLib too (Slicer re-executes only this file), as SlicerNNUnet's ``onReload`` does."""
+        panel.forget_library_modules()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -212,10 +228,15 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromState)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.state.cancel_all()  # the timer finishes them; their results find no volume and are not imported
+        try:
+            self.keepWork()  # the nodes are still there
+        except Exception:
+            logging.exception("SCIseg: the unsaved edits could not be drafted")
+        self.state.scene_closing()  # the timer finishes them; an export and a model install go on and are reported
         self.setParameterNode(None)
-        # The lesion table leaves with the scene, and its node id may name another table in the next one.
-        self._lesionTableID, self._lesionCentres = None, {}
+        self.observeSegmentation(None)
+        # The lesion tables leave with the scene, and their node ids may name other tables in the next one.
+        self._case, self.state.case_volume_id, self._live, self._lesionTables = None, None, (None, None), {}
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -271,6 +292,100 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.deviceComboBox.findData(self._parameterNode.device)
             if index >= 0 and index != self.ui.deviceComboBox.currentIndex:
                 self.ui.deviceComboBox.setCurrentIndex(index)
+            self.observeSegmentation(self._parameterNode.segmentation)
+            volumeNode = self._parameterNode.inputVolume
+            if self.state.volume_changed(volumeNode.GetID() if volumeNode else None) and not self._volumePending:
+                self._volumePending = True  # opened after this observer returns (it may ask about a draft)
+                qt.QTimer.singleShot(0, self.onVolumeSelected)
+
+    # The case of the selected volume (SCIsegLib.panel_case)
+
+    def caseArguments(self):
+        return slicer.mrmlScene, slicer.modules.segmentations.logic()
+
+    def keepWork(self) -> None:
+        """The open case's unsaved edits go to the rater's draft (Next case, another volume, scene close, exit)."""
+        if self._case is None:
+            return
+        from SCIsegLib import panel_case
+
+        scene, logic = self.caseArguments()
+        volumeNode = scene.GetNodeByID(self.state.case_volume_id) if self.state.case_volume_id else None
+        selected = self._parameterNode.segmentation if self._parameterNode else None
+        segmentationNode = panel_case.case_segmentation(scene, self._case, selected)
+        sentence = panel_case.keep_work(scene, logic, self._case, segmentationNode, volumeNode, self.ui.raterLineEdit.text)
+        if sentence:
+            self.ui.statusLabel.text = sentence
+            self.appendLog([sentence])
+
+    def onVolumeSelected(self) -> None:
+        """Another volume: draft the previous case's edits, open this one's (its segmentation, a draft to restore,
+        its latest version), never keep the previous volume's segmentation selected."""
+        self._volumePending = False
+        if self._parameterNode is None:
+            return
+        volumeNode = self._parameterNode.inputVolume
+        if not self.state.volume_changed(volumeNode.GetID() if volumeNode else None):
+            return
+        self.keepWork()
+        from SCIsegLib import panel_case
+
+        scene, logic = self.caseArguments()
+        self._case, self.state.case_volume_id = None, volumeNode.GetID() if volumeNode else None
+        segmentNow, self._segmentWhenOpened = self._segmentWhenOpened, False
+        if volumeNode is None:
+            self._parameterNode.segmentation = None
+            return
+        root, rater = self.ui.exportFolderPathLineEdit.currentPath, self.ui.raterLineEdit.text
+        with slicer.util.tryWithErrorDisplay(_("The case could not be opened."), waitCursor=True):
+            opened = panel_case.opening(scene, root, volumeNode, rater)
+            if opened.offer is not None and slicer.util.confirmYesNoDisplay(
+                _("{scan} has a {draft} that was never exported (Slicer was closed or stopped). Restore it? "
+                  "(If not, it stays until your next edits of this case replace it.)").format(
+                    scan=opened.case.scan.stem, draft=opened.offer.describe()), windowTitle=WINDOW_TITLE):
+                opened = panel_case.opening(scene, root, volumeNode, rater, draft=opened.offer)
+            segmentation = panel_case.selected_segmentation(scene, logic, opened, volumeNode)
+            self._case = opened.case
+            self._parameterNode.segmentation = segmentation
+            self.ui.statusLabel.text = opened.sentence or self.ui.statusLabel.text
+            segmentNow = panel_case.segment_after_opening(segmentNow, opened, segmentation)
+        if segmentNow:  # after this slot: Segment may ask to install dependencies (a modal dialog, pip)
+            qt.QTimer.singleShot(0, self.onSegmentButton)
+
+    def observeSegmentation(self, segmentationNode) -> None:
+        """Follow the strokes on the selected segmentation (drafts and the live lesion list, once the rater pauses)."""
+        if segmentationNode is self._observed:
+            return
+        if self._observed is not None:
+            self.removeObserver(self._observed, slicer.vtkSegmentation.SourceRepresentationModified, self.onSegmentationEdited)
+        self._observed = segmentationNode
+        if segmentationNode is not None:
+            from SCIsegLib.panel_lesions import EditDebounce
+
+            self._edits = self._edits or EditDebounce()
+            self.addObserver(segmentationNode, slicer.vtkSegmentation.SourceRepresentationModified, self.onSegmentationEdited)
+            self._edits.touch(time.monotonic())  # a first list for a newly selected segmentation
+
+    def onSegmentationEdited(self, caller, event) -> None:
+        self._edits.touch(time.monotonic())
+
+    def onEditsSettled(self) -> None:
+        """The rater paused: draft the case's unsaved edits and update the live lesion list."""
+        from SCIsegLib import panel_case
+
+        volumeNode, segmentationNode = self._parameterNode.inputVolume, self._parameterNode.segmentation
+        if volumeNode is None or segmentationNode is None:
+            return
+        settled = panel_case.edits_settled(slicer.mrmlScene, slicer.modules.segmentations.logic(), self.caseOf(volumeNode),
+                                           segmentationNode, volumeNode, self.ui.raterLineEdit.text, *self._live)
+        if settled.draft is not None:
+            self.ui.statusLabel.text = _("Unsaved edits kept as a {draft}.").format(draft=settled.draft.describe())
+        if settled.centres is None:
+            return
+        if settled.centres and settled.table.GetID() not in self._lesionTables:  # shown once, when it has a lesion
+            self.showTable(settled.table)
+        self._live = (settled.table, settled.points)
+        self._lesionTables[settled.table.GetID()] = settled.centres
 
     def appendLog(self, lines) -> None:
         for line in lines:
@@ -367,15 +482,21 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def ensureDependencies(self, action: Action) -> bool:
         """The one dependency check before every action that starts a child (``panel.modules_needed``).
 
-        False while a job of that action runs: ``PanelState.start`` would refuse it after its child had started.
+        False while a job of that action runs or an install is under way (``PanelState.may_start``). While pip
+        runs (Slicer processes events between its lines) every action button is disabled.
         """
-        if self.state.busy(action):
+        if not self.state.may_start(action):
             return False
+        self.state.installing_dependencies = True
+        self.updateGUIFromState()
         try:
             ready = self.logic.ensureDependencies(action)
         except Exception:  # a failed pip run: tryWithErrorDisplay showed it and re-raised; say what is missing below
             logging.exception("SCIseg: installing the dependencies failed")
             ready = False
+        finally:
+            self.state.installing_dependencies = False
+            self.updateGUIFromState()
         self.appendLog(self.logic.installed)
         if self.logic.installed:
             self.ui.statusLabel.text = "; ".join(self.logic.installed)  # which torch build arrived, and nnU-Net
@@ -391,6 +512,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegmentButton(self) -> None:
         if not self.ensureDependencies(Action.SEGMENT):
             return
+        self.keepWork()  # the new result becomes the case's segmentation: the corrected one's edits are drafted first
         volumeNode = self._parameterNode.inputVolume
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not be started."), waitCursor=True):
             run = self.logic.startSegmentation(self._parameterNode)
@@ -419,24 +541,15 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._inTimer = False
 
     def _pollJobs(self) -> None:
-        if self.state.probe_wanted and self._probe is None:
-            self.state.probe_wanted = False
+        changed, lines = self.state.poll_probe(functools.partial(runner.DeviceProbe, self.logic.pythonExecutable()))
+        self.appendLog(lines)
+        if changed:
+            self.showDevices()
+        if self._edits is not None and self._parameterNode is not None and self._edits.due(time.monotonic()):
             try:
-                self._probe = runner.DeviceProbe(self.logic.pythonExecutable())
-            except runner.RunnerError as error:  # PythonSlicer could not start: say so once, keep polling the jobs
-                self.state.devices = {}
-                self.showDevices()
-                self.appendLog([str(error)])
-        if self._probe is not None:
-            self._probe.poll()
-            if self._probe.finished:
-                self.state.devices = self._probe.devices() or {}
-                if not self.state.devices:  # why no device: torch missing, a broken CUDA build, or the time limit
-                    self.appendLog(panel.new_log_lines(self._probe))
-                    if getattr(self._probe, "timed_out", False):
-                        self.appendLog([_("GPU detection did not finish within its time limit.")])
-                self._probe = None
-                self.showDevices()
+                self.onEditsSettled()
+            except Exception:  # the jobs are still polled
+                logging.exception("SCIseg: the draft or the live lesion list could not be updated")
         for job in self.state.jobs.values():
             self.appendLog(panel.new_log_lines(job.run))
         events, ended = self.state.poll()
@@ -458,7 +571,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if finished.outcome == Outcome.CANCELLED:
                 self.ui.progressBar.value = 0
-                self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
+                self.ui.statusLabel.text = finished.message
             elif finished.outcome == Outcome.FAILED:
                 self.ui.statusLabel.text = _("Failed: {reason}").format(reason=finished.message)
                 self.appendLog(getattr(job.run, "stderr", "").splitlines())
@@ -479,11 +592,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     elif job.action == Action.COMPARE:
                         self.showComparison(job)
         finally:
-            folder = getattr(job.run, "folder", None)
-            if folder:
-                shutil.rmtree(folder, ignore_errors=True)
-            if job.action == Action.SEGMENT:
-                job.run.cleanup()
+            panel.remove_job_files(job)
 
     def showInstalledModel(self, job) -> None:
         self.refreshModels()
@@ -501,13 +610,26 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showSegmentation(self, job) -> None:
         """Import the masks onto the volume that was segmented (``panel.result_volume``), whatever is selected now."""
+        from SCIsegLib import panel_jobs
+
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not be imported."), waitCursor=True):
             volumeNode = panel.result_volume(slicer.mrmlScene, job)
-            segmentationNode = self.logic.importResult(job.run, volumeNode)
+            if not self._predictions or not os.path.isdir(self._predictions):
+                self._predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
+            case = self.caseOf(volumeNode)
+            segmentationNode = panel_jobs.import_result(slicer.mrmlScene, slicer.modules.segmentations.logic(), job.run, volumeNode, self._predictions, case)
+            if case is not None:  # the case now starts from this prediction
+                from SCIsegLib import panel_case
+
+                self._case = panel_case.case_of(self.ui.exportFolderPathLineEdit.currentPath, volumeNode, segmentationNode)
             self._parameterNode.inputVolume = volumeNode
             self._parameterNode.segmentation = segmentationNode
             self.ui.progressBar.value = 1000
             self.ui.statusLabel.text = _("Done: '{name}'. Correct it with Edit.").format(name=segmentationNode.GetName())
+
+    def caseOf(self, volumeNode):
+        """The open case when it is ``volumeNode``'s, else None."""
+        return self._case if volumeNode is not None and self.state.case_volume_id == volumeNode.GetID() else None
 
     def onEditButton(self) -> None:
         self.logic.openSegmentEditor(self._parameterNode.segmentation, self._parameterNode.inputVolume)
@@ -519,6 +641,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         None when the rater cancels.
         """
+        from SCIsegLib import mrml
+
         chosen = {}
         while True:
             try:
@@ -549,16 +673,31 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         buttonBox.connect("accepted()", dialog, "accept()")
         buttonBox.connect("rejected()", dialog, "reject()")
         layout.addWidget(buttonBox)
-        if dialog.exec_() != qt.QDialog.Accepted:
-            return None
-        return comboBox.currentIndex
+        try:
+            return comboBox.currentIndex if dialog.exec_() == qt.QDialog.Accepted else None
+        finally:
+            dialog.deleteLater()  # parented to the main window: without this, one dialog per question stays alive
 
     # Export
 
+    def pairedOrSaid(self, segmentationNode, volumeNode) -> bool:
+        """True when the segmentation was made on the volume; else the reason, in one sentence, in the status line."""
+        from SCIsegLib import mrml
+
+        problem = mrml.pairing_problem(segmentationNode, volumeNode)
+        if problem:
+            self.ui.statusLabel.text = problem
+            slicer.util.errorDisplay(problem, windowTitle=WINDOW_TITLE)
+        return problem is None
+
     def onExportButton(self) -> None:
+        from SCIsegLib import panel_jobs
+
         if not self.ensureDependencies(Action.EXPORT):
             return
         segmentationNode, volumeNode = self._parameterNode.segmentation, self._parameterNode.inputVolume
+        if not self.pairedOrSaid(segmentationNode, volumeNode):
+            return
         chosen = self.askSegmentChoices(segmentationNode)
         if chosen is None:
             return
@@ -568,51 +707,55 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue("SCIseg/Rater", rater)
         settings.setValue("SCIseg/ExportFolder", folder)
         with slicer.util.tryWithErrorDisplay(_("The corrections could not be exported."), waitCursor=True):
-            command = self.logic.startExport(segmentationNode, volumeNode, folder, rater, chosen=chosen)
+            command = panel_jobs.start_export(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode, volumeNode, folder, rater,
+                                              self.logic.pythonExecutable(), chosen, self.caseOf(volumeNode))
             self.state.start(Action.EXPORT, command, volume_id=volumeNode.GetID(), segmentation_id=segmentationNode.GetID())
             self.ui.statusLabel.text = _("Exporting...")
         self.updateGUIFromState()
 
     def showExport(self, job) -> None:
-        summary = job.run.stdout.strip().splitlines()[0] if job.run.stdout.strip() else ""
-        self.ui.statusLabel.text = _("Exported {what}").format(what=summary)
+        """The version written; the segmentation's base becomes it, so the case has nothing unsaved."""
+        from SCIsegLib import panel_case
+
+        self.ui.statusLabel.text = panel.export_summary(job.run.stdout)
+        segmentationNode = slicer.mrmlScene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
+        volumeNode = slicer.mrmlScene.GetNodeByID(job.volume_id) if job.volume_id else None
+        if panel_case.after_export(segmentationNode, job.run.stdout) and self.caseOf(volumeNode) is not None:
+            self._case = panel_case.case_of(self.ui.exportFolderPathLineEdit.currentPath, volumeNode, segmentationNode)
         self.appendLog(job.run.stdout.splitlines())
 
     # Compare, review queue
 
     def onCompareButton(self) -> None:
+        from SCIsegLib import panel_jobs
+
         if not self.ensureDependencies(Action.COMPARE):
             return
         other = self.ui.compareSegmentationSelector.currentNode()
         current = self._parameterNode.segmentation
+        volumeNode = self._parameterNode.inputVolume
+        if not (self.pairedOrSaid(current, volumeNode) and self.pairedOrSaid(other, volumeNode)):
+            return
         otherChoices = self.askSegmentChoices(other)
         currentChoices = self.askSegmentChoices(current) if otherChoices is not None else None
         if currentChoices is None:
             return
         with slicer.util.tryWithErrorDisplay(_("The segmentations could not be compared."), waitCursor=True):
-            command = self.logic.startCompare(other, current, self._parameterNode.inputVolume, otherChoices, currentChoices)
-            command.otherName = other.GetName()
-            self.state.start(Action.COMPARE, command, volume_id=self._parameterNode.inputVolume.GetID())
+            command = panel_jobs.start_compare(slicer.mrmlScene, slicer.modules.segmentations.logic(), other, current, volumeNode, self.logic.pythonExecutable(),
+                                               otherChoices, currentChoices, self.caseOf(volumeNode))
+            self.state.start(Action.COMPARE, command, volume_id=volumeNode.GetID())
             self.ui.statusLabel.text = _("Comparing...")
         self.updateGUIFromState()
 
     def showComparison(self, job) -> None:
-        result = panel.compare_result(job.run.stdout)
-        self.ui.statusLabel.text = _(
-            "Versus '{other}': cord Dice {cord:.3f} (+{added} / -{removed} voxels), lesion Dice {lesion:.3f}, "
-            "lesion-wise F1 {f1:.2f} ({before} -> {after} lesions)."
-        ).format(other=job.run.otherName, cord=result["cord_dice"], added=result["cord_voxels_added"],
-                 removed=result["cord_voxels_removed"], lesion=result["lesion_dice"], f1=result["lesion_f1"],
-                 before=result["lesions_a"], after=result["lesions_b"])
+        self.ui.statusLabel.text = panel.comparison_sentence(job.run.otherName, panel.compare_result(job.run.stdout))
 
     def onNextCaseButton(self) -> None:
         if not self.ensureDependencies(Action.NEXT_CASE):
             return
         queuePath = self.ui.queuePathLineEdit.currentPath
         qt.QSettings().setValue("SCIseg/Queue", queuePath)
-        arguments = ["queue", "next", "--queue", queuePath]
-        if self.ui.exportFolderPathLineEdit.currentPath:
-            arguments += ["--bids", self.ui.exportFolderPathLineEdit.currentPath]
+        arguments = panel.next_case_arguments(queuePath, self.ui.exportFolderPathLineEdit.currentPath)
         with slicer.util.tryWithErrorDisplay(_("The review queue could not be read."), waitCursor=True):
             self.state.start(Action.NEXT_CASE, runner.ChildCommand(arguments, self.logic.pythonExecutable()))
             self.ui.statusLabel.text = _("Looking for the next case...")
@@ -627,50 +770,58 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volumeNode = slicer.util.loadVolume(path)  # raises RuntimeError when Slicer cannot read it
         if self._parameterNode is None:  # the scene was closed and the module not entered since
             return
+        self._segmentWhenOpened = True  # segmented once its case is open, if it has no version, prediction or draft
         self._parameterNode.inputVolume = volumeNode
-        # After this timer slot returns: Segment may ask to install dependencies (a modal dialog, pip).
-        qt.QTimer.singleShot(0, self.onSegmentButton)
 
     # Measure
 
     def onMeasureButton(self) -> None:
+        from SCIsegLib import panel_jobs
+
         if not self.ensureDependencies(Action.MEASURE):
             return
         segmentationNode, volumeNode = self._parameterNode.segmentation, self._parameterNode.inputVolume
+        if not self.pairedOrSaid(segmentationNode, volumeNode):
+            return
         chosen = self.askSegmentChoices(segmentationNode)
         if chosen is None:
             return
         with slicer.util.tryWithErrorDisplay(_("The lesions could not be measured."), waitCursor=True):
-            command = self.logic.startMeasurement(segmentationNode, volumeNode, self._parameterNode.nliSlice, chosen=chosen)
+            command = panel_jobs.start_measurement(slicer.mrmlScene, slicer.modules.segmentations.logic(), segmentationNode, volumeNode, self.logic.pythonExecutable(),
+                                                   self._parameterNode.nliSlice, chosen, self.caseOf(volumeNode))
             self.state.start(Action.MEASURE, command, volume_id=volumeNode.GetID(), segmentation_id=segmentationNode.GetID())
             self.ui.statusLabel.text = _("Measuring lesions...")
         self.updateGUIFromState()
 
     def showMeasurement(self, job) -> None:
+        from SCIsegLib import panel_jobs
+
         with slicer.util.tryWithErrorDisplay(_("The measurements could not be shown."), waitCursor=True):
             volumeNode = panel.result_volume(slicer.mrmlScene, job)
-            tableNode, chartNode, self._lesionCentres = self.logic.finishMeasurement(job.run, volumeNode)
-            self._lesionTableID = tableNode.GetID()
-            layoutManager = slicer.app.layoutManager()
-            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-            selection = slicer.app.applicationLogic().GetSelectionNode()
-            selection.SetActiveTableID(tableNode.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
+            tableNode, chartNode, centres = panel_jobs.finish_measurement(slicer.mrmlScene, job.run, volumeNode)
+            self._lesionTables[tableNode.GetID()] = centres
+            self.showTable(tableNode, slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
             slicer.modules.plots.logic().ShowChartInLayout(chartNode)
-            # One connection to the table view, whatever the number of measurements.
-            tableView = layoutManager.tableWidget(0).tableView()
-            if self._tableView is not None:
-                self._tableView.disconnect("selectionChanged()", self.onLesionRowSelected)
-            tableView.connect("selectionChanged()", self.onLesionRowSelected)
-            self._tableView = tableView
-            if not self._lesionCentres:
+            if not centres:
                 self.ui.statusLabel.text = _("No lesion: the tissue bridges are the cord A-P diameter at the NLI slice {nli}.").format(
                     nli=self._parameterNode.nliSlice
                 )
             else:
                 self.ui.statusLabel.text = _("{count} lesion(s) measured: click a row to jump to the lesion.").format(
-                    count=len(self._lesionCentres)
+                    count=len(centres)
                 )
+
+    def showTable(self, tableNode, layout=None) -> None:
+        """Show a lesion table in a layout with a table view (SegmentStatistics' showTable) and follow row clicks."""
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(layout or slicer.modules.tables.logic().GetLayoutWithTable(layoutManager.layout))
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(tableNode.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        tableView = layoutManager.tableWidget(0).tableView()
+        if self._tableView is not None:  # one connection to the table view, whatever the number of tables
+            self._tableView.disconnect("selectionChanged()", self.onLesionRowSelected)
+        tableView.connect("selectionChanged()", self.onLesionRowSelected)
+        self._tableView = tableView
 
     def onLesionRowSelected(self) -> None:
         if self._tableView is None:
@@ -679,7 +830,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # index moves (QItemSelectionModel::setCurrentIndex selects first); a mouse click sets both.
         selected = self._tableView.selectionModel().selectedIndexes()
         row = selected[0].row() if selected else self._tableView.currentIndex().row()
-        centre = panel.lesion_centre_for_row(self._tableView.mrmlTableNode(), self._lesionTableID, row, self._lesionCentres)
+        tableNode = self._tableView.mrmlTableNode()
+        centres = self._lesionTables.get(tableNode.GetID()) if tableNode is not None else None
+        centre = panel.lesion_centre_for_row(tableNode, tableNode.GetID() if centres is not None else None, row, centres or {})
         if centre is not None:
             slicer.modules.markups.logic().JumpSlicesToLocation(centre[0], centre[1], centre[2], True)
 
@@ -691,8 +844,6 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 class SCIsegLogic(ScriptedLoadableModuleLogic):
     """Starts the child processes, installs what they need, and brings their results into the scene."""
-
-    PREDICTION_ATTRIBUTE = "SCIseg.PredictionFile"
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -706,222 +857,46 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         """Slicer's Python launcher (runs the child with Slicer's environment)."""
         return shutil.which("PythonSlicer") or sys.executable
 
-    # Dependencies
+    # Dependencies (SCIsegLib.panel_install decides; Slicer's pip, PyTorch extension and dialog do)
 
-    @staticmethod
-    def pyTorchUtilsLogic():
-        """The PyTorch extension's logic (declared in EXTENSION_DEPENDS), None when it is not installed."""
+    def installer(self):
+        from SCIsegLib import panel_install
+
         try:
-            import PyTorchUtils
+            import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS); absent: torch comes from PyPI
+
+            torchUtils = PyTorchUtils.PyTorchUtilsLogic()
         except ImportError:
-            return None
-        return PyTorchUtils.PyTorchUtilsLogic()
+            torchUtils = None
+        return panel_install.Installer(
+            pip_install=slicer.util.pip_install,
+            run_module=getattr(slicer.util, "executePythonModule", None) or slicer.util._executePythonModule,
+            confirm=functools.partial(slicer.util.confirmOkCancelDisplay, windowTitle=WINDOW_TITLE),
+            torch_utils=torchUtils, slicer_version=(slicer.app.majorVersion, slicer.app.minorVersion),
+            installed=self.installed,
+        )
 
     def ensureDependencies(self, action: Action, confirm: bool = True) -> bool:
         """Offer to install what ``action``'s child imports; True when it can run. Never imports torch here."""
-        importlib.invalidate_caches()
-        missing = dependencies.missing_modules(panel.modules_needed(action))
-        mismatch = None
-        if action == Action.SEGMENT and "nnunetv2" not in missing:
-            mismatch = panel.version_mismatch(dependencies.NNUNET_REQUIREMENT, self.installedVersion("nnunetv2"))
-        packages = panel.packages_to_install(missing, mismatch is not None)
-        if not packages:
-            return True
-        torchUtils = self.pyTorchUtilsLogic()
-        steps = dependencies.install_plan(packages, torchUtils is not None)
-        question = _("SCIseg needs {packages} for this. Install now?").format(packages=", ".join(packages))
-        if mismatch:
-            question = mismatch + "\n\n" + question
-        if confirm and not slicer.util.confirmOkCancelDisplay(question + "\n\n- " + "\n- ".join(steps), windowTitle=WINDOW_TITLE):
-            return False
+        from SCIsegLib import panel_install
+
         with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
-            if "torch" in packages:
-                self.installed.append(_("Installed {build}").format(build=self.installTorch(torchUtils)))
-            if "nnunetv2" in packages:
-                self.installNnunet()
-                self.installed.append(_("Installed {requirement}").format(requirement=", ".join(panel.NNUNET_STEP)))
-        importlib.invalidate_caches()
-        return not dependencies.missing_modules(panel.modules_needed(action))
+            return panel_install.ensure(action, self.installer(), confirm)
 
-    @staticmethod
-    def installedVersion(distribution: str) -> Optional[str]:
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    def installTorch(self, torchUtils) -> str:
-        """Install torch without importing it here; returns which build was installed ("torch 2.5.1+cu124 (CUDA 12.4)").
-
-        With the PyTorch extension: its own choice of wheel (light-the-torch picks the CUDA build the NVIDIA
-        driver supports), run as ``PyTorchUtilsLogic.installTorch`` does but without its final ``import torch``.
-        Without it: the PyPI wheel with pip.
-        """
-        if torchUtils is not None:
-            arguments = torchUtils._getPipInstallArguments()
-            if importlib.util.find_spec("light_the_torch") is None:
-                torchUtils._installLightTheTorch()
-            execute = getattr(slicer.util, "executePythonModule", None) or slicer.util._executePythonModule
-            execute("light_the_torch", arguments)
-        else:
-            slicer.util.pip_install(["torch"])
-        importlib.invalidate_caches()
-        version = self.installedVersion("torch")
-        return f"torch {version} ({panel.torch_build(version)})"
-
-    def installNnunet(self) -> None:
-        """pip-install the pinned nnU-Net with what Slicer bundles (and the chosen torch) held by a constraints file."""
-        folder = tempfile.mkdtemp(prefix="sciseg-")
-        try:
-            constraints = os.path.join(folder, "constraints.txt")
-            with open(constraints, "w") as stream:
-                stream.write("\n".join(dependencies.pinned_constraints()) + "\n")
-            requirements, options = panel.pip_install_call(
-                list(panel.NNUNET_STEP), constraints, (slicer.app.majorVersion, slicer.app.minorVersion)
-            )
-            slicer.util.pip_install(requirements, **options)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    # Segment
+    # Jobs (SCIsegLib.panel_jobs, imported when first needed: SimpleITK stays out of Slicer's start-up)
 
     def startSegmentation(self, parameters: SCIsegParameterNode, pythonExecutable: Optional[str] = None):
         """Write the volume to a temporary NIfTI and start the child process."""
+        from SCIsegLib import panel_jobs
+
         if not parameters.inputVolume:
             raise ValueError(_("Select a T2w volume first."))
         options = runner.RunOptions(
-            model=parameters.model,
-            device=parameters.device,
-            tta=parameters.testTimeAugmentation,
-            step=parameters.stepSize,
-            keep_largest_cord=parameters.keepLargestCord,
-            fill_holes=parameters.fillHoles,
+            model=parameters.model, device=parameters.device, tta=parameters.testTimeAugmentation,
+            step=parameters.stepSize, keep_largest_cord=parameters.keepLargestCord, fill_holes=parameters.fillHoles,
             lesion_in_cord=parameters.lesionInsideCord,
         )
-        run = runner.SegmentationRun(options, python_executable=pythonExecutable or self.pythonExecutable())
-        # Written on the UI thread (MRML is not thread-safe): uncompressed, a 4.3-Mvoxel scan takes 13-35 ms instead
-        # of 350-525 ms gzipped (benchmarks/ui_thread_mrml.txt). The child names its outputs input_*.nii.gz either way.
-        run.input_path = run.work_dir / "input.nii"
-        try:
-            mrml.save_volume_node_as_nifti(parameters.inputVolume, run.input_path)
-            run.start()
-        except Exception:
-            run.cleanup()  # the work folder and the input copy
-            raise
-        return run
-
-    def importResult(self, run, volumeNode):
-        """A new segmentation node with the run's masks on ``volumeNode`` (raises with the reason when the run failed)."""
-        import SimpleITK as sitk
-
-        outputs = run.outputs()
-        cord, lesion = sitk.ReadImage(str(outputs["sc"])), sitk.ReadImage(str(outputs["lesion"]))
-        segmentationNode = mrml.import_sciseg_masks(
-            slicer.modules.segmentations.logic(), slicer.mrmlScene, volumeNode, cord, lesion
-        )
-        # Keep the model's own label map, so an export can record what the rater changed.
-        predictions = os.path.join(str(models.user_data_dir()), "predictions")
-        os.makedirs(predictions, exist_ok=True)
-        predictionPath = os.path.join(predictions, f"{segmentationNode.GetID()}-{os.path.basename(run.work_dir)}.nii.gz")
-        labels = sitk.Maximum(sitk.Cast(cord > 0, sitk.sitkUInt8), sitk.Cast(lesion > 0, sitk.sitkUInt8) * 2)
-        volume.write_image_atomic(labels, predictionPath)
-        segmentationNode.SetAttribute(self.PREDICTION_ATTRIBUTE, predictionPath)
-        segmentationNode.SetAttribute("SCIseg.Model", run.options.model)
-        segmentationNode.CreateClosedSurfaceRepresentation()
-        return segmentationNode
-
-    # Compare, export, measure
-
-    @staticmethod
-    def exportLabelMaps(nodes, volumeNode, choices, prefix: str):
-        """Each segmentation as a label map file on the volume's grid (0, 1 cord only, 2 lesion) in a new folder."""
-        folder = tempfile.mkdtemp(prefix=prefix)
-        paths = []
-        for index, (node, chosen) in enumerate(zip(nodes, choices, strict=True)):
-            labels = mrml.export_sciseg_label_map(slicer.modules.segmentations.logic(), slicer.mrmlScene, node, volumeNode, chosen)
-            paths.append(os.path.join(folder, f"labels_{index}.nii.gz"))
-            volume.write_image_atomic(labels, paths[-1])
-        return folder, paths
-
-    def startCompare(self, firstNode, secondNode, volumeNode, firstChoices=None, secondChoices=None):
-        """What changed from ``firstNode`` to ``secondNode``: ``sciseg compare`` in a child (numbers in its stdout)."""
-        folder, paths = self.exportLabelMaps([firstNode, secondNode], volumeNode, [firstChoices, secondChoices], "sciseg-compare-")
-        command = runner.ChildCommand(["compare", *paths], self.pythonExecutable())
-        command.folder = folder
-        return command
-
-    @staticmethod
-    def sourceImagePath(volumeNode, root: str) -> str:
-        """The file the volume was loaded from; a volume without one is saved into the BIDS dataset first."""
-        storage = volumeNode.GetStorageNode()
-        if storage is not None and storage.GetFileName() and os.path.isfile(storage.GetFileName()):
-            return storage.GetFileName()
-        subject = "".join(c for c in volumeNode.GetName() if c.isalnum()) or "unnamed"
-        path = os.path.join(root, f"sub-{subject}", "anat", f"sub-{subject}_T2w.nii.gz")
-        if not os.path.exists(path):
-            mrml.save_volume_node_as_nifti(volumeNode, path)
-        return path
-
-    def startExport(self, segmentationNode, volumeNode, root: str, rater: str, model: Optional[str] = None, chosen=None):
-        """Write the corrected label map and run ``sciseg export`` (new BIDS version) in a child process."""
-        labels = mrml.export_sciseg_label_map(
-            slicer.modules.segmentations.logic(), slicer.mrmlScene, segmentationNode, volumeNode, chosen
-        )
-        folder = tempfile.mkdtemp(prefix="sciseg-export-")
-        labelsPath = os.path.join(folder, "corrected_labels.nii.gz")
-        volume.write_image_atomic(labels, labelsPath)
-        source = self.sourceImagePath(volumeNode, root)
-        arguments = ["export", "--root", root, "--source", source, "--labels", labelsPath, "--rater", rater]
-        if not os.path.basename(source).startswith("sub-"):
-            arguments += ["--subject", "".join(c for c in volumeNode.GetName() if c.isalnum()) or "unnamed"]
-        prediction = segmentationNode.GetAttribute(self.PREDICTION_ATTRIBUTE)
-        if prediction and os.path.isfile(prediction):
-            arguments += ["--predicted-labels", prediction]
-        model = model or segmentationNode.GetAttribute("SCIseg.Model")
-        if model:
-            arguments += ["--model", model]
-        command = runner.ChildCommand(arguments, self.pythonExecutable())
-        command.folder = folder
-        return command
-
-    def startMeasurement(self, segmentationNode, volumeNode, nliSlice: int = -1, chosen=None):
-        """Write the current segments as masks and run ``sciseg analyze`` on them in a child process.
-
-        nliSlice: axial slice (I->S) of the neurological level of injury, used when there is no lesion; -1 for none.
-        """
-        import SimpleITK as sitk
-
-        labels = mrml.export_sciseg_label_map(
-            slicer.modules.segmentations.logic(), slicer.mrmlScene, segmentationNode, volumeNode, chosen
-        )
-        folder = tempfile.mkdtemp(prefix="sciseg-measure-")
-        stem = volumeNode.GetName().replace(" ", "_") or "volume"
-        cordPath = os.path.join(folder, f"{stem}_sc_seg.nii.gz")
-        lesionPath = os.path.join(folder, f"{stem}_lesion_seg.nii.gz")
-        volume.write_image_atomic(sitk.Cast(labels > 0, sitk.sitkUInt8), cordPath)
-        volume.write_image_atomic(sitk.Cast(labels == 2, sitk.sitkUInt8), lesionPath)
-        arguments = ["analyze", "--lesion", lesionPath, "--cord", cordPath, "-o", folder]
-        if nliSlice >= 0:
-            arguments += ["--nli-slice", str(nliSlice)]
-        command = runner.ChildCommand(arguments, self.pythonExecutable())
-        command.folder, command.stem = folder, f"{stem}_lesion_seg"
-        return command
-
-    def finishMeasurement(self, command, volumeNode):
-        """Table node (one row per lesion), plot of the per-slice damage ratio and cord area, lesion centres (RAS mm)."""
-        import SimpleITK as sitk
-
-        if command.returncode != 0:
-            raise RuntimeError(panel.failure_message(command))
-        base = os.path.join(command.folder, command.stem)
-        tableNode = mrml.table_node_from_csv(slicer.mrmlScene, base + "_analysis.csv", f"{volumeNode.GetName()} lesions")
-        profileNode = mrml.table_node_from_csv(slicer.mrmlScene, base + "_perslice.csv", f"{volumeNode.GetName()} per slice")
-        chartNode = mrml.plot_chart_from_table(
-            slicer.mrmlScene, profileNode, "slice (I->S)", ["axial_damage_ratio []", "cord_area [mm2]"],
-            f"{volumeNode.GetName()} damage ratio and cord area",
-        )
-        centres = mrml.lesion_centroids_ras(sitk.ReadImage(base + "_label.nii.gz"))
-        return tableNode, chartNode, centres
+        return panel_jobs.start_segmentation(parameters.inputVolume, options, pythonExecutable or self.pythonExecutable())
 
     @staticmethod
     def openSegmentEditor(segmentationNode, volumeNode) -> None:
@@ -933,6 +908,8 @@ class SCIsegLogic(ScriptedLoadableModuleLogic):
         editorNode = editor.mrmlSegmentEditorNode()
         editorNode.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments)
         editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+        from SCIsegLib import mrml
+
         segmentIds = mrml.match_sciseg_segments(segmentationNode)[mrml.LESION.segment_id]
         if len(segmentIds) == 1:
             editorNode.SetSelectedSegmentID(segmentIds[0])
@@ -991,109 +968,11 @@ class SCIsegTest(ScriptedLoadableModuleTest):
         return logic.ensureDependencies(Action.SEGMENT) and all(logic.ensureDependencies(a) for a in panel.CHILD_ACTIONS)
 
     def test_SegmentEditExport(self):
-        import numpy as np
-        import SimpleITK as sitk
-
-        from SCIsegLib.phantom import SAGITTAL, LesionSpec, make_phantom
+        from SCIsegLib import panel_selftest
 
         moduleLogic = SCIsegLogic()
         if not self.dependenciesReady(moduleLogic):
             self.skipTest("SCIsegTest stops: torch and nnU-Net were not installed (the install was declined or failed).")
-
-        self.delayDisplay("Synthesising a T2w scan with two lesions")
-        case = make_phantom(
-            seed=5,
-            acquisition=SAGITTAL,
-            lesions=[LesionSpec(center_si_mm=-15.0, length_mm=16.0, width_fraction=0.9), LesionSpec(center_si_mm=20.0)],
-        )
-        logic = slicer.modules.segmentations.logic()
-        volumeNode = mrml.add_volume_node(slicer.mrmlScene, case.image, "phantom")
-        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
-
-        self.delayDisplay("Segmenting with sciseg-demo in a child process")
-        parameters = moduleLogic.getParameterNode()
-        parameters.inputVolume = volumeNode
-        parameters.model = models.BUNDLED_DEMO
-        parameters.device = "cpu"
-        run = moduleLogic.startSegmentation(parameters)
-        events = self.waitFor(run, self.TIMEOUT_S)
-        self.assertTrue(any(e.get("event") == "progress" for e in events))
-        segmentationNode = moduleLogic.importResult(run, volumeNode)
-        run.cleanup()
-        self.assertFalse(os.path.exists(run.work_dir))
-
-        segmentation = segmentationNode.GetSegmentation()
-        self.assertEqual(segmentation.GetNthSegmentID(0), "spinal_cord")
-        self.assertEqual(segmentation.GetNthSegmentID(1), "lesion")
-        self.assertEqual(segmentation.GetSegment("lesion").GetName(), "Lesion")
-        truth = sitk.GetArrayFromImage(case.cord) > 0
-        cord = mrml.segment_mask(logic, slicer.mrmlScene, segmentationNode, "spinal_cord", volumeNode)
-        lesion = mrml.segment_mask(logic, slicer.mrmlScene, segmentationNode, "lesion", volumeNode)
-        dice = 2 * np.sum((cord | lesion) & truth) / (np.sum(cord | lesion) + np.sum(truth))
-        self.assertGreater(dice, 0.8)
-
-        self.delayDisplay("Editing: the rater adds lesion voxels")
-        added = np.zeros_like(lesion)
-        z, y, x = np.argwhere(cord)[len(np.argwhere(cord)) // 2]
-        added[z - 1 : z + 2, y, x] = True
-        reference = mrml.image_from_volume_node(volumeNode)
-        edited = sitk.GetImageFromArray((lesion | added).astype(np.uint8))
-        edited.CopyInformation(reference)
-        mrml.set_segment_from_mask(logic, slicer.mrmlScene, segmentationNode, mrml.LESION, edited, volumeNode)
-
-        self.delayDisplay("Exporting the corrected label map")
-        labels = mrml.export_sciseg_label_map(logic, slicer.mrmlScene, segmentationNode, volumeNode)
-        written = sitk.GetArrayFromImage(labels)
-        self.assertTrue(np.all(written[added] == 2))
-        self.assertEqual(set(np.unique(written).tolist()) - {0, 1, 2}, set())
-
-        self.delayDisplay("Measuring the lesions")
-        command = moduleLogic.startMeasurement(segmentationNode, volumeNode)
-        self.waitFor(command, 300)
-        tableNode, chartNode, centres = moduleLogic.finishMeasurement(command, volumeNode)
-        shutil.rmtree(command.folder, ignore_errors=True)
-        self.assertGreaterEqual(tableNode.GetNumberOfRows(), 1)
-        self.assertEqual(tableNode.GetTable().GetColumnName(1), "volume [mm3]")
-        self.assertEqual(chartNode.GetNumberOfPlotSeriesNodes(), 2)
-        self.assertEqual(len(centres), tableNode.GetNumberOfRows())
-
-        self.delayDisplay("Exporting for training (twice: two versions)")
-        root = tempfile.mkdtemp(prefix="sciseg-bids-")
-        for expected in (1, 2):
-            command = moduleLogic.startExport(segmentationNode, volumeNode, root, "SCIsegTest")
-            self.waitFor(command, 300)
-            shutil.rmtree(command.folder, ignore_errors=True)
-            self.assertEqual(command.returncode, 0, command.stderr)
-            self.assertTrue(command.stdout.startswith(f"version {expected}:"))
-        dseg = os.path.join(root, "derivatives", "labels", "sub-phantom", "anat", "sub-phantom_T2w_dseg.nii.gz")
-        exported = sitk.GetArrayFromImage(sitk.ReadImage(dseg))
-        self.assertTrue(np.all(exported[added] == 2))
-
-        self.delayDisplay("Comparing with a fresh automatic segmentation")
-        run = moduleLogic.startSegmentation(parameters)
-        self.waitFor(run, self.TIMEOUT_S)
-        automatic = moduleLogic.importResult(run, volumeNode)
-        run.cleanup()
-        command = moduleLogic.startCompare(automatic, segmentationNode, volumeNode)
-        self.waitFor(command, 300)
-        shutil.rmtree(command.folder, ignore_errors=True)
-        self.assertEqual(command.returncode, 0, command.stderr)
-        changes = panel.compare_result(command.stdout)
-        self.assertGreater(changes["lesion_voxels_added"], 0)
-        self.assertLess(changes["lesion_dice"], 1.0)
-
-        self.delayDisplay("Measuring a scan without lesion at the NLI slice")
-        empty = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
-        empty.CopyInformation(reference)
-        mrml.set_segment_from_mask(logic, slicer.mrmlScene, segmentationNode, mrml.LESION, empty, volumeNode)
-        cordRPI = sitk.GetArrayFromImage(volume.reorient(labels > 0, volume.sct_to_itk_orientation("RPI")))  # (z I->S, y, x)
-        nliSlice = int(np.nonzero(cordRPI.any(axis=(1, 2)))[0].mean())
-        command = moduleLogic.startMeasurement(segmentationNode, volumeNode, nliSlice)
-        self.waitFor(command, 300)
-        tableNode, chartNode, centres = moduleLogic.finishMeasurement(command, volumeNode)
-        shutil.rmtree(command.folder, ignore_errors=True)
-        self.assertEqual(tableNode.GetNumberOfRows(), 1)
-        self.assertEqual(centres, {})
-        totalColumn = tableNode.GetColumnIndex("interpolated_total_bridge_width [mm]")
-        self.assertGreater(float(tableNode.GetCellText(0, totalColumn)), 0.0)
+        panel_selftest.click_path(slicer.mrmlScene, slicer.modules.segmentations.logic(), moduleLogic.pythonExecutable(),
+                                  self.waitFor, self.delayDisplay)
         self.delayDisplay("Test passed")

@@ -23,11 +23,13 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .panel import TERMINOLOGY_FILE  # noqa: F401 - re-exported: the file this bridge's terminology strings come from
 from .volume import image_from_array_zyx, on_grid_of, write_image_atomic
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 TERMINOLOGY_CONTEXT = "SCIseg"
-TERMINOLOGY_FILE = Path(__file__).resolve().parents[1] / "Resources" / "Terminology" / "SCIseg.term.json"
+#: Largest difference (mm, and unitless for direction cosines) between two grids that are the same grid.
+GRID_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,62 @@ def removing_nodes_added(scene) -> Iterator[None]:
         for node in added:
             if node is not None and node.GetID() not in before and scene.IsNodePresent(node):
                 scene.RemoveNode(node)
+
+
+def _geometry(ijk_to_ras: vtk.vtkMatrix4x4, extent) -> tuple[np.ndarray, tuple[int, ...]]:
+    matrix = np.array([[ijk_to_ras.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return matrix, tuple(int(v) for v in extent)
+
+
+def segmentation_geometry(segmentation_node) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """The segmentation's reference image geometry: (4x4 IJK-to-RAS in mm, IJK extent), None when it has none."""
+    serialized = segmentation_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    if not serialized:
+        return None
+    matrix, extent = vtk.vtkMatrix4x4(), [0] * 6
+    if not slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, matrix, extent):
+        return None
+    return _geometry(matrix, extent)
+
+
+def volume_geometry(volume_node) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A volume's grid as (4x4 IJK-to-RAS in mm, IJK extent), the form of :func:`segmentation_geometry`."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return _geometry(matrix, volume_node.GetImageData().GetExtent())
+
+
+def pairing_problem(segmentation_node, volume_node) -> str | None:
+    """One sentence when ``segmentation_node`` was not made on ``volume_node``; None when they belong together.
+
+    Compared: its source (the volume its reference geometry was taken from, Slicer's ``referenceImageGeometryRef``
+    node reference, set by ``SetReferenceImageGeometryParameterFromVolumeNode`` and by Segment Editor) and its
+    reference geometry (IJK-to-RAS within :data:`GRID_TOLERANCE` mm and the same extent). Exporting, measuring or
+    comparing a pair that fails here would resample one scan's segments onto another scan's grid.
+    """
+    name, scan = segmentation_node.GetName(), volume_node.GetName()
+    source = segmentation_node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    if source is not None and source.GetID() != volume_node.GetID():
+        return (f"Segmentation '{name}' was made on '{source.GetName()}', not on '{scan}': select its own volume, "
+                f"or segment '{scan}' first.")
+    geometry = segmentation_geometry(segmentation_node)
+    if geometry is None:
+        return f"Segmentation '{name}' has no reference geometry, so it cannot be told whether it belongs to '{scan}'."
+    if volume_node.GetImageData() is None:
+        return f"Volume '{scan}' holds no image."
+    matrix, extent = volume_geometry(volume_node)
+    if extent != geometry[1] or not np.allclose(matrix, geometry[0], atol=GRID_TOLERANCE, rtol=0):
+        return (f"Segmentation '{name}' lies on another grid than '{scan}' (it was made on another scan, or its "
+                f"geometry was changed): select its own volume, or segment '{scan}' first.")
+    return None
+
+
+def require_pairing(segmentation_node, volume_node) -> None:
+    """Raise ValueError with :func:`pairing_problem`'s sentence when the two do not belong together."""
+    problem = pairing_problem(segmentation_node, volume_node)
+    if problem:
+        raise ValueError(problem)
 
 
 def set_segment_from_mask(logic, scene, segmentation_node, spec: SegmentSpec, mask: sitk.Image, reference_volume) -> None:
@@ -357,8 +415,43 @@ def table_node_from_csv(scene, csv_path: str | os.PathLike[str], name: str):
     node = slicer.vtkMRMLTableNode()
     node.SetName(unique_node_name(scene, name))
     node.SetAndObserveTable(table)
+    # Column titles in the view's header, not in its first row (SegmentStatistics does the same): view row k is
+    # table row k (qMRMLTableModel::mrmlTableRowIndex).
+    node.SetUseColumnTitleAsColumnHeader(True)
     scene.AddNode(node)
     return node
+
+
+def show_live_lesions(scene, name: str, columns: list[str], rows: list[list[float]], table=None, points=None):
+    """The live lesion table (one row per lesion, double columns) and a locked markups point list labelled with
+    each lesion's number at its centre; ``rows`` hold ``label`` then the centre's R, A, S (mm) as their last three
+    values. The nodes given are updated in place (the table view and the views follow); new ones are made when None.
+    Returns (table node, point list node)."""
+    if table is None or not scene.IsNodePresent(table):
+        table = slicer.vtkMRMLTableNode()
+        table.SetName(unique_node_name(scene, f"{name} lesions (live)"))
+        table.SetUseColumnTitleAsColumnHeader(True)  # view row k = table row k (see table_node_from_csv)
+        scene.AddNode(table)
+    content = vtk.vtkTable()
+    for index, column_name in enumerate(columns):
+        column = vtk.vtkDoubleArray()
+        column.SetName(column_name)
+        for row in rows:
+            column.InsertNextValue(float(row[index]))
+        content.AddColumn(column)
+    table.SetAndObserveTable(content)
+    if points is None or not scene.IsNodePresent(points):
+        points = slicer.vtkMRMLMarkupsFiducialNode()
+        points.SetName(unique_node_name(scene, f"{name} lesion numbers"))
+        scene.AddNode(points)
+        points.CreateDefaultDisplayNodes()
+        points.SetLocked(True)
+    was_modifying = points.StartModify()
+    points.RemoveAllControlPoints()
+    for row in rows:
+        points.AddControlPoint(vtk.vtkVector3d(*[float(v) for v in row[-3:]]), str(int(row[0])))
+    points.EndModify(was_modifying)
+    return table, points
 
 
 def plot_chart_from_table(scene, table_node, x_column: str, y_columns: list[str], title: str):

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from . import dependencies
+
+#: Slicer terminology of the SCIseg segments (loaded at Slicer's start-up, without importing SimpleITK or mrml).
+TERMINOLOGY_FILE = Path(__file__).resolve().parents[1] / "Resources" / "Terminology" / "SCIseg.term.json"
 
 
 class Action(str, Enum):
@@ -40,6 +48,18 @@ class Action(str, Enum):
 CHILD_ACTIONS = (Action.SEGMENT, Action.INSTALL_MODEL, Action.MEASURE, Action.EXPORT, Action.NEXT_CASE, Action.COMPARE)
 #: Jobs the Cancel button stops.
 CANCELLABLE = (Action.SEGMENT, Action.INSTALL_MODEL)
+#: Jobs whose result belongs to the scene they started in: closing the scene stops them, nothing is shown.
+#: An export (it publishes a version whole or not at all, and is reported) and a model install (not part of any
+#: scene) go on.
+SHOWN_ONLY_IN_ITS_SCENE = (Action.SEGMENT, Action.MEASURE, Action.COMPARE, Action.NEXT_CASE)
+#: Buttons that start something: all disabled while torch/nnU-Net install (``slicer.util.pip_install`` processes
+#: Qt events between pip's output lines, so a click there would start a second install or an untracked job).
+ACTION_WIDGETS = ("segmentButton", "editButton", "measureButton", "exportButton", "compareButton", "nextCaseButton",
+                  "modelMenuButton", "modelComboBox")
+#: Seconds an export running at Reload or Slicer exit gets to publish its version before it is stopped.
+EXPORT_SHUTDOWN_S = 30.0
+#: Seconds between the cancel steps at Reload or exit (cancel file -> terminate -> kill): nobody waits for a result.
+SHUTDOWN_GRACE_S = 1.0
 
 
 def modules_needed(action: Action) -> tuple[str, ...]:
@@ -192,7 +212,12 @@ def failure_message(run: Any) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     if lines:
         return lines[-1].removeprefix("sciseg: ")
-    return f"the process stopped with exit code {getattr(run, 'returncode', None)}"
+    returncode = getattr(run, "returncode", None)
+    log = getattr(run, "log_path", None)
+    where = f"; its log: {log}" if log else ""
+    if returncode == 0:
+        return f"the process ended without giving a result{where}"
+    return f"the process stopped with exit code {returncode}{where}"
 
 
 def decide(job: Job) -> Finished:
@@ -200,21 +225,21 @@ def decide(job: Job) -> Finished:
     failed, not cancelled), or succeeded, and what follows."""
     run = job.run
     returncode = getattr(run, "returncode", None)
-    if job.abandoned and job.action not in CANCELLABLE:
+    if job.abandoned and job.action in SHOWN_ONLY_IN_ITS_SCENE:
         return Finished(job, Outcome.CANCELLED, f"The scene was closed before {job.action.value} ended: its result is not shown.")
     if getattr(run, "timed_out", False):  # a ChildCommand stopped at its time limit (it reads as cancelled too)
         return Finished(job, Outcome.FAILED, f"{job.action.value} took longer than its time limit and was stopped.")
     if job.cancel_requested or getattr(run, "cancelled", False) or returncode == 130:
         return Finished(job, Outcome.CANCELLED, "Cancelled: nothing was changed.")
     failed = (returncode not in (0, None)) or bool(getattr(run, "error", None))
-    if job.action == Action.SEGMENT and getattr(run, "result", True) is None:
+    if job.action in (Action.SEGMENT, Action.INSTALL_MODEL) and getattr(run, "result", True) is None:
         failed = True  # exited 0 without a result event: nothing to import
     if failed:
         return Finished(job, Outcome.FAILED, failure_message(run))
     return Finished(
         job,
         Outcome.SUCCEEDED,
-        "Done.",
+        "Done, after the scene was closed." if job.abandoned else "Done.",
         import_result=job.action == Action.SEGMENT,
         refresh_models=job.action == Action.INSTALL_MODEL,
     )
@@ -243,9 +268,20 @@ class PanelState:
     jobs: dict[Action, Job] = field(default_factory=dict)
     devices: dict[str, str] | None = None
     probe_wanted: bool = True
+    probe: Any = None  # the running ``sciseg devices`` child (runner.DeviceProbe), None when none runs
+    installing_dependencies: bool = False
+    case_volume_id: str | None = None  # the volume whose case the panel opened (None: none yet)
 
     def busy(self, action: Action) -> bool:
         return action in self.jobs
+
+    def volume_changed(self, selected_id: str | None) -> bool:
+        """The rater (or Next case) selected another volume than the one whose case is open."""
+        return selected_id != self.case_volume_id
+
+    def may_start(self, action: Action) -> bool:
+        """A click may start ``action``: none of it runs and no dependency install is under way."""
+        return not self.installing_dependencies and action not in self.jobs
 
     def start(self, action: Action, run: Any, volume_id: str | None = None, segmentation_id: str | None = None) -> Job:
         """Record a started child; refuses a second one of the same action."""
@@ -267,14 +303,45 @@ class PanelState:
                 cancelled.append(job)
         return cancelled
 
-    def cancel_all(self) -> None:
-        """Scene closing or module cleanup: the segmentation and model install stop; measure, export and the
-        queue look-up (short, and an export must finish writing its version) end on their own, unshown."""
+    def scene_closing(self) -> None:
+        """The scene closes: the jobs whose result belongs to it (:data:`SHOWN_ONLY_IN_ITS_SCENE`) stop and show
+        nothing; an export goes on and is reported (it writes a version), a model download goes on."""
         for action, job in list(self.jobs.items()):
             job.abandoned = True
-            if action in CANCELLABLE and not job.cancel_requested:
+            if action in SHOWN_ONLY_IN_ITS_SCENE and not job.cancel_requested:
                 job.cancel_requested = True
                 job.run.cancel()
+
+    def shutdown(self, timeout_s: float = 20.0, export_s: float = EXPORT_SHUTDOWN_S,
+                 sleep=time.sleep, clock=time.monotonic) -> list[Job]:
+        """Reload or Slicer exit: every child ends and its temporary files go; returns the jobs still running.
+
+        A running export gets ``export_s`` seconds to publish its version (whole or not at all) before it is
+        cancelled like every other job and the device probe; then up to ``timeout_s`` seconds for the children
+        to end (the runner terminates, then kills, a child that ignores the cancel). Blocks: called once, at the end.
+        """
+        export = self.jobs.get(Action.EXPORT)
+        deadline = clock() + export_s
+        while export is not None and not export.run.finished and clock() < deadline:
+            export.run.poll()
+            sleep(0.05)
+        children = [job.run for job in self.jobs.values()] + ([self.probe] if self.probe is not None else [])
+        for job in self.jobs.values():
+            job.abandoned = job.cancel_requested = True
+        for child in children:
+            if not child.finished:
+                child.cancel(grace_s=SHUTDOWN_GRACE_S)
+        deadline = clock() + timeout_s
+        while any(not child.finished for child in children) and clock() < deadline:
+            for child in children:
+                child.poll()
+            sleep(0.05)
+        left = [job for job in self.jobs.values() if not job.run.finished]
+        for job in self.jobs.values():
+            remove_job_files(job)
+        self.jobs = {job.action: job for job in left}
+        self.probe = None
+        return left
 
     def poll(self) -> tuple[list[dict], list[Finished]]:
         """Progress events of the segmentation or model install since the last call, and the jobs that ended."""
@@ -289,13 +356,44 @@ class PanelState:
                 ended.append(decide(job))
         return events, ended
 
+    def poll_probe(self, start: Any) -> tuple[bool, list[str]]:
+        """The GPU probe (``sciseg devices`` in a child): started once wanted (``start()`` returns a
+        ``runner.DeviceProbe``), polled without blocking. Returns (the device list changed, lines for the log): a
+        probe that cannot start or finds nothing says why (torch missing, a broken CUDA build, its time limit)."""
+        if self.probe_wanted and self.probe is None:
+            self.probe_wanted = False
+            try:
+                self.probe = start()
+            except Exception as error:  # noqa: BLE001 - PythonSlicer could not start (runner.RunnerError): say so once
+                self.devices = {}
+                return True, [str(error)]
+        if self.probe is None:
+            return False, []
+        self.probe.poll()
+        if not self.probe.finished:
+            return False, []
+        probe, self.probe = self.probe, None
+        self.devices = probe.devices() or {}
+        lines = [] if self.devices else new_log_lines(probe) + (
+            ["GPU detection did not finish within its time limit."] if getattr(probe, "timed_out", False) else [])
+        return True, lines
+
     def dependencies_installed(self) -> None:
         """torch may have arrived: probe the devices again."""
         self.devices = None
         self.probe_wanted = True
 
     def enabled(self, inputs: PanelInputs) -> dict[str, bool]:
-        """Enabled state of each widget (by its name in the .ui) for these inputs and the running jobs."""
+        """Enabled state of each widget (by its name in the .ui) for these inputs and the running jobs.
+
+        While torch/nnU-Net install, every button that starts something is disabled (:data:`ACTION_WIDGETS`).
+        """
+        widgets = self._enabled(inputs)
+        if self.installing_dependencies:
+            widgets.update({name: False for name in ACTION_WIDGETS})
+        return widgets
+
+    def _enabled(self, inputs: PanelInputs) -> dict[str, bool]:
         segmenting = self.busy(Action.SEGMENT)
         installing = self.busy(Action.INSTALL_MODEL)
         has_input = bool(inputs.input_volume_id)
@@ -317,6 +415,32 @@ class PanelState:
             and inputs.compare_id != inputs.segmentation_id and not self.busy(Action.COMPARE),
             "nextCaseButton": bool(inputs.queue_path) and not self.busy(Action.NEXT_CASE) and not segmenting,
         }
+
+
+def remove_job_files(job: Job) -> None:
+    """Delete a finished (or abandoned) job's temporary files: its ``folder`` (measure, export, compare) and a
+    segmentation's work folder (``cleanup()``)."""
+    folder = getattr(job.run, "folder", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+    if job.action == Action.SEGMENT and hasattr(job.run, "cleanup"):
+        job.run.cleanup()
+
+
+def library_modules(loaded: Iterable[str], package: str = "SCIsegLib") -> list[str]:
+    """Names of ``package`` and its submodules among ``loaded`` (``sys.modules``): what Reload must forget so
+    that Slicer imports the edited library again (Slicer's ``reloadScriptedModule`` re-executes only the module
+    file; SlicerNNUnet's ``onReload`` reloads its Lib package the same way)."""
+    return sorted(name for name in loaded if name == package or name.startswith(package + "."))
+
+
+def forget_library_modules(modules: dict[str, Any] | None = None, package: str = "SCIsegLib") -> list[str]:
+    """Remove ``package``'s modules from ``modules`` (default ``sys.modules``); the next import reads the files."""
+    modules = sys.modules if modules is None else modules
+    names = library_modules(list(modules), package)
+    for name in names:
+        del modules[name]
+    return names
 
 
 def result_volume(scene, job: Job):
@@ -345,6 +469,33 @@ def next_case_path(returncode: int | None, stdout: str, is_file) -> str | None:
     return None
 
 
+def export_result(stdout: str) -> dict | None:
+    """The JSON line ``python -m SCIsegLib.panel_export`` printed (version, folder, parent, warning); None without."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+
+
+def export_summary(stdout: str) -> str:
+    """The sentence for a finished export."""
+    result = export_result(stdout)
+    if result is None:
+        return stdout.strip().splitlines()[0] if stdout.strip() else "Exported."
+    text = f"Exported version v{result['version']:03d} (from {result['parent']}) to {result['folder']}."
+    return f"{text} {result['warning'][0].upper()}{result['warning'][1:]}" if result.get("warning") else text
+
+
+def comparison_sentence(other: str, result: dict[str, float]) -> str:
+    """The status line after Compare: what changed from segmentation ``other`` to the selected one."""
+    return (f"Versus '{other}': cord Dice {result['cord_dice']:.3f} (+{result['cord_voxels_added']} / "
+            f"-{result['cord_voxels_removed']} voxels), lesion Dice {result['lesion_dice']:.3f}, lesion-wise F1 "
+            f"{result['lesion_f1']:.2f} ({result['lesions_a']} -> {result['lesions_b']} lesions).")
+
+
+def next_case_arguments(queue_path: str, bids_root: str) -> list[str]:
+    """``sciseg queue next`` for the panel's queue; with an export folder, scans exported there count as done."""
+    return ["queue", "next", "--queue", queue_path] + (["--bids", bids_root] if bids_root else [])
+
+
 def compare_result(stdout: str) -> dict[str, float]:
     """The JSON line ``sciseg compare`` printed (cord/lesion Dice, voxels added/removed, lesion-wise F1)."""
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
@@ -353,14 +504,24 @@ def compare_result(stdout: str) -> dict[str, float]:
     return json.loads(lines[-1])
 
 
-def lesion_centre_for_row(table_node, lesion_table_id: str | None, row: int, centres: dict[int, tuple[float, float, float]]):
-    """The RAS centre (mm) of the lesion on a clicked row of the lesion table; None for any other table or row.
+def table_row(table_node, view_row: int) -> int:
+    """The table node's row shown on row ``view_row`` of Slicer's table view (-1: the column-title row).
+
+    Slicer's ``qMRMLTableModel::mrmlTableRowIndex``: without ``UseColumnTitleAsColumnHeader`` the view's first
+    row holds the column titles and table row k is view row k + 1.
+    """
+    return view_row if table_node.GetUseColumnTitleAsColumnHeader() else view_row - 1
+
+
+def lesion_centre_for_row(table_node, lesion_table_id: str | None, view_row: int, centres: dict[int, tuple[float, float, float]]):
+    """The RAS centre (mm) of the lesion on a clicked row of the lesion table view; None for any other table or row.
 
     Only the lesion table SCIseg made (``lesion_table_id``) counts, and the lesion label is read from its
     ``label`` column by name (never column 0 of whatever table the view shows).
     """
     if table_node is None or lesion_table_id is None or table_node.GetID() != lesion_table_id:
         return None
+    row = table_row(table_node, view_row)
     column = table_node.GetColumnIndex("label")
     if column < 0 or row < 0 or row >= table_node.GetNumberOfRows():
         return None

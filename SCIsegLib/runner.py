@@ -16,8 +16,10 @@ timer:
    (see :mod:`SCIsegLib.cancel`); the child stops at its next check (between sliding-window tiles,
    between download chunks), deletes what it started and exits with code 130;
 2. **terminate** after ``grace_s`` seconds if it is still running (SIGTERM to its process group on
-   POSIX; ``TerminateProcess`` on Windows);
-3. **kill** after another ``grace_s`` (SIGKILL to the group on POSIX; ``TerminateProcess`` again on Windows).
+   POSIX; on Windows ``taskkill /T /F`` on the child's process tree, since the ``PythonSlicer`` launcher's
+   ``python-real`` outlives a ``TerminateProcess`` of the launcher);
+3. **kill** after another ``grace_s`` (SIGKILL to the group on POSIX; the tree kill again and ``TerminateProcess``
+   on Windows).
 
 The later steps are taken by ``poll()`` and by a background thread, so a caller that stops polling
 still gets its child stopped. No console window opens on Windows (``CREATE_NO_WINDOW``) and no
@@ -110,20 +112,37 @@ def platform_popen_options(os_name: str = os.name) -> dict:
     return {"start_new_session": True}
 
 
-def stop_child(process: subprocess.Popen, step: str, os_name: str = os.name) -> None:
-    """Send the ``"terminate"`` or ``"kill"`` step of a cancel to ``process`` (and its group on POSIX).
+def tree_kill_command(pid: int) -> list[str]:
+    """Windows: end process ``pid`` and every process it started (``taskkill /T /F``).
 
-    Never raises for a child that has already ended.
+    On Windows ``PythonSlicer`` is a launcher (CTK's AppLauncher) that starts ``python-real`` as its own child;
+    ``TerminateProcess`` on the launcher leaves ``python-real`` running. ``taskkill /T`` walks the tree by parent
+    process id, so it must run while the launcher is still alive.
+    """
+    return ["taskkill", "/T", "/F", "/PID", str(int(pid))]
+
+
+def stop_child(process: subprocess.Popen, step: str, os_name: str = os.name, spawn=subprocess.Popen) -> None:
+    """Send the ``"terminate"`` or ``"kill"`` step of a cancel to ``process`` and everything it started.
+
+    POSIX: SIGTERM, then SIGKILL, to the child's process group. Windows: the terminate step ends the whole tree
+    (:func:`tree_kill_command`, started without waiting and without a console window); the kill step runs it
+    again and then ``TerminateProcess`` on the child itself, in case taskkill could not. ``spawn`` starts the
+    taskkill process (tests pass a recorder). Never raises for a child that has already ended.
     """
     if step not in ("terminate", "kill"):
         raise ValueError(f"unknown step {step!r}; use 'terminate' or 'kill'.")
     try:
         if os_name == "posix":
             os.killpg(process.pid, signal.SIGTERM if step == "terminate" else signal.SIGKILL)
-        elif step == "terminate":
-            process.terminate()  # TerminateProcess on Windows
-        else:
-            process.kill()
+            return
+        try:
+            spawn(tree_kill_command(process.pid), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL, **platform_popen_options(os_name))
+        except OSError:  # no taskkill: at least the child itself ends
+            process.terminate()
+        if step == "kill":
+            process.kill()  # TerminateProcess on Windows
     except (ProcessLookupError, PermissionError, OSError):
         pass  # already gone
 
@@ -521,8 +540,10 @@ class ChildCommand(_Child):
     then :attr:`timed_out` is True); :attr:`stdout`, :attr:`stderr` and :attr:`returncode` are then final.
     """
 
-    def __init__(self, arguments: list[str], python_executable: str | None = None, timeout_s: float = 300.0) -> None:
+    def __init__(self, arguments: list[str], python_executable: str | None = None, timeout_s: float = 300.0,
+                 module: str = "SCIsegLib") -> None:
         self.arguments = list(arguments)
+        self.module = module  # run as ``python -m MODULE ARGUMENTS``
         self.stdout = self.stderr = ""
         self.timed_out = False
         self._deadline = time.monotonic() + timeout_s
@@ -530,7 +551,7 @@ class ChildCommand(_Child):
         self._start_child()
 
     def command(self) -> list[str]:
-        return [self.python_executable, "-m", "SCIsegLib", *self.arguments]
+        return [self.python_executable, "-m", self.module, *self.arguments]
 
     def _check_deadline(self) -> None:
         if not self.cancelled and time.monotonic() > self._deadline:

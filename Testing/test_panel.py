@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
 
 from conftest import REPOSITORY, shared_file  # noqa: E402
-from SCIsegLib import dependencies, mrml, panel  # noqa: E402
+from SCIsegLib import dependencies, mrml, panel, panel_case, panel_jobs, runner  # noqa: E402
 from slicer_scene import load_with_slicer  # noqa: E402
 from SCIsegLib.panel import Action, Outcome, PanelInputs, PanelState  # noqa: E402
 
@@ -42,7 +44,7 @@ class PythonChild:
     def finished(self) -> bool:
         return self.returncode is not None
 
-    def cancel(self) -> None:
+    def cancel(self, grace_s: float | None = None) -> None:
         self.process.terminate()
 
 
@@ -155,15 +157,16 @@ def test_scene_close_stops_the_segmentation_and_shows_no_result() -> None:
     state = PanelState()
     state.start(Action.SEGMENT, PythonChild("import time; time.sleep(30)"))
     state.start(Action.EXPORT, PythonChild("import time; time.sleep(0.3)"))  # an export finishes writing its version
-    state.start(Action.NEXT_CASE, PythonChild("pass"))
+    state.start(Action.NEXT_CASE, PythonChild("import time; time.sleep(30)"))
     started = time.monotonic()
-    state.cancel_all()
+    state.scene_closing()
     assert time.monotonic() - started < 0.1
     ended = {f.job.action: f for f in poll_until_done(state)}
     assert ended[Action.SEGMENT].outcome == Outcome.CANCELLED and ended[Action.SEGMENT].job.run.returncode != 0
-    assert ended[Action.EXPORT].job.run.returncode == 0 and ended[Action.NEXT_CASE].job.run.returncode == 0
-    assert {f.outcome for f in ended.values()} == {Outcome.CANCELLED}
-    assert "scene was closed" in ended[Action.EXPORT].message and not ended[Action.SEGMENT].import_result
+    assert ended[Action.NEXT_CASE].outcome == Outcome.CANCELLED and ended[Action.NEXT_CASE].job.run.returncode != 0
+    assert "scene was closed" in ended[Action.SEGMENT].message and not ended[Action.SEGMENT].import_result
+    # The export wrote its version: it is reported as done, not as "nothing was changed".
+    assert ended[Action.EXPORT].job.run.returncode == 0 and ended[Action.EXPORT].outcome == Outcome.SUCCEEDED
 
 
 def test_device_list_keeps_the_saved_device_and_is_probed_again_after_installing() -> None:
@@ -177,11 +180,46 @@ def test_device_list_keeps_the_saved_device_and_is_probed_again_after_installing
     assert state.probe_wanted and state.devices is None
 
 
+def test_the_gpu_probe_runs_once_wanted_and_says_why_it_found_nothing() -> None:
+    class Probe(PythonChild):
+        def __init__(self, found: dict, timed_out: bool = False) -> None:
+            super().__init__("import sys; sys.stderr.write('torch is not installed\\n')")
+            self.found, self.timed_out = found, timed_out
+
+        def devices(self) -> dict:
+            return self.found
+
+        def new_log_lines(self) -> list[str]:
+            return self.stderr.splitlines()
+
+    state = PanelState()
+    started = []
+    assert state.poll_probe(lambda: started.append(1) or Probe({"cpu": "x86_64", "cuda": "NVIDIA H100"})) == (False, [])
+    while state.probe is not None:
+        changed, lines = state.poll_probe(lambda: started.append(1))
+        time.sleep(0.02)
+    assert changed and lines == [] and state.devices["cuda"] == "NVIDIA H100" and started == [1]  # started once
+    assert state.poll_probe(lambda: started.append(1)) == (False, [])
+    state.dependencies_installed()
+    state.poll_probe(lambda: Probe({}, timed_out=True))
+    while state.probe is not None:
+        changed, lines = state.poll_probe(None)
+        time.sleep(0.02)
+    assert state.devices == {} and lines == ["torch is not installed", "GPU detection did not finish within its time limit."]
+
+    def no_python():
+        raise runner.RunnerError("cannot start PythonSlicer (No such file); check the Python executable.")
+
+    state.dependencies_installed()
+    assert state.poll_probe(no_python) == (True, ["cannot start PythonSlicer (No such file); check the Python executable."])
+    assert state.devices == {} and state.probe is None
+
+
 def test_every_child_action_is_guarded_by_the_modules_its_child_imports() -> None:
     """Import what each child's handler imports, in a fresh Python, and compare with the declared list."""
     handlers = {
         Action.MEASURE: "import SCIsegLib.lesions, SCIsegLib.analysis_files",
-        Action.EXPORT: "import SCIsegLib.training.export",
+        Action.EXPORT: "import SCIsegLib.panel_export, SCIsegLib.cases",
         Action.NEXT_CASE: "import SCIsegLib.training.queue",
         Action.SEGMENT: "import SCIsegLib.inference, SCIsegLib.segment",
         Action.INSTALL_MODEL: "import SCIsegLib.cli, SCIsegLib.models, SCIsegLib.download",
@@ -221,6 +259,23 @@ def test_pip_arguments_are_a_list_with_constraints_for_each_slicer_version() -> 
     assert panel.torch_build("2.13.0+cpu") == "CPU"
     assert panel.torch_build("2.4.0+rocm6.1") == "ROCm 6.1"
     assert panel.torch_build("2.13.0").startswith("the default PyPI build")
+
+
+def test_a_clicked_row_jumps_to_that_rows_lesion_not_the_next_one(scene, tmp_path: Path) -> None:
+    """Slicer's table view shows column titles in its first row unless UseColumnTitleAsColumnHeader is set
+    (qMRMLTableModel::mrmlTableRowIndex): a click on lesion k's row jumped to lesion k+1."""
+    scene, _logic = scene
+    lesions = tmp_path / "t2_lesion_seg_analysis.csv"
+    lesions.write_text("label,volume [mm3]\n1,41.5\n2,12.0\n3,8.0\n")
+    table = mrml.table_node_from_csv(scene, lesions, "t2 lesions")
+    centres = {1: (1.0, 1.0, 1.0), 2: (2.0, 2.0, 2.0), 3: (3.0, 3.0, 3.0)}
+    assert table.GetUseColumnTitleAsColumnHeader()  # view row k is table row k
+    for view_row, label in ((0, 1), (1, 2), (2, 3)):
+        assert panel.lesion_centre_for_row(table, table.GetID(), view_row, centres) == centres[label]
+    # A table shown the default way: its view row 0 is the title row, view row k is table row k - 1.
+    table.SetUseColumnTitleAsColumnHeader(False)
+    assert panel.lesion_centre_for_row(table, table.GetID(), 0, centres) is None
+    assert panel.lesion_centre_for_row(table, table.GetID(), 1, centres) == centres[1]
 
 
 def test_a_clicked_row_jumps_only_from_the_lesion_table(scene, tmp_path: Path) -> None:
@@ -312,6 +367,15 @@ class CliChild(PythonChild):
         return []
 
 
+def test_comparison_sentence_and_next_case_arguments() -> None:
+    result = {"cord_dice": 0.9512, "cord_voxels_added": 12, "cord_voxels_removed": 3, "lesion_dice": 0.5, "lesion_f1": 0.667,
+              "lesions_a": 1, "lesions_b": 2}
+    assert panel.comparison_sentence("t2 SCIseg", result) == (
+        "Versus 't2 SCIseg': cord Dice 0.951 (+12 / -3 voxels), lesion Dice 0.500, lesion-wise F1 0.67 (1 -> 2 lesions).")
+    assert panel.next_case_arguments("/q.json", "") == ["queue", "next", "--queue", "/q.json"]
+    assert panel.next_case_arguments("/q.json", "/bids") == ["queue", "next", "--queue", "/q.json", "--bids", "/bids"]
+
+
 def test_next_case_path(tmp_path: Path) -> None:
     scan = tmp_path / "sub-01_T2w.nii.gz"
     scan.write_bytes(b"")
@@ -320,7 +384,7 @@ def test_next_case_path(tmp_path: Path) -> None:
     assert panel.next_case_path(2, f"0.731  {scan}\n", lambda p: Path(p).is_file()) is None
 
 
-def test_segment_click_path_with_the_real_runner_and_the_demo_model(scene, demo_model_path: Path) -> None:
+def test_segment_click_path_with_the_real_runner_and_the_demo_model(scene, demo_model_path: Path, tmp_path: Path) -> None:
     """Segment t2 with the bundled model in a real child while the rater selects t1w; then Cancel a second run.
 
     The panel's timer loop without Qt: every poll returns within 100 ms, Cancel returns at once, the masks go
@@ -362,13 +426,19 @@ def test_segment_click_path_with_the_real_runner_and_the_demo_model(scene, demo_
     assert any(event.get("event") == "progress" for event in events)
     volume = panel.result_volume(scene, finished.job)
     assert volume.GetID() == t2.GetID()
-    outputs = run.outputs()
-    node = mrml.import_sciseg_masks(logic, scene, volume, sitk.ReadImage(str(outputs["sc"])), sitk.ReadImage(str(outputs["lesion"])))
+    predictions = tmp_path / "predictions"  # the panel's session folder: no prediction file left in the user data folder
+    predictions.mkdir()
+    node = panel_jobs.import_result(scene, logic, run, volume, predictions)
+    [folder] = predictions.iterdir()
+    assert node.GetAttribute(panel_case.PREDICTION_FOLDER_ATTRIBUTE) == str(folder)
+    prediction, _lesion = panel_case.prediction_masks(node)
     cord = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, node, volume)) > 0
     manual = mrml.on_grid_of(sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"))), mrml.image_from_volume_node(volume))
     truth = sitk.GetArrayFromImage(manual) > 0
     assert 2 * np.sum(cord & truth) / (cord.sum() + truth.sum()) > 0.85  # 0.946 measured with the demo model
-    run.cleanup()
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))).max() == 1
+    panel.remove_job_files(finished.job)
+    assert not run.work_dir.exists()
 
     run = start()
     while not any(event.get("event") == "progress" for event in state.poll()[0]):
@@ -379,3 +449,182 @@ def test_segment_click_path_with_the_real_runner_and_the_demo_model(scene, demo_
     [finished] = poll_until_done(state, timeout_s=60)
     assert finished.outcome == Outcome.CANCELLED and not finished.import_result
     assert not run.work_dir.exists()
+
+
+def lesion_segmentation(scene, logic, volume, lesion_box):
+    """A SCIseg segmentation of ``volume``: the manual t2 cord and a lesion in ``lesion_box`` (z, y, x slices)."""
+    reference = mrml.image_from_volume_node(volume)
+    manual = sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz")))
+    cord = sitk.GetArrayFromImage(mrml.on_grid_of(manual, reference)).astype(np.uint8)
+    lesion = np.zeros_like(cord)
+    lesion[lesion_box] = 1
+    return mrml.import_sciseg_masks(logic, scene, volume, mrml.image_from_array_zyx(cord, reference),
+                                    mrml.image_from_array_zyx(lesion, reference))
+
+
+def test_export_measure_and_compare_refuse_the_previous_cases_segmentation(scene, tmp_path: Path) -> None:
+    """Next case (or another volume picked) left case 1's segmentation selected: Export wrote case 1's lesion as
+    case 2's labels. Now export, measure and compare compare the segmentation's source and reference geometry
+    with the volume and refuse with one sentence, before writing or starting anything."""
+    scene, logic = scene
+    case_1 = load_with_slicer(scene, shared_file("sct_testing_data/t2/t2.nii.gz"))
+    # Case 2 on the same grid (a second session with the same protocol: other voxels, same header)...
+    image = sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2.nii.gz")))
+    sitk.WriteImage(image * 2, str(tmp_path / "sub-02_T2w.nii.gz"))
+    same_grid = load_with_slicer(scene, tmp_path / "sub-02_T2w.nii.gz")
+    # ... and case 3 on another grid.
+    other_grid = load_with_slicer(scene, shared_file("sct_testing_data/t1/t1w.nii.gz"))
+    segmentation = lesion_segmentation(scene, logic, case_1, np.s_[20:24, 25:29, 28:32])
+    assert mrml.pairing_problem(segmentation, case_1) is None
+    # What Export did before (mrml.export_sciseg_label_map on the selected pair): case 1's lesion as case 2's labels.
+    leaked = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, segmentation, same_grid))
+    assert np.count_nonzero(leaked == 2) == 4 * 4 * 4
+
+    root = tmp_path / "bids"
+    for volume in (same_grid, other_grid):
+        problem = mrml.pairing_problem(segmentation, volume)
+        assert problem == (f"Segmentation 't2 SCIseg' was made on 't2', not on '{volume.GetName()}': select its own volume, "
+                           f"or segment '{volume.GetName()}' first.")
+        before = set(Path(tempfile.gettempdir()).glob("sciseg-*"))
+        for start in (
+            lambda v=volume: panel_jobs.start_export(scene, logic, segmentation, v, str(root), "rater A", sys.executable),
+            lambda v=volume: panel_jobs.start_measurement(scene, logic, segmentation, v, sys.executable),
+            lambda v=volume: panel_jobs.start_compare(scene, logic, segmentation, segmentation, v, sys.executable),
+        ):
+            with pytest.raises(ValueError, match="^" + re.escape(problem) + "$"):
+                start()
+        assert not root.exists() and set(Path(tempfile.gettempdir()).glob("sciseg-*")) == before
+
+    # Without its source reference (a segmentation from another scene or file) the grid still tells case 3 apart.
+    segmentation.RemoveNodeReferenceIDs(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    assert "lies on another grid than 't1w'" in mrml.pairing_problem(segmentation, other_grid)
+    assert mrml.pairing_problem(segmentation, case_1) is None
+
+
+def test_a_segmentation_exported_with_its_own_volume_is_its_own_lesion(scene, tmp_path: Path) -> None:
+    """The right pair still exports: a real ``sciseg export`` child writes case 1's lesion under case 1."""
+    scene, logic = scene
+    root = tmp_path / "bids"
+    source = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+    source.parent.mkdir(parents=True)
+    sitk.WriteImage(sitk.ReadImage(str(shared_file("sct_testing_data/t2/t2.nii.gz"))), str(source))
+    case_1 = load_with_slicer(scene, source)
+    segmentation = lesion_segmentation(scene, logic, case_1, np.s_[20:24, 25:29, 28:32])
+    command = panel_jobs.start_export(scene, logic, segmentation, case_1, str(root), "rater A", sys.executable)
+    state = PanelState()
+    state.start(Action.EXPORT, command)
+    [finished] = poll_until_done(state, timeout_s=120)
+    assert finished.outcome == Outcome.SUCCEEDED, finished.message
+    assert panel.export_summary(command.stdout).startswith("Exported version v001 (from empty)")
+    panel.remove_job_files(finished.job)
+    assert not Path(command.folder).exists()
+    # A Slicer prediction whose session folder is gone (saved scene, Slicer restarted): the rater can still export.
+    segmentation.SetAttribute(panel_case.BASE_ATTRIBUTE, "prediction")
+    segmentation.SetAttribute(panel_case.PREDICTION_FOLDER_ATTRIBUTE, str(tmp_path / "removed"))
+    again = panel_jobs.start_export(scene, logic, segmentation, case_1, str(root), "rater A", sys.executable)
+    state.start(Action.EXPORT, again)
+    [finished] = poll_until_done(state, timeout_s=120)
+    panel.remove_job_files(finished.job)
+    assert finished.outcome == Outcome.SUCCEEDED, finished.message
+    assert panel.export_result(again.stdout)["version"] == 2 and "v001 existed" in panel.export_result(again.stdout)["warning"]
+    [dseg] = root.glob("derivatives/labels/sub-01/anat/sub-01_T2w*dseg.nii.gz")
+    written = sitk.ReadImage(str(dseg))
+    expected = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, segmentation, case_1))
+    assert written.GetSize() == sitk.ReadImage(str(source)).GetSize()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.on_grid_of(written, mrml.image_from_volume_node(case_1))), expected)
+
+
+def test_every_action_button_is_disabled_while_the_dependencies_install() -> None:
+    """pip_install processes Qt events between pip's lines: a second click there started a second install."""
+    state = PanelState()
+    ready = PanelInputs("v", "s", "s2", True, "rater A", "/data/bids", "/data/queue.json")
+    assert all(state.enabled(ready)[name] for name in panel.ACTION_WIDGETS)
+    assert all(state.may_start(action) for action in Action)
+    state.installing_dependencies = True
+    enabled = state.enabled(ready)
+    assert not any(enabled[name] for name in panel.ACTION_WIDGETS), enabled
+    assert not any(state.may_start(action) for action in Action)
+    state.installing_dependencies = False
+    assert state.enabled(ready)["segmentButton"] and state.may_start(Action.SEGMENT)
+
+
+def test_scene_close_lets_the_model_download_and_an_export_finish_and_reports_the_export(tmp_path: Path) -> None:
+    state = PanelState()
+    state.start(Action.INSTALL_MODEL, PythonChild("import time; time.sleep(0.5)"))
+    state.start(Action.EXPORT, PythonChild("import time; time.sleep(0.3)"))
+    state.start(Action.MEASURE, PythonChild("import time; time.sleep(30)"))
+    state.scene_closing()
+    ended = {f.job.action: f for f in poll_until_done(state)}
+    assert ended[Action.INSTALL_MODEL].job.run.returncode == 0 and not ended[Action.INSTALL_MODEL].job.cancel_requested
+    assert ended[Action.EXPORT].outcome == Outcome.SUCCEEDED and "nothing was changed" not in ended[Action.EXPORT].message
+    assert ended[Action.MEASURE].outcome == Outcome.CANCELLED and ended[Action.MEASURE].job.run.returncode != 0
+
+
+def test_a_run_that_ends_without_a_result_does_not_say_exit_code_0(tmp_path: Path) -> None:
+    run = runner.SegmentationRun(runner.RunOptions(), python_executable=sys.executable, log_dir=tmp_path)
+    run.input_path.write_bytes(b"")
+    run.command = lambda: [sys.executable, "-c", "pass"]  # a child that exits 0 and prints no result event
+    run.start()
+    state = PanelState()
+    state.start(Action.SEGMENT, run)
+    [finished] = poll_until_done(state)
+    assert finished.outcome == Outcome.FAILED and not finished.import_result
+    assert "exit code" not in finished.message and "without giving a result" in finished.message
+    assert str(run.log_path) in finished.message
+    panel.remove_job_files(finished.job)
+    assert not run.work_dir.exists()
+
+
+def test_reload_and_exit_stop_every_child_and_remove_their_folders(tmp_path: Path) -> None:
+    """Reload or closing Slicer left measure/export/compare/next-case/device children running with their folders."""
+    state = PanelState()
+    children = {action: SleepingCommand(tmp_path, 60) for action in (Action.MEASURE, Action.COMPARE, Action.NEXT_CASE)}
+    export = SleepingCommand(tmp_path, 0.5, write=tmp_path / "version.txt")
+    for action, command in children.items():
+        state.start(action, command)
+    state.start(Action.EXPORT, export)
+    state.probe = SleepingCommand(tmp_path, 60)
+    started = time.monotonic()
+    assert state.shutdown(timeout_s=30, export_s=30) == []
+    assert time.monotonic() - started < 25
+    assert export.returncode == 0 and (tmp_path / "version.txt").read_text() == "published"  # the export finished
+    for command in [*children.values(), export]:
+        assert command.process.poll() is not None and not Path(command.folder).exists()
+    assert state.jobs == {} and state.probe is None
+
+
+class SleepingCommand(runner.ChildCommand):
+    """A real ``ChildCommand`` child that sleeps ``seconds`` (then writes ``write``) with a temporary folder."""
+
+    def __init__(self, tmp_path: Path, seconds: float, write: Path | None = None) -> None:
+        self.seconds, self.write = seconds, write
+        super().__init__([], sys.executable)
+        self.folder = tempfile.mkdtemp(prefix="job-", dir=tmp_path)
+
+    def command(self) -> list[str]:
+        code = f"import time, pathlib; time.sleep({self.seconds})"
+        if self.write is not None:
+            code += f"; pathlib.Path({str(self.write)!r}).write_text('published')"
+        return [self.python_executable, "-c", code]
+
+
+def test_reload_forgets_the_library_so_its_edited_files_are_read_again(tmp_path: Path) -> None:
+    package = tmp_path / "edited_lib"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "decisions.py").write_text("VALUE = 1\n")
+    code = f"""
+import importlib, sys, pathlib
+sys.path.insert(0, {str(tmp_path)!r})
+sys.dont_write_bytecode = True
+import edited_lib.decisions
+pathlib.Path({str(package / "decisions.py")!r}).write_text("VALUE = 2\\n")
+from SCIsegLib import panel
+assert panel.forget_library_modules(package="edited_lib") == ["edited_lib", "edited_lib.decisions"]
+importlib.invalidate_caches()
+import edited_lib.decisions
+print(edited_lib.decisions.VALUE)
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True)
+    assert result.stdout.strip() == "2", result.stderr
+    assert panel.library_modules(["SCIsegLib", "SCIsegLib.panel", "SCIsegLibrary", "numpy"]) == ["SCIsegLib", "SCIsegLib.panel"]

@@ -220,10 +220,21 @@ def test_windows_branch_uses_no_console_and_no_console_events() -> None:
         def send_signal(self, signum: int) -> None:  # CTRL_BREAK_EVENT would come through here
             self.calls.append(f"signal {signum}")
 
+    # PythonSlicer is a launcher whose python-real outlives TerminateProcess of the launcher: the whole tree ends.
+    spawned: list[tuple[list[str], dict]] = []
     process = FakeProcess()
-    runner.stop_child(process, "terminate", os_name="nt")
-    runner.stop_child(process, "kill", os_name="nt")
-    assert process.calls == ["terminate", "kill"]
+    runner.stop_child(process, "terminate", os_name="nt", spawn=lambda argv, **kw: spawned.append((argv, kw)))
+    assert spawned[0][0] == ["taskkill", "/T", "/F", "/PID", "4242"] and process.calls == []
+    assert spawned[0][1]["creationflags"] == 0x08000000  # no console window flashes
+    runner.stop_child(process, "kill", os_name="nt", spawn=lambda argv, **kw: spawned.append((argv, kw)))
+    assert spawned[1][0] == ["taskkill", "/T", "/F", "/PID", "4242"] and process.calls == ["kill"]
+
+    def no_taskkill(argv, **kw):
+        raise FileNotFoundError(argv[0])
+
+    process = FakeProcess()
+    runner.stop_child(process, "terminate", os_name="nt", spawn=no_taskkill)
+    assert process.calls == ["terminate"]  # at least the launcher itself ends
     source = (REPOSITORY / "SCIsegLib" / "runner.py").read_text()
     assert "CTRL_BREAK_EVENT)" not in source and "CREATE_NEW_PROCESS_GROUP)" not in source
     with pytest.raises(ValueError):

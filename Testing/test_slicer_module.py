@@ -146,9 +146,12 @@ CALLABLE_TAKERS = {"connect", "disconnect", "singleShot", "addObserver", "remove
 
 
 def callable_misuses(source: str) -> list[str]:
-    """Calls passing a Python callable (a lambda, or a function/method defined in ``source``) to anything else."""
+    """Calls passing a Python callable (a lambda, or a function/method defined in ``source``) to anything else
+    than PythonQt's callable takers and SCIsegLib's own (pure Python) functions."""
     tree = ast.parse(source)
     defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    library = {alias.asname or alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "SCIsegLib"
+               for alias in n.names}
     problems = []
     for call in ast.walk(tree):
         if not isinstance(call, ast.Call):
@@ -156,6 +159,8 @@ def callable_misuses(source: str) -> list[str]:
         callee = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
         if callee in CALLABLE_TAKERS:
             continue
+        if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id in library:
+            continue  # a Python function of SCIsegLib, not PythonQt
         for argument in [*call.args, *(k.value for k in call.keywords)]:
             is_callable = isinstance(argument, ast.Lambda) or (
                 isinstance(argument, ast.Attribute) and isinstance(argument.value, ast.Name)
@@ -241,7 +246,7 @@ def test_module_and_everything_it_imports_load_no_torch_or_nnunet() -> None:
     modules = {n.module.split(".")[0] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module}
     assert not ({"torch", "nnunetv2"} & (imported | modules))
     named = sorted(sciseglib_modules_named_in(source))
-    assert {"SCIsegLib.panel", "SCIsegLib.runner", "SCIsegLib.mrml", "SCIsegLib.phantom"} <= set(named)
+    assert {"SCIsegLib.panel", "SCIsegLib.runner", "SCIsegLib.mrml", "SCIsegLib.panel_selftest"} <= set(named)
     code = (
         f"import importlib, sys; [importlib.import_module(m) for m in {named!r}];"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'nnunetv2')); print(bad); sys.exit(1 if bad else 0)"
@@ -263,7 +268,7 @@ def test_module_file_has_no_pyflakes_findings() -> None:
 
 # Calls into SCIsegLib: names and arguments that exist (the module cannot be imported here without Qt)
 
-LIBRARY_MODULES = ("dependencies", "models", "mrml", "panel", "runner", "volume")
+LIBRARY_MODULES = ("dependencies", "models", "mrml", "panel", "panel_case", "panel_install", "panel_jobs", "panel_lesions", "panel_selftest", "runner", "volume")
 
 
 def library_call_problems(source: str, modules: dict[str, object]) -> list[str]:
@@ -298,12 +303,16 @@ def library_call_problems(source: str, modules: dict[str, object]) -> list[str]:
 RUN_NAMES = {"run", "command", "_probe"}
 
 
-def runner_attribute_problems(source: str, runner_module) -> list[str]:
-    """Attributes read on runner objects that no runner class has (nor the module sets on them itself)."""
+def runner_attribute_problems(source: str, runner_module, setters: tuple[str, ...] = ()) -> list[str]:
+    """Attributes read on runner objects that no runner class has (nor the module, or ``setters``' sources, set on them)."""
     runner_source = Path(runner_module.__file__).read_text()
     provided = {a for cls in vars(runner_module).values() if isinstance(cls, type) for a in dir(cls)}
     provided |= {t.attr for n in ast.walk(ast.parse(runner_source)) if isinstance(n, ast.Assign) for t in n.targets
                  if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    for setter in setters:
+        provided |= {t.attr for n in ast.walk(ast.parse(setter)) if isinstance(n, ast.Assign) for t in n.targets
+                     for t in (t.elts if isinstance(t, ast.Tuple) else [t])
+                     if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in RUN_NAMES}
     read, assigned = {}, set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute) and (
@@ -349,7 +358,8 @@ def test_module_calls_into_the_library_exist_with_those_arguments() -> None:
         pytest.skip("runs once issue-10b's runner (ModelInstallRun, ChildCommand.new_log_lines) and dependencies are merged")
     source = MODULE.read_text()
     assert library_call_problems(source, modules) == []
-    assert runner_attribute_problems(source, modules["runner"]) == []
+    setters = (Path(modules["panel_jobs"].__file__).read_text(),)
+    assert runner_attribute_problems(source, modules["runner"], setters) == []
 
 
 #: Widget classes Slicer 5.10's parameterNodeWrapper connects to each parameter type
@@ -463,3 +473,37 @@ def test_signal_check_catches_what_it_guards() -> None:
 def test_every_connected_signal_exists_on_its_widget() -> None:
     ui_classes = {name: widget_class for name, widget_class in ui_widget_names().items()}
     assert signal_problems(MODULE.read_text(), ui_classes) == []
+
+
+def test_module_load_imports_no_simpleitk_or_numpy() -> None:
+    """Slicer imports every module file at start-up: SimpleITK there cost ~0.5 s. Only the top-level imports count."""
+    tree = ast.parse(MODULE.read_text())
+    top = sorted({f"SCIsegLib.{alias.name}" if n.module == "SCIsegLib" else n.module
+                  for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("SCIsegLib")
+                  for alias in n.names})
+    assert "SCIsegLib.panel" in top
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {top!r}];"
+            "print(sorted(m for m in ('SimpleITK', 'numpy', 'slicer', 'vtk') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_every_dialog_the_module_makes_is_deleted() -> None:
+    """askChoice parented a QDialog to the main window per question and never deleted it."""
+    tree = ast.parse(MODULE.read_text())
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        made = [n for n in ast.walk(function) if isinstance(n, ast.Call) and ast.unparse(n.func) == "qt.QDialog"]
+        if made:
+            deleted_in_finally = [n for t in ast.walk(function) if isinstance(t, ast.Try) for f in t.finalbody
+                                  for n in ast.walk(f) if isinstance(n, ast.Call) and ast.unparse(n.func).endswith(".deleteLater")]
+            assert deleted_in_finally, f"{function.name} makes a QDialog and does not deleteLater() it in a finally"
+
+
+def test_reload_reloads_the_library_first() -> None:
+    """Slicer's Reload re-executes SCIseg.py only; the widget forgets SCIsegLib first (as SlicerNNUnet's onReload)."""
+    tree = ast.parse(MODULE.read_text())
+    body = [ast.unparse(statement) for statement in _method(tree, "SCIsegWidget", "onReload").body]
+    forget = body.index("panel.forget_library_modules()")
+    assert forget < body.index("ScriptedLoadableModuleWidget.onReload(self)")

@@ -16,6 +16,12 @@ between a marker ``.<stem>.sciseg-publishing`` written first and removed last: w
 there the copies may mix two versions, and readers (:func:`publishing_marker`, ``sciseg evaluate``)
 refuse them; the next export of that scan republishes them. The version store is the source of truth
 (:func:`latest_version`). Subject, session and file names are validated before they become paths.
+
+Lineage: an export may name the base it was built on (``parent``: :data:`FROM_PREDICTION`, :data:`FROM_EMPTY`
+or a version number). Every sidecar then records ``"Parent"`` (``{"Kind": "version", "Version": 2}``,
+``{"Kind": "prediction"}`` or ``{"Kind": "empty"}``; ``null`` when not given), and the result lists the versions
+that existed at the commit and are newer than that base (:attr:`ExportResult.newer_than_parent`): a correction
+that started from the prediction, or an older version, while a newer correction existed.
 """
 
 from __future__ import annotations
@@ -55,6 +61,21 @@ class ExportResult:
     version: int
     version_folder: Path
     files: dict[str, Path]
+    newer_than_parent: tuple[int, ...] = ()  # versions newer than the parent, present when this one was committed
+
+
+FROM_PREDICTION, FROM_EMPTY = "prediction", "empty"
+
+
+def parent_record(parent: int | str | None) -> dict | None:
+    """The sidecar's ``Parent`` for a base: a version number, :data:`FROM_PREDICTION` or :data:`FROM_EMPTY` (None: not known)."""
+    if parent is None:
+        return None
+    if parent in (FROM_PREDICTION, FROM_EMPTY):
+        return {"Kind": parent}
+    if isinstance(parent, int) and not isinstance(parent, bool) and parent >= 1:
+        return {"Kind": "version", "Version": parent}
+    raise ValueError(f"parent must be a version number (>= 1), {FROM_PREDICTION!r} or {FROM_EMPTY!r}, not {parent!r}")
 
 
 def bids_entities(source: Path, subject: str | None = None, session: str | None = None) -> tuple[str, str | None]:
@@ -112,10 +133,16 @@ def version_numbers(folder: Path) -> list[int]:
     return sorted(int(p.name[1:]) for p in folder.glob("v[0-9][0-9][0-9]*") if p.is_dir() and p.name[1:].isdigit())
 
 
+def version_store(root: Path, source: Path, subject: str | None = None, session: str | None = None) -> Path:
+    """The folder holding a scan's versions ``v001, v002, ...`` (it may not exist yet); names validated."""
+    subject, session = bids_entities(source, subject, session)
+    stem = plain_name(image_stem(source), "source image name")
+    return labels_folder(root) / VERSIONS / _anat_relative(subject, session) / stem
+
+
 def latest_version(root: Path, source: Path, subject: str | None = None, session: str | None = None) -> Path | None:
     """The newest complete version folder of a scan's corrections (None when never exported)."""
-    subject, session = bids_entities(source, subject, session)
-    store = labels_folder(root) / VERSIONS / _anat_relative(subject, session) / image_stem(source)
+    store = version_store(root, source, subject, session)
     numbers = version_numbers(store) if store.is_dir() else []
     return store / f"v{numbers[-1]:03d}" if numbers else None
 
@@ -152,6 +179,7 @@ def export_correction(
     subject: str | None = None,
     session: str | None = None,
     note: str = "",
+    parent: int | str | None = None,
 ) -> ExportResult:
     """Write a new version of a scan's corrected masks; never overwrites an earlier version.
 
@@ -164,9 +192,12 @@ def export_correction(
         predicted_cord, predicted_lesion: the model's masks, to record what the rater changed.
         subject, session: BIDS labels when the file name does not carry them.
         note: free text kept in the sidecars.
+        parent: the base the masks were built on (a version number, ``"prediction"`` or ``"empty"``), recorded as
+            ``Parent``; the result's ``newer_than_parent`` then lists versions newer than it (None: not known, empty).
     """
     if not rater.strip():
         raise InputError("a rater name is required to export corrections.")
+    parent_sidecar = parent_record(parent)
     source = Path(source)
     if not source.is_file():
         raise InputError(f"{source}: no such source image.")
@@ -207,6 +238,7 @@ def export_correction(
                 "Model": model,
                 "SourceImage": source_info,
                 "Note": note,
+                "Parent": parent_sidecar,
             }
             if key == "labels":
                 sidecar["Labels"] = {"0": "background", "1": "spinal cord (no lesion)", "2": "lesion"}
@@ -227,6 +259,10 @@ def export_correction(
             numbers = version_numbers(store)
             version = (numbers[-1] + 1) if numbers else 1
             version_folder = store / f"v{version:03d}"
+            if parent is None:
+                newer = ()
+            else:
+                newer = tuple(n for n in numbers if not isinstance(parent, int) or n > parent)
             for file in staging.glob("*.json"):
                 content = json.loads(file.read_text())
                 content["Version"] = version
@@ -242,7 +278,7 @@ def export_correction(
             for file in staging.iterdir():
                 os.chmod(file, 0o644)
             shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(version=version, version_folder=version_folder, files=latest)
+    return ExportResult(version=version, version_folder=version_folder, files=latest, newer_than_parent=newer)
 
 
 def _verify_staged(staging: Path, stem: str, expected: dict[str, np.ndarray]) -> None:

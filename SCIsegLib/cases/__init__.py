@@ -1,0 +1,46 @@
+"""The case: one scan bound to the segmentation being edited. Qt-free and web-free; the Slicer panel and the review app bind to it.
+
+A case knows which scan it is about (:class:`Scan`: resolved path, sha256, BIDS subject/session, :class:`Grid`:
+size (i, j, k) voxels, spacing mm, origin mm LPS, direction), what it was opened from (a :class:`Base`: an
+exported version with rater, date and parent, the model's prediction, or empty masks), whether the label map
+being edited has unsaved edits, the rater's draft, and how it is exported. Label maps are 0 background,
+1 cord only, 2 lesion; arrays are (z, y, x) uint8, images SimpleITK.
+
+API (everything else is detail)::
+
+    case = Case.open(root, image)                       # latest version, else prediction, else empty
+    case = Case.open(root, image, choice="v001")        # or "prediction", "empty", any name in case.bases
+    case = Case.open(root, image, draft_of="alice")     # alice's draft restored over its base (when she has one)
+    case.bases, case.base, case.opening_sentence()      # the choices (newest version first) and what was opened
+    case.labels                                         # the label map opened, (z, y, x) uint8
+    case.scan.key                                       # bind a segmentation to it when you make one
+    case.check(labels_image, drawn_on=key)              # refuse (CaseRefused, one sentence) another scan or grid
+    case.unsaved(labels_zyx), case.safe(labels_zyx)     # edits not exported / nothing that can be lost
+    case.save_draft(labels_zyx, rater)                  # after each stroke: atomic, only when something changed
+    case.drafts(), case.discard_draft(rater)            # every rater's drafts of this case, newest first
+    outcome = case.export(labels_image, rater, drawn_on=key, model=...)   # a new version with its parent
+    outcome.result.version, outcome.warning             # warning: started from an older base than the latest
+
+Rules it keeps:
+
+* Export, measure and compare call :meth:`Case.check` first: a segmentation made on another scan (its ``drawn_on``
+  key differs) or lying on another grid is refused with one sentence and nothing is written.
+* Every export records its parent (the base: ``{"Kind": "version", "Version": 2}``, ``prediction`` or ``empty``),
+  and warns when versions newer than that base existed (a correction of the prediction while v001 existed).
+  After an export the case's base is the new version and the rater's draft is removed.
+* Drafts live in ``derivatives/labels/.drafts/sub-X/[ses-Y/]anat/<stem>/<rater key>.nrrd``, one per rater and
+  case, each written whole (temporary file + rename); a draft of another content of the scan (sha256) is refused.
+* ``<root>/derivatives`` may itself be a link (another disk): it is resolved once, and every path below it
+  (prediction, labels, versions, drafts) must resolve inside it, else that case is refused (:func:`inside_derivatives`).
+"""
+
+from .bases import EMPTY, Base, base_labels, prediction_of, versions_of
+from .case import Case, ExportOutcome, default_prediction_paths, derivatives_folder, inside_derivatives
+from .drafts import Draft, draft_folder, rater_key
+from .scan import CaseRefused, Grid, Scan, scan_of
+
+__all__ = [
+    "EMPTY", "Base", "Case", "CaseRefused", "Draft", "ExportOutcome", "Grid", "Scan", "base_labels",
+    "default_prediction_paths", "derivatives_folder", "draft_folder", "inside_derivatives", "prediction_of",
+    "rater_key", "scan_of", "versions_of",
+]

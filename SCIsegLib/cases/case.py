@@ -1,0 +1,196 @@
+"""The case: one scan bound to the label map being edited, the base it was opened from, its drafts and its export."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..training.export import ExportResult, export_correction, labels_folder, version_store
+from .bases import EMPTY, Base, base_labels, prediction_of, versions_of
+from .drafts import Draft, draft_folder, draft_labels, drafts_in, rater_key, write_draft
+from .scan import CaseRefused, Scan, scan_of
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """An export: the exporter's result and, when newer versions than the base existed, a sentence saying so."""
+
+    result: ExportResult
+    warning: str | None
+
+
+def derivatives_folder(root: Path) -> Path:
+    """``<root>/derivatives`` resolved once: it may be a link (another disk); nothing below it may lead out of it."""
+    return (Path(root) / "derivatives").resolve()
+
+
+def inside_derivatives(root: Path, path: Path, what: str) -> Path:
+    """``path`` when it resolves inside the resolved derivatives folder, else :class:`CaseRefused` (one sentence)."""
+    base, resolved = derivatives_folder(root), Path(path).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise CaseRefused(f"{what} {path} leads outside the derivatives folder {base} (a symbolic link); "
+                          "this case is not read or written through it.")
+    return Path(path)
+
+
+def default_prediction_paths(root: Path, scan: Scan) -> tuple[Path, Path]:
+    """``derivatives/sciseg/sub-X/[ses-Y/]anat/<stem>_sc_seg.nii.gz`` and ``_lesion_seg.nii.gz`` (SCT's names)."""
+    folder = Path(root) / "derivatives" / "sciseg" / f"sub-{scan.subject}"
+    folder = (folder / f"ses-{scan.session}" if scan.session else folder) / "anat"
+    return folder / f"{scan.stem}_sc_seg.nii.gz", folder / f"{scan.stem}_lesion_seg.nii.gz"
+
+
+def _digest(labels_zyx: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels_zyx, dtype=np.uint8).tobytes()).hexdigest()
+
+
+class Case:
+    """One scan, the base it was opened from and what has been saved of it since. Build it with :meth:`open`.
+
+    Attributes: ``root`` (BIDS dataset), ``scan`` (:class:`Scan`), ``bases`` (what it could be opened from,
+    newest version first, then the prediction, then empty), ``base`` (what it was opened from or last exported
+    as), ``labels`` (the label map it was opened with, (z, y, x) uint8, or the draft restored), ``draft``
+    (the draft restored at opening, if any).
+    """
+
+    def __init__(self, root: Path, scan: Scan, bases: list[Base], base: Base, labels: np.ndarray,
+                 prediction: np.ndarray | None, draft: Draft | None = None) -> None:
+        self.root = Path(root)
+        self.scan = scan
+        self.bases = bases
+        self.base = base
+        self.labels = labels
+        self.prediction = prediction
+        self.draft = draft
+        self._saved = _digest(base_labels(base, scan)) if draft is not None else _digest(labels)
+        self._drafted: str | None = _digest(labels) if draft is not None else None
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, root: Path, image: Path, *, choice: str | None = None, draft_of: str | None = None,
+             prediction: tuple[Path, Path] | None = None, subject: str | None = None,
+             session: str | None = None) -> Case:
+        """Open a scan: the base named by ``choice`` (``v001``, ``prediction``, ``empty``; None: the default), or
+        ``draft_of`` a rater's draft when there is one (restored over its base).
+
+        The default is the latest exported version, else the prediction, else empty masks. ``prediction``
+        (cord, lesion) defaults to ``derivatives/sciseg/...`` (:func:`default_prediction_paths`). Every path
+        under ``derivatives`` must stay inside it (:func:`inside_derivatives`).
+        """
+        scan = scan_of(image, subject, session)
+        cord, lesion = prediction or default_prediction_paths(root, scan)
+        if prediction is None:
+            inside_derivatives(root, cord, "the prediction")
+            inside_derivatives(root, lesion, "the prediction")
+        inside_derivatives(root, labels_folder(root), "the labels folder")
+        inside_derivatives(root, version_store(root, scan.path, scan.subject, scan.session), "the versions folder")
+        predicted = prediction_of(cord, lesion)
+        bases = versions_of(root, scan) + ([predicted] if predicted is not None else []) + [EMPTY]
+        prediction_labels = base_labels(predicted, scan) if predicted is not None else None
+        draft = None
+        if draft_of is not None:
+            draft = next((d for d in drafts_in(cls._draft_folder(root, scan)) if d.rater == draft_of.strip()), None)
+        if draft is not None:
+            base = next((b for b in bases if b.name == draft.base), EMPTY)
+            labels = draft_labels(draft, scan)
+        else:
+            base = bases[0] if choice is None else next((b for b in bases if b.name == choice), None)
+            if base is None:
+                raise InputError(f"{scan.path.name} has no {choice} to open; choose one of {', '.join(b.name for b in bases)}.")
+            labels = prediction_labels if base.kind == "prediction" and prediction_labels is not None else base_labels(base, scan)
+        return cls(root, scan, bases, base, labels, prediction_labels, draft)
+
+    @staticmethod
+    def _draft_folder(root: Path, scan: Scan) -> Path:
+        return inside_derivatives(root, draft_folder(root, scan), "the drafts folder")
+
+    def opening_sentence(self) -> str:
+        """What was opened, in a rater's words, naming the newer version when an older base was chosen."""
+        text = f"opened {self.scan.stem}: {self.base.describe()}"
+        if self.draft is not None:
+            text = f"opened {self.scan.stem}: your {self.draft.describe()}"
+        latest = self.bases[0]
+        if latest.kind == "version" and latest != self.base:
+            text += f"; the latest version is {latest.describe()}"
+        return text
+
+    # ------------------------------------------------------------------ the label map being edited
+    def check(self, labels: sitk.Image, drawn_on: str | None, what: str = "the segmentation") -> sitk.Image:
+        """``labels`` on this case's grid, or :class:`CaseRefused` when it was drawn on another scan or grid.
+
+        ``drawn_on`` is the :attr:`Scan.key` the segmentation was bound to when it was made (None: not known, the
+        grid alone decides). Export, measure and compare call this before using a segmentation.
+        """
+        if drawn_on is not None and drawn_on != self.scan.key:
+            other = drawn_on.split("#", 1)[0]
+            raise CaseRefused(f"{what} was made on {Path(other).name}, not on {self.scan.path.name}, the scan of this case; "
+                              "nothing was written: open the case it belongs to, or segment this scan.")
+        return self.scan.align(labels, what)
+
+    def unsaved(self, labels_zyx: np.ndarray) -> bool:
+        """True when the label map differs from what was opened or last exported (a draft does not count as saved)."""
+        return _digest(labels_zyx) != self._saved
+
+    def safe(self, labels_zyx: np.ndarray) -> bool:
+        """True when nothing of this label map can be lost: exported or opened as is, or held by the last draft written."""
+        digest = _digest(labels_zyx)
+        return digest == self._saved or digest == self._drafted
+
+    # ------------------------------------------------------------------ drafts
+    def drafts(self) -> list[Draft]:
+        """Drafts of this case on disk, every rater's, newest first."""
+        return drafts_in(self._draft_folder(self.root, self.scan))
+
+    def save_draft(self, labels_zyx: np.ndarray, rater: str) -> Draft | None:
+        """Write the rater's draft (atomic) when the map has unsaved edits not drafted yet; remove it when there is nothing unsaved."""
+        digest = _digest(labels_zyx)
+        if digest == self._saved:
+            self.discard_draft(rater)
+            return None
+        if digest == self._drafted:
+            return None
+        draft = write_draft(self._draft_folder(self.root, self.scan), self.scan, rater, labels_zyx, self.base.name)
+        self._drafted = digest
+        return draft
+
+    def discard_draft(self, rater: str) -> None:
+        """Remove the rater's draft of this case (nothing when there is none)."""
+        (self._draft_folder(self.root, self.scan) / f"{rater_key(rater)}.nrrd").unlink(missing_ok=True)
+        self._drafted = None
+
+    # ------------------------------------------------------------------ export
+    def export(self, labels: sitk.Image, rater: str, *, drawn_on: str | None, model: str | None = None,
+               note: str = "", draft_rater: str | None = None) -> ExportOutcome:
+        """A new version of the case's masks with lineage (parent = :attr:`base`); the draft goes, the base becomes it.
+
+        Refuses (:class:`CaseRefused`, nothing written) a label map drawn on another scan or grid. ``draft_rater``
+        names the draft to remove when it is not ``rater``'s (a name typed after the draft was written).
+        """
+        aligned = self.check(labels, drawn_on)
+        array = sitk.GetArrayFromImage(aligned).astype(np.uint8)
+        inside_derivatives(self.root, labels_folder(self.root), "the labels folder")
+        predicted = {}
+        if self.prediction is not None:
+            predicted = {"predicted_cord": self.scan.grid.image_of(self.prediction > 0),
+                         "predicted_lesion": self.scan.grid.image_of(self.prediction == 2)}
+        result = export_correction(
+            root=self.root, source=self.scan.path, cord=self.scan.grid.image_of(array > 0),
+            lesion=self.scan.grid.image_of(array == 2), rater=rater, model=model, subject=self.scan.subject,
+            session=self.scan.session, note=note, parent=self.base.lineage_parent, **predicted)
+        warning = None
+        if result.newer_than_parent:
+            newer = ", ".join(f"v{n:03d}" for n in result.newer_than_parent)
+            warning = (f"your correction started from {self.base.name} while {newer} existed; yours is "
+                       f"v{result.version:03d} and now the latest, all are kept: check that it has what {newer} corrected.")
+        for name in {rater, draft_rater or rater}:
+            self.discard_draft(name)
+        self.bases = versions_of(self.root, self.scan) + [b for b in self.bases if b.kind != "version"]
+        self.base = next(b for b in self.bases if b.version == result.version)
+        self.labels, self.draft = array, None
+        self._saved, self._drafted = _digest(array), None
+        return ExportOutcome(result, warning)
