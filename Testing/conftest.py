@@ -52,24 +52,27 @@ def demo_model_path() -> Path:
     return DEMO_MODEL
 
 
-# The suite ends with no process it started still alive: pytest adopts orphans (a subreaper on Linux) and,
-# after the last test, waits for its descendants to end; any left is listed, killed, and fails the run.
-_SUBREAPER = False
+# The suite ends with no process it started still alive: every process a test starts inherits the session's
+# mark (an environment variable); after the last test, the processes that carry it must end; any left is
+# listed, killed, and fails the run.
+_SESSION_MARK: str | None = None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    global _SUBREAPER
-    from process_tree import become_subreaper
+    global _SESSION_MARK
+    import os
 
-    _SUBREAPER = become_subreaper()
+    from process_tree import MARK_VARIABLE, new_mark
+
+    _SESSION_MARK = os.environ[MARK_VARIABLE] = new_mark()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _SUBREAPER:
+    if _SESSION_MARK is None:
         return
-    from process_tree import describe, live_descendants, wait_until_gone
+    from process_tree import describe, marked_processes, wait_until_gone
 
-    left = wait_until_gone(live_descendants, timeout_s=30.0)
+    left = wait_until_gone(lambda: marked_processes(_SESSION_MARK), timeout_s=30.0)
     if left:
         session.config.pluginmanager.get_plugin("terminalreporter").write_line(
             "processes started by the tests are still alive after the last test:\n" + describe(left), red=True)

@@ -1,65 +1,52 @@
-"""What the test process's descendants are: the suite-wide orphan check and the kill-anywhere tests.
+"""Which processes the tests started, found by a mark in their environment (inherited by every descendant).
 
-On Linux the pytest process makes itself a *child subreaper* (``PR_SET_CHILD_SUBREAPER``): a process
-whose parent dies is re-parented to pytest instead of init, so every process any test started, orphaned
-or not, stays in pytest's tree where :func:`live_descendants` sees it.
+pytest sets :data:`MARK_VARIABLE` in its own environment when the session starts, so every process any
+test starts, and everything those start (orphans included: a process keeps its environment when its parent
+dies), carries the session's mark. A test that needs its own processes only passes its own mark to the
+command it starts. Nothing here waits on or reaps a process (that would steal the exit status a test's
+``Popen.wait`` expects).
 """
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing.resource_tracker
 import os
-import sys
 import time
+import uuid
+from typing import Callable
 
 import psutil
 
-PR_SET_CHILD_SUBREAPER = 36
+MARK_VARIABLE = "SCISEG_TEST_PROCESS_MARK"
 
 
-def become_subreaper() -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux); False elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return False
-    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+def new_mark() -> str:
+    """A fresh mark (to put in a command's environment as :data:`MARK_VARIABLE`)."""
+    return uuid.uuid4().hex
 
 
-def reap_zombies() -> None:
-    """Collect the exit status of adopted children that have ended (they would stay zombies)."""
-    for child in psutil.Process().children():
+def marked_processes(mark: str) -> list[psutil.Process]:
+    """The live (not zombie) processes, other than this one and its resource tracker, that carry ``mark``."""
+    own = {os.getpid(), getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)}
+    found = []
+    for process in psutil.process_iter():
         try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError):
-            continue
-
-
-def live_descendants(exclude: set[int] = frozenset()) -> list[psutil.Process]:
-    """This process's live descendants (zombies reaped and left out), less ``exclude`` and our resource tracker."""
-    reap_zombies()
-    own_tracker = getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)
-    alive = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if process.pid in exclude or process.pid == own_tracker or process.status() == psutil.STATUS_ZOMBIE:
+            if process.pid in own or process.status() == psutil.STATUS_ZOMBIE:
                 continue
-            alive.append(process)
+            if process.environ().get(MARK_VARIABLE) == mark:
+                found.append(process)
         except psutil.Error:
             continue
-    return alive
+    return found
 
 
-def wait_until_gone(pids_or_test, timeout_s: float = 60.0) -> list[psutil.Process]:
-    """Wait until no process of the given set (or no live descendant outside the set) is alive; what is left.
-
-    ``pids_or_test``: a callable returning the processes that must end. The timeout is only a safety net.
-    """
+def wait_until_gone(find: Callable[[], list], timeout_s: float = 60.0) -> list:
+    """Wait until ``find()`` returns nothing; what it last returned. The timeout is only a safety net."""
     deadline = time.monotonic() + timeout_s
-    left = pids_or_test()
+    left = find()
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
-        left = pids_or_test()
+        left = find()
     return left
 
 

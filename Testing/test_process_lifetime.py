@@ -4,8 +4,8 @@ The mechanism (:mod:`SCIsegLib.lifetime`) is tested on small process trees first
 grandchild, a nested command, a command in a terminal's job), then every long ``sciseg`` command is
 started and killed at the moment it has descendants: ``segment``, ``finetune`` (nnU-Net's spawn pool),
 ``run`` (Dask's worker processes), ``queue score`` and ``models install`` (mid-download, then resumed).
-pytest is a child subreaper for the whole suite (conftest.py), so an orphan of a killed command stays in
-pytest's tree, where :func:`process_tree.live_descendants` finds it.
+Each command runs with a mark of its own in its environment, inherited by all it starts (orphans included),
+which is how :func:`process_tree.marked_processes` finds what is left.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 from local_http import LocalServer
-from process_tree import describe, live_descendants, wait_until_gone
+from process_tree import MARK_VARIABLE, describe, marked_processes, new_mark, wait_until_gone
 
 from SCIsegLib import lifetime
 from SCIsegLib.lifetime import GroupPlan, plan_binding
@@ -36,7 +36,7 @@ from SCIsegLib.volume import write_image_atomic
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPOSITORY / "Resources" / "Models" / "sciseg-demo"
 SMALL = Acquisition(spacing_mm=(1.0, 1.0, 1.0), fov_mm=(24.0, 40.0, 64.0), orientation="PSR")
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the orphan checks use Linux's subreaper")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guardian is tested on Linux (PR_SET_PDEATHSIG)")
 
 
 # --- the decision ---------------------------------------------------------------------------------------
@@ -71,14 +71,20 @@ COMMAND = textwrap.dedent("""
 """)
 
 
-def start_command(**options) -> subprocess.Popen:
+def start_command(mark: str, **options) -> subprocess.Popen:
+    environment = {**os.environ, MARK_VARIABLE: mark, **options.pop("env", {})}
     return subprocess.Popen([sys.executable, "-c", COMMAND.format(repository=str(REPOSITORY))], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, **options)
+                            stdout=subprocess.PIPE, text=True, env=environment, **options)
 
 
-def assert_nothing_new_is_left(before: set[int], timeout_s: float = 60.0) -> None:
-    """Every process started since ``before`` was taken has ended (the timeout is only a safety net)."""
-    left = wait_until_gone(lambda: live_descendants(exclude=before), timeout_s)
+def others(mark: str, *commands: subprocess.Popen) -> list[psutil.Process]:
+    """The processes carrying ``mark`` other than ``commands`` themselves."""
+    return [p for p in marked_processes(mark) if p.pid not in {c.pid for c in commands}]
+
+
+def assert_nothing_is_left(mark: str, timeout_s: float = 60.0) -> None:
+    """Every process carrying ``mark`` has ended (the timeout is only a safety net)."""
+    left = wait_until_gone(lambda: marked_processes(mark), timeout_s)
     assert not left, "still alive:\n" + describe(left)
 
 
@@ -94,67 +100,70 @@ def no_terminal() -> bool:
 def test_every_descendant_ends_with_the_command(ending: str) -> None:
     if not no_terminal():
         pytest.skip("run from a terminal: the command would stay in the terminal's job (tested below)")
-    before = {p.pid for p in live_descendants()}
-    command = start_command()
+    mark = new_mark()
+    command = start_command(mark)
     assert command.stdout.readline().strip() == "own-group"
     assert os.getpgid(command.pid) == command.pid  # it left pytest's group for one of its own
-    assert len(live_descendants(exclude=before | {command.pid})) >= 3  # guardian, child, orphaned grandchild
+    assert len(others(mark, command)) >= 3  # guardian, child, orphaned grandchild
     if ending == "normal exit":
         command.stdin.write("\n")
         command.stdin.flush()
     else:
         command.send_signal(getattr(signal, ending))
     command.wait(timeout=60)
-    assert_nothing_new_is_left(before)
+    assert_nothing_is_left(mark)
 
 
 def test_a_nested_command_is_covered_by_the_outer_guardian() -> None:
     if not no_terminal():
         pytest.skip("run from a terminal: the command would stay in the terminal's job (tested below)")
-    before = {p.pid for p in live_descendants()}
-    outer = start_command()
+    mark = new_mark()
+    outer = start_command(mark)
     assert outer.stdout.readline().strip() == "own-group"
-    inner = start_command(env={**os.environ, lifetime.GROUP_VARIABLE: str(outer.pid)},
+    inner = start_command(mark, env={lifetime.GROUP_VARIABLE: str(outer.pid)},
                           preexec_fn=lambda: os.setpgid(0, outer.pid))  # as if started by the outer command
     assert inner.stdout.readline().strip() == "covered"
-    guardians = [p for p in live_descendants(exclude=before) if p.ppid() in (outer.pid, inner.pid)
+    guardians = [p for p in others(mark, outer, inner) if p.ppid() in (outer.pid, inner.pid)
                  and p.cmdline() == psutil.Process(p.ppid()).cmdline()]  # forked copies of their parent
     assert len(guardians) == 1 and guardians[0].ppid() == outer.pid
     outer.kill()
     outer.wait(timeout=60)
     inner.wait(timeout=60)  # in the outer group: ended by the outer guardian
-    assert_nothing_new_is_left(before)
+    assert_nothing_is_left(mark)
 
 
 def test_in_a_terminals_job_the_command_keeps_its_group_and_its_descendants_still_end() -> None:
-    before = {p.pid for p in live_descendants()}
+    mark = new_mark()
     controller, terminal = pty.openpty()
 
     def take_the_terminal() -> None:  # a new session whose controlling terminal is the pty: a shell's foreground job
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     command = subprocess.Popen([sys.executable, "-c", COMMAND.format(repository=str(REPOSITORY))], stdin=terminal,
-                               stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=take_the_terminal)
+                               stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=take_the_terminal,
+                               env={**os.environ, MARK_VARIABLE: mark})
     os.close(terminal)
     try:
         assert command.stdout.readline().strip() == "terminal-job"
         assert os.getpgid(command.pid) == command.pid  # it is the job: the terminal's Ctrl-C reaches it and its children
-        children = live_descendants(exclude=before | {command.pid})
+        children = others(mark, command)
         assert len(children) >= 3
         wait_until_gone(lambda: [c for c in children if c.pid not in {p.pid for p in psutil.Process(command.pid).children()}],
                         timeout_s=30)  # the orphaned grandchild was re-parented to the command (subreaper)
         time.sleep(2 * lifetime.SNAPSHOT_INTERVAL_S)  # the guardian's next record includes them all
         command.kill()
         command.wait(timeout=60)
-        assert_nothing_new_is_left(before)
+        assert_nothing_is_left(mark)
     finally:
         os.close(controller)
 
 
 # --- every long command, killed while it has descendants -------------------------------------------------
 
-def sciseg(*arguments: str, **options) -> subprocess.Popen:
+def sciseg(*arguments: str, mark: str = "", **options) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), **options.pop("env", {})}
+    if mark:
+        environment[MARK_VARIABLE] = mark
     return subprocess.Popen([sys.executable, "-m", "SCIsegLib", *arguments], env=environment, cwd=REPOSITORY,
                             stdin=subprocess.DEVNULL, **options)
 
@@ -173,12 +182,11 @@ def wait_for_descendant(command: subprocess.Popen, words: str, timeout_s: float 
     pytest.fail(f"no descendant running {words!r} after {timeout_s} s")
 
 
-def kill_and_check(command: subprocess.Popen, before: set[int], signum: int = signal.SIGKILL) -> None:
-    recorded = psutil.Process(command.pid).children(recursive=True)
-    assert recorded, "the command had no descendant to test"
+def kill_and_check(command: subprocess.Popen, mark: str, signum: int = signal.SIGKILL) -> None:
+    assert others(mark, command), "the command had no descendant to test"
     command.send_signal(signum)
     command.wait(timeout=120)
-    assert_nothing_new_is_left(before)
+    assert_nothing_is_left(mark)
 
 
 @pytest.fixture(scope="module")
@@ -200,42 +208,42 @@ def dataset(bids: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return raw / "Dataset613_Kill"
 
 
-def start_finetune(dataset: Path, work: Path, data_augmentation_processes: int) -> subprocess.Popen:
+def start_finetune(dataset: Path, work: Path, data_augmentation_processes: int, mark: str) -> subprocess.Popen:
     return sciseg("finetune", "--base", str(DEMO_MODEL), "--dataset", str(dataset), "--name", "killed", "--work",
                   str(work), "--epochs", "3", "--iterations", "2", "--device", "cpu",
                   env={"SCISEG_MODELS_DIR": str(work / "store"), "nnUNet_n_proc_DA": str(data_augmentation_processes)},
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, mark=mark)
 
 
 @pytest.mark.slow
 def test_finetune_killed_in_nnunets_pool_leaves_no_pool_worker(dataset: Path, tmp_path: Path) -> None:
-    before = {p.pid for p in live_descendants()}
-    command = start_finetune(dataset, tmp_path / "work", 0)
+    mark = new_mark()
+    command = start_finetune(dataset, tmp_path / "work", 0, mark)
     wait_for_descendant(command, "spawn_main")  # nnU-Net's fingerprint pool is running
-    kill_and_check(command, before)
+    kill_and_check(command, mark)
 
 
 @pytest.mark.slow
 def test_finetune_killed_while_training_leaves_no_data_augmentation_worker(dataset: Path, tmp_path: Path) -> None:
-    before = {p.pid for p in live_descendants()}
-    command = start_finetune(dataset, tmp_path / "work", 2)  # batchgenerators' worker processes feed the trainer
+    mark = new_mark()
+    command = start_finetune(dataset, tmp_path / "work", 2, mark)  # batchgenerators' worker processes feed the trainer
     fold = tmp_path / "work" / "results" / dataset.name / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all"
     deadline = time.monotonic() + 300
     while not (fold / "checkpoint_latest.pth").is_file():  # at least one epoch trained
         assert command.poll() is None and time.monotonic() < deadline, "training did not reach its first checkpoint"
         time.sleep(0.1)
-    kill_and_check(command, before)
+    kill_and_check(command, mark)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_cohort_run_leaves_no_dask_worker(bids: Path, tmp_path: Path, signum: int) -> None:
-    before = {p.pid for p in live_descendants()}
+    mark = new_mark()
     command = sciseg("run", "--bids", str(bids), "-o", str(tmp_path / "derivatives"), "--model", "sciseg-demo",
                      "--device", "cpu", "--workers", "1", "--progress", "jsonl",
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, mark=mark)
     wait_for_descendant(command, "spawn_main")  # Dask's worker process
-    kill_and_check(command, before, signum)
+    kill_and_check(command, mark, signum)
 
 
 @pytest.mark.slow
@@ -246,13 +254,13 @@ def test_killed_segment_and_queue_score_leave_nothing(bids: Path, tmp_path: Path
                        "--progress", "jsonl"],
                       ["queue", "score", *scans, "--queue", str(tmp_path / "queue.json"), "--model", str(DEMO_MODEL),
                        "--device", "cpu"]):
-        before = {p.pid for p in live_descendants()}
-        command = sciseg(*arguments, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        mark = new_mark()
+        command = sciseg(*arguments, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, mark=mark)
         if arguments[0] == "segment":
             assert json.loads(command.stdout.readline())  # its first progress event: the model is loading
         else:
             wait_for_descendant(command, "")  # the guardian is there from the start
-        kill_and_check(command, before, signum)
+        kill_and_check(command, mark, signum)
 
 
 def test_models_install_killed_mid_download_leaves_nothing_and_resumes(tmp_path: Path) -> None:
@@ -264,12 +272,12 @@ def test_models_install_killed_mid_download_leaves_nothing_and_resumes(tmp_path:
     with LocalServer() as server:
         server.served.files["/m.zip"] = payload
         server.served.hold_after_bytes = 0  # headers sent, then the body waits: the command is mid-download
-        before = {p.pid for p in live_descendants()}
+        mark = new_mark()
         command = sciseg("models", "install", server.url("/m.zip"), "--name", "m", env={"SCISEG_MODELS_DIR": str(store)},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, mark=mark)
         partial = store / ".downloads" / "m.zip.part"
         wait_until_gone(lambda: not partial.is_file(), timeout_s=120)
-        kill_and_check(command, before)
+        kill_and_check(command, mark)
         server.served.release.set()
         resumed = sciseg("models", "install", server.url("/m.zip"), "--name", "m", env={"SCISEG_MODELS_DIR": str(store)},
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
