@@ -28,7 +28,7 @@ from typing import Callable
 
 from .download import download_file
 from .hashing import file_sha256
-from .checkpoints import checkpoint_globals, load_checkpoint, UnsafeCheckpointError, ALLOWED_GLOBALS
+from .checkpoints import checkpoint_globals, check_plans_safe, is_allowed_global, load_checkpoint, UnsafeCheckpointError
 from .errors import DownloadError, ModelError
 
 METADATA_FILE = "sciseg_model.json"
@@ -228,6 +228,7 @@ def read_model(folder: str | os.PathLike[str], name: str | None = None) -> Model
         folds.append("all" if suffix == "all" else int(suffix) if suffix.isdigit() else suffix)
     plans = _read_json(results / "plans.json")
     dataset_json = _read_json(results / "dataset.json")
+    check_plans_safe(plans, results / "plans.json", dataset_json)  # every load reads the model here
     labels = dataset_json.get("labels")
     if not isinstance(labels, dict) or "background" not in labels:
         raise ModelError(f"{results / 'dataset.json'} has no 'labels' with a 'background' entry.")
@@ -336,7 +337,7 @@ def check_checkpoints_safe(info: ModelInfo) -> None:
     for checkpoint in info.checkpoint_files():
         if torch_available:
             load_checkpoint(checkpoint)
-        elif any(name not in ALLOWED_GLOBALS and not name.startswith("torch.") for name in checkpoint_globals(checkpoint)):
+        elif not all(is_allowed_global(name) for name in checkpoint_globals(checkpoint)):
             raise UnsafeCheckpointError(f"the checkpoint {checkpoint} refers to Python objects that could run code when "
                                         "loaded; use a model saved by nnU-Net v2 from a source you trust.")
 
@@ -468,7 +469,7 @@ def install(
             try:
                 info = read_model(staging / "model", name=name)
             except ModelError as error:  # name what the user gave, not our staging folder
-                raise ModelError(str(error).replace(str(staging / "model"), str(source))) from None
+                raise type(error)(str(error).replace(str(staging / "model"), str(source))) from None
             check_checkpoints_safe(info)
             if known and not expected and archive is not None:  # recorded only for a model that proved usable
                 record.update(_trusted_digest(root, source, url or "", record["sha256"]))

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -265,3 +267,203 @@ def test_nnunet_own_loads_are_forced_to_weights_only(full_checkpoint: Path, tmp_
                 torch.load(path, map_location="cpu", weights_only=False)
             assert not marker.exists()
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+# --- issue 20 item 1: names in plans.json are code nnU-Net runs ---------------------------------------------------
+
+def _planted_model(folder: Path, marker: Path, edit: str = "nonlin") -> Path:
+    """The demo model with one name in its plans (or dataset.json) replaced by code; returns the model folder.
+
+    ``nonlin``: ``os.system`` with ``nonlin_kwargs={"command": "touch MARKER"}`` (nnU-Net's U-Net calls
+    ``nonlin(**nonlin_kwargs)`` for every convolution: the command runs while the network is built).
+    """
+    model = folder / "planted"
+    shutil.copytree(DEMO_MODEL, model)
+    plans_file = model / RESULTS / "plans.json"
+    plans = json.loads(plans_file.read_text())
+    configuration = plans["configurations"]["3d_fullres"]
+    architecture = configuration["architecture"]
+    if edit == "nonlin":
+        architecture["arch_kwargs"].update(nonlin="os.system", nonlin_kwargs={"command": f"touch {marker}"})
+    elif edit == "network":
+        architecture["network_class_name"] = "subprocess.Popen"
+    elif edit == "extra_import":
+        architecture["arch_kwargs"]["args"] = "builtins.exec"
+        architecture["_kw_requires_import"].append("args")
+    elif edit == "resampling":
+        configuration["resampling_fn_data"] = "load_pickle"  # a star-imported helper inside nnU-Net's resampling modules
+    elif edit == "inherited":
+        plans["configurations"]["evil"] = {"inherits_from": "3d_fullres", "architecture": {
+            **architecture, "network_class_name": "os.system"}}
+    elif edit == "reader":
+        dataset_file = model / RESULTS / "dataset.json"
+        dataset_file.write_text(json.dumps({**json.loads(dataset_file.read_text()), "overwrite_image_reader_writer": "rmtree"}))
+    plans_file.write_text(json.dumps(plans))
+    return model
+
+
+def test_planted_plans_run_code_in_nnunet(tmp_path: Path) -> None:
+    """The attack is real: nnU-Net's own ``get_network_from_plans`` on the planted plans runs the command."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    marker = tmp_path / "ran_nnunet"
+    plans = json.loads((_planted_model(tmp_path, marker) / RESULTS / "plans.json").read_text())
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    with pytest.raises(Exception):  # noqa: B017 - os.system returns 0, which is no torch module
+        get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                               architecture["_kw_requires_import"], 1, 2)
+    assert marker.exists(), "nnU-Net built the planted plans without running the command: the test proves nothing"
+
+
+@pytest.mark.parametrize("edit, named", [("nonlin", "os.system"), ("network", "subprocess.Popen"),
+                                         ("extra_import", "builtins.exec"), ("resampling", "load_pickle"),
+                                         ("inherited", "os.system"), ("reader", "rmtree")])
+def test_models_naming_code_are_refused_at_every_load(tmp_path: Path, model_store: Path, edit: str, named: str) -> None:
+    marker = tmp_path / "ran"
+    model = _planted_model(tmp_path, marker, edit)
+    with pytest.raises(checkpoints.UnsafePlansError, match=f"names '{named}' as .*not one of the network parts"):
+        models.read_model(model)  # --model PATH, the store's names, cohort tasks, finetune's base all read here
+    with pytest.raises(checkpoints.UnsafePlansError, match=named):
+        models.install(str(model), name="planted")
+    assert not (model_store / "planted").exists() and not marker.exists()
+    with pytest.raises(checkpoints.UnsafePlansError):
+        models.resolve_model(str(model))
+
+
+def test_cli_refuses_planted_plans_before_building_anything(tmp_path: Path, model_store: Path) -> None:
+    import SimpleITK as sitk
+
+    marker = tmp_path / "ran_cli"
+    model = _planted_model(tmp_path, marker)
+    image = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((24, 24, 24), dtype=np.float32)), str(image))
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "SCISEG_MODELS_DIR": str(model_store)}
+    for command in (["segment", str(image), "--model", str(model), "-o", str(tmp_path / "out"), "--device", "cpu"],
+                    ["queue", "score", str(image), "--model", str(model), "--queue", str(tmp_path / "q.json")],
+                    ["models", "install", str(model), "--name", "planted"]):
+        run = subprocess.run([sys.executable, "-m", "SCIsegLib", *command], capture_output=True, text=True, timeout=120,
+                             cwd=REPOSITORY, env=environment)
+        assert run.returncode == 2, (command, run.stderr)
+        assert "names 'os.system' as 'nonlin'" in run.stderr and "Traceback" not in run.stderr
+        assert not marker.exists(), command
+
+
+def test_checkpoints_naming_code_are_refused(tmp_path: Path) -> None:
+    plans = json.loads((_planted_model(tmp_path, tmp_path / "ran") / RESULTS / "plans.json").read_text())
+    weights = {"w": torch.zeros(2)}
+    for name, content in (("plans", {"network_weights": weights, "trainer_name": "nnUNetTrainer",
+                                     "init_args": {"plans": plans, "configuration": "3d_fullres"}}),
+                          ("trainer", {"network_weights": weights, "trainer_name": "os"})):
+        torch.save(content, tmp_path / f"{name}.pth")
+        with pytest.raises(checkpoints.UnsafePlansError, match="os"):
+            load_checkpoint(tmp_path / f"{name}.pth")
+
+
+def test_the_demo_and_nnunet_planners_pass_the_plans_check() -> None:
+    """The allow-list holds what nnU-Net's own planners write (2d and 3d, plain and residual encoders)."""
+    checkpoints.check_plans_safe(json.loads((DEMO_MODEL / RESULTS / "plans.json").read_text()), "demo")
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+    from nnunetv2.utilities.network_initialization import InitWeights_He  # noqa: F401 - nnU-Net importable
+    for network in (PlainConvUNet, ResidualEncoderUNet):
+        name = f"{network.__module__}.{network.__name__}"
+        assert name in checkpoints.ALLOWED_NETWORKS
+    for layer in (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d,
+                  torch.nn.BatchNorm3d, torch.nn.Dropout3d, torch.nn.LeakyReLU, torch.nn.ReLU):
+        assert f"{layer.__module__}.{layer.__name__}" in checkpoints.ALLOWED_LAYERS
+        assert f"torch.nn.{layer.__name__}" in checkpoints.ALLOWED_LAYERS
+
+
+# --- issue 20 item 7: the pickle scan follows the pickle machine's stack ----------------------------------------
+
+def _decoy_pickle(protocol: int, marker: Path) -> bytes:
+    """A pickle that calls ``os.system`` through STACK_GLOBAL after pushing decoy strings it pops or memoises.
+
+    The old scan took the last two strings seen (``collections``/``OrderedDict``) as STACK_GLOBAL's operands.
+    """
+    frame = [pickle.PROTO + bytes([protocol])]
+    def string(text: str) -> bytes:
+        raw = text.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
+    body = (string("os") + string("system")
+            + string("collections") + string("OrderedDict") + pickle.POP + pickle.POP
+            + pickle.STACK_GLOBAL
+            + string(f"touch {marker}") + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+    return b"".join(frame) + body
+
+
+def _memo_decoy_pickle(protocol: int, marker: Path) -> bytes:
+    """Names kept in the memo, decoys pushed last and dropped with POP_MARK, the real names fetched back by BINGET."""
+    def string(text: str) -> bytes:
+        raw = text.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
+    body = (string("os") + pickle.BINPUT + b"\x00" + pickle.POP + string("system") + pickle.BINPUT + b"\x01" + pickle.POP
+            + pickle.MARK + string("torch") + string("device") + pickle.POP_MARK
+            + pickle.BINGET + b"\x00" + pickle.BINGET + b"\x01" + pickle.STACK_GLOBAL
+            + string(f"touch {marker}") + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+    return pickle.PROTO + bytes([protocol]) + body
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_pickle_scan_follows_the_stack(tmp_path: Path, protocol: int) -> None:
+    for build in (_decoy_pickle, _memo_decoy_pickle):
+        marker = tmp_path / f"ran_{build.__name__}"
+        data = build(protocol, marker)
+        assert "os.system" in checkpoints._pickle_globals(data), build.__name__
+        archive = tmp_path / f"{build.__name__}.pth"  # torch's zip layout: the install-time scan reads it
+        with zipfile.ZipFile(archive, "w") as bundle:
+            bundle.writestr("archive/data.pkl", data)
+        assert "os.system" in checkpoints.checkpoint_globals(archive)
+        with pytest.raises(UnsafeCheckpointError, match="os.system"):
+            load_checkpoint(archive)
+        assert not marker.exists()
+    # what pickle itself writes at each protocol: every global found, nothing unknown
+    payload = {"w": np.zeros(3), "s": np.float64(1.5), "d": collections.OrderedDict(a=1), "t": ("a", "b"), "n": [np.int64(2)]}
+    found = checkpoints._pickle_globals(pickle.dumps(payload, protocol=protocol))
+    assert "collections.OrderedDict" in found and "\0unknown" not in found
+    assert any(name.endswith("multiarray.scalar") for name in found)
+
+
+# --- issue 20 item 6: finetune's work folder -------------------------------------------------------------------
+
+def _planted_work_folder(tmp_path: Path, marker: Path, plant: str) -> tuple[Path, Path]:
+    """(raw dataset folder, work folder) where the work folder holds nnU-Net's preprocessed layout with a plant."""
+    dataset = tmp_path / "raw" / "Dataset777_Planted"
+    dataset.mkdir(parents=True)
+    dataset_json = (DEMO_MODEL / RESULTS / "dataset.json").read_text()
+    (dataset / "dataset.json").write_text(dataset_json)
+    preprocessed = tmp_path / "work" / "preprocessed" / dataset.name
+    (preprocessed / "nnUNetPlans_3d_fullres").mkdir(parents=True)
+    plans = (_planted_model(tmp_path, marker) if plant == "plans" else DEMO_MODEL) / RESULTS / "plans.json"
+    (preprocessed / "nnUNetPlans.json").write_text(json.dumps({**json.loads(plans.read_text()), "dataset_name": dataset.name}))
+    (preprocessed / "dataset.json").write_text(dataset_json)
+    properties = {"spacing": [1.0, 1.0, 1.0], "class_locations": {1: np.zeros((0, 4), np.int64)}}
+    if plant == "pickle":
+        properties["x"] = _System(marker)
+    (preprocessed / "nnUNetPlans_3d_fullres" / "case_000.pkl").write_bytes(pickle.dumps(properties))
+    return dataset, tmp_path / "work"
+
+
+@pytest.mark.parametrize("plant, words", [("pickle", "'posix.system'.*could run code when unpickled"),
+                                          ("plans", "names 'os.system' as 'nonlin'")])
+def test_finetune_refuses_a_planted_work_folder(tmp_path: Path, model_store: Path, plant: str, words: str) -> None:
+    from SCIsegLib.training.finetune import finetune
+
+    marker = tmp_path / "ran_finetune"
+    dataset, work = _planted_work_folder(tmp_path, marker, plant)
+    with pytest.raises(ModelError, match=words):
+        finetune(models.read_model(DEMO_MODEL), dataset, name="tuned", work_dir=work, epochs=1, device="cpu")
+    assert not marker.exists() and not (model_store / "tuned").exists()
+
+
+def test_preprocessed_properties_of_nnunet_pass_the_scan(tmp_path: Path) -> None:
+    """What nnU-Net's preprocessor writes (``write_pickle`` of a case's properties) passes, at protocols 2-5."""
+    from batchgenerators.utilities.file_and_folder_operations import write_pickle
+
+    properties = {"spacing": [1.0, 0.5, 0.5], "shape_before_cropping": (40, 32, 32), "bbox_used_for_cropping": [[0, 40], [1, 31], [np.int64(2), np.int64(30)]],
+                  "class_locations": {1: np.zeros((5, 4), np.int64), 2: np.zeros((0, 4), np.int64)},
+                  "sitk_stuff": {"spacing": (0.5, 0.5, 1.0), "origin": (0.0, 0.0, 0.0), "direction": (1.0,) * 9}}
+    write_pickle(properties, str(tmp_path / "default.pkl"))
+    checkpoints.check_pickle_file(tmp_path / "default.pkl")
+    for protocol in (2, 3, 4, 5):
+        (tmp_path / f"p{protocol}.pkl").write_bytes(pickle.dumps(properties, protocol=protocol))
+        checkpoints.check_pickle_file(tmp_path / f"p{protocol}.pkl")
