@@ -478,10 +478,13 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _run_compare(args: argparse.Namespace) -> int:
     """Print compare_label_maps(first, second) as one JSON line (the Slicer panel's Compare runs this)."""
+    from .file_checks import check_mask_values
     from .metrics import compare_label_maps
     from .volume import load_image, on_grid_of
 
     first, second = load_image(args.first), load_image(args.second)
+    for path, image in ((args.first, first), (args.second, second)):  # an intensity image or label 7 is no label map
+        check_mask_values(sitk_array(image), path)
     try:
         second = on_grid_of(second, first, what=str(args.second), where=str(args.first))
     except ValueError as error:
@@ -671,9 +674,10 @@ def _run_consensus(args: argparse.Namespace) -> int:
     for path, image in zip(args.masks, images, strict=True):
         check_mask_values(sitk.GetArrayViewFromImage(image), path)
     try:
-        arrays = [sitk.GetArrayFromImage(on_grid_of(image, images[0])) for image in images]
-    except ValueError:
-        raise InputError("the masks do not lie on the same grid.") from None
+        arrays = [sitk.GetArrayFromImage(on_grid_of(image, images[0], what=str(path), where=str(args.masks[0])))
+                  for path, image in zip(args.masks, images, strict=True)]
+    except ValueError as error:
+        raise InputError(f"{error}; the masks of a consensus must be drawn on one volume.") from None
     label_maps = any(np.any(a == 2) for a in arrays)
     if args.method == "staple":
         if label_maps:

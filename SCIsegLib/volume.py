@@ -98,13 +98,9 @@ def reorient_like(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     masks written from it lie bit-for-bit on the input grid.
     """
     back = reorient(image, orientation_of(reference))
-    if back.GetSize() != reference.GetSize():
-        raise ValueError(f"cannot map a {back.GetSize()} grid back onto a {reference.GetSize()} reference grid")
-    tolerance = 1e-3 * max(min(reference.GetSpacing()), 1e-6)
-    if not np.allclose(back.GetOrigin(), reference.GetOrigin(), atol=max(tolerance, 1e-4)) or not np.allclose(
-        back.GetDirection(), reference.GetDirection(), atol=1e-4
-    ):
-        raise ValueError("the reoriented image does not cover the same physical grid as its reference")
+    difference = grid_difference(back, reference)
+    if difference:
+        raise ValueError(f"the reoriented image does not cover the same physical grid as its reference ({difference})")
     back.CopyInformation(reference)
     return back
 
@@ -114,16 +110,18 @@ def on_grid_of(image: sitk.Image, reference: sitk.Image, *, what: str = "the mas
 
     The same voxels in mm may be stored with another axis order (Slicer's NIfTI reader flips an axis
     of left-handed files, qfac -1): such an image is re-indexed onto the reference grid exactly. Any
-    other difference (size, spacing, position) raises ``ValueError``.
+    other difference (size, spacing, origin, direction beyond :func:`grid_difference`'s tolerance) raises
+    ``ValueError`` naming it.
     """
-    if same_grid(image, reference, tolerance_mm=1e-3):
+    difference = grid_difference(image, reference)
+    if difference is None:
         aligned = sitk.Image(image)
         aligned.CopyInformation(reference)
         return aligned
     try:
         return reorient_like(image, reference)
     except ValueError:
-        raise ValueError(f"{what} does not lie on the grid of {where} (different size, spacing or position)") from None
+        raise ValueError(f"{what} does not lie on the grid of {where} ({difference})") from None
 
 
 def _read_quietly(file: Path) -> sitk.Image:
@@ -391,14 +389,35 @@ def image_from_array_zyx(array: np.ndarray, reference: sitk.Image) -> sitk.Image
     return image
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-4) -> bool:
-    """True when two images share size, spacing, origin and direction (within ``tolerance_mm``)."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance_mm)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance_mm)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
-    )
+#: How far two grids may differ and still be one (mm for spacing and origin; direction cosines, unitless):
+#: what NIfTI's float32 header fields and Slicer's round trips leave, far below any real voxel size.
+GRID_TOLERANCE_MM = 1e-3
+GRID_DIRECTION_TOLERANCE = 1e-4
+
+
+def grid_difference(a: sitk.Image, b: sitk.Image, tolerance_mm: float = GRID_TOLERANCE_MM) -> str | None:
+    """The one grid check of SCIsegLib: what differs between two images' voxel grids, or None when they are one.
+
+    Compares size (voxels), spacing (mm), origin (mm) and direction, in SimpleITK's (x, y, z) order; the
+    sentence names the first difference with both values, e.g. "spacing (2.0, 2.0, 2.0) mm vs (1.0, 1.0, 1.0) mm".
+    """
+    def values(v: tuple) -> str:
+        return "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+    if a.GetDimension() != b.GetDimension() or a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()} voxels"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tolerance_mm):
+        return f"spacing {values(a.GetSpacing())} mm vs {values(b.GetSpacing())} mm"
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=tolerance_mm):
+        return f"origin {values(a.GetOrigin())} mm vs {values(b.GetOrigin())} mm"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=GRID_DIRECTION_TOLERANCE):
+        return f"direction {values(a.GetDirection())} vs {values(b.GetDirection())}"
+    return None
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = GRID_TOLERANCE_MM) -> bool:
+    """True when two images share size, spacing, origin and direction (:func:`grid_difference` finds nothing)."""
+    return grid_difference(a, b, tolerance_mm) is None
 
 
 def _current_umask() -> int:

@@ -32,10 +32,22 @@ from SCIsegLib.evaluation import expand_inputs
 from SCIsegLib.training.export import FILES, VERSIONS, publishing_marker
 
 
-def _write(array: np.ndarray, path: Path) -> Path:
+def _write(array: np.ndarray, path: Path, spacing: tuple[float, float, float] = (0.8, 0.8, 1.5)) -> Path:
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.8, 0.8, 1.5))
+    image.SetSpacing(spacing)
     sitk.WriteImage(image, str(path))
+    return path
+
+
+def _seg_nrrd(labels_zyx: np.ndarray, spacing: tuple[float, float, float], path: Path) -> Path:
+    """A Slicer ``.seg.nrrd`` (slicerio) with segments spinal_cord (label 1) and lesion (2) at ``spacing`` mm (x, y, z)."""
+    import slicerio
+
+    labels_ijk = labels_zyx.transpose(2, 1, 0)
+    segmentation = slicerio.create_segmentation(labels_ijk.shape, np.diag([*spacing, 1.0]))
+    slicerio.add_segment(segmentation, labels_ijk == 1, {"id": "spinal_cord", "name": "Spinal cord"})
+    slicerio.add_segment(segmentation, labels_ijk == 2, {"id": "lesion", "name": "Lesion"})
+    slicerio.write_segmentation(str(path), segmentation)
     return path
 
 
@@ -59,7 +71,11 @@ def build_corpus(folder: Path) -> dict[str, Path]:
         "nonbinary": _write(cord * 7, folder / "nonbinary.nii.gz"),
         "mask2d": _write(cord[0], folder / "mask2d.nii.gz"),
         "othergrid": _write(np.zeros((5, 6, 7), np.uint8), folder / "othergrid.nii.gz"),
+        # the same voxels, origin and direction at twice the voxel size: another grid (issue 20 item 4)
+        "cord_2x": _write(cord, folder / "cord_2x.nii.gz", (1.6, 1.6, 3.0)),
+        "labels_2x": _write(labels, folder / "labels_2x_dseg.nii.gz", (1.6, 1.6, 3.0)),
     }
+    files["seg_nrrd_2x"] = _seg_nrrd(labels, (1.6, 1.6, 3.0), folder / "labels_2x.seg.nrrd")
     sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(cord)] * 2), str(folder / "mask4d.nii.gz"))
     files["mask4d"] = folder / "mask4d.nii.gz"
     packed = files["labels"].read_bytes()
@@ -139,7 +155,7 @@ CASES = [
     ("consensus-4d", lambda w: ["consensus", str(w["cord"]), str(w["mask4d"]), "-o", str(w["out"] / "c.nii.gz")], r"not a 3D single-channel image|is 4D|is a 2D image"),
     ("consensus-output-folder", lambda w: ["consensus", str(w["cord"]), str(w["cord"]), "-o", str(w["folder"])], r"must be a file name ending in \.nii\.gz"),
     ("consensus-output-txt", lambda w: ["consensus", str(w["cord"]), str(w["cord"]), "-o", str(w["out"] / "c.txt")], r"must be a file name ending in \.nii\.gz"),
-    ("consensus-other-grid", lambda w: ["consensus", str(w["cord"]), str(w["othergrid"]), "-o", str(w["out"] / "c.nii.gz")], r"do not lie on the same grid"),
+    ("consensus-other-grid", lambda w: ["consensus", str(w["cord"]), str(w["othergrid"]), "-o", str(w["out"] / "c.nii.gz")], r"othergrid.nii.gz does not lie on the grid of .*\(size"),
     ("consensus-cut", lambda w: ["consensus", str(w["labels"]), str(w["cut50"]), "-o", str(w["out"] / "c.nii.gz")], r"ends before its (data|header) does"),
     ("analyze-text", lambda w: ["analyze", "--lesion", str(w["text"]), "-o", str(w["out"] / "a")], r"not an image SimpleITK can read"),
     ("analyze-4d-cord", lambda w: ["analyze", "--lesion", str(w["lesion"]), "--cord", str(w["mask4d"]), "-o", str(w["out"] / "a")], r"not a 3D single-channel image|is 4D|is a 2D image"),
@@ -181,6 +197,16 @@ CASES = [
     ("models-install-unreachable", lambda w: ["models", "install", "http://127.0.0.1:9/x.zip"], r"cannot reach"),
     ("models-remove-traversal", lambda w: ["models", "remove", "../../etc"], r"no installed model named"),
     ("segment-output-is-file", lambda w: ["segment", str(w["t2"]), "--model", "sciseg-demo", "-o", str(w["csv_a"])], r"is a file; give a folder"),
+    # issue 20 item 4: a mask at another voxel size is another grid, everywhere a mask meets an image
+    ("evaluate-other-spacing", lambda w: ["evaluate", "--pred", str(w["cord_2x"]), "--ref", str(w["cord"]), "-o", str(w["out"] / "e")], r"do not lie on the same grid \(spacing \(1\.6, 1\.6, 3\) mm vs \(0\.8, 0\.8, 1\.5\) mm\)"),
+    ("export-labels-other-spacing", lambda w: _export(w, "--labels", str(w["labels_2x"])), r"does not lie on the grid of .*\(spacing"),
+    ("export-seg-nrrd-other-spacing", lambda w: _export(w, "--seg-nrrd", str(w["seg_nrrd_2x"])), r"does not lie on the grid of .*\(spacing"),
+    ("consensus-other-spacing", lambda w: ["consensus", str(w["cord"]), str(w["cord_2x"]), "-o", str(w["out"] / "c.nii.gz")], r"cord_2x.nii.gz does not lie on the grid of .*\(spacing"),
+    ("compare-other-spacing", lambda w: ["compare", str(w["labels"]), str(w["labels_2x"])], r"does not lie on the grid of .*\(spacing"),
+    ("analyze-other-spacing", lambda w: ["analyze", "--lesion", str(w["lesion"]), "--cord", str(w["cord_2x"]), "-o", str(w["out"] / "a")], r"do not lie on the same grid"),
+    # issue 20 item 9: compare takes label maps only
+    ("compare-intensity-image", lambda w: ["compare", str(w["t2"]), str(w["labels"])], r"sub-01_T2w.nii.gz is not a mask or label map.*give a mask, not an image"),
+    ("compare-label-7", lambda w: ["compare", str(w["labels"]), str(w["nonbinary"])], r"nonbinary.nii.gz is not a mask or label map \(0, 1 and 2\): it holds 7"),
     ("segment-threads-0", lambda w: ["segment", str(w["t2"]), "--model", "sciseg-demo", "--threads", "0"], r"--threads must be at least 1"),
 ]
 
