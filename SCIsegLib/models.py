@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .download import download_file
+from .download import check_free_space, download_file
 from .hashing import file_sha256
 from .checkpoints import checkpoint_globals, check_plans_safe, is_allowed_global, load_checkpoint, UnsafeCheckpointError
 from .errors import DownloadError, ModelError
@@ -307,6 +307,7 @@ def safe_extract(
                 total += member.file_size
                 if total > max_bytes:
                     raise ModelError(f"{archive} expands beyond {max_bytes / 1024**3:.1f} GiB; refusing to extract it.")
+            check_free_space(destination if destination.exists() else destination.parent, total, f"unpacking {archive.name}")
             broken = bundle.testzip()
             if broken is not None:
                 raise ModelError(f"{archive} is corrupt (bad CRC in {broken!r}); download it again.")
@@ -320,6 +321,16 @@ def safe_extract(
         raise ModelError(f"{archive} is not a valid zip archive (corrupt or truncated); download it again.") from None
 
 
+
+
+def _refuse_links(folder: Path) -> None:
+    """Refuse a model folder holding a symbolic link: its copy would bring in what the link points to."""
+    for parent, folders, files in os.walk(folder):  # os.walk does not enter linked folders
+        for entry in (*folders, *files):
+            if (Path(parent) / entry).is_symlink():
+                link = (Path(parent) / entry).relative_to(folder)
+                raise ModelError(f"{folder} contains a symbolic link ({link}); refusing to install it. Copy the model's "
+                                 "files themselves into the folder.")
 
 
 def check_checkpoints_safe(info: ModelInfo) -> None:
@@ -454,7 +465,8 @@ def install(
             archive = local if local.is_file() else None
             record.update(source=str(local.resolve()))
             if archive is None:
-                shutil.copytree(local, staging / "model", symlinks=False)
+                _refuse_links(local)
+                shutil.copytree(local, staging / "model", symlinks=True)
         try:
             if archive is not None:
                 digest = file_sha256(archive, progress=lambda done, total: report("verify", done, total))

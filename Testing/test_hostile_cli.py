@@ -392,3 +392,23 @@ def test_sigkill_during_export_never_shows_a_mixed_latest_set(tmp_path: Path) ->
     assert [p.name for p in anat.iterdir() if p.name.startswith(".")] == []
     print(f"\nexport kill test: {kills} kills in {len(states)} runs, states after each: {states}, "
           f"temporaries seen before repair: {leftovers_seen}, after repair: 0")
+
+
+def test_export_refuses_a_labels_folder_linked_outside_the_root(world, tmp_path: Path) -> None:
+    """``derivatives/labels`` (or ``derivatives``) as a link to a folder outside the BIDS root: nothing is written there."""
+    for linked in ("labels", "derivatives"):
+        root = tmp_path / f"bids_{linked}"
+        (root / "sub-01" / "anat").mkdir(parents=True)
+        source = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+        shutil.copy(world["t2"], source)
+        outside = tmp_path / f"outside_{linked}"
+        outside.mkdir()
+        if linked == "labels":
+            (root / "derivatives").mkdir()
+            (root / "derivatives" / "labels").symlink_to(outside, target_is_directory=True)
+        else:
+            (root / "derivatives").symlink_to(outside, target_is_directory=True)
+        code, _, err = run_cli(["export", "--root", str(root), "--source", str(source), "--rater", "r", "--labels", str(world["labels"])])
+        assert code == 2, err
+        assert "outside" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not list(outside.rglob("*")), f"the export wrote through the {linked} link"

@@ -467,3 +467,72 @@ def test_preprocessed_properties_of_nnunet_pass_the_scan(tmp_path: Path) -> None
     for protocol in (2, 3, 4, 5):
         (tmp_path / f"p{protocol}.pkl").write_bytes(pickle.dumps(properties, protocol=protocol))
         checkpoints.check_pickle_file(tmp_path / f"p{protocol}.pkl")
+
+
+# --- issue 20 item 5: the embedded Dask cluster admits only its run --------------------------------------------
+
+def test_embedded_cluster_admits_only_the_run(tmp_path: Path) -> None:
+    """Another local process (no certificate, plain TCP, or a certificate of its own) cannot connect and submit."""
+    from distributed import Client
+    from distributed.security import Security
+
+    from SCIsegLib.cohort.cluster import open_client, plan_cluster
+
+    marker = tmp_path / "ran_foreign_task"
+    with open_client(plan_cluster(None, 1, "cpu", "1GiB"), tmp_path / "dask") as client:
+        address = client.scheduler.address
+        assert client.submit(sum, [1, 2]).result(timeout=60) == 3  # the run's own client works
+        port = address.rsplit(":", 1)[1]
+        for foreign, security in ((address, None), (f"tcp://127.0.0.1:{port}", None), (address, Security.temporary())):
+            with pytest.raises(Exception):  # noqa: B017 - TLS, handshake or timeout errors: each one a refusal
+                with Client(foreign, security=security, timeout=5) as intruder:
+                    intruder.submit(Path.touch, marker).result(timeout=10)
+            assert not marker.exists(), foreign
+        assert client.submit(sum, [3, 4]).result(timeout=60) == 7  # the run goes on
+        assert address.startswith("tls://127.0.0.1:"), address
+
+
+# --- issue 20 item 8: model installs take no links, downloads have a cap and need the disk space ----------------
+
+def test_install_from_a_folder_refuses_symbolic_links(tmp_path: Path, model_store: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    for where in ("file", "folder"):
+        model = tmp_path / f"linked_{where}"
+        shutil.copytree(DEMO_MODEL, model)
+        if where == "file":
+            (model / RESULTS / "notes.txt").symlink_to(secret)
+        else:
+            (model / RESULTS / "extra").symlink_to(tmp_path, target_is_directory=True)
+        with pytest.raises(ModelError, match=r"contains a symbolic link \(.*\); refusing to install it"):
+            models.install(str(model), name=f"linked-{where}")
+        assert not (model_store / f"linked-{where}").exists()
+    assert not [p for p in model_store.rglob("*") if p.is_file()]
+
+
+def test_downloads_are_capped_and_checked_against_free_disk(tmp_path: Path, model_store: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from SCIsegLib import download
+
+    payload = _model_zip(tmp_path / "m", DEMO_CHECKPOINT).read_bytes()
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", len(payload) // 4)
+    downloads = model_store / ".downloads"
+    with LocalServer() as server:
+        server.served.files["/m.zip"] = payload
+        with pytest.raises(DownloadError, match="announces .* MB, more than the .* MB a model download may take; nothing was written"):
+            models.install(server.url("/m.zip"))
+        assert not [p for p in downloads.rglob("*") if p.is_file()]
+        server.served.send_length = False  # a stream without a size is stopped at the cap, not written whole
+        written: list[int] = []
+        with pytest.raises(DownloadError, match="sent more than the .* MB.*stopped and deleted"):
+            download.download_file(server.url("/m.zip"), downloads / "m.zip", progress=lambda done, total: written.append(done))
+        assert max(written) <= len(payload) // 4 and not [p for p in downloads.rglob("*") if p.is_file()]
+        server.served.send_length = True
+        monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 1 << 40)
+        real_usage = shutil.disk_usage
+        monkeypatch.setattr(download.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=len(payload)))
+        with pytest.raises(DownloadError, match=r"needs \d+ MB but .* has \d+ MB free"):
+            models.install(server.url("/m.zip"))
+        assert not [p for p in downloads.rglob("*") if p.is_file()] and not (model_store / "m").exists()
+        monkeypatch.setattr(download.shutil, "disk_usage", real_usage)
+        assert models.install(server.url("/m.zip")).name == "m"  # the same model installs when it fits
