@@ -536,3 +536,95 @@ def test_downloads_are_capped_and_checked_against_free_disk(tmp_path: Path, mode
         assert not [p for p in downloads.rglob("*") if p.is_file()] and not (model_store / "m").exists()
         monkeypatch.setattr(download.shutil, "disk_usage", real_usage)
         assert models.install(server.url("/m.zip")).name == "m"  # the same model installs when it fits
+
+
+# --- issue 20 items 3 and 10: the review front ------------------------------------------------------------------
+
+def _front_peak_mb(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) of a process in MB, from /proc (VmRSS, VmHWM)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _send_huge_websocket_message(port: int, path: str, cookie: str, size: int) -> str:
+    """Open a websocket by hand and stream one binary frame of ``size`` bytes (zeros, 1 MB at a time, nothing held):
+    what the front answered ("closed" when it dropped the connection, else what it sent back)."""
+    import base64
+    import socket
+    import struct
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as link:
+        link.sendall(request.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += link.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
+        block = bytes(1 << 20)
+        try:
+            link.sendall(b"\x82\xff" + struct.pack(">Q", size) + b"\0\0\0\0")  # masked with a zero key: payload as is
+            for start in range(0, size, len(block)):
+                link.sendall(block[: min(len(block), size - start)])
+            reply = link.recv(64)
+        except (BrokenPipeError, ConnectionResetError):
+            return "closed"
+        return "closed" if not reply or reply[0] & 0x0F == 0x8 else f"answered {reply[:16]!r}"
+
+
+def test_review_front_refuses_huge_websocket_messages_with_flat_memory(tmp_path: Path) -> None:
+    """Three 300 MB messages from a client holding the token: each connection is dropped from the frame's header and
+    the front's resident memory stays flat (it buffered 954 MB before). The front's figures are printed."""
+    from test_review_front import TOKEN, FrontProcess, Tab
+
+    front = FrontProcess(tmp_path)
+    try:
+        tab = Tab()
+        status, body, url = tab.get(f"{front.url}/?secret={TOKEN}")
+        assert status == 200, body
+        session_id = url.split("/s/")[1].split("/")[0]
+        cookie = "; ".join(f"{c.name}={c.value}" for c in tab.jar)
+        before, _ = _front_peak_mb(front.process.pid)
+        outcomes = [_send_huge_websocket_message(front.port, f"/s/{session_id}/ws", cookie, 300 * 1024**2) for _ in range(3)]
+        after, peak = _front_peak_mb(front.process.pid)
+        print(f"review front resident memory: {before:.0f} MB before, {after:.0f} MB after three 300 MB messages, "
+              f"peak {peak:.0f} MB")
+        assert outcomes == ["closed"] * 3
+        assert peak - before < 40 and after - before < 40, (before, after, peak)
+        status, body, _ = tab.get(url)  # the front and the session still serve the tab
+        assert status == 200 and body.startswith("worker ")
+    finally:
+        front.stop()
+
+
+def test_review_front_sends_security_headers_and_answers_a_request_without_host_with_400(tmp_path: Path) -> None:
+    import socket
+
+    from SCIsegLib.review.front import SECURITY_HEADERS
+    from test_review_front import TOKEN, FrontProcess, _raw
+
+    for token in (TOKEN, None):
+        folder = tmp_path / ("token" if token else "loopback")
+        folder.mkdir()
+        front = FrontProcess(folder, token=token)
+        try:
+            target = f"/?secret={TOKEN}" if token else "/"
+            status, headers, _ = _raw(front.port, target, headers="Sec-Fetch-Dest: document\r\n")
+            assert status == 302, status
+            for name, value in SECURITY_HEADERS.items():
+                assert headers.get(name.lower()) == value, name
+            session = headers["location"]
+            _, headers, _ = _raw(front.port, f"/{session}")
+            assert headers.get("referrer-policy") == "no-referrer" and "frame-ancestors 'none'" in headers["content-security-policy"]
+            for request in (b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"):
+                with socket.create_connection(("127.0.0.1", front.port), timeout=30) as link:
+                    link.sendall(request)
+                    answer = b""
+                    while chunk := link.recv(65536):
+                        answer += chunk
+                assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer[:100]
+        finally:
+            front.stop()
+        log = front.log.read_text()
+        assert "Traceback" not in log and "refused a malformed request" in log, log[-2000:]
