@@ -78,6 +78,8 @@ class ModelInfo:
         regions_class_order: dataset.json "regions_class_order", None for plain labels.
         orientation: the model orientation in SCT letters (e.g. "RPI").
         dataset_name: the nnU-Net dataset name from plans.json.
+        spacing_mm: the voxel size the network works at (the configuration's ``spacing``, nnU-Net's axis order),
+            None when the plans do not say.
         metadata: the content of sciseg_model.json (source, sha256, installed_at, lineage, ...).
     """
 
@@ -92,6 +94,7 @@ class ModelInfo:
     orientation: str
     dataset_name: str
     metadata: dict = field(default_factory=dict)
+    spacing_mm: tuple[float, ...] | None = None
 
     @property
     def is_region_based(self) -> bool:
@@ -250,7 +253,23 @@ def read_model(folder: str | os.PathLike[str], name: str | None = None) -> Model
         orientation=model_orientation(dataset_json, dataset_name),
         dataset_name=dataset_name,
         metadata=metadata,
+        spacing_mm=_configuration_spacing(plans, configuration),
     )
+
+
+def _configuration_spacing(plans: dict, configuration: str) -> tuple[float, ...] | None:
+    """The configuration's ``spacing`` (mm), looked up through ``inherits_from`` as nnU-Net does."""
+    seen: set[str] = set()
+    while configuration not in seen:
+        seen.add(configuration)
+        entry = plans.get("configurations", {}).get(configuration, {})
+        spacing = entry.get("spacing") if isinstance(entry, dict) else None
+        if isinstance(spacing, list) and spacing and all(isinstance(v, (int, float)) and v > 0 for v in spacing):
+            return tuple(float(v) for v in spacing)
+        configuration = entry.get("inherits_from") if isinstance(entry, dict) else None
+        if not isinstance(configuration, str):
+            return None
+    return None
 
 
 def list_models(store: Path | None = None) -> list[ModelInfo]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -269,25 +269,54 @@ def check_image(image: sitk.Image, name: str = "the image", *, replace_nonfinite
     return image
 
 
+def check_model_grid(header: ImageHeader, target_spacing_mm: Sequence[float] | None,
+                     max_voxels: int | None = DEFAULT_MAX_VOXELS) -> None:
+    """Refuse an image that nnU-Net's resampling to the model's voxel size would leave empty or make too large.
+
+    nnU-Net resamples to ``target_spacing_mm`` (the plans' spacing): ``round(size * spacing / target)`` voxels per
+    axis. Which image axis meets which target spacing depends on the orientations, so bounds true for any pairing
+    are used: an axis whose extent (size x spacing, mm) is under half the largest target spacing may round to 0
+    voxels; a 3D model's voxel count after resampling is the image's volume in mm3 over one target voxel's.
+    """
+    if not target_spacing_mm:
+        return
+    extent = [n * s for n, s in zip(header.size_xyz, header.spacing_mm, strict=False)]
+    target = [float(t) for t in target_spacing_mm]
+    shown = " x ".join(f"{e:.3g}" for e in extent)
+    model = " x ".join(f"{t:g}" for t in target)
+    if min(extent) < 0.5 * max(target):
+        raise InputError(f"{header.path} covers {shown} mm (voxel sizes {', '.join(f'{v:g}' for v in header.spacing_mm)} mm): "
+                         f"resampled to the model's {model} mm voxels it would have no voxel along an axis; check its "
+                         "voxel sizes (pixdim) in the header.")
+    if max_voxels is not None and len(target) == len(extent):
+        resampled = float(np.prod(extent)) / float(np.prod(target))
+        if resampled > max_voxels:
+            raise InputError(f"{header.path} covers {shown} mm: resampled to the model's {model} mm voxels it would have "
+                             f"{resampled:,.0f} voxels, more than the limit of {max_voxels:,} (--max-voxels); check its "
+                             "voxel sizes (pixdim) in the header.")
+
+
 def check_images(
     inputs: list[Path],
     *,
     replace_nonfinite: bool = False,
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     warn: Callable[[str], None] | None = None,
+    target_spacing_mm: Sequence[float] | None = None,
 ) -> None:
     """Check the inputs of a segmentation into one output folder, before torch or a model is loaded.
 
     Names first (two inputs with one stem would overwrite each other's outputs), then the headers, sizes
     and completeness of all files (milliseconds each, no voxel read), then each image's voxels, one at
-    a time (none kept). ``warn`` receives the geometry warnings (:func:`geometry_warning`).
+    a time (none kept). ``warn`` receives the geometry warnings (:func:`geometry_warning`). With the model's
+    ``target_spacing_mm``, each image must also survive resampling to it (:func:`check_model_grid`).
     """
     stems = [image_stem(p) for p in inputs]
     duplicates = {s for s in stems if stems.count(s) > 1}
     if duplicates:
         raise InputError(f"several inputs share the name '{sorted(duplicates)[0]}'; their outputs would overwrite each other.")
     for path in inputs:
-        check_file(path, max_voxels=max_voxels)
+        check_model_grid(check_file(path, max_voxels=max_voxels), target_spacing_mm, max_voxels)
     for path in inputs:
         image = load_image(path, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels)
         note = geometry_warning(path, image)

@@ -75,6 +75,9 @@ def build_corpus(folder: Path) -> dict[str, Path]:
         "cord_2x": _write(cord, folder / "cord_2x.nii.gz", (1.6, 1.6, 3.0)),
         "labels_2x": _write(labels, folder / "labels_2x_dseg.nii.gz", (1.6, 1.6, 3.0)),
     }
+    noise = (np.random.default_rng(1).random(shape) * 100).astype(np.float32)
+    files["tiny_voxels"] = _write(noise, folder / "tiny_voxels.nii.gz", (0.001, 0.001, 50.0))  # 0.014 x 0.016 mm in plane
+    files["voxels_1e-30"] = _write(noise, folder / "voxels_1e-30.nii.gz", (1e-30, 1e-30, 1e-30))
     files["seg_nrrd_2x"] = _seg_nrrd(labels, (1.6, 1.6, 3.0), folder / "labels_2x.seg.nrrd")
     sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(cord)] * 2), str(folder / "mask4d.nii.gz"))
     files["mask4d"] = folder / "mask4d.nii.gz"
@@ -95,6 +98,7 @@ def build_corpus(folder: Path) -> dict[str, Path]:
         "clinical": ("clinical.tsv", b"participant_id\tais\ns1\t1\ns2\t2\ns3\t3\n"),
         "bad_queue": ("queue.json", b"{not json"), "list_queue": ("list.json", b"[1, 2]"),
         "groups_nopid": ("groups.tsv", b"site\nA\n"),
+        "qc_decisions_5": ("qc_decisions.json", b'{"decisions": 5}'), "qc_fails_5": ("qc_fails.json", b'{"fails": 5}'),
     }
     for key, (name, data) in texts.items():
         (folder / name).write_bytes(data)
@@ -187,6 +191,14 @@ CASES = [
     ("dataset-id-5000", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["out"] / "raw"), "--id", "5000", "--name", "X"], r"--id must be an nnU-Net dataset id from 1 to 999"),
     ("dataset-name-traversal", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["out"] / "raw"), "--id", "5", "--name", "../../evil"], r"dataset name '\.\./\.\./evil' cannot be used"),
     ("dataset-output-is-file", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["csv_a"]), "--id", "5", "--name", "X"], r"is a file"),
+    ("dataset-no-corrections", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["out"] / "raw"), "--id", "5", "--name", "X"], r"no exported corrections found"),
+    ("queue-qc-decisions-5", lambda w: ["queue", "qc", str(w["qc_decisions_5"]), "--queue", str(w["out"] / "q.json")], r"'decisions' is not a list of entries"),
+    ("queue-qc-fails-5", lambda w: ["queue", "qc", str(w["qc_fails_5"]), "--queue", str(w["out"] / "q.json")], r"'fails' is not a list of entries"),
+    ("segment-min-object-negative", lambda w: ["segment", str(w["t2"]), "--model", "sciseg-demo", "--min-object-mm3", "-1"], r"--min-object-mm3 must be a volume of 0 mm3 or more, got -1"),
+    ("segment-min-object-nan", lambda w: ["segment", str(w["t2"]), "--model", "sciseg-demo", "--min-object-mm3", "nan"], r"--min-object-mm3 must be a volume of 0 mm3 or more"),
+    ("segment-resamples-to-nothing", lambda w: ["segment", str(w["tiny_voxels"]), "--model", "sciseg-demo"], r"would have no voxel along an axis"),
+    ("segment-voxels-1e-30", lambda w: ["segment", str(w["voxels_1e-30"]), "--model", "sciseg-demo"], r"would have no voxel along an axis"),
+    ("queue-score-resamples-to-nothing", lambda w: ["queue", "score", str(w["tiny_voxels"]), "--model", "sciseg-demo", "--queue", str(w["out"] / "q.json")], r"would have no voxel along an axis"),
     ("dataset-fraction-7", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["out"] / "raw"), "--id", "5", "--name", "X", "--test-fraction", "7"], r"--test-fraction must be"),
     ("queue-bad-json", lambda w: ["queue", "list", "--queue", str(w["bad_queue"])], r"not a SCIseg queue file"),
     ("queue-json-list", lambda w: ["queue", "next", "--queue", str(w["list_queue"])], r"not a SCIseg queue file"),

@@ -628,3 +628,13 @@ def test_review_front_sends_security_headers_and_answers_a_request_without_host_
             front.stop()
         log = front.log.read_text()
         assert "Traceback" not in log and "refused a malformed request" in log, log[-2000:]
+
+
+def test_a_5000_character_case_id_is_refused_as_a_case_id(tmp_path: Path) -> None:
+    """Not an OSError (ENAMETOOLONG) from the file system: the review app's refusal, which it shows the rater."""
+    from SCIsegLib.review.paths import PathRefused, case_image_path, prediction_paths
+
+    case_id = "sub-01/anat/" + "a" * 5000
+    for lookup in (case_image_path, prediction_paths):
+        with pytest.raises(PathRefused, match="a case id of 5012 characters is not a case id of this dataset"):
+            lookup(tmp_path, case_id)
