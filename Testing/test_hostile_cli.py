@@ -424,3 +424,20 @@ def test_export_refuses_a_labels_folder_linked_outside_the_root(world, tmp_path:
         assert code == 2, err
         assert "outside" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert not list(outside.rglob("*")), f"the export wrote through the {linked} link"
+
+
+def test_a_refused_run_leaves_no_lock_file_and_no_qc(world, tmp_path: Path) -> None:
+    """A scheduler that does not answer: exit 2, and the output folder is as before (absent, or without qc/)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for output in (tmp_path / "new", existing):
+        code, _, err = run_cli(["run", "--bids", str(world["bids"]), "-o", str(output), "--model", "sciseg-demo",
+                                "--scheduler", f"tcp://127.0.0.1:{port}", "--progress", "none"])
+        assert code == 2 and "did not answer" in err, err
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in existing.iterdir() if p.name != ".sciseg-run.lock"] == []
