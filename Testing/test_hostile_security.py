@@ -573,9 +573,30 @@ def _send_huge_websocket_message(port: int, path: str, cookie: str, size: int) -
         return "closed" if not reply or reply[0] & 0x0F == 0x8 else f"answered {reply[:16]!r}"
 
 
+def _post_huge_body(port: int, path: str, cookie: str, size: int) -> str:
+    """POST ``size`` bytes (streamed, 1 MB at a time); the status the front answered, or "closed"."""
+    import socket
+
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\nContent-Length: {size}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n")
+    block = bytes(1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as link:
+        link.sendall(head.encode())
+        try:
+            for start in range(0, size, len(block)):
+                link.sendall(block[: min(len(block), size - start)])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            answer = link.recv(64)
+        except ConnectionResetError:
+            return "closed"
+    return answer.split()[1].decode() if answer.startswith(b"HTTP/1.1 ") else "closed"
+
+
 def test_review_front_refuses_huge_websocket_messages_with_flat_memory(tmp_path: Path) -> None:
-    """Three 300 MB messages from a client holding the token: each connection is dropped from the frame's header and
-    the front's resident memory stays flat (it buffered 954 MB before). The front's figures are printed."""
+    """Three 300 MB messages from a client holding the token: each connection is dropped from the frame's header, a
+    300 MB POST gets 413, and the front's resident memory stays flat (it buffered them before). Its figures are printed."""
     from test_review_front import TOKEN, FrontProcess, Tab
 
     front = FrontProcess(tmp_path)
@@ -587,10 +608,11 @@ def test_review_front_refuses_huge_websocket_messages_with_flat_memory(tmp_path:
         cookie = "; ".join(f"{c.name}={c.value}" for c in tab.jar)
         before, _ = _front_peak_mb(front.process.pid)
         outcomes = [_send_huge_websocket_message(front.port, f"/s/{session_id}/ws", cookie, 300 * 1024**2) for _ in range(3)]
+        outcomes.append(_post_huge_body(front.port, f"/s/{session_id}/upload", cookie, 300 * 1024**2))
         after, peak = _front_peak_mb(front.process.pid)
         print(f"review front resident memory: {before:.0f} MB before, {after:.0f} MB after three 300 MB messages, "
               f"peak {peak:.0f} MB")
-        assert outcomes == ["closed"] * 3
+        assert outcomes == ["closed"] * 3 + ["413"]
         assert peak - before < 40 and after - before < 40, (before, after, peak)
         status, body, _ = tab.get(url)  # the front and the session still serve the tab
         assert status == 200 and body.startswith("worker ")
