@@ -340,6 +340,9 @@ def test_cli_refuses_planted_plans_before_building_anything(tmp_path: Path, mode
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "SCISEG_MODELS_DIR": str(model_store)}
     for command in (["segment", str(image), "--model", str(model), "-o", str(tmp_path / "out"), "--device", "cpu"],
                     ["queue", "score", str(image), "--model", str(model), "--queue", str(tmp_path / "q.json")],
+                    ["run", str(image), "--model", str(model), "-o", str(tmp_path / "run"), "--progress", "none"],
+                    ["finetune", "--base", str(model), "--dataset", str(tmp_path / "Dataset001_X"), "--name", "t",
+                     "--work", str(tmp_path / "work")],
                     ["models", "install", str(model), "--name", "planted"]):
         run = subprocess.run([sys.executable, "-m", "SCIsegLib", *command], capture_output=True, text=True, timeout=120,
                              cwd=REPOSITORY, env=environment)
