@@ -374,9 +374,14 @@ def check_plans_safe(plans: object, where: Path | str, dataset_json: object = No
     planner = plans.get("experiment_planner_used", "ExperimentPlanner")
     if not isinstance(planner, str) or not _PLANNER_NAME.match(planner):
         _refuse(where, "experiment_planner_used", planner)
+    check_dataset_json_safe(dataset_json, f"{where} (its dataset.json)")
+
+
+def check_dataset_json_safe(dataset_json: object, where: Path | str) -> None:
+    """Refuse a ``dataset.json`` whose ``overwrite_image_reader_writer`` is not one of nnU-Net's readers/writers."""
     if isinstance(dataset_json, dict) and "overwrite_image_reader_writer" in dataset_json:
         if not _allowed(dataset_json["overwrite_image_reader_writer"], ALLOWED_NNUNET_NAMES["image_reader_writer"]):
-            _refuse(f"{where} (its dataset.json)", "overwrite_image_reader_writer", dataset_json["overwrite_image_reader_writer"])
+            _refuse(where, "overwrite_image_reader_writer", dataset_json["overwrite_image_reader_writer"])
 
 
 def check_trainer_name(name: object, where: Path | str) -> None:

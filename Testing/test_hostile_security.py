@@ -663,3 +663,15 @@ def test_a_5000_character_case_id_is_refused_as_a_case_id(tmp_path: Path) -> Non
     for lookup in (case_image_path, prediction_paths):
         with pytest.raises(PathRefused, match="a case id of 5012 characters is not a case id of this dataset"):
             lookup(tmp_path, case_id)
+
+
+def test_finetune_refuses_a_dataset_json_naming_code_before_nnunet_reads_it(tmp_path: Path, model_store: Path) -> None:
+    from SCIsegLib.training.finetune import finetune
+
+    dataset, work = _planted_work_folder(tmp_path, tmp_path / "ran", "none")
+    dataset_file = dataset / "dataset.json"
+    dataset_file.write_text(json.dumps({**json.loads(dataset_file.read_text()), "overwrite_image_reader_writer": "load_pickle"}))
+    shutil.rmtree(work)
+    with pytest.raises(checkpoints.UnsafePlansError, match=r"dataset.json names 'load_pickle' as overwrite_image_reader_writer"):
+        finetune(models.read_model(DEMO_MODEL), dataset, name="tuned", work_dir=work, epochs=1, device="cpu")
+    assert not work.exists()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..checkpoints import check_pickle_file, check_plans_safe, load_checkpoint, weights_only_everywhere
+from ..checkpoints import check_dataset_json_safe, check_pickle_file, check_plans_safe, load_checkpoint, weights_only_everywhere
 from ..errors import InputError
 from ..metrics import dice
 from ..models import ModelInfo, install, read_model
@@ -104,6 +104,7 @@ def finetune(
     if not (dataset_folder / "dataset.json").is_file():
         raise InputError(f"{dataset_folder} has no dataset.json; build it with `sciseg dataset build`.")
     dataset_json = json.loads((dataset_folder / "dataset.json").read_text())
+    check_dataset_json_safe(dataset_json, dataset_folder / "dataset.json")  # nnU-Net's preprocessing reads it
     if dataset_json.get("labels") != base.labels:
         raise InputError(f"the dataset's labels {dataset_json.get('labels')} differ from the model's {base.labels}.")
     dataset_id = _dataset_id(dataset_folder)
