@@ -259,6 +259,8 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
         raise InputError(f"--step must be in (0, 1], got {args.step}.")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}.")
+    if args.min_object_mm3 is not None and not (math.isfinite(args.min_object_mm3) and args.min_object_mm3 >= 0):
+        raise InputError(f"--min-object-mm3 must be a volume of 0 mm3 or more, got {args.min_object_mm3:g}.")
     if args.output is not None:
         _output_folder(args.output)
 
@@ -271,14 +273,16 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
     by_folder: dict[Path, list[Path]] = {}
     for path in args.inputs:
         by_folder.setdefault(args.output or path.parent, []).append(path)
-    for paths in by_folder.values():  # every input checked before torch and the model are loaded
-        check_images(paths, replace_nonfinite=args.replace_nonfinite, max_voxels=max_voxels, warn=warn)
-    from .inference import CancelToken, InferenceSettings, make_engine
     from .models import resolve_model
+
+    model = resolve_model(args.model)  # its files only (JSON, names checked): no torch yet
+    for paths in by_folder.values():  # every input checked before torch and the network are loaded
+        check_images(paths, replace_nonfinite=args.replace_nonfinite, max_voxels=max_voxels, warn=warn,
+                     target_spacing_mm=model.spacing_mm)
+    from .inference import CancelToken, InferenceSettings, make_engine
     from .postprocess import PostprocessSettings
     from .segment import SegmentCancelled, segment_files
 
-    model = resolve_model(args.model)
     settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads,
                                  engine=args.engine, crop="off" if args.no_crop else args.crop)
     postprocess = PostprocessSettings(
@@ -483,10 +487,13 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def _run_compare(args: argparse.Namespace) -> int:
     """Print compare_label_maps(first, second) as one JSON line (the Slicer panel's Compare runs this)."""
+    from .file_checks import check_mask_values
     from .metrics import compare_label_maps
     from .volume import load_image, on_grid_of
 
     first, second = load_image(args.first), load_image(args.second)
+    for path, image in ((args.first, first), (args.second, second)):  # an intensity image or label 7 is no label map
+        check_mask_values(sitk_array(image), path)
     try:
         second = on_grid_of(second, first, what=str(args.second), where=str(args.first))
     except ValueError as error:
@@ -517,7 +524,12 @@ def _run_queue(args: argparse.Namespace) -> int:
         from .inference import InferenceSettings, NnUNetEngine
         from .models import resolve_model
 
-        engine = NnUNetEngine(resolve_model(args.model), InferenceSettings(device=args.device))
+        from .volume import check_file, check_model_grid
+
+        model = resolve_model(args.model)
+        for path in args.inputs:  # headers and the model's grid, before torch
+            check_model_grid(check_file(path), model.spacing_mm)
+        engine = NnUNetEngine(model, InferenceSettings(device=args.device))
         records = queue.score_scans(args.inputs, engine, args.queue)
     elif args.queue_command != "qc" and not args.queue.is_file():  # `queue qc` may start a new queue
         raise InputError(f"{args.queue}: no such queue file; create it with `sciseg queue score`.")
@@ -676,9 +688,10 @@ def _run_consensus(args: argparse.Namespace) -> int:
     for path, image in zip(args.masks, images, strict=True):
         check_mask_values(sitk.GetArrayViewFromImage(image), path)
     try:
-        arrays = [sitk.GetArrayFromImage(on_grid_of(image, images[0])) for image in images]
-    except ValueError:
-        raise InputError("the masks do not lie on the same grid.") from None
+        arrays = [sitk.GetArrayFromImage(on_grid_of(image, images[0], what=str(path), where=str(args.masks[0])))
+                  for path, image in zip(args.masks, images, strict=True)]
+    except ValueError as error:
+        raise InputError(f"{error}; the masks of a consensus must be drawn on one volume.") from None
     label_maps = any(np.any(a == 2) for a in arrays)
     if args.method == "staple":
         if label_maps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,6 +13,18 @@ from typing import Callable
 from .errors import CancelledError, DownloadError
 
 CHUNK_BYTES = 1 << 16
+#: The largest download accepted (a SCIseg release zip is a few hundred MB): announced or streamed beyond it, refused.
+MAX_DOWNLOAD_BYTES = 2 * 1024**3
+#: Free space kept on the disk beyond an announced download (the zip is unpacked next to it).
+DISK_MARGIN_BYTES = 64 * 1024**2
+
+
+def check_free_space(folder: Path, needed_bytes: int, what: str) -> None:
+    """Raise :class:`DownloadError` when ``folder``'s disk has less than ``needed_bytes`` + a margin free."""
+    free = shutil.disk_usage(folder).free
+    if needed_bytes + DISK_MARGIN_BYTES > free:
+        raise DownloadError(f"{what} needs {needed_bytes / 1024**2:.0f} MB but {folder} has {free / 1024**2:.0f} MB free; "
+                            "free some space and try again.")
 
 
 def download_file(
@@ -21,6 +34,7 @@ def download_file(
     progress: Callable[[int, int | None], None] | None = None,
     timeout_s: float = 60.0,
     verify: Callable[[Path], None] | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download ``url`` to ``target``.
 
@@ -40,7 +54,11 @@ def download_file(
         timeout_s: socket timeout in seconds.
         verify: raises ``DownloadError`` or ``ValueError`` when the received file is not usable
             (e.g. a zip without its central directory); called before the rename.
+        max_bytes: the largest file accepted (default :data:`MAX_DOWNLOAD_BYTES`): a larger announced size is
+            refused before any byte is written, a stream that grows past it is stopped and deleted. An announced
+            size is also compared with the free space of ``target``'s disk.
     """
+    limit = max_bytes if max_bytes is not None else MAX_DOWNLOAD_BYTES
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
@@ -64,6 +82,12 @@ def download_file(
             if not resumed:
                 offset = 0
             total = _announced_total(response.headers, offset if resumed else 0)
+            if total is not None and total > limit:
+                partial.unlink(missing_ok=True)
+                raise DownloadError(f"{url} announces {total / 1024**2:.0f} MB, more than the {limit / 1024**2:.0f} MB a "
+                                    "model download may take; nothing was written.")
+            if total is not None:
+                check_free_space(target.parent, total - offset, f"the download of {url}")
             done = offset
             try:
                 with open(partial, "ab" if resumed else "wb") as handle:
@@ -71,13 +95,19 @@ def download_file(
                         block = response.read(CHUNK_BYTES)
                         if not block:
                             break
-                        handle.write(block)
                         done += len(block)
+                        if done > limit:
+                            raise _TooLarge()
+                        handle.write(block)
                         if progress:
                             progress(done, total)
             except CancelledError:  # the progress callback's cancel: a cancelled download leaves nothing behind
                 partial.unlink(missing_ok=True)
                 raise
+            except _TooLarge:
+                partial.unlink(missing_ok=True)
+                raise DownloadError(f"{url} sent more than the {limit / 1024**2:.0f} MB a model download may take; "
+                                    "the download was stopped and deleted.") from None
             except (OSError, urllib.error.URLError, http.client.HTTPException) as error:
                 raise DownloadError(
                     f"the download of {url} broke off after {done} bytes ({error}); run the same command again to resume."
@@ -103,6 +133,10 @@ def download_file(
         os.replace(partial, target)
         return target
     raise DownloadError(f"the server refused to resume {url}; delete {partial} and try again.")
+
+
+class _TooLarge(Exception):
+    """The stream grew past the download limit."""
 
 
 def _announced_total(headers, offset: int) -> int | None:

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .file_checks import check_mask_values
 from .metrics import anima_detection, overlap_detection, voxel_metrics
-from .volume import image_stem, load_mask, on_grid_of
+from .volume import grid_difference, image_stem, load_mask, on_grid_of
 
 _SUFFIXES = {
     "_label-SC_seg": "sc", "_sc_seg": "sc", "_seg-manual": "sc",
@@ -106,7 +106,8 @@ def evaluate(
         try:
             on_grid_of(prediction_image, reference_image)
         except ValueError:
-            raise InputError(f"{prediction_path} and {reference_path} do not lie on the same grid.") from None
+            raise InputError(f"{prediction_path} and {reference_path} do not lie on the same grid "
+                             f"({grid_difference(prediction_image, reference_image)}).") from None
         spacing = tuple(reversed(reference_image.GetSpacing()))
         for name in sorted(set(reference_masks) & set(prediction_masks)):
             aligned = on_grid_of(_as_image(prediction_masks[name], prediction_image), reference_image)

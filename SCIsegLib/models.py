@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .download import download_file
+from .download import check_free_space, download_file
 from .hashing import file_sha256
-from .checkpoints import checkpoint_globals, load_checkpoint, UnsafeCheckpointError, ALLOWED_GLOBALS
+from .checkpoints import checkpoint_globals, check_plans_safe, is_allowed_global, load_checkpoint, UnsafeCheckpointError
 from .errors import DownloadError, ModelError
 
 METADATA_FILE = "sciseg_model.json"
@@ -78,6 +78,8 @@ class ModelInfo:
         regions_class_order: dataset.json "regions_class_order", None for plain labels.
         orientation: the model orientation in SCT letters (e.g. "RPI").
         dataset_name: the nnU-Net dataset name from plans.json.
+        spacing_mm: the voxel size the network works at (the configuration's ``spacing``, nnU-Net's axis order),
+            None when the plans do not say.
         metadata: the content of sciseg_model.json (source, sha256, installed_at, lineage, ...).
     """
 
@@ -92,6 +94,7 @@ class ModelInfo:
     orientation: str
     dataset_name: str
     metadata: dict = field(default_factory=dict)
+    spacing_mm: tuple[float, ...] | None = None
 
     @property
     def is_region_based(self) -> bool:
@@ -228,6 +231,7 @@ def read_model(folder: str | os.PathLike[str], name: str | None = None) -> Model
         folds.append("all" if suffix == "all" else int(suffix) if suffix.isdigit() else suffix)
     plans = _read_json(results / "plans.json")
     dataset_json = _read_json(results / "dataset.json")
+    check_plans_safe(plans, results / "plans.json", dataset_json)  # every load reads the model here
     labels = dataset_json.get("labels")
     if not isinstance(labels, dict) or "background" not in labels:
         raise ModelError(f"{results / 'dataset.json'} has no 'labels' with a 'background' entry.")
@@ -249,7 +253,23 @@ def read_model(folder: str | os.PathLike[str], name: str | None = None) -> Model
         orientation=model_orientation(dataset_json, dataset_name),
         dataset_name=dataset_name,
         metadata=metadata,
+        spacing_mm=_configuration_spacing(plans, configuration),
     )
+
+
+def _configuration_spacing(plans: dict, configuration: str) -> tuple[float, ...] | None:
+    """The configuration's ``spacing`` (mm), looked up through ``inherits_from`` as nnU-Net does."""
+    seen: set[str] = set()
+    while configuration not in seen:
+        seen.add(configuration)
+        entry = plans.get("configurations", {}).get(configuration, {})
+        spacing = entry.get("spacing") if isinstance(entry, dict) else None
+        if isinstance(spacing, list) and spacing and all(isinstance(v, (int, float)) and v > 0 for v in spacing):
+            return tuple(float(v) for v in spacing)
+        configuration = entry.get("inherits_from") if isinstance(entry, dict) else None
+        if not isinstance(configuration, str):
+            return None
+    return None
 
 
 def list_models(store: Path | None = None) -> list[ModelInfo]:
@@ -306,6 +326,7 @@ def safe_extract(
                 total += member.file_size
                 if total > max_bytes:
                     raise ModelError(f"{archive} expands beyond {max_bytes / 1024**3:.1f} GiB; refusing to extract it.")
+            check_free_space(destination if destination.exists() else destination.parent, total, f"unpacking {archive.name}")
             broken = bundle.testzip()
             if broken is not None:
                 raise ModelError(f"{archive} is corrupt (bad CRC in {broken!r}); download it again.")
@@ -319,6 +340,16 @@ def safe_extract(
         raise ModelError(f"{archive} is not a valid zip archive (corrupt or truncated); download it again.") from None
 
 
+
+
+def _refuse_links(folder: Path) -> None:
+    """Refuse a model folder holding a symbolic link: its copy would bring in what the link points to."""
+    for parent, folders, files in os.walk(folder):  # os.walk does not enter linked folders
+        for entry in (*folders, *files):
+            if (Path(parent) / entry).is_symlink():
+                link = (Path(parent) / entry).relative_to(folder)
+                raise ModelError(f"{folder} contains a symbolic link ({link}); refusing to install it. Copy the model's "
+                                 "files themselves into the folder.")
 
 
 def check_checkpoints_safe(info: ModelInfo) -> None:
@@ -336,7 +367,7 @@ def check_checkpoints_safe(info: ModelInfo) -> None:
     for checkpoint in info.checkpoint_files():
         if torch_available:
             load_checkpoint(checkpoint)
-        elif any(name not in ALLOWED_GLOBALS and not name.startswith("torch.") for name in checkpoint_globals(checkpoint)):
+        elif not all(is_allowed_global(name) for name in checkpoint_globals(checkpoint)):
             raise UnsafeCheckpointError(f"the checkpoint {checkpoint} refers to Python objects that could run code when "
                                         "loaded; use a model saved by nnU-Net v2 from a source you trust.")
 
@@ -453,7 +484,8 @@ def install(
             archive = local if local.is_file() else None
             record.update(source=str(local.resolve()))
             if archive is None:
-                shutil.copytree(local, staging / "model", symlinks=False)
+                _refuse_links(local)
+                shutil.copytree(local, staging / "model", symlinks=True)
         try:
             if archive is not None:
                 digest = file_sha256(archive, progress=lambda done, total: report("verify", done, total))
@@ -468,7 +500,7 @@ def install(
             try:
                 info = read_model(staging / "model", name=name)
             except ModelError as error:  # name what the user gave, not our staging folder
-                raise ModelError(str(error).replace(str(staging / "model"), str(source))) from None
+                raise type(error)(str(error).replace(str(staging / "model"), str(source))) from None
             check_checkpoints_safe(info)
             if known and not expected and archive is not None:  # recorded only for a model that proved usable
                 record.update(_trusted_digest(root, source, url or "", record["sha256"]))

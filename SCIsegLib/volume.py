@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -98,13 +98,9 @@ def reorient_like(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     masks written from it lie bit-for-bit on the input grid.
     """
     back = reorient(image, orientation_of(reference))
-    if back.GetSize() != reference.GetSize():
-        raise ValueError(f"cannot map a {back.GetSize()} grid back onto a {reference.GetSize()} reference grid")
-    tolerance = 1e-3 * max(min(reference.GetSpacing()), 1e-6)
-    if not np.allclose(back.GetOrigin(), reference.GetOrigin(), atol=max(tolerance, 1e-4)) or not np.allclose(
-        back.GetDirection(), reference.GetDirection(), atol=1e-4
-    ):
-        raise ValueError("the reoriented image does not cover the same physical grid as its reference")
+    difference = grid_difference(back, reference)
+    if difference:
+        raise ValueError(f"the reoriented image does not cover the same physical grid as its reference ({difference})")
     back.CopyInformation(reference)
     return back
 
@@ -114,16 +110,18 @@ def on_grid_of(image: sitk.Image, reference: sitk.Image, *, what: str = "the mas
 
     The same voxels in mm may be stored with another axis order (Slicer's NIfTI reader flips an axis
     of left-handed files, qfac -1): such an image is re-indexed onto the reference grid exactly. Any
-    other difference (size, spacing, position) raises ``ValueError``.
+    other difference (size, spacing, origin, direction beyond :func:`grid_difference`'s tolerance) raises
+    ``ValueError`` naming it.
     """
-    if same_grid(image, reference, tolerance_mm=1e-3):
+    difference = grid_difference(image, reference)
+    if difference is None:
         aligned = sitk.Image(image)
         aligned.CopyInformation(reference)
         return aligned
     try:
         return reorient_like(image, reference)
     except ValueError:
-        raise ValueError(f"{what} does not lie on the grid of {where} (different size, spacing or position)") from None
+        raise ValueError(f"{what} does not lie on the grid of {where} ({difference})") from None
 
 
 def _read_quietly(file: Path) -> sitk.Image:
@@ -271,25 +269,54 @@ def check_image(image: sitk.Image, name: str = "the image", *, replace_nonfinite
     return image
 
 
+def check_model_grid(header: ImageHeader, target_spacing_mm: Sequence[float] | None,
+                     max_voxels: int | None = DEFAULT_MAX_VOXELS) -> None:
+    """Refuse an image that nnU-Net's resampling to the model's voxel size would leave empty or make too large.
+
+    nnU-Net resamples to ``target_spacing_mm`` (the plans' spacing): ``round(size * spacing / target)`` voxels per
+    axis. Which image axis meets which target spacing depends on the orientations, so bounds true for any pairing
+    are used: an axis whose extent (size x spacing, mm) is under half the largest target spacing may round to 0
+    voxels; a 3D model's voxel count after resampling is the image's volume in mm3 over one target voxel's.
+    """
+    if not target_spacing_mm:
+        return
+    extent = [n * s for n, s in zip(header.size_xyz, header.spacing_mm, strict=False)]
+    target = [float(t) for t in target_spacing_mm]
+    shown = " x ".join(f"{e:.3g}" for e in extent)
+    model = " x ".join(f"{t:g}" for t in target)
+    if min(extent) < 0.5 * max(target):
+        raise InputError(f"{header.path} covers {shown} mm (voxel sizes {', '.join(f'{v:g}' for v in header.spacing_mm)} mm): "
+                         f"resampled to the model's {model} mm voxels it would have no voxel along an axis; check its "
+                         "voxel sizes (pixdim) in the header.")
+    if max_voxels is not None and len(target) == len(extent):
+        resampled = float(np.prod(extent)) / float(np.prod(target))
+        if resampled > max_voxels:
+            raise InputError(f"{header.path} covers {shown} mm: resampled to the model's {model} mm voxels it would have "
+                             f"{resampled:,.0f} voxels, more than the limit of {max_voxels:,} (--max-voxels); check its "
+                             "voxel sizes (pixdim) in the header.")
+
+
 def check_images(
     inputs: list[Path],
     *,
     replace_nonfinite: bool = False,
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     warn: Callable[[str], None] | None = None,
+    target_spacing_mm: Sequence[float] | None = None,
 ) -> None:
     """Check the inputs of a segmentation into one output folder, before torch or a model is loaded.
 
     Names first (two inputs with one stem would overwrite each other's outputs), then the headers, sizes
     and completeness of all files (milliseconds each, no voxel read), then each image's voxels, one at
-    a time (none kept). ``warn`` receives the geometry warnings (:func:`geometry_warning`).
+    a time (none kept). ``warn`` receives the geometry warnings (:func:`geometry_warning`). With the model's
+    ``target_spacing_mm``, each image must also survive resampling to it (:func:`check_model_grid`).
     """
     stems = [image_stem(p) for p in inputs]
     duplicates = {s for s in stems if stems.count(s) > 1}
     if duplicates:
         raise InputError(f"several inputs share the name '{sorted(duplicates)[0]}'; their outputs would overwrite each other.")
     for path in inputs:
-        check_file(path, max_voxels=max_voxels)
+        check_model_grid(check_file(path, max_voxels=max_voxels), target_spacing_mm, max_voxels)
     for path in inputs:
         image = load_image(path, replace_nonfinite=replace_nonfinite, max_voxels=max_voxels)
         note = geometry_warning(path, image)
@@ -391,14 +418,35 @@ def image_from_array_zyx(array: np.ndarray, reference: sitk.Image) -> sitk.Image
     return image
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-4) -> bool:
-    """True when two images share size, spacing, origin and direction (within ``tolerance_mm``)."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance_mm)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance_mm)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
-    )
+#: How far two grids may differ and still be one (mm for spacing and origin; direction cosines, unitless):
+#: what NIfTI's float32 header fields and Slicer's round trips leave, far below any real voxel size.
+GRID_TOLERANCE_MM = 1e-3
+GRID_DIRECTION_TOLERANCE = 1e-4
+
+
+def grid_difference(a: sitk.Image, b: sitk.Image, tolerance_mm: float = GRID_TOLERANCE_MM) -> str | None:
+    """The one grid check of SCIsegLib: what differs between two images' voxel grids, or None when they are one.
+
+    Compares size (voxels), spacing (mm), origin (mm) and direction, in SimpleITK's (x, y, z) order; the
+    sentence names the first difference with both values, e.g. "spacing (2.0, 2.0, 2.0) mm vs (1.0, 1.0, 1.0) mm".
+    """
+    def values(v: tuple) -> str:
+        return "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+    if a.GetDimension() != b.GetDimension() or a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()} voxels"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tolerance_mm):
+        return f"spacing {values(a.GetSpacing())} mm vs {values(b.GetSpacing())} mm"
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=tolerance_mm):
+        return f"origin {values(a.GetOrigin())} mm vs {values(b.GetOrigin())} mm"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=GRID_DIRECTION_TOLERANCE):
+        return f"direction {values(a.GetDirection())} vs {values(b.GetDirection())}"
+    return None
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = GRID_TOLERANCE_MM) -> bool:
+    """True when two images share size, spacing, origin and direction (:func:`grid_difference` finds nothing)."""
+    return grid_difference(a, b, tolerance_mm) is None
 
 
 def _current_umask() -> int:

@@ -32,10 +32,22 @@ from SCIsegLib.evaluation import expand_inputs
 from SCIsegLib.training.export import FILES, VERSIONS, publishing_marker
 
 
-def _write(array: np.ndarray, path: Path) -> Path:
+def _write(array: np.ndarray, path: Path, spacing: tuple[float, float, float] = (0.8, 0.8, 1.5)) -> Path:
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.8, 0.8, 1.5))
+    image.SetSpacing(spacing)
     sitk.WriteImage(image, str(path))
+    return path
+
+
+def _seg_nrrd(labels_zyx: np.ndarray, spacing: tuple[float, float, float], path: Path) -> Path:
+    """A Slicer ``.seg.nrrd`` (slicerio) with segments spinal_cord (label 1) and lesion (2) at ``spacing`` mm (x, y, z)."""
+    import slicerio
+
+    labels_ijk = labels_zyx.transpose(2, 1, 0)
+    segmentation = slicerio.create_segmentation(labels_ijk.shape, np.diag([*spacing, 1.0]))
+    slicerio.add_segment(segmentation, labels_ijk == 1, {"id": "spinal_cord", "name": "Spinal cord"})
+    slicerio.add_segment(segmentation, labels_ijk == 2, {"id": "lesion", "name": "Lesion"})
+    slicerio.write_segmentation(str(path), segmentation)
     return path
 
 
@@ -59,7 +71,14 @@ def build_corpus(folder: Path) -> dict[str, Path]:
         "nonbinary": _write(cord * 7, folder / "nonbinary.nii.gz"),
         "mask2d": _write(cord[0], folder / "mask2d.nii.gz"),
         "othergrid": _write(np.zeros((5, 6, 7), np.uint8), folder / "othergrid.nii.gz"),
+        # the same voxels, origin and direction at twice the voxel size: another grid (issue 20 item 4)
+        "cord_2x": _write(cord, folder / "cord_2x.nii.gz", (1.6, 1.6, 3.0)),
+        "labels_2x": _write(labels, folder / "labels_2x_dseg.nii.gz", (1.6, 1.6, 3.0)),
     }
+    noise = (np.random.default_rng(1).random(shape) * 100).astype(np.float32)
+    files["tiny_voxels"] = _write(noise, folder / "tiny_voxels.nii.gz", (0.001, 0.001, 50.0))  # 0.014 x 0.016 mm in plane
+    files["voxels_1e-30"] = _write(noise, folder / "voxels_1e-30.nii.gz", (1e-30, 1e-30, 1e-30))
+    files["seg_nrrd_2x"] = _seg_nrrd(labels, (1.6, 1.6, 3.0), folder / "labels_2x.seg.nrrd")
     sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(cord)] * 2), str(folder / "mask4d.nii.gz"))
     files["mask4d"] = folder / "mask4d.nii.gz"
     packed = files["labels"].read_bytes()
@@ -79,6 +98,7 @@ def build_corpus(folder: Path) -> dict[str, Path]:
         "clinical": ("clinical.tsv", b"participant_id\tais\ns1\t1\ns2\t2\ns3\t3\n"),
         "bad_queue": ("queue.json", b"{not json"), "list_queue": ("list.json", b"[1, 2]"),
         "groups_nopid": ("groups.tsv", b"site\nA\n"),
+        "qc_decisions_5": ("qc_decisions.json", b'{"decisions": 5}'), "qc_fails_5": ("qc_fails.json", b'{"fails": 5}'),
     }
     for key, (name, data) in texts.items():
         (folder / name).write_bytes(data)
@@ -139,7 +159,7 @@ CASES = [
     ("consensus-4d", lambda w: ["consensus", str(w["cord"]), str(w["mask4d"]), "-o", str(w["out"] / "c.nii.gz")], r"not a 3D single-channel image|is 4D|is a 2D image"),
     ("consensus-output-folder", lambda w: ["consensus", str(w["cord"]), str(w["cord"]), "-o", str(w["folder"])], r"must be a file name ending in \.nii\.gz"),
     ("consensus-output-txt", lambda w: ["consensus", str(w["cord"]), str(w["cord"]), "-o", str(w["out"] / "c.txt")], r"must be a file name ending in \.nii\.gz"),
-    ("consensus-other-grid", lambda w: ["consensus", str(w["cord"]), str(w["othergrid"]), "-o", str(w["out"] / "c.nii.gz")], r"do not lie on the same grid"),
+    ("consensus-other-grid", lambda w: ["consensus", str(w["cord"]), str(w["othergrid"]), "-o", str(w["out"] / "c.nii.gz")], r"othergrid.nii.gz does not lie on the grid of .*\(size"),
     ("consensus-cut", lambda w: ["consensus", str(w["labels"]), str(w["cut50"]), "-o", str(w["out"] / "c.nii.gz")], r"ends before its (data|header) does"),
     ("analyze-text", lambda w: ["analyze", "--lesion", str(w["text"]), "-o", str(w["out"] / "a")], r"not an image SimpleITK can read"),
     ("analyze-4d-cord", lambda w: ["analyze", "--lesion", str(w["lesion"]), "--cord", str(w["mask4d"]), "-o", str(w["out"] / "a")], r"not a 3D single-channel image|is 4D|is a 2D image"),
@@ -171,6 +191,14 @@ CASES = [
     ("dataset-id-5000", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["out"] / "raw"), "--id", "5000", "--name", "X"], r"--id must be an nnU-Net dataset id from 1 to 999"),
     ("dataset-name-traversal", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["out"] / "raw"), "--id", "5", "--name", "../../evil"], r"dataset name '\.\./\.\./evil' cannot be used"),
     ("dataset-output-is-file", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["csv_a"]), "--id", "5", "--name", "X"], r"is a file"),
+    ("dataset-no-corrections", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["out"] / "raw"), "--id", "5", "--name", "X"], r"no exported corrections found"),
+    ("queue-qc-decisions-5", lambda w: ["queue", "qc", str(w["qc_decisions_5"]), "--queue", str(w["out"] / "q.json")], r"'decisions' is not a list of entries"),
+    ("queue-qc-fails-5", lambda w: ["queue", "qc", str(w["qc_fails_5"]), "--queue", str(w["out"] / "q.json")], r"'fails' is not a list of entries"),
+    ("segment-min-object-negative", lambda w: ["segment", str(w["t2"]), "--model", "sciseg-demo", "--min-object-mm3", "-1"], r"--min-object-mm3 must be a volume of 0 mm3 or more, got -1"),
+    ("segment-min-object-nan", lambda w: ["segment", str(w["t2"]), "--model", "sciseg-demo", "--min-object-mm3", "nan"], r"--min-object-mm3 must be a volume of 0 mm3 or more"),
+    ("segment-resamples-to-nothing", lambda w: ["segment", str(w["tiny_voxels"]), "--model", "sciseg-demo"], r"would have no voxel along an axis"),
+    ("segment-voxels-1e-30", lambda w: ["segment", str(w["voxels_1e-30"]), "--model", "sciseg-demo"], r"would have no voxel along an axis"),
+    ("queue-score-resamples-to-nothing", lambda w: ["queue", "score", str(w["tiny_voxels"]), "--model", "sciseg-demo", "--queue", str(w["out"] / "q.json")], r"would have no voxel along an axis"),
     ("dataset-fraction-7", lambda w: ["dataset", "build", "--bids", str(w["bids"]), "-o", str(w["out"] / "raw"), "--id", "5", "--name", "X", "--test-fraction", "7"], r"--test-fraction must be"),
     ("queue-bad-json", lambda w: ["queue", "list", "--queue", str(w["bad_queue"])], r"not a SCIseg queue file"),
     ("queue-json-list", lambda w: ["queue", "next", "--queue", str(w["list_queue"])], r"not a SCIseg queue file"),
@@ -181,6 +209,16 @@ CASES = [
     ("models-install-unreachable", lambda w: ["models", "install", "http://127.0.0.1:9/x.zip"], r"cannot reach"),
     ("models-remove-traversal", lambda w: ["models", "remove", "../../etc"], r"no installed model named"),
     ("segment-output-is-file", lambda w: ["segment", str(w["t2"]), "--model", "sciseg-demo", "-o", str(w["csv_a"])], r"is a file; give a folder"),
+    # issue 20 item 4: a mask at another voxel size is another grid, everywhere a mask meets an image
+    ("evaluate-other-spacing", lambda w: ["evaluate", "--pred", str(w["cord_2x"]), "--ref", str(w["cord"]), "-o", str(w["out"] / "e")], r"do not lie on the same grid \(spacing \(1\.6, 1\.6, 3\) mm vs \(0\.8, 0\.8, 1\.5\) mm\)"),
+    ("export-labels-other-spacing", lambda w: _export(w, "--labels", str(w["labels_2x"])), r"does not lie on the grid of .*\(spacing"),
+    ("export-seg-nrrd-other-spacing", lambda w: _export(w, "--seg-nrrd", str(w["seg_nrrd_2x"])), r"does not lie on the grid of .*\(spacing"),
+    ("consensus-other-spacing", lambda w: ["consensus", str(w["cord"]), str(w["cord_2x"]), "-o", str(w["out"] / "c.nii.gz")], r"cord_2x.nii.gz does not lie on the grid of .*\(spacing"),
+    ("compare-other-spacing", lambda w: ["compare", str(w["labels"]), str(w["labels_2x"])], r"does not lie on the grid of .*\(spacing"),
+    ("analyze-other-spacing", lambda w: ["analyze", "--lesion", str(w["lesion"]), "--cord", str(w["cord_2x"]), "-o", str(w["out"] / "a")], r"do not lie on the same grid"),
+    # issue 20 item 9: compare takes label maps only
+    ("compare-intensity-image", lambda w: ["compare", str(w["t2"]), str(w["labels"])], r"sub-01_T2w.nii.gz is not a mask or label map.*give a mask, not an image"),
+    ("compare-label-7", lambda w: ["compare", str(w["labels"]), str(w["nonbinary"])], r"nonbinary.nii.gz is not a mask or label map \(0, 1 and 2\): it holds 7"),
     ("segment-threads-0", lambda w: ["segment", str(w["t2"]), "--model", "sciseg-demo", "--threads", "0"], r"--threads must be at least 1"),
 ]
 
@@ -366,3 +404,40 @@ def test_sigkill_during_export_never_shows_a_mixed_latest_set(tmp_path: Path) ->
     assert [p.name for p in anat.iterdir() if p.name.startswith(".")] == []
     print(f"\nexport kill test: {kills} kills in {len(states)} runs, states after each: {states}, "
           f"temporaries seen before repair: {leftovers_seen}, after repair: 0")
+
+
+def test_export_refuses_a_labels_folder_linked_outside_the_root(world, tmp_path: Path) -> None:
+    """``derivatives/labels`` (or ``derivatives``) as a link to a folder outside the BIDS root: nothing is written there."""
+    for linked in ("labels", "derivatives"):
+        root = tmp_path / f"bids_{linked}"
+        (root / "sub-01" / "anat").mkdir(parents=True)
+        source = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+        shutil.copy(world["t2"], source)
+        outside = tmp_path / f"outside_{linked}"
+        outside.mkdir()
+        if linked == "labels":
+            (root / "derivatives").mkdir()
+            (root / "derivatives" / "labels").symlink_to(outside, target_is_directory=True)
+        else:
+            (root / "derivatives").symlink_to(outside, target_is_directory=True)
+        code, _, err = run_cli(["export", "--root", str(root), "--source", str(source), "--rater", "r", "--labels", str(world["labels"])])
+        assert code == 2, err
+        assert "outside" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not list(outside.rglob("*")), f"the export wrote through the {linked} link"
+
+
+def test_a_refused_run_leaves_no_lock_file_and_no_qc(world, tmp_path: Path) -> None:
+    """A scheduler that does not answer: exit 2, and the output folder is as before (absent, or without qc/)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for output in (tmp_path / "new", existing):
+        code, _, err = run_cli(["run", "--bids", str(world["bids"]), "-o", str(output), "--model", "sciseg-demo",
+                                "--scheduler", f"tcp://127.0.0.1:{port}", "--progress", "none"])
+        assert code == 2 and "did not answer" in err, err
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in existing.iterdir() if p.name != ".sciseg-run.lock"] == []

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -265,3 +267,411 @@ def test_nnunet_own_loads_are_forced_to_weights_only(full_checkpoint: Path, tmp_
                 torch.load(path, map_location="cpu", weights_only=False)
             assert not marker.exists()
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+# --- issue 20 item 1: names in plans.json are code nnU-Net runs ---------------------------------------------------
+
+def _planted_model(folder: Path, marker: Path, edit: str = "nonlin") -> Path:
+    """The demo model with one name in its plans (or dataset.json) replaced by code; returns the model folder.
+
+    ``nonlin``: ``os.system`` with ``nonlin_kwargs={"command": "touch MARKER"}`` (nnU-Net's U-Net calls
+    ``nonlin(**nonlin_kwargs)`` for every convolution: the command runs while the network is built).
+    """
+    model = folder / "planted"
+    shutil.copytree(DEMO_MODEL, model)
+    plans_file = model / RESULTS / "plans.json"
+    plans = json.loads(plans_file.read_text())
+    configuration = plans["configurations"]["3d_fullres"]
+    architecture = configuration["architecture"]
+    if edit == "nonlin":
+        architecture["arch_kwargs"].update(nonlin="os.system", nonlin_kwargs={"command": f"touch {marker}"})
+    elif edit == "network":
+        architecture["network_class_name"] = "subprocess.Popen"
+    elif edit == "extra_import":
+        architecture["arch_kwargs"]["args"] = "builtins.exec"
+        architecture["_kw_requires_import"].append("args")
+    elif edit == "resampling":
+        configuration["resampling_fn_data"] = "load_pickle"  # a star-imported helper inside nnU-Net's resampling modules
+    elif edit == "inherited":
+        plans["configurations"]["evil"] = {"inherits_from": "3d_fullres", "architecture": {
+            **architecture, "network_class_name": "os.system"}}
+    elif edit == "reader":
+        dataset_file = model / RESULTS / "dataset.json"
+        dataset_file.write_text(json.dumps({**json.loads(dataset_file.read_text()), "overwrite_image_reader_writer": "rmtree"}))
+    plans_file.write_text(json.dumps(plans))
+    return model
+
+
+def test_planted_plans_run_code_in_nnunet(tmp_path: Path) -> None:
+    """The attack is real: nnU-Net's own ``get_network_from_plans`` on the planted plans runs the command."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    marker = tmp_path / "ran_nnunet"
+    plans = json.loads((_planted_model(tmp_path, marker) / RESULTS / "plans.json").read_text())
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    with pytest.raises(Exception):  # noqa: B017 - os.system returns 0, which is no torch module
+        get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                               architecture["_kw_requires_import"], 1, 2)
+    assert marker.exists(), "nnU-Net built the planted plans without running the command: the test proves nothing"
+
+
+@pytest.mark.parametrize("edit, named", [("nonlin", "os.system"), ("network", "subprocess.Popen"),
+                                         ("extra_import", "builtins.exec"), ("resampling", "load_pickle"),
+                                         ("inherited", "os.system"), ("reader", "rmtree")])
+def test_models_naming_code_are_refused_at_every_load(tmp_path: Path, model_store: Path, edit: str, named: str) -> None:
+    marker = tmp_path / "ran"
+    model = _planted_model(tmp_path, marker, edit)
+    with pytest.raises(checkpoints.UnsafePlansError, match=f"names '{named}' as .*not one of the network parts"):
+        models.read_model(model)  # --model PATH, the store's names, cohort tasks, finetune's base all read here
+    with pytest.raises(checkpoints.UnsafePlansError, match=named):
+        models.install(str(model), name="planted")
+    assert not (model_store / "planted").exists() and not marker.exists()
+    with pytest.raises(checkpoints.UnsafePlansError):
+        models.resolve_model(str(model))
+
+
+def test_cli_refuses_planted_plans_before_building_anything(tmp_path: Path, model_store: Path) -> None:
+    import SimpleITK as sitk
+
+    marker = tmp_path / "ran_cli"
+    model = _planted_model(tmp_path, marker)
+    image = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((24, 24, 24), dtype=np.float32)), str(image))
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "SCISEG_MODELS_DIR": str(model_store)}
+    for command in (["segment", str(image), "--model", str(model), "-o", str(tmp_path / "out"), "--device", "cpu"],
+                    ["queue", "score", str(image), "--model", str(model), "--queue", str(tmp_path / "q.json")],
+                    ["run", str(image), "--model", str(model), "-o", str(tmp_path / "run"), "--progress", "none"],
+                    ["finetune", "--base", str(model), "--dataset", str(tmp_path / "Dataset001_X"), "--name", "t",
+                     "--work", str(tmp_path / "work")],
+                    ["models", "install", str(model), "--name", "planted"]):
+        run = subprocess.run([sys.executable, "-m", "SCIsegLib", *command], capture_output=True, text=True, timeout=120,
+                             cwd=REPOSITORY, env=environment)
+        assert run.returncode == 2, (command, run.stderr)
+        assert "names 'os.system' as 'nonlin'" in run.stderr and "Traceback" not in run.stderr
+        assert not marker.exists(), command
+
+
+def test_checkpoints_naming_code_are_refused(tmp_path: Path) -> None:
+    plans = json.loads((_planted_model(tmp_path, tmp_path / "ran") / RESULTS / "plans.json").read_text())
+    weights = {"w": torch.zeros(2)}
+    for name, content in (("plans", {"network_weights": weights, "trainer_name": "nnUNetTrainer",
+                                     "init_args": {"plans": plans, "configuration": "3d_fullres"}}),
+                          ("trainer", {"network_weights": weights, "trainer_name": "os"})):
+        torch.save(content, tmp_path / f"{name}.pth")
+        with pytest.raises(checkpoints.UnsafePlansError, match="os"):
+            load_checkpoint(tmp_path / f"{name}.pth")
+
+
+def test_the_demo_and_nnunet_planners_pass_the_plans_check() -> None:
+    """The allow-list holds what nnU-Net's own planners write (2d and 3d, plain and residual encoders)."""
+    checkpoints.check_plans_safe(json.loads((DEMO_MODEL / RESULTS / "plans.json").read_text()), "demo")
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+    from nnunetv2.utilities.network_initialization import InitWeights_He  # noqa: F401 - nnU-Net importable
+    for network in (PlainConvUNet, ResidualEncoderUNet):
+        name = f"{network.__module__}.{network.__name__}"
+        assert name in checkpoints.ALLOWED_NETWORKS
+    for layer in (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d,
+                  torch.nn.BatchNorm3d, torch.nn.Dropout3d, torch.nn.LeakyReLU, torch.nn.ReLU):
+        assert f"{layer.__module__}.{layer.__name__}" in checkpoints.ALLOWED_LAYERS
+        assert f"torch.nn.{layer.__name__}" in checkpoints.ALLOWED_LAYERS
+
+
+# --- issue 20 item 7: the pickle scan follows the pickle machine's stack ----------------------------------------
+
+def _decoy_pickle(protocol: int, marker: Path) -> bytes:
+    """A pickle that calls ``os.system`` through STACK_GLOBAL after pushing decoy strings it pops or memoises.
+
+    The old scan took the last two strings seen (``collections``/``OrderedDict``) as STACK_GLOBAL's operands.
+    """
+    frame = [pickle.PROTO + bytes([protocol])]
+    def string(text: str) -> bytes:
+        raw = text.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
+    body = (string("os") + string("system")
+            + string("collections") + string("OrderedDict") + pickle.POP + pickle.POP
+            + pickle.STACK_GLOBAL
+            + string(f"touch {marker}") + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+    return b"".join(frame) + body
+
+
+def _memo_decoy_pickle(protocol: int, marker: Path) -> bytes:
+    """Names kept in the memo, decoys pushed last and dropped with POP_MARK, the real names fetched back by BINGET."""
+    def string(text: str) -> bytes:
+        raw = text.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
+    body = (string("os") + pickle.BINPUT + b"\x00" + pickle.POP + string("system") + pickle.BINPUT + b"\x01" + pickle.POP
+            + pickle.MARK + string("torch") + string("device") + pickle.POP_MARK
+            + pickle.BINGET + b"\x00" + pickle.BINGET + b"\x01" + pickle.STACK_GLOBAL
+            + string(f"touch {marker}") + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+    return pickle.PROTO + bytes([protocol]) + body
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_pickle_scan_follows_the_stack(tmp_path: Path, protocol: int) -> None:
+    for build in (_decoy_pickle, _memo_decoy_pickle):
+        marker = tmp_path / f"ran_{build.__name__}"
+        data = build(protocol, marker)
+        assert "os.system" in checkpoints._pickle_globals(data), build.__name__
+        archive = tmp_path / f"{build.__name__}.pth"  # torch's zip layout: the install-time scan reads it
+        with zipfile.ZipFile(archive, "w") as bundle:
+            bundle.writestr("archive/data.pkl", data)
+        assert "os.system" in checkpoints.checkpoint_globals(archive)
+        with pytest.raises(UnsafeCheckpointError, match="os.system"):
+            load_checkpoint(archive)
+        assert not marker.exists()
+    # what pickle itself writes at each protocol: every global found, nothing unknown
+    payload = {"w": np.zeros(3), "s": np.float64(1.5), "d": collections.OrderedDict(a=1), "t": ("a", "b"), "n": [np.int64(2)]}
+    found = checkpoints._pickle_globals(pickle.dumps(payload, protocol=protocol))
+    assert "collections.OrderedDict" in found and "\0unknown" not in found
+    assert any(name.endswith("multiarray.scalar") for name in found)
+
+
+# --- issue 20 item 6: finetune's work folder -------------------------------------------------------------------
+
+def _planted_work_folder(tmp_path: Path, marker: Path, plant: str) -> tuple[Path, Path]:
+    """(raw dataset folder, work folder) where the work folder holds nnU-Net's preprocessed layout with a plant."""
+    dataset = tmp_path / "raw" / "Dataset777_Planted"
+    dataset.mkdir(parents=True)
+    dataset_json = (DEMO_MODEL / RESULTS / "dataset.json").read_text()
+    (dataset / "dataset.json").write_text(dataset_json)
+    preprocessed = tmp_path / "work" / "preprocessed" / dataset.name
+    (preprocessed / "nnUNetPlans_3d_fullres").mkdir(parents=True)
+    plans = (_planted_model(tmp_path, marker) if plant == "plans" else DEMO_MODEL) / RESULTS / "plans.json"
+    (preprocessed / "nnUNetPlans.json").write_text(json.dumps({**json.loads(plans.read_text()), "dataset_name": dataset.name}))
+    (preprocessed / "dataset.json").write_text(dataset_json)
+    properties = {"spacing": [1.0, 1.0, 1.0], "class_locations": {1: np.zeros((0, 4), np.int64)}}
+    if plant == "pickle":
+        properties["x"] = _System(marker)
+    (preprocessed / "nnUNetPlans_3d_fullres" / "case_000.pkl").write_bytes(pickle.dumps(properties))
+    return dataset, tmp_path / "work"
+
+
+@pytest.mark.parametrize("plant, words", [("pickle", "'posix.system'.*could run code when unpickled"),
+                                          ("plans", "names 'os.system' as 'nonlin'")])
+def test_finetune_refuses_a_planted_work_folder(tmp_path: Path, model_store: Path, plant: str, words: str) -> None:
+    from SCIsegLib.training.finetune import finetune
+
+    marker = tmp_path / "ran_finetune"
+    dataset, work = _planted_work_folder(tmp_path, marker, plant)
+    with pytest.raises(ModelError, match=words):
+        finetune(models.read_model(DEMO_MODEL), dataset, name="tuned", work_dir=work, epochs=1, device="cpu")
+    assert not marker.exists() and not (model_store / "tuned").exists()
+
+
+def test_preprocessed_properties_of_nnunet_pass_the_scan(tmp_path: Path) -> None:
+    """What nnU-Net's preprocessor writes (``write_pickle`` of a case's properties) passes, at protocols 2-5."""
+    from batchgenerators.utilities.file_and_folder_operations import write_pickle
+
+    properties = {"spacing": [1.0, 0.5, 0.5], "shape_before_cropping": (40, 32, 32), "bbox_used_for_cropping": [[0, 40], [1, 31], [np.int64(2), np.int64(30)]],
+                  "class_locations": {1: np.zeros((5, 4), np.int64), 2: np.zeros((0, 4), np.int64)},
+                  "sitk_stuff": {"spacing": (0.5, 0.5, 1.0), "origin": (0.0, 0.0, 0.0), "direction": (1.0,) * 9}}
+    write_pickle(properties, str(tmp_path / "default.pkl"))
+    checkpoints.check_pickle_file(tmp_path / "default.pkl")
+    for protocol in (2, 3, 4, 5):
+        (tmp_path / f"p{protocol}.pkl").write_bytes(pickle.dumps(properties, protocol=protocol))
+        checkpoints.check_pickle_file(tmp_path / f"p{protocol}.pkl")
+
+
+# --- issue 20 item 5: the embedded Dask cluster admits only its run --------------------------------------------
+
+def test_embedded_cluster_admits_only_the_run(tmp_path: Path) -> None:
+    """Another local process (no certificate, plain TCP, or a certificate of its own) cannot connect and submit."""
+    from distributed import Client
+    from distributed.security import Security
+
+    from SCIsegLib.cohort.cluster import open_client, plan_cluster
+
+    marker = tmp_path / "ran_foreign_task"
+    with open_client(plan_cluster(None, 1, "cpu", "1GiB"), tmp_path / "dask") as client:
+        address = client.scheduler.address
+        assert client.submit(sum, [1, 2]).result(timeout=60) == 3  # the run's own client works
+        port = address.rsplit(":", 1)[1]
+        for foreign, security in ((address, None), (f"tcp://127.0.0.1:{port}", None), (address, Security.temporary())):
+            with pytest.raises(Exception):  # noqa: B017 - TLS, handshake or timeout errors: each one a refusal
+                with Client(foreign, security=security, timeout=5) as intruder:
+                    intruder.submit(Path.touch, marker).result(timeout=10)
+            assert not marker.exists(), foreign
+        assert client.submit(sum, [3, 4]).result(timeout=60) == 7  # the run goes on
+        assert address.startswith("tls://127.0.0.1:"), address
+
+
+# --- issue 20 item 8: model installs take no links, downloads have a cap and need the disk space ----------------
+
+def test_install_from_a_folder_refuses_symbolic_links(tmp_path: Path, model_store: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    for where in ("file", "folder"):
+        model = tmp_path / f"linked_{where}"
+        shutil.copytree(DEMO_MODEL, model)
+        if where == "file":
+            (model / RESULTS / "notes.txt").symlink_to(secret)
+        else:
+            (model / RESULTS / "extra").symlink_to(tmp_path, target_is_directory=True)
+        with pytest.raises(ModelError, match=r"contains a symbolic link \(.*\); refusing to install it"):
+            models.install(str(model), name=f"linked-{where}")
+        assert not (model_store / f"linked-{where}").exists()
+    assert not [p for p in model_store.rglob("*") if p.is_file()]
+
+
+def test_downloads_are_capped_and_checked_against_free_disk(tmp_path: Path, model_store: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from SCIsegLib import download
+
+    payload = _model_zip(tmp_path / "m", DEMO_CHECKPOINT).read_bytes()
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", len(payload) // 4)
+    downloads = model_store / ".downloads"
+    with LocalServer() as server:
+        server.served.files["/m.zip"] = payload
+        with pytest.raises(DownloadError, match="announces .* MB, more than the .* MB a model download may take; nothing was written"):
+            models.install(server.url("/m.zip"))
+        assert not [p for p in downloads.rglob("*") if p.is_file()]
+        server.served.send_length = False  # a stream without a size is stopped at the cap, not written whole
+        written: list[int] = []
+        with pytest.raises(DownloadError, match="sent more than the .* MB.*stopped and deleted"):
+            download.download_file(server.url("/m.zip"), downloads / "m.zip", progress=lambda done, total: written.append(done))
+        assert max(written) <= len(payload) // 4 and not [p for p in downloads.rglob("*") if p.is_file()]
+        server.served.send_length = True
+        monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 1 << 40)
+        real_usage = shutil.disk_usage
+        monkeypatch.setattr(download.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=len(payload)))
+        with pytest.raises(DownloadError, match=r"needs \d+ MB but .* has \d+ MB free"):
+            models.install(server.url("/m.zip"))
+        assert not [p for p in downloads.rglob("*") if p.is_file()] and not (model_store / "m").exists()
+        monkeypatch.setattr(download.shutil, "disk_usage", real_usage)
+        assert models.install(server.url("/m.zip")).name == "m"  # the same model installs when it fits
+
+
+# --- issue 20 items 3 and 10: the review front ------------------------------------------------------------------
+
+def _front_peak_mb(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) of a process in MB, from /proc (VmRSS, VmHWM)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _send_huge_websocket_message(port: int, path: str, cookie: str, size: int) -> str:
+    """Open a websocket by hand and stream one binary frame of ``size`` bytes (zeros, 1 MB at a time, nothing held):
+    what the front answered ("closed" when it dropped the connection, else what it sent back)."""
+    import base64
+    import socket
+    import struct
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as link:
+        link.sendall(request.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += link.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
+        block = bytes(1 << 20)
+        try:
+            link.sendall(b"\x82\xff" + struct.pack(">Q", size) + b"\0\0\0\0")  # masked with a zero key: payload as is
+            for start in range(0, size, len(block)):
+                link.sendall(block[: min(len(block), size - start)])
+            reply = link.recv(64)
+        except (BrokenPipeError, ConnectionResetError):
+            return "closed"
+        return "closed" if not reply or reply[0] & 0x0F == 0x8 else f"answered {reply[:16]!r}"
+
+
+def _post_huge_body(port: int, path: str, cookie: str, size: int) -> str:
+    """POST ``size`` bytes (streamed, 1 MB at a time); the status the front answered, or "closed"."""
+    import socket
+
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\nContent-Length: {size}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n")
+    block = bytes(1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as link:
+        link.sendall(head.encode())
+        try:
+            for start in range(0, size, len(block)):
+                link.sendall(block[: min(len(block), size - start)])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            answer = link.recv(64)
+        except ConnectionResetError:
+            return "closed"
+    return answer.split()[1].decode() if answer.startswith(b"HTTP/1.1 ") else "closed"
+
+
+def test_review_front_refuses_huge_websocket_messages_with_flat_memory(tmp_path: Path) -> None:
+    """Three 300 MB messages from a client holding the token: each connection is dropped from the frame's header, a
+    300 MB POST gets 413, and the front's resident memory stays flat (it buffered them before). Its figures are printed."""
+    from test_review_front import TOKEN, FrontProcess, Tab
+
+    front = FrontProcess(tmp_path)
+    try:
+        tab = Tab()
+        status, body, url = tab.get(f"{front.url}/?secret={TOKEN}")
+        assert status == 200, body
+        session_id = url.split("/s/")[1].split("/")[0]
+        cookie = "; ".join(f"{c.name}={c.value}" for c in tab.jar)
+        before, _ = _front_peak_mb(front.process.pid)
+        outcomes = [_send_huge_websocket_message(front.port, f"/s/{session_id}/ws", cookie, 300 * 1024**2) for _ in range(3)]
+        outcomes.append(_post_huge_body(front.port, f"/s/{session_id}/upload", cookie, 300 * 1024**2))
+        after, peak = _front_peak_mb(front.process.pid)
+        print(f"review front resident memory: {before:.0f} MB before, {after:.0f} MB after three 300 MB messages, "
+              f"peak {peak:.0f} MB")
+        assert outcomes == ["closed"] * 3 + ["413"]
+        assert peak - before < 40 and after - before < 40, (before, after, peak)
+        status, body, _ = tab.get(url)  # the front and the session still serve the tab
+        assert status == 200 and body.startswith("worker ")
+    finally:
+        front.stop()
+
+
+def test_review_front_sends_security_headers_and_answers_a_request_without_host_with_400(tmp_path: Path) -> None:
+    import socket
+
+    from SCIsegLib.review.front import SECURITY_HEADERS
+    from test_review_front import TOKEN, FrontProcess, _raw
+
+    for token in (TOKEN, None):
+        folder = tmp_path / ("token" if token else "loopback")
+        folder.mkdir()
+        front = FrontProcess(folder, token=token)
+        try:
+            target = f"/?secret={TOKEN}" if token else "/"
+            status, headers, _ = _raw(front.port, target, headers="Sec-Fetch-Dest: document\r\n")
+            assert status == 302, status
+            for name, value in SECURITY_HEADERS.items():
+                assert headers.get(name.lower()) == value, name
+            session = headers["location"]
+            _, headers, _ = _raw(front.port, f"/{session}")
+            assert headers.get("referrer-policy") == "no-referrer" and "frame-ancestors 'none'" in headers["content-security-policy"]
+            for request in (b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"):
+                with socket.create_connection(("127.0.0.1", front.port), timeout=30) as link:
+                    link.sendall(request)
+                    answer = b""
+                    while chunk := link.recv(65536):
+                        answer += chunk
+                assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer[:100]
+        finally:
+            front.stop()
+        log = front.log.read_text()
+        assert "Traceback" not in log and "refused a malformed request" in log, log[-2000:]
+
+
+def test_a_5000_character_case_id_is_refused_as_a_case_id(tmp_path: Path) -> None:
+    """Not an OSError (ENAMETOOLONG) from the file system: the review app's refusal, which it shows the rater."""
+    from SCIsegLib.review.paths import PathRefused, case_image_path, prediction_paths
+
+    case_id = "sub-01/anat/" + "a" * 5000
+    for lookup in (case_image_path, prediction_paths):
+        with pytest.raises(PathRefused, match="a case id of 5012 characters is not a case id of this dataset"):
+            lookup(tmp_path, case_id)
+
+
+def test_finetune_refuses_a_dataset_json_naming_code_before_nnunet_reads_it(tmp_path: Path, model_store: Path) -> None:
+    from SCIsegLib.training.finetune import finetune
+
+    dataset, work = _planted_work_folder(tmp_path, tmp_path / "ran", "none")
+    dataset_file = dataset / "dataset.json"
+    dataset_file.write_text(json.dumps({**json.loads(dataset_file.read_text()), "overwrite_image_reader_writer": "load_pickle"}))
+    shutil.rmtree(work)
+    with pytest.raises(checkpoints.UnsafePlansError, match=r"dataset.json names 'load_pickle' as overwrite_image_reader_writer"):
+        finetune(models.read_model(DEMO_MODEL), dataset, name="tuned", work_dir=work, epochs=1, device="cpu")
+    assert not work.exists()

@@ -13,11 +13,14 @@ from conftest import SHARED_DATA, real_scans
 from SCIsegLib.errors import InputError
 from SCIsegLib.volume import (
     array_zyx,
+    grid_difference,
     image_stem,
     load_image,
+    on_grid_of,
     orientation_of,
     reorient,
     reorient_like,
+    same_grid,
     sct_to_itk_orientation,
     write_mask,
 )
@@ -178,3 +181,36 @@ def test_write_mask_is_atomic_and_on_the_reference_grid(tmp_path: Path) -> None:
     np.testing.assert_allclose(written.GetOrigin(), reference.GetOrigin(), atol=1e-5)
     np.testing.assert_allclose(written.GetDirection(), reference.GetDirection(), atol=1e-6)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), mask)
+
+
+def test_one_grid_check_names_each_difference() -> None:
+    """Size, spacing, origin and direction, each named; a mask stored with a flipped axis is the same grid."""
+    reference = sitk.Image([6, 5, 4], sitk.sitkUInt8)
+    reference.SetSpacing((1.0, 1.0, 2.0))
+    assert grid_difference(reference, reference) is None
+    within = sitk.Image(reference)
+    within.SetOrigin((5e-4, 0.0, 0.0))  # float32 header noise
+    assert same_grid(within, reference)
+    coarse = sitk.Image(reference)
+    coarse.SetSpacing((2.0, 2.0, 4.0))  # the same voxels at twice the size: 8x the volume
+    assert grid_difference(coarse, reference) == "spacing (2, 2, 4) mm vs (1, 1, 2) mm"
+    with pytest.raises(ValueError, match=r"does not lie on the grid of the volume \(spacing"):
+        on_grid_of(coarse, reference)
+    moved = sitk.Image(reference)
+    moved.SetOrigin((0.0, 0.01, 0.0))
+    assert grid_difference(moved, reference).startswith("origin")
+    turned = sitk.Image(reference)
+    turned.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    assert grid_difference(turned, reference).startswith("direction")
+    assert grid_difference(sitk.Image([6, 5, 3], sitk.sitkUInt8), reference) == "size (6, 5, 3) vs (6, 5, 4) voxels"
+    # the same voxels in mm stored right-to-left: re-indexed exactly; at another spacing it is refused, flipped or not
+    array = np.arange(120, dtype=np.uint8).reshape(4, 5, 6)
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    flipped = sitk.Flip(image, [True, False, False])
+    assert grid_difference(flipped, reference).startswith("origin")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(on_grid_of(flipped, reference)), array)
+    flipped_coarse = sitk.Flip(image, [True, False, False])
+    flipped_coarse.SetSpacing((2.0, 2.0, 4.0))
+    with pytest.raises(ValueError, match="does not lie on the grid"):
+        on_grid_of(flipped_coarse, reference)

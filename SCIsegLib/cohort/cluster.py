@@ -5,6 +5,13 @@ Sizing of the embedded cluster: one worker process per GPU when there are GPUs, 
 the memory of the machine is shared out as each worker's limit (Dask's nanny restarts a worker past 95 %
 of it). A worker that dies while running a scan gets the scan retried once on another worker
 (``distributed.scheduler.allowed-failures = 1``); a second death fails the scan (often out of memory).
+
+The embedded cluster admits only this run: it listens on 127.0.0.1 over TLS with a certificate made for the run
+(Dask's ``Security.temporary()``: a fresh key and self-signed CA held in memory, never written), and the scheduler
+requires that certificate from every client and worker, so another local user or process cannot connect and
+submit tasks. An existing scheduler (``--scheduler tls://...`` or ``tcp://...``) is the site's: SCIseg connects
+with the TLS settings of Dask's own configuration (``distributed.comm.tls.*``); ``tcp://`` has no authentication
+and runs the tasks of anyone who can reach it.
 """
 
 from __future__ import annotations
@@ -167,13 +174,17 @@ def open_client(plan: ClusterPlan, local_directory: Path | None = None) -> Itera
             cluster.scale(jobs=plan.workers)
         else:
             from distributed import LocalCluster
+            from distributed.security import Security
 
             cluster = LocalCluster(
                 n_workers=plan.workers,
                 threads_per_worker=1,
                 processes=True,
+                host="127.0.0.1",
+                protocol="tls://",
+                security=Security.temporary(),  # mutual TLS with a certificate only this run holds
                 memory_limit=plan.memory_per_worker,
-                dashboard_address=":0" if dashboard_available() else None,
+                dashboard_address="127.0.0.1:0" if dashboard_available() else None,
                 local_directory=str(local_directory) if local_directory else None,
             )
         with cluster, Client(cluster) as client:

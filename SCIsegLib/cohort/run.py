@@ -6,6 +6,7 @@ scan (at most every 5 s) it rewrites the QC report's entries, so the report grow
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ def run_cohort(
     from distributed import as_completed
 
     deriv = Path(deriv).resolve()
+    created = not deriv.exists()  # removed again when the run is refused before it starts (nothing of it left)
     deriv.mkdir(parents=True, exist_ok=True)
     emit = on_event or (lambda event: None)
     participants = participants or []
@@ -82,6 +84,7 @@ def run_cohort(
         lock.acquire(timeout=0)
     except Timeout:
         raise InputError(f"another `sciseg run` is writing to {deriv}; wait for it or choose another output folder.") from None
+    refused = connected = False
     try:
         remove_stale_staging(deriv)
         write_dataset_description(deriv, source_dataset)
@@ -91,8 +94,9 @@ def run_cohort(
         jobs = [ScanJob(scan, deriv, model.path, model.name, model_sha256, inference, postprocess, force, corrections,
                         command) for scan in scans]
         rows: list[dict | None] = [None] * len(jobs)
-        report = write_report(deriv, [])
-        with open_client(plan) as client:
+        with open_client(plan) as client:  # a scheduler that does not answer is refused before anything is written
+            connected = True
+            report = write_report(deriv, [])
             link = client.dashboard_link if plan.kind != "local" or dashboard_available() else None
             emit({"event": "start", "scans": len(jobs), "dashboard": link, "cluster": plan.kind,
                   "workers": plan.workers, "report": str(report)})
@@ -136,5 +140,10 @@ def run_cohort(
         tidy_after_run(deriv)
         Path(lock.lock_file).unlink(missing_ok=True)  # still held: a run starting now makes its own lock file
         return outcome
+    except InputError:
+        refused = created and not connected
+        raise
     finally:
         lock.release()
+        if refused:
+            shutil.rmtree(deriv, ignore_errors=True)

@@ -18,6 +18,13 @@ get a secret, checked again by wslink in each websocket's hello: the token, or o
 run (never trame's well-known default), which the front adds to the page's address.
 
 Decisions (session ids, cap, idle and reclaim rules) are in :mod:`launcher`; this file carries them out.
+
+Limits and headers: a websocket message may be at most :data:`MAX_WS_MESSAGE_BYTES` in either direction (what
+trame's workers accept; wslink splits longer payloads into chunks of that size), and a request body at most
+:data:`MAX_HTTP_BODY_BYTES` (trame's page only reads assets); a larger one is refused from its header, before it is
+buffered. Every answer carries :data:`SECURITY_HEADERS` (no Referer with the token in it, no framing, a
+Content-Security-Policy that lets trame's page run and talk only to this address). A request without a Host header
+gets 400, and a request aiohttp cannot parse is logged in one line, without a traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import logging
 import os
 import secrets
 import subprocess
@@ -52,6 +60,42 @@ from .launcher import (
     is_session_id,
     ready_port,
 )
+
+#: trame's ``ws_max_msg_size`` (10 MB, the largest message its workers accept) plus wslink's 4 KiB of framing.
+MAX_WS_MESSAGE_BYTES = 10_000_000 + 4096
+#: trame's page only GETs assets: a request body above this is refused (aiohttp reads no more than this).
+MAX_HTTP_BODY_BYTES = 1 << 20
+#: Sent with every answer. trame's page needs inline script and ``eval`` (Vue compiles its templates in the page),
+#: inline styles, and data:/blob: images; it connects only to this address (its websocket included: 'self').
+SECURITY_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+                               "connect-src 'self'; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+}
+
+
+class _OneLineParseErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (no Host header, bad bytes) with a traceback: keep one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg = "refused a malformed request from %s: %s"
+            record.args = (*(record.args or ("?",))[:1], (error.message or type(error).__name__).strip())
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+async def _add_security_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length", "cookie"}
@@ -119,6 +163,17 @@ def _page(title: str, sentence: str, status: int) -> web.Response:
     return web.Response(status=status, text=body, content_type="text/html")
 
 
+_ONE_LINE = _OneLineParseErrors()
+
+
+@web.middleware
+async def _require_host(request: web.Request, handler):
+    """HTTP/1.0 allows a request without Host (aiohttp refuses one in HTTP/1.1): the front answers it 400."""
+    if "Host" not in request.headers:
+        return _page("SCIseg review", "This request has no Host header; open the review address in a browser.", 400)
+    return await handler(request)
+
+
 class Front:
     """The aiohttp application and the worker processes of one ``sciseg review``."""
 
@@ -141,7 +196,9 @@ class Front:
     # ------------------------------------------------------------------ application
     def application(self, port: int = 0) -> web.Application:
         self.cookie = f"sciseg_review_token_{port}"  # fronts on other ports of one host keep their own cookie
-        app = web.Application(middlewares=[self._require_token])
+        app = web.Application(middlewares=[_require_host, self._require_token], client_max_size=MAX_HTTP_BODY_BYTES)
+        app.on_response_prepare.append(_add_security_headers)
+        logging.getLogger("aiohttp.server").addFilter(_ONE_LINE)
         app.router.add_get("/", self._new_session, allow_head=False)  # HEAD (previews, monitors) starts nothing
         app.router.add_get("/index.html", self._index)
         app.router.add_route("*", "/s/{sid}", self._add_slash)
@@ -262,11 +319,11 @@ class Front:
     async def _proxy_websocket(self, request: web.Request, sid: str, port: int, tail: str) -> web.WebSocketResponse:
         # pings every heartbeat_s: a tab that vanished without closing (laptop shut, network gone) is let go, so its
         # session can become idle; browsers answer pings by themselves
-        browser = web.WebSocketResponse(max_msg_size=0, heartbeat=self.settings.heartbeat_s)
+        browser = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE_BYTES, heartbeat=self.settings.heartbeat_s)
         await browser.prepare(request)
         self.table.connected(sid)
         try:
-            async with self._client.ws_connect(_worker_url("ws", port, tail), max_msg_size=0) as upstream:
+            async with self._client.ws_connect(_worker_url("ws", port, tail), max_msg_size=MAX_WS_MESSAGE_BYTES) as upstream:
                 pumps = [asyncio.create_task(_pump(browser, upstream)), asyncio.create_task(_pump(upstream, browser))]
                 await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
                 for pump in pumps:

@@ -14,6 +14,9 @@ from pathlib import Path
 from ..errors import InputError
 
 _CASE_ID = re.compile(r"^sub-[A-Za-z0-9]+/(?:ses-[A-Za-z0-9]+/)?anat/[A-Za-z0-9][A-Za-z0-9_-]*$")
+#: The longest name in a case id (ASCII characters): with ``_lesion_seg.nii.gz`` added it stays within the 255 bytes
+#: a file name may have, so a longer id is refused by its length, not by the file system (ENAMETOOLONG).
+MAX_CASE_NAME_CHARS = 255 - len("_lesion_seg.nii.gz")
 IMAGE_SUFFIX = ".nii.gz"
 
 
@@ -23,6 +26,9 @@ class PathRefused(InputError):
 
 def validate_case_id(case_id: str) -> str:
     """The case id unchanged when it has the BIDS shape ``sub-X/[ses-Y/]anat/<stem>``; raises :class:`PathRefused`."""
+    if isinstance(case_id, str) and max(len(name) for name in case_id.split("/")) > MAX_CASE_NAME_CHARS:
+        raise PathRefused(f"a case id of {len(case_id)} characters is not a case id of this dataset (its names have at "
+                          f"most {MAX_CASE_NAME_CHARS} characters).")
     if not isinstance(case_id, str) or not _CASE_ID.fullmatch(case_id):
         raise PathRefused(f"'{case_id}' is not a case id of this dataset (sub-<label>/[ses-<label>/]anat/<name>).")
     return case_id

@@ -10,11 +10,13 @@ whose labels changed and adds new ones (a subject keeps the split it was given f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ import SimpleITK as sitk
 from ..hashing import file_sha256
 from ..errors import InputError
 from ..safe_paths import contained
-from ..volume import image_stem, publish_file, same_grid
+from ..volume import grid_difference, image_stem, publish_file
 from .export import FILES, VERSIONS, labels_folder, version_numbers
 from .nnunet_raw import dataset_folder, write_case, write_dataset_json
 
@@ -132,7 +134,6 @@ def build_dataset(
     if Path(raw_root).exists() and not Path(raw_root).is_dir():
         raise InputError(f"-o {raw_root} is a file; give the nnU-Net raw folder.")
     folder = contained(dataset_folder(raw_root, dataset_id, name), raw_root, "dataset folder")
-    folder.mkdir(parents=True, exist_ok=True)
     mapping_file = folder / MAPPING_FILE
     old = {c["case_id"]: Case(**c) for c in json.loads(mapping_file.read_text())["cases"]} if mapping_file.is_file() else {}
     cases = []
@@ -142,6 +143,27 @@ def build_dataset(
     if not cases:
         raise InputError(f"no exported corrections found in {', '.join(map(str, bids_roots))}; export some first (sciseg export).")
     assign_splits(cases, {c.subject: c.split for c in old.values()}, test_fraction, seed)
+    created = [p for p in (Path(raw_root), folder) if not p.exists()]  # removed again if this build is refused
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        written = _write_cases(folder, cases, old)
+    except BaseException:
+        for made in reversed(created):
+            if made == folder:
+                shutil.rmtree(made, ignore_errors=True)
+            else:
+                _remove_if_empty(made)
+        raise
+    write_dataset_json(folder, description=f"SCIseg fine-tuning data from {', '.join(str(r) for r in bids_roots)}")
+    handle, temporary = tempfile.mkstemp(prefix=f".{MAPPING_FILE}.", dir=folder)
+    with os.fdopen(handle, "w") as stream:
+        json.dump({"test_fraction": test_fraction, "seed": seed, "cases": [asdict(c) for c in cases]}, stream, indent=2)
+    publish_file(temporary, mapping_file)
+    return folder, cases, written
+
+
+def _write_cases(folder: Path, cases: list[Case], old: dict[str, Case]) -> list[str]:
+    """Write every new or changed case into ``folder``; returns the ids written."""
     written = []
     for case in cases:
         before = old.get(case.case_id)
@@ -149,20 +171,22 @@ def build_dataset(
             continue
         image = sitk.ReadImage(case.source)
         labels = sitk.ReadImage(case.labels)
-        if not same_grid(image, labels, tolerance_mm=1e-3):
-            raise InputError(f"{case.labels} does not lie on the grid of its image {case.source}; re-export it from that image.")
+        difference = grid_difference(labels, image)
+        if difference:
+            raise InputError(f"{case.labels} does not lie on the grid of its image {case.source} ({difference}); "
+                             "re-export it from that image.")
         for other in ("imagesTr", "imagesTs"):
             (folder / other / f"{case.case_id}_0000.nii.gz").unlink(missing_ok=True)
         for other in ("labelsTr", "labelsTs"):
             (folder / other / f"{case.case_id}.nii.gz").unlink(missing_ok=True)
         write_case(folder, case.case_id, image, labels, training=case.split == "train")
         written.append(case.case_id)
-    write_dataset_json(folder, description=f"SCIseg fine-tuning data from {', '.join(str(r) for r in bids_roots)}")
-    handle, temporary = tempfile.mkstemp(prefix=f".{MAPPING_FILE}.", dir=folder)
-    with os.fdopen(handle, "w") as stream:
-        json.dump({"test_fraction": test_fraction, "seed": seed, "cases": [asdict(c) for c in cases]}, stream, indent=2)
-    publish_file(temporary, mapping_file)
-    return folder, cases, written
+    return written
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _case_files_exist(folder: Path, case: Case) -> bool:

@@ -217,7 +217,7 @@ def export_correction(
     labels = label_map_from_masks(arrays["sc"], arrays["lesion"])
     masks = {"sc": labels > 0, "lesion": labels == 2}  # cord region = labels {1, 2}, as SCIseg's _sc_seg
 
-    labels_root = labels_folder(root)
+    labels_root = contained(labels_folder(root), root, "labels folder")  # a derivatives/labels link leading out is refused
     anat = _anat_relative(subject, session)
     stem = plain_name(image_stem(source), "source image name")
     store = contained(labels_root / VERSIONS / anat / stem, labels_root, "version folder")

@@ -6,6 +6,10 @@ dataset with them, ``nnUNetTrainer`` starts from the base checkpoint (all layers
 the same) for a chosen number of epochs, and the result is installed in the model store as a new
 model with its lineage (parent, dataset and its hash, epochs, date, test Dice). An interrupted run
 resumes from nnU-Net's ``checkpoint_latest.pth`` when started again with the same work folder.
+
+What a work folder already holds is checked before nnU-Net reads it: its plans against the model store's
+allow-list (:func:`~SCIsegLib.checkpoints.check_plans_safe`), every preprocessed ``.pkl`` (nnU-Net unpickles them)
+with the checkpoint scan, and ``checkpoint_latest.pth`` with :func:`~SCIsegLib.checkpoints.load_checkpoint`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,7 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from ..checkpoints import load_checkpoint, weights_only_everywhere
+from ..checkpoints import check_dataset_json_safe, check_pickle_file, check_plans_safe, load_checkpoint, weights_only_everywhere
 from ..errors import InputError
 from ..metrics import dice
 from ..models import ModelInfo, install, read_model
@@ -82,6 +87,24 @@ def _transfer_plans(base: ModelInfo, dataset_name: str, target: Path) -> dict:
     return plans
 
 
+def _check_work_folder(preprocessed: Path, plans: dict, configuration: str) -> None:
+    """Refuse a work folder whose plans name code or lead outside it, or whose case properties could run code.
+
+    nnU-Net reads the preprocessed cases from ``<preprocessed root>/<plans dataset_name>/<data_identifier>`` and
+    unpickles every ``<case>.pkl`` there: the plans must name this dataset and a plain folder, and each pickle
+    passes :func:`~SCIsegLib.checkpoints.check_pickle_file` (numpy arrays and plain values only).
+    """
+    plans_file = preprocessed / "nnUNetPlans.json"
+    dataset_file = preprocessed / "dataset.json"
+    check_plans_safe(plans, plans_file, json.loads(dataset_file.read_text()) if dataset_file.is_file() else None)
+    identifier = plans.get("configurations", {}).get(configuration, {}).get("data_identifier", "")
+    if plans.get("dataset_name") != preprocessed.name or not re.fullmatch(r"\w[\w.-]*", str(identifier)) or ".." in identifier:
+        raise InputError(f"{plans_file} names another dataset or folder ({plans.get('dataset_name')!r}, {identifier!r}) "
+                         "than this work folder holds; give an empty --work folder.")
+    for properties in sorted((preprocessed / identifier).glob("*.pkl")):  # nnU-Net unpickles these while training
+        check_pickle_file(properties)
+
+
 def finetune(
     base: ModelInfo,
     dataset_folder: Path,
@@ -101,6 +124,7 @@ def finetune(
     if not (dataset_folder / "dataset.json").is_file():
         raise InputError(f"{dataset_folder} has no dataset.json; build it with `sciseg dataset build`.")
     dataset_json = json.loads((dataset_folder / "dataset.json").read_text())
+    check_dataset_json_safe(dataset_json, dataset_folder / "dataset.json")  # nnU-Net's preprocessing reads it
     if dataset_json.get("labels") != base.labels:
         raise InputError(f"the dataset's labels {dataset_json.get('labels')} differ from the model's {base.labels}.")
     dataset_id = _dataset_id(dataset_folder)
@@ -122,6 +146,7 @@ def finetune(
         preprocess([dataset_id], plans_identifier="nnUNetPlans", configurations=(base.configuration,),
                    num_processes=(max(1, min(4, os.cpu_count() or 1)),))
     plans = json.loads(plans_file.read_text())
+    _check_work_folder(preprocessed, plans, base.configuration)
     plans["continue_training"] = False
     trainer = nnUNetTrainer(plans, base.configuration, "all", json.loads((preprocessed / "dataset.json").read_text()),
                             device=choose_device(device))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..volume import reorient, sct_to_itk_orientation, write_image_atomic
+from ..volume import grid_difference, reorient, sct_to_itk_orientation, write_image_atomic
 
 #: SCIseg's region-based label definition, as in its dataset.json.
 SCISEG_LABELS: dict[str, object] = {"background": 0, "sc": [1, 2], "lesion": 2}
@@ -36,8 +36,9 @@ def dataset_folder(raw_root: str | Path, dataset_id: int, name: str) -> Path:
 
 def write_case(folder: Path, case_id: str, image: sitk.Image, labels: sitk.Image, *, training: bool = True) -> None:
     """Write one case (image and 0/1/2 labels on the same grid) in the model orientation."""
-    if image.GetSize() != labels.GetSize() or not np.allclose(image.GetOrigin(), labels.GetOrigin(), atol=1e-3):
-        raise ValueError(f"case {case_id}: the labels do not lie on the image grid")
+    difference = grid_difference(labels, image)
+    if difference:
+        raise ValueError(f"case {case_id}: the labels do not lie on the image grid ({difference})")
     values = np.unique(sitk.GetArrayViewFromImage(labels))
     if not set(values.tolist()) <= {0, 1, 2}:
         raise ValueError(f"case {case_id}: labels must be 0, 1 or 2, found {values.tolist()}")

@@ -116,10 +116,11 @@ def qc_failed_files(decisions: Path) -> list[str]:
         raise InputError(f"{decisions} is not a QC decisions file SCIseg can read ({type(error).__name__}).") from None
     if not isinstance(content, dict) or not ({"fails", "decisions"} & set(content)):
         raise InputError(f"{decisions} has neither 'fails' (Save fails) nor 'decisions' (Save all); save it again from qc/index.html.")
-    if "fails" in content:
-        items = content["fails"] or []
-    else:
-        items = [d for d in content["decisions"] or [] if isinstance(d, dict) and d.get("decision") == "Fail"]
+    key = "fails" if "fails" in content else "decisions"
+    entries = content[key] or []
+    if not isinstance(entries, list) or (key == "decisions" and not all(isinstance(d, dict) for d in entries)):
+        raise InputError(f"{decisions}: '{key}' is not a list of entries; save it again from qc/index.html.")
+    items = entries if key == "fails" else [d for d in entries if d.get("decision") == "Fail"]
     files = [item.get("file") if isinstance(item, dict) else None for item in items]
     if any(not isinstance(f, str) or not f for f in files):
         raise InputError(f"{decisions} lists an entry without a 'file'; save it again from qc/index.html.")
