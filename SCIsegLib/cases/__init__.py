@@ -36,11 +36,11 @@ Rules it keeps:
 
 from .bases import EMPTY, Base, base_labels, prediction_of, versions_of
 from .case import Case, ExportOutcome, default_prediction_paths, derivatives_folder, inside_derivatives
-from .drafts import Draft, draft_folder, rater_key
+from .drafts import DRAFTS, Draft, draft_folder, drafts_in, rater_key
 from .scan import CaseRefused, Grid, Scan, scan_of
 
 __all__ = [
-    "EMPTY", "Base", "Case", "CaseRefused", "Draft", "ExportOutcome", "Grid", "Scan", "base_labels",
+    "DRAFTS", "EMPTY", "Base", "Case", "CaseRefused", "Draft", "drafts_in", "ExportOutcome", "Grid", "Scan", "base_labels",
     "default_prediction_paths", "derivatives_folder", "draft_folder", "inside_derivatives", "prediction_of",
     "rater_key", "scan_of", "versions_of",
 ]
