@@ -538,7 +538,7 @@ class ReviewApp(TrameApp):
         with v3.VAlert(v_if=("!case_id && resume.length",), type="info", density="compact", id="resume", classes="mb-2 text-caption"):
             html.Div("Your drafts are waiting:")
             v3.VBtn("{{ id }}", v_for="id in resume", key="id", click="trigger('open_case', [id])", size="small",
-                    classes="ma-1 resume-case", variant="text")
+                    classes="ma-1 resume-case", variant="text", style="text-transform: none")
         html.Div("{{ opened_text }}", id="opened", classes="text-caption mb-1")
         v3.VSelect(items=("bases",), model_value=("base_choice",), update_modelValue=(self.choose_base, "[$event]"),
                    label="Open from", density="compact", hide_details=True, classes="mb-1", id="base-choice",
