@@ -198,3 +198,21 @@ def test_a_derivatives_folder_on_another_disk_is_used(make_app, bids, tmp_path) 
     assert app.state.message.startswith("saved version v001") and (other_disk / "labels" / ".sciseg_versions").is_dir()
     with pytest.raises(InputError):
         app.session.open_case("sub-01/anat/../../x")
+
+
+def test_lesion_numbers_sit_where_the_table_says_and_follow_the_case(make_app) -> None:
+    app = make_app()
+    app.open_case(CASES["sub-02"])
+    app.update_measures()
+    rows, points = app.state.lesions, app.session.lesion_numbers
+    assert len(rows) >= 1 and points.GetNumberOfControlPoints() == len(rows)
+    for index, row in enumerate(rows):
+        assert points.GetNthControlPointLabel(index) == str(row["label"])
+        assert points.GetNthControlPointPosition(index) == pytest.approx(row["centre_ras"], abs=1e-6)
+        lesion = app.session.labels() == 2  # the number lies in its lesion: the centre's voxel is lesion
+        ijk = app.session.reference_image().TransformPhysicalPointToIndex(
+            (-row["centre_ras"][0], -row["centre_ras"][1], row["centre_ras"][2]))  # RAS -> LPS
+        assert lesion[ijk[2], ijk[1], ijk[0]]
+    assert points.GetLocked()
+    app.open_case(CASES["sub-01"])
+    assert points.GetNumberOfControlPoints() == 0  # the previous case's numbers are gone before its table comes

@@ -238,11 +238,13 @@ class ReviewApp(TrameApp):
         self._open(self.session.case.case_id, self.session.case.case.base.name)
         self.refresh_cases()
 
-    def save_draft(self) -> bool:
-        """Write the rater's draft when the masks changed (atomic); True when the open case has unsaved strokes."""
+    def save_draft(self, labels=None) -> bool:
+        """Write the rater's draft when the masks changed (atomic); True when the open case has unsaved strokes.
+
+        ``labels``: the current (z, y, x) label array when the caller has it already."""
         if self.session.case is None:
             return False
-        labels = self.session.labels()
+        labels = self.session.labels() if labels is None else labels
         try:
             self.session.save_draft(str(self.state.rater or ""), labels)
         except (SCIsegError, OSError) as error:
@@ -290,6 +292,7 @@ class ReviewApp(TrameApp):
         if self.session.case is None or self.session.case.case_id != case_id:
             return
         self.session.case.lesion_centres_ras = centres
+        self.session.show_lesion_numbers(centres)
         with self.state:
             self.state.lesions = rows
 
@@ -312,9 +315,11 @@ class ReviewApp(TrameApp):
         self._counts_pending = False
         if self.session.case is None:
             return
+        labels = self.session.labels()
         with self.state:
-            self.state.counts = self.session.voxel_counts()
-            self.save_draft()
+            self.state.counts = self.session.voxel_counts(labels)
+            self.save_draft(labels)
+        del labels
         create_task(self._measure_lesions_in_background(self.session.case.case_id, delay_s=0.0))
 
     def next_case(self, step: int = 1) -> None:

@@ -29,6 +29,7 @@ from .memory import release_freed_memory
 from .paths import case_image_path, prediction_paths
 
 CASE_ATTRIBUTE = "SCIseg.Case"  # the segmentation node's attribute: the Scan.key of the case it was made for
+LESION_NUMBERS = "lesion numbers"  # the locked point list that shows the lesion table's numbers in the views
 __all__ = ["CASE_ATTRIBUTE", "ExportOutcome", "OpenCase", "ReviewSession", "measure_lesions", "publish_prediction",
            "start_segmentation"]
 
@@ -62,6 +63,27 @@ class ReviewSession:
         self.model = model
         self.case: OpenCase | None = None
         self._draft_rater: str | None = None  # the name the open case's draft was last written under
+        self.lesion_numbers = self._lesion_numbers_node()
+
+    def _lesion_numbers_node(self):
+        """One locked point list for the session (kept across cases): label ``k`` at lesion ``k``'s centre."""
+        node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", LESION_NUMBERS)
+        node.CreateDefaultDisplayNodes()
+        node.SetLocked(True)
+        node.SetHideFromEditors(True)
+        display = node.GetDisplayNode()
+        display.SetPointLabelsVisibility(True)
+        display.SetTextScale(4.0)
+        display.SetGlyphScale(1.5)
+        display.SetSelectedColor(1.0, 0.85, 0.0)  # yellow: apart from the lesion's red and the cord's pale yellow
+        display.SetHandlesInteractive(False)
+        return node
+
+    def show_lesion_numbers(self, centres_ras: dict[int, tuple[float, float, float]]) -> None:
+        """Put the lesion table's numbers where the lesions are: point ``k`` at lesion ``k``'s centre (RAS mm)."""
+        self.lesion_numbers.RemoveAllControlPoints()
+        for label, (r, a, s) in sorted(centres_ras.items()):
+            self.lesion_numbers.AddControlPoint(float(r), float(a), float(s), str(label))
 
     @property
     def scene(self):
@@ -81,6 +103,7 @@ class ReviewSession:
             return
         case, self.case = self.case, None
         self._draft_rater = None
+        self.lesion_numbers.RemoveAllControlPoints()
         self._discard(case.segmentation_node, case.volume_node)
         del case  # its arrays too, before the memory is given back
         release_freed_memory()
@@ -210,6 +233,7 @@ class ReviewSession:
         labels = self.case.case.check(self.label_image(), self.drawn_on(), "the segmentation to measure")
         rows, centres = measure_lesions(sitk.GetArrayFromImage(labels), self.reference_image())
         self.case.lesion_centres_ras = centres
+        self.show_lesion_numbers(centres)
         return rows
 
     def largest_lesion_centre_ras(self) -> tuple[float, float, float] | None:
