@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -26,6 +27,7 @@ from test_review_browser import (
     _start_server,
     _stop,
     _wait_counts_change,
+    _wait_pixels,
 )
 
 pytestmark = pytest.mark.skipif(browser_requirement_missing() is not None, reason=str(browser_requirement_missing()))
@@ -79,6 +81,13 @@ def _stroke(page, dy_px: int) -> None:
     page.mouse.up()
 
 
+def _number_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of the lesion numbers' yellow (drawn about (245, 229, 130)): red and green high, blue well below green
+    (the cord's pale yellow (255, 244, 209) keeps blue within about 35 of green)."""
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return (red > 190) & (green > 170) & (green - blue > 60)
+
+
 def _lesion_rows(page) -> list[str]:
     return [row.inner_text() for row in page.locator(".lesion-row").all()]
 
@@ -120,6 +129,14 @@ def test_each_stroke_reaches_a_draft_and_the_lesion_table(page, dataset) -> None
     page.wait_for_function("(old) => [...document.querySelectorAll('.lesion-row')].map((r) => r.innerText).join('|') !== old",
                            arg="|".join(rows), timeout=30_000)  # the table followed the stroke, no button pressed
     page.wait_for_selector("#unsaved")
+    page.locator(".lesion-row").first.click()  # centre the views on lesion 1: its number is drawn there
+    page.wait_for_function("document.querySelector('#message').textContent.includes('centred on lesion 1')")
+    numbers = _wait_pixels(page, lambda rgb: _number_pixels(rgb).sum() > 10)
+    page.screenshot(path=str(dataset["root"].parent / "lesion-number.png"))
+    rows, columns = np.nonzero(_number_pixels(numbers))
+    height, width = numbers.shape[:2]
+    assert _number_pixels(numbers).sum() > 10, "no lesion number in the axial view"
+    assert abs(rows.mean() - height / 2) < height / 4 and abs(columns.mean() - width / 2) < width / 4  # at the lesion
 
 
 def test_another_case_with_unsaved_strokes_asks_then_closing_the_tab_warns(page) -> None:

@@ -216,3 +216,19 @@ def test_lesion_numbers_sit_where_the_table_says_and_follow_the_case(make_app) -
     assert points.GetLocked()
     app.open_case(CASES["sub-01"])
     assert points.GetNumberOfControlPoints() == 0  # the previous case's numbers are gone before its table comes
+
+
+def test_a_case_never_predicted_opens_its_draft_instead_of_segmenting_again(make_app, bids) -> None:
+    from SCIsegLib.cases import Case
+
+    image = bids["root"] / f"{CASES['sub-03']}.nii.gz"
+    case = Case.open(bids["root"], image)  # no prediction, no version: empty masks
+    drawn = case.labels.copy()
+    drawn[20:23, 25:28, 28:31] = 2
+    case.save_draft(drawn, "alice")  # drawn by hand on the empty masks, e.g. before the worker died
+    app = make_app()
+    app.state.rater = "alice"
+    app.open_case(CASES["sub-03"])
+    assert not app.state.running and app.state.case_id == CASES["sub-03"]
+    np.testing.assert_array_equal(app.session.labels(), drawn)
+    assert "started from empty" in app.state.opened_text

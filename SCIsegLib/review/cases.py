@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..cases import DRAFTS, drafts_in, inside_derivatives
+from ..cases import DRAFTS, Draft, drafts_in, inside_derivatives
 from ..errors import InputError
 from ..training.export import labels_folder, latest_version, version_numbers
 from ..training.queue import load_queue, ranked
@@ -65,11 +65,16 @@ def case_status(root: Path, case_id: str) -> Case:
         return Case(case_id, REFUSED, None, 0, None, None, reason=str(error))
 
 
+def case_drafts(root: Path, case_id: str) -> list[Draft]:
+    """Every rater's draft of a case, newest first (its drafts folder must stay inside the derivatives folder)."""
+    folder, stem = case_id.rsplit("/", 1)
+    return drafts_in(inside_derivatives(root, labels_folder(root) / DRAFTS / folder / stem, "the drafts folder"))
+
+
 def _status(root: Path, case_id: str) -> Case:
     image = root / f"{case_id}{IMAGE_SUFFIX}"
-    folder, stem = case_id.rsplit("/", 1)
-    drafts_folder = inside_derivatives(root, labels_folder(root) / DRAFTS / folder / stem, "the drafts folder")
-    drafts = tuple(dict.fromkeys(draft.rater for draft in drafts_in(drafts_folder)))
+    stem = case_id.rsplit("/", 1)[1]
+    drafts = tuple(dict.fromkeys(draft.rater for draft in case_drafts(root, case_id)))
     latest = latest_version(root, image)
     if latest is not None:
         inside_derivatives(root, latest, "the versions folder")

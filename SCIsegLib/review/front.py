@@ -285,7 +285,7 @@ class Front:
         if self.table.full():
             for sid in self.table.reclaimable(time.monotonic()):
                 if not await self.busy(sid):
-                    await self.stop_worker(sid, "reclaimed for a new tab (no tab; its edits are exported or in a draft)")
+                    await self.stop_worker(sid, "reclaimed for a new tab (no tab, no unsaved edits)")
                     break
         try:
             return self.table.add(time.monotonic())
@@ -409,7 +409,7 @@ class Front:
                         self._log(f"session {sid[:8]}: idle but has unsaved edits; kept until the front stops")
                         kept.add(sid)
                 else:
-                    await self.stop_worker(sid, f"no tab for {self.settings.idle_s / 60:g} min; its edits are exported or in a draft")
+                    await self.stop_worker(sid, f"no tab for {self.settings.idle_s / 60:g} min and no unsaved edits")
 
 
 async def _pump(source, target) -> None:

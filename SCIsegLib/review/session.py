@@ -25,6 +25,7 @@ from ..lesions import analyze_lesions
 from ..runner import RunOptions, SegmentationRun
 from ..training.export import latest_version
 from ..volume import load_image, write_image_atomic
+from .cases import case_drafts
 from .memory import release_freed_memory
 from .paths import case_image_path, prediction_paths
 
@@ -132,8 +133,11 @@ class ReviewSession:
         return all(path.is_file() for path in prediction_paths(self.root, case_id).values())
 
     def needs_segmentation(self, case_id: str) -> bool:
-        """True when the case has neither a prediction nor an exported version (the app segments it first)."""
-        return not self.has_prediction(case_id) and latest_version(self.root, case_image_path(self.root, case_id)) is None
+        """True when the case has no prediction, no exported version and no draft (the app segments it first)."""
+        image = case_image_path(self.root, case_id)
+        if self.has_prediction(case_id) or latest_version(self.root, image) is not None:
+            return False
+        return not case_drafts(self.root, case_id)
 
     def open_case(self, case_id: str, choice: str | None = None, draft_of: str | None = None) -> OpenCase:
         """Open a case as the case model chooses (:meth:`Case.open`: ``draft_of``'s draft, else ``choice``, else the
