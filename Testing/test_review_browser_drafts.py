@@ -100,7 +100,7 @@ def test_a_corrected_case_reopens_at_its_latest_version(page, dataset) -> None:
     exported = _wait_counts_change(page, before)
     page.click("#export")
     page.wait_for_function("document.querySelector('#message').textContent.includes('saved version v001 of sub-01')")
-    _open(page, CASES["sub-02"], "opened sub-02_T2w")
+    _open(page, CASES["sub-02"], f"opened {CASES['sub-02']}")
     _open(page, SUB01, "v001 by alice on 20")  # not the prediction: the correction is what opens
     assert _counts(page) == exported
     assert page.input_value("#base-choice").startswith("v001 by alice")  # the version list, at the latest

@@ -109,11 +109,13 @@ class Case:
     def _draft_folder(root: Path, scan: Scan) -> Path:
         return inside_derivatives(root, draft_folder(root, scan), "the drafts folder")
 
-    def opening_sentence(self) -> str:
-        """What was opened, in a rater's words, naming the newer version when an older base was chosen."""
-        text = f"opened {self.scan.stem}: {self.base.describe()}"
+    def opening_sentence(self, name: str | None = None) -> str:
+        """What was opened, in a rater's words (``name``: how to call the case; default the scan's stem), naming the
+        newer version when an older base was chosen."""
+        name = name or self.scan.stem
+        text = f"opened {name}: {self.base.describe()}"
         if self.draft is not None:
-            text = f"opened {self.scan.stem}: your {self.draft.describe()}"
+            text = f"opened {name}: your {self.draft.describe()}"
         latest = self.bases[0]
         if latest.kind == "version" and latest != self.base:
             text += f"; the latest version is {latest.describe()}"

@@ -213,7 +213,7 @@ class ReviewApp(TrameApp):
         self.state.case_id = case_id
         self.state.effect = "none"
         self._show_case()
-        self.state.opened_text = opened.case.opening_sentence()
+        self.state.opened_text = opened.case.opening_sentence(case_id)
         self.state.message = self.state.opened_text
 
     def choose_base(self, name: str) -> None:
@@ -341,7 +341,7 @@ class ReviewApp(TrameApp):
             return
         case_id = self.session.case.case_id
         try:
-            outcome = self.session.export(self.state.rater or "")
+            outcome = self.session.export(str(self.state.rater or ""))
         except SCIsegError as error:
             self.state.error = str(error)
             return
