@@ -173,6 +173,13 @@ def test_a_prediction_leading_out_of_the_dataset_refuses_that_case_and_the_app_r
     cases = {case.case_id: case for case in list_cases(root)}
     assert cases[CASES["sub-02"]].status == REFUSED and "leads outside the derivatives folder" in cases[CASES["sub-02"]].reason
     assert cases[CASES["sub-01"]].status == PREDICTED
+    looped = root / "derivatives" / "sciseg" / "sub-03"  # a loop of links, and a scan that is one
+    looped.symlink_to(root / "derivatives" / "sciseg" / "sub-03", target_is_directory=True)
+    (root / "sub-04" / "anat").mkdir(parents=True)
+    (root / "sub-04" / "anat" / "sub-04_T2w.nii.gz").symlink_to(root / "sub-04" / "anat" / "sub-04_T2w.nii.gz")
+    cases = {case.case_id: case for case in list_cases(root)}
+    assert cases[CASES["sub-03"]].status == REFUSED and "loop of symbolic links" in cases[CASES["sub-03"]].reason
+    assert "sub-04/anat/sub-04_T2w" not in cases
     app = make_app()  # the app (and so the worker) starts
     app.open_case(CASES["sub-02"])
     assert "leads outside the derivatives folder" in app.state.error and app.state.case_id == ""
@@ -184,7 +191,7 @@ def test_a_prediction_leading_out_of_the_dataset_refuses_that_case_and_the_app_r
     sciseg.symlink_to(tmp_path / "sciseg", target_is_directory=True)
     assert {case.status for case in list_cases(root)} == {REFUSED}
     app.refresh_cases()  # what a new worker does at start
-    assert [case["status"] for case in app.state.cases] == [REFUSED] * 3
+    assert [case["status"] for case in app.state.cases] == [REFUSED] * 3  # sub-04's image is a loop: not listed
 
 
 def test_a_derivatives_folder_on_another_disk_is_used(make_app, bids, tmp_path) -> None:

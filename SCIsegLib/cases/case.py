@@ -31,7 +31,10 @@ def derivatives_folder(root: Path) -> Path:
 
 def inside_derivatives(root: Path, path: Path, what: str) -> Path:
     """``path`` when it resolves inside the resolved derivatives folder, else :class:`CaseRefused` (one sentence)."""
-    base, resolved = derivatives_folder(root), Path(path).resolve()
+    try:
+        base, resolved = derivatives_folder(root), Path(path).resolve()
+    except RuntimeError:  # Python's "Symlink loop"
+        raise CaseRefused(f"{what} {path} is a loop of symbolic links; this case is not read or written.") from None
     if resolved != base and base not in resolved.parents:
         raise CaseRefused(f"{what} {path} leads outside the derivatives folder {base} (a symbolic link); "
                           "this case is not read or written through it.")

@@ -285,7 +285,12 @@ class ReviewApp(TrameApp):
         await asyncio.sleep(delay_s)
         if self.session.case is None or self.session.case.case_id != case_id:
             return
-        labels, reference = self.session.labels(), self.session.reference_image()
+        try:  # what is measured must be the case's own segmentation (scan and grid)
+            labels, reference = self.session.checked_labels("the segmentation to measure"), self.session.reference_image()
+        except SCIsegError as error:
+            with self.state:
+                self.state.error = str(error)
+            return
         rows, centres = await asyncio.to_thread(measure_lesions, labels, reference)
         del labels, reference
         release_freed_memory()  # the measurement's arrays (in its thread's arena) go back too

@@ -61,7 +61,7 @@ def case_status(root: Path, case_id: str) -> Case:
     refused (with the reason) when one of its paths leads out of the derivatives folder."""
     try:
         return _status(Path(root), case_id)
-    except InputError as error:  # PathRefused and CaseRefused included
+    except (InputError, OSError) as error:  # PathRefused, CaseRefused; a folder that cannot be read
         return Case(case_id, REFUSED, None, 0, None, None, reason=str(error))
 
 

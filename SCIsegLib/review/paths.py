@@ -33,8 +33,11 @@ def validate_case_id(case_id: str) -> str:
 
 def contained(root: Path, path: Path) -> Path:
     """``path`` resolved (symlinks followed); raises :class:`PathRefused` when it lies outside the resolved ``root``."""
-    root_resolved = Path(root).resolve()
-    resolved = Path(path).resolve()
+    try:
+        root_resolved = Path(root).resolve()
+        resolved = Path(path).resolve()
+    except RuntimeError:  # Python's "Symlink loop"
+        raise PathRefused(f"{path} is a loop of symbolic links; the review app does not follow it.") from None
     if resolved != root_resolved and root_resolved not in resolved.parents:
         raise PathRefused(f"{path} lies outside the dataset {root_resolved}; the review app reads and writes only inside it.")
     return resolved

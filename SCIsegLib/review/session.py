@@ -187,6 +187,11 @@ class ReviewSession:
         """The current masks as a (z, y, x) uint8 array on the image grid: 0, 1 cord only, 2 lesion."""
         return sitk.GetArrayFromImage(self.label_image())
 
+    def checked_labels(self, what: str) -> np.ndarray:
+        """The current (z, y, x) labels once the case accepts them (its scan, its grid), else :class:`CaseRefused`."""
+        assert self.case is not None
+        return sitk.GetArrayFromImage(self.case.case.check(self.label_image(), self.drawn_on(), what))
+
     def drawn_on(self) -> str | None:
         """The scan key the segmentation in the scene was made for (None when it carries none)."""
         assert self.case is not None
@@ -233,9 +238,7 @@ class ReviewSession:
 
     def lesion_table(self) -> list[dict]:
         """``sciseg analyze``'s lesion measures of the current masks, one dict per lesion, with its centre (RAS mm)."""
-        assert self.case is not None
-        labels = self.case.case.check(self.label_image(), self.drawn_on(), "the segmentation to measure")
-        rows, centres = measure_lesions(sitk.GetArrayFromImage(labels), self.reference_image())
+        rows, centres = measure_lesions(self.checked_labels("the segmentation to measure"), self.reference_image())
         self.case.lesion_centres_ras = centres
         self.show_lesion_numbers(centres)
         return rows
