@@ -180,3 +180,20 @@ def test_a_derivatives_folder_on_another_disk_is_used_and_contained(bids: Path, 
     (other_disk / "labels" / ".drafts").symlink_to(tmp_path, target_is_directory=True)  # below it, a link out
     with pytest.raises(CaseRefused, match="drafts folder"):
         Case.open(bids, image(bids, "sub-01")).drafts()
+
+
+def test_a_prediction_given_as_one_label_map_outside_the_dataset(bids: Path, tmp_path: Path) -> None:
+    """As the Slicer module holds it: one predicted label map (0, 1 cord only, 2 lesion) in a temporary folder."""
+    predicted = Case.open(bids, image(bids, "sub-01")).labels
+    label_map = tmp_path / "predicted_labels.nii.gz"
+    source = sitk.ReadImage(str(image(bids, "sub-01")))
+    written = sitk.GetImageFromArray(predicted)
+    written.CopyInformation(source)
+    sitk.WriteImage(written, str(label_map))
+    shutil.rmtree(bids / "derivatives" / "sciseg")
+    case = Case.open(bids, image(bids, "sub-01"), prediction=label_map)
+    assert case.base.name == "prediction" and case.base.files == (label_map,)
+    np.testing.assert_array_equal(case.labels, predicted)
+    outcome = case.export(labels_image(case, with_stroke(case.labels)), "alice", drawn_on=case.scan.key)
+    assert json.loads((outcome.result.version_folder / "sub-01_T2w_label-lesion_seg.json").read_text())["VoxelsAdded"] == 3
+    assert Case.open(bids, image(bids, "sub-01")).base.name == "v001"  # without the prediction: the version opens

@@ -76,23 +76,27 @@ class Case:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, root: Path, image: Path, *, choice: str | None = None, draft_of: str | None = None,
-             prediction: tuple[Path, Path] | None = None, subject: str | None = None,
+             prediction: tuple[Path, Path] | Path | None = None, subject: str | None = None,
              session: str | None = None) -> Case:
         """Open a scan: the base named by ``choice`` (``v001``, ``prediction``, ``empty``; None: the default), or
         ``draft_of`` a rater's draft when there is one (restored over its base).
 
-        The default is the latest exported version, else the prediction, else empty masks. ``prediction``
-        (cord, lesion) defaults to ``derivatives/sciseg/...`` (:func:`default_prediction_paths`). Every path
-        under ``derivatives`` must stay inside it (:func:`inside_derivatives`).
+        The default is the latest exported version, else the prediction, else empty masks. ``prediction``: the
+        masks (cord, lesion) or one label map (0, 1 cord only, 2 lesion); by default the masks in
+        ``derivatives/sciseg/...`` (:func:`default_prediction_paths`). Every path under ``derivatives`` must stay
+        inside it (:func:`inside_derivatives`); a prediction given elsewhere (a temporary file of the Slicer module)
+        is the caller's.
         """
         scan = scan_of(image, subject, session)
-        cord, lesion = prediction or default_prediction_paths(root, scan)
         if prediction is None:
-            inside_derivatives(root, cord, "the prediction")
-            inside_derivatives(root, lesion, "the prediction")
+            prediction_files = default_prediction_paths(root, scan)
+            for file in prediction_files:
+                inside_derivatives(root, file, "the prediction")
+        else:
+            prediction_files = (prediction,) if isinstance(prediction, (str, Path)) else tuple(prediction)
         inside_derivatives(root, labels_folder(root), "the labels folder")
         inside_derivatives(root, version_store(root, scan.path, scan.subject, scan.session), "the versions folder")
-        predicted = prediction_of(cord, lesion)
+        predicted = prediction_of(*prediction_files)
         bases = versions_of(root, scan) + ([predicted] if predicted is not None else []) + [EMPTY]
         prediction_labels = base_labels(predicted, scan) if predicted is not None else None
         draft = None
