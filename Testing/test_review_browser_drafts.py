@@ -173,3 +173,12 @@ def test_after_kill_9_a_new_tab_finds_the_case_and_its_draft(page, front, datase
     assert tab.input_value("#base-choice").startswith("your draft by alice")
     tab.screenshot(path=str(dataset["root"].parent / "restored.png"))
     print(f"\nscreenshot: {dataset['root'].parent / 'restored.png'}")
+    tab.click("#export")
+    tab.wait_for_function("document.querySelector('#message').textContent.includes('saved version v002 of sub-01')")
+    assert not _draft(dataset["root"]).exists()  # exported: the draft is gone
+
+    another = page.context.new_page()  # no draft left: the browser still leads back to the case it had open
+    another.goto(front[1], timeout=90_000)
+    another.wait_for_selector(".resume-case", timeout=90_000)
+    assert another.inner_text(".resume-case") == SUB01
+    assert "draft" not in another.locator(f".case-item[data-case='{SUB01}']").inner_text()

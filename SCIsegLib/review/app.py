@@ -81,11 +81,13 @@ KEYBOARD_JS = (
     " if (tag === 'INPUT' || tag === 'TEXTAREA' || e.ctrlKey || e.metaKey || e.altKey) return;"
     " window.trame.trigger('review_key', [e.key]); }); }"
 )
-RATER_STORAGE = "sciseg_review_rater"
-LEAVE_JS = (  # the rater's name comes back from this browser; leaving with unsaved strokes asks first
+RATER_STORAGE, CASE_STORAGE = "sciseg_review_rater", "sciseg_review_case"
+LEAVE_JS = (  # the rater's name and last case come back from this browser; leaving with unsaved strokes asks first
     "if (!window.scisegLeave) { window.scisegLeave = true;"
     f" const saved = window.localStorage.getItem('{RATER_STORAGE}');"
     " if (saved && !window.trame.state.get('rater')) { window.trame.state.set('rater', saved); }"
+    f" const last = window.localStorage.getItem('{CASE_STORAGE}');"
+    " if (last && !window.trame.state.get('case_id')) { window.trame.state.set('last_case', last); }"
     " window.addEventListener('beforeunload', (e) => {"
     " if (window.trame.state.get('unsaved')) { e.preventDefault(); e.returnValue = ''; } }); }"
 )
@@ -143,7 +145,7 @@ class ReviewApp(TrameApp):
             "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
             "lesions": [], "tabs": 0, "active_effect": "none", "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
             "segmenting_id": "", "unsaved": False, "pending": None, "bases": [], "base_choice": "", "resume": [],
-            "opened_text": "",
+            "opened_text": "", "last_case": "",
         })
         self.state.change("status_filter")(lambda **_: self.refresh_cases())
         self.state.change("effect")(lambda effect, **_: self.set_effect(effect))
@@ -155,7 +157,7 @@ class ReviewApp(TrameApp):
         self.server.controller.on_client_connected.add(lambda: self._count_tabs(+1))
         self.server.controller.on_client_exited.add(lambda: self._count_tabs(-1))
         self.server.trigger("open_case")(self.open_case)  # a browser may send any string: open_case validates it
-        self.state.change("rater")(lambda **_: self._update_resume())
+        self.state.change("rater", "last_case")(lambda **_: self._update_resume())
 
     # ------------------------------------------------------------------ actions (each calls the library)
     def refresh_cases(self) -> None:
@@ -164,9 +166,12 @@ class ReviewApp(TrameApp):
         self._update_resume()
 
     def _update_resume(self) -> None:
-        """The cases holding a draft of the rater named in this tab (offered while no case is open)."""
+        """What a new tab offers while no case is open: the cases holding a draft of the rater named in this tab,
+        then the case this browser had open last (both remembered by the browser, any list entry only)."""
         rater = str(self.state.rater or "").strip()
-        self.state.resume = [case["case_id"] for case in self.state.cases if rater in case["drafts"]]
+        drafts = [case["case_id"] for case in self.state.cases if rater in case["drafts"]]
+        last = [case["case_id"] for case in self.state.cases if case["case_id"] == self.state.last_case]
+        self.state.resume = drafts + [case_id for case_id in last if case_id not in drafts]
 
     def open_case(self, case_id: str, choice: str | None = None) -> None:
         """Open a case (``choice``: a base name or :data:`DRAFT`; None: the rater's draft, else the latest version).
@@ -497,6 +502,7 @@ class ReviewApp(TrameApp):
             layout.title.set_text("SCIseg review")
             client.Script(KEYBOARD_JS)
             client.Script(LEAVE_JS)
+            client.ClientStateChange(value="case_id", change=f"case_id && window.localStorage.setItem('{CASE_STORAGE}', case_id)")
             with layout.toolbar:
                 v3.VSpacer()
                 html.Span("{{ case_id }}", id="case-title", classes="mx-2 text-subtitle-2")
@@ -546,7 +552,7 @@ class ReviewApp(TrameApp):
             v3.VBtn("Discard strokes", click=(self.resolve_pending, "['discard']"), size="small", classes="ma-1", id="pending-discard")
             v3.VBtn("Stay", click=(self.resolve_pending, "['stay']"), size="small", classes="ma-1", id="pending-stay")
         with v3.VAlert(v_if=("!case_id && resume.length",), type="info", density="compact", id="resume", classes="mb-2 text-caption"):
-            html.Div("Your drafts are waiting:")
+            html.Div("Continue where you left off (cases with your draft first):")
             v3.VBtn("{{ id }}", v_for="id in resume", key="id", click="trigger('open_case', [id])", size="small",
                     classes="ma-1 resume-case", variant="text", style="text-transform: none")
         html.Div("{{ opened_text }}", id="opened", classes="text-caption mb-1")
