@@ -121,6 +121,7 @@ class ReviewApp(TrameApp):
         self.slicer_app.segmentation_editor.set_undo_stack(self.undo_stack)
         self.run = None
         self._counts_pending = False
+        self._measuring, self._measure_next = False, None
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
@@ -286,8 +287,23 @@ class ReviewApp(TrameApp):
         create_task(self._measure_lesions_in_background(self.session.case.case_id))
 
     async def _measure_lesions_in_background(self, case_id: str, delay_s: float = 0.2) -> None:
-        """The lesion table after the first image or a stroke: morphometrics take seconds on a 4 M voxel scan."""
+        """The lesion table after the first image or a stroke: morphometrics take seconds on a 4 M voxel scan.
+
+        One measurement at a time: strokes (or a case opened) while one runs ask for one more afterwards, of the masks
+        and the case then."""
         await asyncio.sleep(delay_s)
+        self._measure_next = case_id  # the latest request wins (a case opened meanwhile included)
+        if self._measuring:
+            return
+        self._measuring = True
+        try:
+            while self._measure_next is not None:
+                requested, self._measure_next = self._measure_next, None
+                await self._measure_lesions(requested)
+        finally:
+            self._measuring = False
+
+    async def _measure_lesions(self, case_id: str) -> None:
         if self.session.case is None or self.session.case.case_id != case_id:
             return
         try:  # what is measured must be the case's own segmentation (scan and grid)
