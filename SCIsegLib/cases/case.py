@@ -70,6 +70,7 @@ class Case:
         self.labels = labels
         self.prediction = prediction
         self.draft = draft
+        self.draft_problem: str | None = None  # why the rater's draft could not be restored (kept on disk)
         self._saved = _digest(base_labels(base, scan)) if draft is not None else _digest(labels)
         self._drafted: str | None = _digest(labels) if draft is not None else None
 
@@ -97,20 +98,33 @@ class Case:
         inside_derivatives(root, labels_folder(root), "the labels folder")
         inside_derivatives(root, version_store(root, scan.path, scan.subject, scan.session), "the versions folder")
         predicted = prediction_of(*prediction_files)
-        bases = versions_of(root, scan) + ([predicted] if predicted is not None else []) + [EMPTY]
-        prediction_labels = base_labels(predicted, scan) if predicted is not None else None
-        draft = None
+        versions = versions_of(root, scan)
+        prediction_labels = None
+        if predicted is not None:
+            try:
+                prediction_labels = base_labels(predicted, scan)
+            except CaseRefused:
+                if not versions or choice == "prediction":
+                    raise  # nothing else to open from: say why
+                predicted = None  # a version opens; the prediction that cannot be used is not offered
+        bases = versions + ([predicted] if predicted is not None else []) + [EMPTY]
+        draft, problem = None, None
         if draft_of is not None:
             draft = next((d for d in drafts_in(cls._draft_folder(root, scan)) if d.rater == draft_of.strip()), None)
         if draft is not None:
             base = next((b for b in bases if b.name == draft.base), EMPTY)
-            labels = draft_labels(draft, scan)
-        else:
+            try:
+                labels = draft_labels(draft, scan)
+            except CaseRefused as error:  # kept on disk, said at opening; the case opens as if there were none
+                draft, problem = None, f"{error} It stays in {draft.path}."
+        if draft is None:
             base = bases[0] if choice is None else next((b for b in bases if b.name == choice), None)
             if base is None:
                 raise InputError(f"{scan.path.name} has no {choice} to open; choose one of {', '.join(b.name for b in bases)}.")
             labels = prediction_labels if base.kind == "prediction" and prediction_labels is not None else base_labels(base, scan)
-        return cls(root, scan, bases, base, labels, prediction_labels, draft)
+        case = cls(root, scan, bases, base, labels, prediction_labels, draft)
+        case.draft_problem = problem
+        return case
 
     @staticmethod
     def _draft_folder(root: Path, scan: Scan) -> Path:
@@ -126,6 +140,8 @@ class Case:
         latest = self.bases[0]
         if latest.kind == "version" and latest != self.base:
             text += f"; the latest version is {latest.describe()}"
+        if self.draft_problem:
+            text += f". Your draft was not restored: {self.draft_problem}"
         return text
 
     # ------------------------------------------------------------------ the label map being edited
