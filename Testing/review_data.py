@@ -85,6 +85,25 @@ def make_review_bids(root: Path, shared: Path) -> dict[str, Path]:
 
 
 
+def paint_lesion_voxels(app, count: int, skip: int = 0) -> None:
+    """``count`` cord-only voxels (after the first ``skip``) become lesion through the editor's modifier of a review
+    app (or session): an undoable stroke, as Paint makes."""
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    session = getattr(app, "session", app)
+    labels = session.labels()
+    session.editor.set_active_segment_id("lesion")
+    modifier = session.editor.active_segment_modifier
+    stroke = modifier.create_modifier_labelmap()
+    dims = stroke.GetDimensions()
+    voxels = vtk_to_numpy(stroke.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    voxels[:] = 0
+    for z, y, x in np.argwhere(labels == 1)[skip : skip + count]:
+        voxels[z, y, x] = 1
+    stroke.Modified()
+    modifier.apply_labelmap(stroke)
+
+
 FULL_FOV_SUBJECTS = ("errsm_11", "errsm_18", "errsm_21")
 
 

@@ -145,10 +145,15 @@ def test_drafts_are_per_rater_whole_offered_on_reopen_and_gone_on_export(bids: P
     assert reopened.drafts() == []
 
     case.save_draft(edited, "dave")
-    shutil.copyfile(image(bids, "sub-02"), bids / "sub-01_other.nii.gz")
-    os.replace(bids / "sub-01_other.nii.gz", source)  # the scan's content changed since the draft
-    with pytest.raises(CaseRefused):
-        Case.open(bids, source, draft_of="dave")
+    rescanned = sitk.ReadImage(str(source))
+    rescanned[10, 10, 10] = rescanned[10, 10, 10] + 1
+    sitk.WriteImage(rescanned, str(bids / "sub-01_other.nii.gz"))
+    os.replace(bids / "sub-01_other.nii.gz", source)  # the scan's content changed since the draft (same grid)
+    changed = Case.open(bids, source, draft_of="dave")  # opens as if there were no draft, and says why
+    assert changed.draft is None and changed.base.name == "v001"
+    assert "Your draft was not restored: the draft by dave" in changed.opening_sentence()
+    assert "drawn on another version of sub-01_T2w.nii.gz" in changed.opening_sentence()
+    assert [d.rater for d in changed.drafts()] == ["dave"]  # kept on disk
 
 
 def test_a_prediction_or_derivatives_folder_leading_outside_refuses_that_case_only(bids: Path, tmp_path: Path) -> None:
@@ -180,3 +185,35 @@ def test_a_derivatives_folder_on_another_disk_is_used_and_contained(bids: Path, 
     (other_disk / "labels" / ".drafts").symlink_to(tmp_path, target_is_directory=True)  # below it, a link out
     with pytest.raises(CaseRefused, match="drafts folder"):
         Case.open(bids, image(bids, "sub-01")).drafts()
+
+
+def test_a_prediction_given_as_one_label_map_outside_the_dataset(bids: Path, tmp_path: Path) -> None:
+    """As the Slicer module holds it: one predicted label map (0, 1 cord only, 2 lesion) in a temporary folder."""
+    predicted = Case.open(bids, image(bids, "sub-01")).labels
+    label_map = tmp_path / "predicted_labels.nii.gz"
+    source = sitk.ReadImage(str(image(bids, "sub-01")))
+    written = sitk.GetImageFromArray(predicted)
+    written.CopyInformation(source)
+    sitk.WriteImage(written, str(label_map))
+    shutil.rmtree(bids / "derivatives" / "sciseg")
+    case = Case.open(bids, image(bids, "sub-01"), prediction=label_map)
+    assert case.base.name == "prediction" and case.base.files == (label_map,)
+    np.testing.assert_array_equal(case.labels, predicted)
+    outcome = case.export(labels_image(case, with_stroke(case.labels)), "alice", drawn_on=case.scan.key)
+    assert json.loads((outcome.result.version_folder / "sub-01_T2w_label-lesion_seg.json").read_text())["VoxelsAdded"] == 3
+    assert Case.open(bids, image(bids, "sub-01")).base.name == "v001"  # without the prediction: the version opens
+
+
+def test_a_prediction_off_the_grid_refuses_the_case_unless_a_version_opens(bids: Path) -> None:
+    source = image(bids, "sub-01")
+    prediction = bids / "derivatives" / "sciseg" / "sub-01" / "anat" / "sub-01_T2w_lesion_seg.nii.gz"
+    case = Case.open(bids, source)
+    case.export(labels_image(case, with_stroke(case.labels)), "alice", drawn_on=case.scan.key)
+    sitk.WriteImage(sitk.Image([10, 10, 10], sitk.sitkUInt8), str(prediction))  # not this scan's grid
+    reopened = Case.open(bids, source)
+    assert reopened.base.name == "v001" and [b.name for b in reopened.bases] == ["v001", "empty"]
+    with pytest.raises(CaseRefused, match="the lesion prediction does not lie on the grid"):
+        Case.open(bids, source, choice="prediction")
+    shutil.rmtree(version_store(bids, source))
+    with pytest.raises(CaseRefused, match="the lesion prediction does not lie on the grid"):
+        Case.open(bids, source)  # nothing else to open from: the case is refused, not opened empty

@@ -18,10 +18,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SHARED_DATA, shared_file
-from review_data import CASES, LESION_VOXELS_SUB01, make_review_bids
+from review_data import CASES, LESION_VOXELS_SUB01, make_review_bids, paint_lesion_voxels
 from SCIsegLib.errors import InputError
 from SCIsegLib.review import auth
-from SCIsegLib.review.cases import CORRECTED, NOT_PREDICTED, PREDICTED, list_cases, next_uncorrected
+from SCIsegLib.review.cases import CORRECTED, NOT_PREDICTED, PREDICTED, REFUSED, list_cases, next_uncorrected
 from SCIsegLib.review.command import review_url
 from SCIsegLib.review.paths import PathRefused, case_image_path, contained, prediction_paths, validate_case_id
 
@@ -161,7 +161,7 @@ def test_painted_lesion_takes_cord_voxels_undo_and_export_records_the_change(ses
     undo.redo()
     after = session.labels()
     outcome = session.export("alice")
-    assert outcome.result.version == 1 and outcome.concurrent_message is None
+    assert outcome.result.version == 1 and outcome.warning is None
     sidecar = json.loads((outcome.result.version_folder / "sub-01_T2w_dseg.json").read_text())
     assert sidecar["Rater"] == "alice" and sidecar["Model"] == "sciseg-demo"
     assert sidecar["Corrections"]["lesion"]["VoxelsAdded"] == 5 and sidecar["Corrections"]["lesion"]["VoxelsRemoved"] == 0
@@ -170,29 +170,30 @@ def test_painted_lesion_takes_cord_voxels_undo_and_export_records_the_change(ses
     assert np.array_equal(written, after)
 
 
-def test_export_refuses_a_labels_folder_symlinked_outside_the_root(session_factory, bids, tmp_path) -> None:
+def test_a_labels_folder_symlinked_outside_the_root_refuses_its_cases(session_factory, bids, tmp_path) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (bids["root"] / "derivatives" / "labels").symlink_to(outside, target_is_directory=True)
     session = session_factory()
-    session.open_case(CASES["sub-01"])
-    with pytest.raises(PathRefused, match="outside the dataset"):
-        session.export("mallory")
+    with pytest.raises(InputError, match="leads outside the derivatives folder"):
+        session.open_case(CASES["sub-01"])
     assert list(outside.iterdir()) == []
     export_correction_outside = outside / ".sciseg_versions" / "sub-02" / "anat" / "sub-02_T2w" / "v001"
     export_correction_outside.mkdir(parents=True)
     (export_correction_outside / "sub-02_T2w_dseg.json").write_text(json.dumps({"Rater": "planted"}))
-    assert [case.status for case in list_cases(bids["root"])] == [PREDICTED, PREDICTED, NOT_PREDICTED]  # not read
+    cases = list_cases(bids["root"])
+    assert [case.status for case in cases] == [REFUSED] * 3 and all(case.rater is None for case in cases)  # not read
+    assert "leads outside the derivatives folder" in cases[0].reason
 
 
 def test_second_rater_on_the_same_case_gets_a_version_and_is_told(session_factory, bids) -> None:
     first, second = session_factory(), session_factory()
     first.open_case(CASES["sub-02"])
     second.open_case(CASES["sub-02"])
-    assert first.export("alice").concurrent_message is None
+    assert first.export("alice").warning is None
     outcome = second.export("bob")
     assert outcome.result.version == 2
-    assert "another version (v001) appeared" in outcome.concurrent_message
+    assert "started from prediction while v001 existed; yours is v002" in outcome.warning
     folders = sorted(p.name for p in outcome.result.version_folder.parent.iterdir())
     assert folders == ["v001", "v002"]
     assert list_cases(bids["root"], status=CORRECTED)[0].rater == "bob"
@@ -265,23 +266,6 @@ def _node_classes(scene) -> dict[str, int]:
     return counts
 
 
-def _paint_five_lesion_voxels(app) -> None:
-    """Five cord-only voxels become lesion through the editor's modifier (an undoable stroke, as Paint does)."""
-    from vtkmodules.util.numpy_support import vtk_to_numpy
-
-    labels = app.session.labels()
-    app._set_segment("lesion")
-    modifier = app.slicer_app.segmentation_editor.active_segment_modifier
-    stroke = modifier.create_modifier_labelmap()
-    dims = stroke.GetDimensions()
-    voxels = vtk_to_numpy(stroke.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
-    voxels[:] = 0
-    for z, y, x in np.argwhere(labels == 1)[:5]:
-        voxels[z, y, x] = 1
-    stroke.Modified()
-    modifier.apply_labelmap(stroke)
-
-
 def test_changing_case_leaves_no_node_no_undo_and_no_reference_behind(bids) -> None:
     """Eight openings through the app's own action, each edited (undo history) and measured: the scene holds
     exactly the same nodes after every change, the history is empty, and the closed case's nodes (with their
@@ -307,6 +291,9 @@ def test_changing_case_leaves_no_node_no_undo_and_no_reference_behind(bids) -> N
         for opening in range(8):
             case_id = CASES["sub-01"] if opening % 2 == 0 else CASES["sub-02"]
             app.open_case(case_id)
+            if opening:  # the previous opening's strokes are unsaved: the rater is asked, and lets them go
+                assert app.state.pending["case_id"] == case_id and app.state.case_id != case_id
+                app.resolve_pending("discard")
             assert app.state.case_id == case_id and not app.state.error
             assert app.undo_stack.n_commands() == 0  # the previous case's strokes cannot be undone into this one
             nodes = _node_classes(scene)
@@ -314,7 +301,7 @@ def test_changing_case_leaves_no_node_no_undo_and_no_reference_behind(bids) -> N
             assert nodes == first_nodes, f"opening {opening + 1}: the scene went from {first_nodes} to {nodes}"
             alive = [name for name, node in previous if node() is not None]
             assert not alive, f"opening {opening + 1}: the closed case's {alive} still exist"
-            _paint_five_lesion_voxels(app)
+            paint_lesion_voxels(app, 5)
             assert app.undo_stack.n_commands() == 1
             app.update_measures()
             assert app.state.lesions and app.state.counts["lesion"] > 0

@@ -292,6 +292,12 @@ def test_paint_and_erase_strokes_change_the_counts_then_export(page, dataset) ->
 def test_next_case_segments_in_a_child_with_progress_and_cancel(page, dataset) -> None:
     page.click("#next-case")  # after sub-01 the next uncorrected case is sub-03, not predicted yet
     page.wait_for_selector("#progress", timeout=20_000)
+    page.click("#export")  # while sub-03 segments, the case in the views is still sub-01: its version, its name
+    page.wait_for_function("document.querySelector('#message').textContent.includes('saved version v002')", timeout=30_000)
+    assert page.inner_text("#message").startswith(f"saved version v002 of {CASES['sub-01']}")
+    assert page.inner_text("#case-title") == CASES["sub-01"]
+    assert version_numbers(_version_store(dataset["root"], "sub-01")) == [1, 2]
+    assert not _version_store(dataset["root"], "sub-03").exists()
     page.click("#cancel-segmentation")
     page.wait_for_function("document.querySelector('#message').textContent.includes('cancelled')", timeout=30_000)
     predictions = dataset["root"] / "derivatives" / "sciseg" / "sub-03" / "anat"
@@ -402,8 +408,8 @@ def test_two_raters_export_the_same_case_at_once(page, second_page, dataset) -> 
     assert len(new) == 2
     raters = {json.loads((store / f"v{v:03d}" / "sub-02_T2w_dseg.json").read_text())["Rater"] for v in new}
     assert raters == {"alice", "bob"}
-    told = [m for m in messages if f"another version (v{new[0]:03d}) appeared" in m]
-    assert len(told) == 1 and f"v{new[1]:03d}" in told[0], messages
+    told = [m for m in messages if f"while v{new[0]:03d} existed" in m]  # both started from the same latest version
+    assert len(told) == 1 and f"yours is v{new[1]:03d}" in told[0], messages
 
 
 def _worker_ports(front_process: subprocess.Popen) -> list[tuple[str, int]]:

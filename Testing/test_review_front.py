@@ -23,7 +23,6 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-import numpy as np
 import pytest
 
 from conftest import REPOSITORY
@@ -339,10 +338,9 @@ def test_unsaved_edits_are_masks_differing_from_the_prediction_and_the_last_expo
     """The worker's answer to the front's idle rule, on a real scene (slicer-core) and the real exporter."""
     pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
     from trame_slicer.core import SlicerApp
-    from vtkmodules.util.numpy_support import vtk_to_numpy
 
     from conftest import SHARED_DATA, shared_file
-    from review_data import CASES, make_review_bids
+    from review_data import CASES, make_review_bids, paint_lesion_voxels
     from SCIsegLib.review.session import ReviewSession
     from SCIsegLib.review.worker import unsaved_edits
 
@@ -353,23 +351,11 @@ def test_unsaved_edits_are_masks_differing_from_the_prediction_and_the_last_expo
     session.open_case(CASES["sub-01"])
     assert not unsaved_edits(session)  # the prediction as loaded
 
-    def paint_lesion(count: int) -> None:
-        session.editor.set_active_segment_id("lesion")
-        modifier = session.editor.active_segment_modifier
-        stroke = modifier.create_modifier_labelmap()
-        dims = stroke.GetDimensions()
-        voxels = vtk_to_numpy(stroke.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
-        voxels[:] = 0
-        for z, y, x in np.argwhere(session.labels() == 1)[:count]:
-            voxels[z, y, x] = 1
-        stroke.Modified()
-        modifier.apply_labelmap(stroke)
-
-    paint_lesion(5)
+    paint_lesion_voxels(session, 5)
     assert unsaved_edits(session)
     session.export("alice")
     assert not unsaved_edits(session)  # the masks are the latest version on disk
-    paint_lesion(3)
+    paint_lesion_voxels(session, 3)
     assert unsaved_edits(session)
     other = ReviewSession(SlicerApp(), bids["root"], "sciseg-demo")  # another rater saves the case meanwhile
     other.open_case(CASES["sub-01"])

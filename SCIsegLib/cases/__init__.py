@@ -11,6 +11,8 @@ API (everything else is detail)::
     case = Case.open(root, image)                       # latest version, else prediction, else empty
     case = Case.open(root, image, choice="v001")        # or "prediction", "empty", any name in case.bases
     case = Case.open(root, image, draft_of="alice")     # alice's draft restored over its base (when she has one)
+    case = Case.open(root, image, prediction=labels_path, subject="01")  # the prediction as one label map
+                                                        # (or (cord, lesion)); subject/session for non-BIDS names
     case.bases, case.base, case.opening_sentence()      # the choices (newest version first) and what was opened
     case.labels                                         # the label map opened, (z, y, x) uint8
     case.scan.key                                       # bind a segmentation to it when you make one
@@ -36,11 +38,11 @@ Rules it keeps:
 
 from .bases import EMPTY, Base, base_labels, prediction_of, versions_of
 from .case import Case, ExportOutcome, default_prediction_paths, derivatives_folder, inside_derivatives
-from .drafts import Draft, draft_folder, rater_key
+from .drafts import DRAFTS, Draft, draft_folder, drafts_in, rater_key
 from .scan import CaseRefused, Grid, Scan, scan_of
 
 __all__ = [
-    "EMPTY", "Base", "Case", "CaseRefused", "Draft", "ExportOutcome", "Grid", "Scan", "base_labels",
+    "DRAFTS", "EMPTY", "Base", "Case", "CaseRefused", "Draft", "drafts_in", "ExportOutcome", "Grid", "Scan", "base_labels",
     "default_prediction_paths", "derivatives_folder", "draft_folder", "inside_derivatives", "prediction_of",
     "rater_key", "scan_of", "versions_of",
 ]

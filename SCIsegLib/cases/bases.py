@@ -86,18 +86,20 @@ def versions_of(root: Path, scan: Scan) -> list[Base]:
     return bases
 
 
-def prediction_of(cord: Path, lesion: Path) -> Base | None:
-    """The prediction as a base when both masks exist (the model's name from the cord sidecar), else None."""
-    if not (Path(cord).is_file() and Path(lesion).is_file()):
+def prediction_of(*files: Path) -> Base | None:
+    """The prediction as a base when its files exist, else None: the masks (cord, lesion), or one label map
+    (0, 1 cord only, 2 lesion, as ``sciseg segment --label-map`` writes). The model's name comes from the first
+    file's sidecar."""
+    if len(files) not in (1, 2) or not all(Path(file).is_file() for file in files):
         return None
     model = None
-    sidecar = Path(str(cord).removesuffix(".nii.gz") + ".json")
+    sidecar = Path(str(files[0]).removesuffix(".nii.gz") + ".json")
     try:
         content = json.loads(sidecar.read_text())
         model = content["GeneratedBy"][0]["Model"]["Name"]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         pass
-    return Base(FROM_PREDICTION, model=model, files=(Path(cord), Path(lesion)))
+    return Base(FROM_PREDICTION, model=model, files=tuple(Path(file) for file in files))
 
 
 def _read(path: Path, scan: Scan, what: str) -> np.ndarray:
@@ -128,6 +130,9 @@ def base_labels(base: Base, scan: Scan) -> np.ndarray:
         if source_sha and source_sha != scan.sha256:
             raise CaseRefused(f"the prediction {mask.name} was computed from another image than {scan.path.name} "
                               "(its sidecar's SourceSha256 differs); segment this scan again.")
+    if len(base.files) == 1:
+        labels = _read(base.files[0], scan, "the predicted label map")
+        return label_map_from_masks(labels > 0, labels == 2)
     cord = _read(base.files[0], scan, "the cord prediction")
     lesion = _read(base.files[1], scan, "the lesion prediction")
     return label_map_from_masks(cord, lesion)

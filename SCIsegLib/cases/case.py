@@ -31,7 +31,10 @@ def derivatives_folder(root: Path) -> Path:
 
 def inside_derivatives(root: Path, path: Path, what: str) -> Path:
     """``path`` when it resolves inside the resolved derivatives folder, else :class:`CaseRefused` (one sentence)."""
-    base, resolved = derivatives_folder(root), Path(path).resolve()
+    try:
+        base, resolved = derivatives_folder(root), Path(path).resolve()
+    except RuntimeError:  # Python's "Symlink loop"
+        raise CaseRefused(f"{what} {path} is a loop of symbolic links; this case is not read or written.") from None
     if resolved != base and base not in resolved.parents:
         raise CaseRefused(f"{what} {path} leads outside the derivatives folder {base} (a symbolic link); "
                           "this case is not read or written through it.")
@@ -67,56 +70,78 @@ class Case:
         self.labels = labels
         self.prediction = prediction
         self.draft = draft
+        self.draft_problem: str | None = None  # why the rater's draft could not be restored (kept on disk)
         self._saved = _digest(base_labels(base, scan)) if draft is not None else _digest(labels)
         self._drafted: str | None = _digest(labels) if draft is not None else None
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, root: Path, image: Path, *, choice: str | None = None, draft_of: str | None = None,
-             prediction: tuple[Path, Path] | None = None, subject: str | None = None,
+             prediction: tuple[Path, Path] | Path | None = None, subject: str | None = None,
              session: str | None = None) -> Case:
         """Open a scan: the base named by ``choice`` (``v001``, ``prediction``, ``empty``; None: the default), or
         ``draft_of`` a rater's draft when there is one (restored over its base).
 
-        The default is the latest exported version, else the prediction, else empty masks. ``prediction``
-        (cord, lesion) defaults to ``derivatives/sciseg/...`` (:func:`default_prediction_paths`). Every path
-        under ``derivatives`` must stay inside it (:func:`inside_derivatives`).
+        The default is the latest exported version, else the prediction, else empty masks. ``prediction``: the
+        masks (cord, lesion) or one label map (0, 1 cord only, 2 lesion); by default the masks in
+        ``derivatives/sciseg/...`` (:func:`default_prediction_paths`). Every path under ``derivatives`` must stay
+        inside it (:func:`inside_derivatives`); a prediction given elsewhere (a temporary file of the Slicer module)
+        is the caller's.
         """
         scan = scan_of(image, subject, session)
-        cord, lesion = prediction or default_prediction_paths(root, scan)
         if prediction is None:
-            inside_derivatives(root, cord, "the prediction")
-            inside_derivatives(root, lesion, "the prediction")
+            prediction_files = default_prediction_paths(root, scan)
+            for file in prediction_files:
+                inside_derivatives(root, file, "the prediction")
+        else:
+            prediction_files = (prediction,) if isinstance(prediction, (str, Path)) else tuple(prediction)
         inside_derivatives(root, labels_folder(root), "the labels folder")
         inside_derivatives(root, version_store(root, scan.path, scan.subject, scan.session), "the versions folder")
-        predicted = prediction_of(cord, lesion)
-        bases = versions_of(root, scan) + ([predicted] if predicted is not None else []) + [EMPTY]
-        prediction_labels = base_labels(predicted, scan) if predicted is not None else None
-        draft = None
+        predicted = prediction_of(*prediction_files)
+        versions = versions_of(root, scan)
+        prediction_labels = None
+        if predicted is not None:
+            try:
+                prediction_labels = base_labels(predicted, scan)
+            except CaseRefused:
+                if not versions or choice == "prediction":
+                    raise  # nothing else to open from: say why
+                predicted = None  # a version opens; the prediction that cannot be used is not offered
+        bases = versions + ([predicted] if predicted is not None else []) + [EMPTY]
+        draft, problem = None, None
         if draft_of is not None:
             draft = next((d for d in drafts_in(cls._draft_folder(root, scan)) if d.rater == draft_of.strip()), None)
         if draft is not None:
             base = next((b for b in bases if b.name == draft.base), EMPTY)
-            labels = draft_labels(draft, scan)
-        else:
+            try:
+                labels = draft_labels(draft, scan)
+            except CaseRefused as error:  # kept on disk, said at opening; the case opens as if there were none
+                draft, problem = None, f"{error} It stays in {draft.path}."
+        if draft is None:
             base = bases[0] if choice is None else next((b for b in bases if b.name == choice), None)
             if base is None:
                 raise InputError(f"{scan.path.name} has no {choice} to open; choose one of {', '.join(b.name for b in bases)}.")
             labels = prediction_labels if base.kind == "prediction" and prediction_labels is not None else base_labels(base, scan)
-        return cls(root, scan, bases, base, labels, prediction_labels, draft)
+        case = cls(root, scan, bases, base, labels, prediction_labels, draft)
+        case.draft_problem = problem
+        return case
 
     @staticmethod
     def _draft_folder(root: Path, scan: Scan) -> Path:
         return inside_derivatives(root, draft_folder(root, scan), "the drafts folder")
 
-    def opening_sentence(self) -> str:
-        """What was opened, in a rater's words, naming the newer version when an older base was chosen."""
-        text = f"opened {self.scan.stem}: {self.base.describe()}"
+    def opening_sentence(self, name: str | None = None) -> str:
+        """What was opened, in a rater's words (``name``: how to call the case; default the scan's stem), naming the
+        newer version when an older base was chosen."""
+        name = name or self.scan.stem
+        text = f"opened {name}: {self.base.describe()}"
         if self.draft is not None:
-            text = f"opened {self.scan.stem}: your {self.draft.describe()}"
+            text = f"opened {name}: your {self.draft.describe()}"
         latest = self.bases[0]
         if latest.kind == "version" and latest != self.base:
             text += f"; the latest version is {latest.describe()}"
+        if self.draft_problem:
+            text += f". Your draft was not restored: {self.draft_problem}"
         return text
 
     # ------------------------------------------------------------------ the label map being edited

@@ -11,6 +11,20 @@ exporter's lock, and the second rater is told.
 
 Keyboard: p paint, e erase, c scissors, d draw, Escape no tool, 1 cord segment, 2 lesion segment,
 l lesion overlay, z undo, y redo, n next uncorrected case, b previous case.
+
+The rater's work (each decision in the case model, :mod:`SCIsegLib.cases`, or in :mod:`session`):
+
+* The title, the counts, the lesion table and every export name the case open in the scene
+  (``session.case``), never the one a running segmentation is for (``segmenting_id``); a segmentation made for
+  another scan is refused by the case.
+* A case opens at its latest version (whose and when shown), or the rater's own draft when there is one; the
+  version list offers the draft, every version, the prediction and empty masks.
+* After each stroke (once the strokes pause 0.3 s) the counts and lesion table follow, and a draft is written
+  (atomic) when the masks differ from what was opened or exported. Opening another case (list, ``n``, ``b``,
+  the version list) with unsaved strokes asks: keep them as a draft, discard them, or stay. Closing or reloading the
+  tab with unsaved strokes gets the browser's leave-page warning (the draft is on disk already).
+* The rater's name is kept in the browser (``localStorage``); a new tab (after a closed tab, a stopped worker) lists
+  the cases holding this rater's drafts and opens them with the draft.
 """
 
 from __future__ import annotations
@@ -67,6 +81,17 @@ KEYBOARD_JS = (
     " if (tag === 'INPUT' || tag === 'TEXTAREA' || e.ctrlKey || e.metaKey || e.altKey) return;"
     " window.trame.trigger('review_key', [e.key]); }); }"
 )
+RATER_STORAGE, CASE_STORAGE = "sciseg_review_rater", "sciseg_review_case"
+LEAVE_JS = (  # the rater's name and last case come back from this browser; leaving with unsaved strokes asks first
+    "if (!window.scisegLeave) { window.scisegLeave = true;"
+    f" const saved = window.localStorage.getItem('{RATER_STORAGE}');"
+    " if (saved && !window.trame.state.get('rater')) { window.trame.state.set('rater', saved); }"
+    f" const last = window.localStorage.getItem('{CASE_STORAGE}');"
+    " if (last && !window.trame.state.get('case_id')) { window.trame.state.set('last_case', last); }"
+    " window.addEventListener('beforeunload', (e) => {"
+    " if (window.trame.state.get('unsaved')) { e.preventDefault(); e.returnValue = ''; } }); }"
+)
+DRAFT = "draft"  # the version list's entry for the rater's own draft
 
 
 def review_layout() -> Layout:
@@ -96,6 +121,7 @@ class ReviewApp(TrameApp):
         self.slicer_app.segmentation_editor.set_undo_stack(self.undo_stack)
         self.run = None
         self._counts_pending = False
+        self._measuring, self._measure_next = False, None
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
@@ -119,6 +145,8 @@ class ReviewApp(TrameApp):
             "effect": "none", "brush_mm": 3.0, "sphere": False, "segment": "lesion", "lesion_visible": True,
             "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
             "lesions": [], "tabs": 0, "active_effect": "none", "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
+            "segmenting_id": "", "unsaved": False, "pending": None, "bases": [], "base_choice": "", "resume": [],
+            "opened_text": "", "last_case": "",
         })
         self.state.change("status_filter")(lambda **_: self.refresh_cases())
         self.state.change("effect")(lambda effect, **_: self.set_effect(effect))
@@ -130,30 +158,105 @@ class ReviewApp(TrameApp):
         self.server.controller.on_client_connected.add(lambda: self._count_tabs(+1))
         self.server.controller.on_client_exited.add(lambda: self._count_tabs(-1))
         self.server.trigger("open_case")(self.open_case)  # a browser may send any string: open_case validates it
+        self.state.change("rater", "last_case")(lambda **_: self._update_resume())
 
     # ------------------------------------------------------------------ actions (each calls the library)
     def refresh_cases(self) -> None:
         status = None if self.state.status_filter == "all" else self.state.status_filter
         self.state.cases = [case.as_dict() for case in list_cases(self.root, self.queue, status)]
+        self._update_resume()
 
-    def open_case(self, case_id: str) -> None:
-        """Open a case; without a prediction, start ``sciseg segment`` in a child and open it when done."""
+    def _update_resume(self) -> None:
+        """What a new tab offers while no case is open: the cases holding a draft of the rater named in this tab,
+        then the case this browser had open last (both remembered by the browser, any list entry only)."""
+        rater = str(self.state.rater or "").strip()
+        drafts = [case["case_id"] for case in self.state.cases if rater in case["drafts"]]
+        last = [case["case_id"] for case in self.state.cases if case["case_id"] == self.state.last_case]
+        self.state.resume = drafts + [case_id for case_id in last if case_id not in drafts]
+
+    def open_case(self, case_id: str, choice: str | None = None) -> None:
+        """Open a case (``choice``: a base name or :data:`DRAFT`; None: the rater's draft, else the latest version).
+
+        With unsaved strokes on the open case, their draft is written and the rater is asked first
+        (:meth:`resolve_pending`). A case with neither prediction nor version is segmented in a child first.
+        """
         self.state.error = ""
         if self.state.running:
-            self.state.error = "a segmentation is running; wait for it or cancel it first."
+            self.state.error = f"{self.state.segmenting_id} is being segmented; wait for it or cancel it first."
             return
+        if self.session.case is not None and self.save_draft():
+            current = self.session.case.case_id
+            self.state.pending = {
+                "case_id": case_id, "choice": choice or "",
+                "text": f"{current} has strokes that are not exported (kept as your draft). Keep the draft and open "
+                        f"{case_id}{f' from {choice}' if choice else ''}, discard the strokes, or stay?",
+            }
+            return
+        self._open(case_id, choice)
+
+    def resolve_pending(self, answer: str) -> None:
+        """The rater's answer to "unsaved strokes": ``keep`` (the draft stays), ``discard`` (the draft goes), ``stay``."""
+        pending, self.state.pending = self.state.pending, None
+        if not pending or answer not in ("keep", "discard"):
+            self._show_bases()  # the version list back to the open case's base
+            return
+        if answer == "discard":
+            self.session.discard_draft()
+        self._open(pending["case_id"], pending["choice"] or None)
+        self.refresh_cases()  # the list shows the draft kept (or gone)
+
+    def _open(self, case_id: str, choice: str | None) -> None:
+        rater = str(self.state.rater or "")
         try:
-            if not self.session.has_prediction(case_id):
+            if choice is None and self.session.needs_segmentation(case_id):
                 self._start_segmentation(case_id)
                 return
-            self.session.open_case(case_id)
+            draft_of = rater if choice in (None, DRAFT) else None
+            opened = self.session.open_case(case_id, choice=None if choice == DRAFT else choice, draft_of=draft_of)
         except SCIsegError as error:
             self.state.error = str(error)
             return
         self.state.case_id = case_id
         self.state.effect = "none"
         self._show_case()
-        self.state.message = f"opened {case_id}"
+        self.state.opened_text = opened.case.opening_sentence(case_id)
+        self.state.message = self.state.opened_text
+
+    def choose_base(self, name: str) -> None:
+        """The version list: open the open case again from ``name`` (asking first when strokes are unsaved)."""
+        if self.session.case is not None and name != self.state.base_choice:
+            self.open_case(self.session.case.case_id, name)
+
+    def _show_bases(self) -> None:
+        """The version list of the open case: the rater's draft, every version (newest first), prediction, empty."""
+        case = self.session.case.case
+        items = [{"value": base.name, "title": base.describe()} for base in case.bases]
+        if case.draft is not None:
+            items.insert(0, {"value": DRAFT, "title": f"your {case.draft.describe()}"})
+        self.state.bases = items
+        self.state.base_choice = DRAFT if case.draft is not None else case.base.name
+
+    def discard_draft(self) -> None:
+        """Forget the strokes: remove the rater's draft and open the case's base again."""
+        if self.session.case is None:
+            return
+        self.session.discard_draft()
+        self._open(self.session.case.case_id, self.session.case.case.base.name)
+        self.refresh_cases()
+
+    def save_draft(self, labels=None) -> bool:
+        """Write the rater's draft when the masks changed (atomic); True when the open case has unsaved strokes.
+
+        ``labels``: the current (z, y, x) label array when the caller has it already."""
+        if self.session.case is None:
+            return False
+        labels = self.session.labels() if labels is None else labels
+        try:
+            self.session.save_draft(str(self.state.rater or ""), labels)
+        except (SCIsegError, OSError) as error:
+            self.state.error = f"the draft could not be written ({error}); export to keep your strokes."
+        self.state.unsaved = self.session.unsaved(labels)
+        return bool(self.state.unsaved)
 
     def _show_case(self) -> None:
         volume = self.session.case.volume_node
@@ -171,25 +274,51 @@ class ReviewApp(TrameApp):
         self._apply_window_level(window, level)
         self._set_segment("lesion")
         display.reset_views()
-        self.state.counts = self.session.voxel_counts()
+        labels = self.session.labels()
+        self.state.counts = self.session.voxel_counts(labels)
+        self.state.unsaved = self.session.unsaved(labels)
+        del labels
         self.state.lesions = []
+        self.state.pending = None
+        self._show_bases()
         centre = self.session.largest_lesion_centre_ras()
         if centre is not None:  # start on the largest lesion: what the rater has to check first
             self._centre_views(centre)
         create_task(self._measure_lesions_in_background(self.session.case.case_id))
 
-    async def _measure_lesions_in_background(self, case_id: str) -> None:
-        """The lesion table after the first image: morphometrics take seconds on a 4 M voxel scan."""
-        await asyncio.sleep(0.2)
+    async def _measure_lesions_in_background(self, case_id: str, delay_s: float = 0.2) -> None:
+        """The lesion table after the first image or a stroke: morphometrics take seconds on a 4 M voxel scan.
+
+        One measurement at a time: strokes (or a case opened) while one runs ask for one more afterwards, of the masks
+        and the case then."""
+        await asyncio.sleep(delay_s)
+        self._measure_next = case_id  # the latest request wins (a case opened meanwhile included)
+        if self._measuring:
+            return
+        self._measuring = True
+        try:
+            while self._measure_next is not None:
+                requested, self._measure_next = self._measure_next, None
+                await self._measure_lesions(requested)
+        finally:
+            self._measuring = False
+
+    async def _measure_lesions(self, case_id: str) -> None:
         if self.session.case is None or self.session.case.case_id != case_id:
             return
-        labels, reference = self.session.labels(), self.session.reference_image()
+        try:  # what is measured must be the case's own segmentation (scan and grid)
+            labels, reference = self.session.checked_labels("the segmentation to measure"), self.session.reference_image()
+        except SCIsegError as error:
+            with self.state:
+                self.state.error = str(error)
+            return
         rows, centres = await asyncio.to_thread(measure_lesions, labels, reference)
         del labels, reference
         release_freed_memory()  # the measurement's arrays (in its thread's arena) go back too
         if self.session.case is None or self.session.case.case_id != case_id:
             return
         self.session.case.lesion_centres_ras = centres
+        self.session.show_lesion_numbers(centres)
         with self.state:
             self.state.lesions = rows
 
@@ -198,20 +327,26 @@ class ReviewApp(TrameApp):
             return
         self.state.counts = self.session.voxel_counts()
         self.state.lesions = self.session.lesion_table()
+        self.save_draft()
 
     def _on_segmentation_modified(self, *_args) -> None:
-        """After an edit, refresh the voxel counts once the strokes pause (0.3 s), not on every mouse move."""
+        """After an edit, once the strokes pause (0.3 s): counts, draft, then the lesion table (not on every mouse move)."""
         if self._counts_pending or self.session.case is None:
             return
         self._counts_pending = True
-        create_task(self._refresh_counts_soon())
+        create_task(self._after_strokes())
 
-    async def _refresh_counts_soon(self) -> None:
+    async def _after_strokes(self) -> None:
         await asyncio.sleep(0.3)
         self._counts_pending = False
-        if self.session.case is not None:
-            with self.state:
-                self.state.counts = self.session.voxel_counts()
+        if self.session.case is None:
+            return
+        labels = self.session.labels()
+        with self.state:
+            self.state.counts = self.session.voxel_counts(labels)
+            self.save_draft(labels)
+        del labels
+        create_task(self._measure_lesions_in_background(self.session.case.case_id, delay_s=0.0))
 
     def next_case(self, step: int = 1) -> None:
         cases = list_cases(self.root, self.queue)
@@ -227,17 +362,20 @@ class ReviewApp(TrameApp):
         self.open_case(following.case_id)
 
     def export(self) -> None:
+        """Export the open case (the one in the scene, whatever is being segmented) as a new version with its parent."""
         if self.session.case is None:
             return
+        case_id = self.session.case.case_id
         try:
-            outcome = self.session.export(self.state.rater or "")
+            outcome = self.session.export(str(self.state.rater or ""))
         except SCIsegError as error:
             self.state.error = str(error)
             return
-        sidecar = outcome.result.version_folder
-        text = f"saved version v{outcome.result.version:03d} of {self.state.case_id} ({sidecar.name})"
-        self.state.message = text + (f" - {outcome.concurrent_message}" if outcome.concurrent_message else "")
+        text = f"saved version v{outcome.result.version:03d} of {case_id}"
+        self.state.message = text + (f" - {outcome.warning}" if outcome.warning else "")
         self.state.error = ""
+        self.state.unsaved = False
+        self._show_bases()
         self.refresh_cases()
 
     def set_effect(self, name: str) -> None:
@@ -338,7 +476,7 @@ class ReviewApp(TrameApp):
     # ------------------------------------------------------------------ prediction in a child process
     def _start_segmentation(self, case_id: str) -> None:
         self.run = start_segmentation(self.root, case_id, self.model)
-        self.state.update({"running": True, "progress": 0, "progress_text": f"segmenting {case_id}...", "case_id": case_id})
+        self.state.update({"running": True, "progress": 0, "progress_text": f"segmenting {case_id}...", "segmenting_id": case_id})
         create_task(self._watch_segmentation(case_id, self.run))
 
     async def _watch_segmentation(self, case_id: str, run) -> None:
@@ -353,6 +491,7 @@ class ReviewApp(TrameApp):
         run.poll()
         with self.state:
             self.state.running = False
+            self.state.segmenting_id = ""
             if run.cancelled:
                 self.state.message = f"segmentation of {case_id} cancelled"
                 return
@@ -361,22 +500,29 @@ class ReviewApp(TrameApp):
             except SCIsegError as error:
                 self.state.error = str(error)
                 return
+            kept = self.session.case.case_id if self.session.case is not None and self.save_draft() else None
             self.refresh_cases()
-            self.open_case(case_id)
+            self._open(case_id, None)  # asked when it was clicked; strokes made since are in the draft
+            if kept:
+                self.state.message += f"; your strokes on {kept} are kept as your draft"
 
     def cancel_segmentation(self) -> None:
         if self.run is not None:
             self.run.cancel()
         self.state.running = False
+        self.state.segmenting_id = ""
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
         with SinglePageWithDrawerLayout(self.server, full_height=True) as layout:
             layout.title.set_text("SCIseg review")
             client.Script(KEYBOARD_JS)
+            client.Script(LEAVE_JS)
+            client.ClientStateChange(value="case_id", change=f"case_id && window.localStorage.setItem('{CASE_STORAGE}', case_id)")
             with layout.toolbar:
                 v3.VSpacer()
                 html.Span("{{ case_id }}", id="case-title", classes="mx-2 text-subtitle-2")
+                html.Span("unsaved strokes (kept as a draft)", v_if=("unsaved",), id="unsaved", classes="mx-2 text-caption text-warning")
                 html.Span(
                     "cord only {{ counts.cord_only }} · lesion {{ counts.lesion }} voxels",
                     id="voxel-counts", classes="mx-2 text-caption",
@@ -406,7 +552,9 @@ class ReviewApp(TrameApp):
                 v3.VListItemSubtitle(
                     "{{ item.status }}{{ item.versions ? ' · ' + item.versions + ' version(s), last by ' + item.rater + ' ' + item.date : '' }}"
                     "{{ item.score !== null ? ' · score ' + item.score.toFixed(3) : '' }}"
+                    "{{ item.drafts.length ? ' · draft by ' + item.drafts.map((r) => r || 'unnamed').join(', ') : '' }}"
                 )
+                html.Div("{{ item.reason }}", v_if=("item.reason",), classes="text-caption text-error case-reason")
 
     def _tools_ui(self) -> None:
         v3.VAlert(
@@ -414,6 +562,21 @@ class ReviewApp(TrameApp):
             text=("`${tabs} browser tabs show this session: they edit the same case. "
                   "For a session of your own, open the review address itself (without /s/...) in a new tab.`",),
         )
+        with v3.VAlert(v_if=("pending",), type="warning", density="compact", id="pending", classes="mb-2 text-caption"):
+            html.Div("{{ pending.text }}")
+            v3.VBtn("Keep draft, open", click=(self.resolve_pending, "['keep']"), size="small", classes="ma-1", id="pending-keep")
+            v3.VBtn("Discard strokes", click=(self.resolve_pending, "['discard']"), size="small", classes="ma-1", id="pending-discard")
+            v3.VBtn("Stay", click=(self.resolve_pending, "['stay']"), size="small", classes="ma-1", id="pending-stay")
+        with v3.VAlert(v_if=("!case_id && resume.length",), type="info", density="compact", id="resume", classes="mb-2 text-caption"):
+            html.Div("Continue where you left off (cases with your draft first):")
+            v3.VBtn("{{ id }}", v_for="id in resume", key="id", click="trigger('open_case', [id])", size="small",
+                    classes="ma-1 resume-case", variant="text", style="text-transform: none")
+        html.Div("{{ opened_text }}", id="opened", classes="text-caption mb-1")
+        v3.VSelect(items=("bases",), model_value=("base_choice",), update_modelValue=(self.choose_base, "[$event]"),
+                   label="Open from", density="compact", hide_details=True, classes="mb-1", id="base-choice",
+                   v_if=("case_id",))
+        v3.VBtn("Discard draft", v_if=("base_choice === 'draft'",), click=self.discard_draft, size="small", classes="mb-2",
+                id="discard-draft")
         with html.Div(v_if=("running",), id="progress"):
             v3.VProgressLinear(model_value=("progress",), height=8, color="primary")
             html.Div("{{ progress_text }} {{ progress }}%", classes="text-caption")
@@ -454,7 +617,8 @@ class ReviewApp(TrameApp):
                     html.Td("{{ row.volume_mm3 }}")
                     html.Td("{{ row.length_mm }}")
                     html.Td("{{ row.width_mm }}")
-        v3.VTextField(v_model=("rater",), label="Rater", density="compact", hide_details=True, classes="mt-2", id="rater")
+        v3.VTextField(v_model=("rater",), label="Rater", density="compact", hide_details=True, classes="mt-2", id="rater",
+                      update_modelValue=f"window.localStorage.setItem('{RATER_STORAGE}', $event)")
         v3.VBtn("Export and next", click=self._export_and_next, color="primary", block=True, classes="mt-2", id="export-next")
         v3.VBtn("Export", click=self.export, block=True, classes="mt-1", id="export")
         html.Div("{{ message }}", id="message", classes="text-caption mt-2")

@@ -2,21 +2,25 @@
 
 Order: scans scored by ``sciseg queue score`` first, most uncertain first (:func:`training.queue.ranked`);
 then the others by case id. A status is read from the files on disk each time (no cache), so
-exports made by other raters or other servers show up at the next refresh.
+exports made by other raters or other servers show up at the next refresh, with the raters who keep a
+draft of the case. A case whose prediction, labels or drafts lead out of the derivatives folder (a symbolic
+link) is listed as refused with the reason; it never stops the list (nor the app).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..training.export import latest_version, version_numbers
+from ..cases import DRAFTS, Draft, drafts_in, inside_derivatives
+from ..errors import InputError
+from ..training.export import labels_folder, latest_version, version_numbers
 from ..training.queue import load_queue, ranked
 from .paths import IMAGE_SUFFIX, PathRefused, case_id_of, contained, prediction_paths
 
-NOT_PREDICTED, PREDICTED, CORRECTED = "not predicted", "predicted", "corrected"
-STATUSES = (NOT_PREDICTED, PREDICTED, CORRECTED)
+NOT_PREDICTED, PREDICTED, CORRECTED, REFUSED = "not predicted", "predicted", "corrected", "refused"
+STATUSES = (NOT_PREDICTED, PREDICTED, CORRECTED, REFUSED)
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,12 @@ class Case:
     versions: int
     rater: str | None
     date: str | None
+    drafts: tuple[str, ...] = ()  # raters with a draft of this case, newest first
+    reason: str | None = None  # why a refused case cannot be opened
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (what the browser's list shows)."""
+        return {**asdict(self), "drafts": list(self.drafts)}
 
 
 def find_images(root: Path) -> list[Path]:
@@ -50,20 +57,37 @@ def find_images(root: Path) -> list[Path]:
 
 
 def case_status(root: Path, case_id: str) -> Case:
-    """Status of one case from the files: corrected (versions exist), predicted (masks exist) or not predicted."""
-    image = Path(root) / f"{case_id}{IMAGE_SUFFIX}"
-    latest = latest_version(Path(root), image)
+    """Status of one case from the files: corrected (versions exist), predicted (masks exist), not predicted, or
+    refused (with the reason) when one of its paths leads out of the derivatives folder."""
+    try:
+        return _status(Path(root), case_id)
+    except (InputError, OSError) as error:  # PathRefused, CaseRefused; a folder that cannot be read
+        return Case(case_id, REFUSED, None, 0, None, None, reason=str(error))
+
+
+def case_drafts(root: Path, case_id: str) -> list[Draft]:
+    """Every rater's draft of a case, newest first (its drafts folder must stay inside the derivatives folder)."""
+    folder, stem = case_id.rsplit("/", 1)
+    return drafts_in(inside_derivatives(root, labels_folder(root) / DRAFTS / folder / stem, "the drafts folder"))
+
+
+def _status(root: Path, case_id: str) -> Case:
+    image = root / f"{case_id}{IMAGE_SUFFIX}"
+    stem = case_id.rsplit("/", 1)[1]
+    drafts = tuple(dict.fromkeys(draft.rater for draft in case_drafts(root, case_id)))
+    latest = latest_version(root, image)
     if latest is not None:
+        inside_derivatives(root, latest, "the versions folder")
+        sidecar = latest / f"{stem}_dseg.json"
         try:
-            contained(root, latest)
-        except PathRefused:
-            latest = None  # a labels folder symlinked outside the root is not read (and the export refuses it)
-    if latest is not None:
-        sidecar = latest / f"{case_id.rsplit('/', 1)[1]}_dseg.json"
-        content = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        return Case(case_id, CORRECTED, None, len(version_numbers(latest.parent)), content.get("Rater"), content.get("Date"))
+            content = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            content = {}
+        content = content if isinstance(content, dict) else {}
+        return Case(case_id, CORRECTED, None, len(version_numbers(latest.parent)), content.get("Rater"), content.get("Date"),
+                    drafts)
     predicted = all(path.is_file() for path in prediction_paths(root, case_id).values())
-    return Case(case_id, PREDICTED if predicted else NOT_PREDICTED, None, 0, None, None)
+    return Case(case_id, PREDICTED if predicted else NOT_PREDICTED, None, 0, None, None, drafts)
 
 
 def list_cases(root: Path, queue_path: Path | None = None, status: str | None = None) -> list[Case]:
@@ -86,8 +110,7 @@ def list_cases(root: Path, queue_path: Path | None = None, status: str | None = 
     ordered = [case_id for case_id in order if case_id in ids] + [case_id for case_id in ids if case_id not in scores]
     cases = []
     for case_id in ordered:
-        case = case_status(root, case_id)
-        case = Case(case.case_id, case.status, scores.get(case_id), case.versions, case.rater, case.date)
+        case = replace(case_status(root, case_id), score=scores.get(case_id))
         if status is None or case.status == status:
             cases.append(case)
     return cases
@@ -98,6 +121,6 @@ def next_uncorrected(cases: list[Case], after: str | None = None) -> Case | None
     ids = [case.case_id for case in cases]
     start = ids.index(after) + 1 if after in ids else 0
     for case in cases[start:] + cases[:start]:
-        if case.status != CORRECTED and case.case_id != after:
+        if case.status not in (CORRECTED, REFUSED) and case.case_id != after:
             return case
     return None

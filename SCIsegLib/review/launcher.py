@@ -11,6 +11,9 @@ Rules:
 * At most ``max_sessions`` workers (starting ones included). When the table is full, a worker may be
   reclaimed for a new tab only when no tab has been connected to it for ``reclaim_after_s`` seconds
   and it has no unsaved edits (the front asks the worker); otherwise the new tab gets the "full" page.
+  "Unsaved" means strokes held only in the worker's memory: once they are exported or in the rater's draft
+  (written after each stroke, :mod:`SCIsegLib.cases`), the session's slot can be released and the rater finds
+  the case and the draft again from any new tab.
 * A worker is shut down when no tab has been connected to it for ``idle_s`` seconds AND it has no
   unsaved edits; a worker with unsaved edits is kept until the front stops.
 """

@@ -3,7 +3,9 @@
 A case id is the image's path relative to the BIDS root without its suffix, e.g.
 ``sub-01/anat/sub-01_T2w`` or ``sub-01/ses-02/anat/sub-01_ses-02_T2w``. It is validated by pattern
 (BIDS labels only: letters, digits, ``-``, ``_``; no ``..``, no absolute path) and the resolved file
-(symlinks followed) must lie inside the resolved root.
+(symlinks followed) must lie inside the resolved root. Paths under ``<root>/derivatives`` must lie inside that folder
+resolved once: it may be a link to another disk, but nothing below it may lead out of it
+(:func:`SCIsegLib.cases.inside_derivatives`); such a case is refused, the others stay usable.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..cases import CaseRefused, inside_derivatives
 from ..errors import InputError
 
 _CASE_ID = re.compile(r"^sub-[A-Za-z0-9]+/(?:ses-[A-Za-z0-9]+/)?anat/[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -36,8 +39,11 @@ def validate_case_id(case_id: str) -> str:
 
 def contained(root: Path, path: Path) -> Path:
     """``path`` resolved (symlinks followed); raises :class:`PathRefused` when it lies outside the resolved ``root``."""
-    root_resolved = Path(root).resolve()
-    resolved = Path(path).resolve()
+    try:
+        root_resolved = Path(root).resolve()
+        resolved = Path(path).resolve()
+    except RuntimeError:  # Python's "Symlink loop"
+        raise PathRefused(f"{path} is a loop of symbolic links; the review app does not follow it.") from None
     if resolved != root_resolved and root_resolved not in resolved.parents:
         raise PathRefused(f"{path} lies outside the dataset {root_resolved}; the review app reads and writes only inside it.")
     return resolved
@@ -63,11 +69,14 @@ def case_id_of(root: Path, image: Path) -> str:
 
 def prediction_paths(root: Path, case_id: str) -> dict[str, Path]:
     """Where the model's masks of a case live: ``derivatives/sciseg/<case folder>/<stem>_sc_seg.nii.gz`` and
-    ``_lesion_seg.nii.gz`` (SCT's names), checked to stay inside the root."""
+    ``_lesion_seg.nii.gz`` (SCT's names), checked to stay inside the derivatives folder."""
     validate_case_id(case_id)
     folder, stem = case_id.rsplit("/", 1)
     base = Path(root) / "derivatives" / "sciseg" / folder
     paths = {"sc": base / f"{stem}_sc_seg.nii.gz", "lesion": base / f"{stem}_lesion_seg.nii.gz"}
     for path in paths.values():
-        contained(root, path)
+        try:
+            inside_derivatives(root, path, "the prediction")
+        except CaseRefused as error:
+            raise PathRefused(str(error)) from None
     return paths

@@ -1,10 +1,13 @@
-"""One open case in a Slicer scene: load image and masks, count voxels, measure lesions, export. No UI.
+"""One open case in a Slicer scene, bound to the case model (:mod:`SCIsegLib.cases`): load, count, measure, draft, export.
 
 The scene is trame-slicer's (``SlicerApp``): the same ``SCIsegLib.mrml`` code as the Slicer module
-puts the image and the prediction in it (segments ``spinal_cord`` = cord only and ``lesion``, our
+puts the image and the case's label map in it (segments ``spinal_cord`` = cord only and ``lesion``, our
 terminology, names and colours), trame-slicer's ``SegmentationEditor`` edits them with overwrite of all
-segments (painting lesion takes the voxels from "cord only", as nnU-Net's nested regions), and
-``training.export.export_correction`` writes the new version. Arrays are (z, y, x).
+segments (painting lesion takes the voxels from "cord only", as nnU-Net's nested regions), and the case
+(:class:`SCIsegLib.cases.Case`) decides what is opened (latest version, prediction, a draft), what is unsaved,
+where drafts go and what an export may write. The segmentation node carries the key of the scan it was made
+for (attribute :data:`CASE_ATTRIBUTE`); export and measures refuse a segmentation whose key is not the case's.
+Arrays are (z, y, x).
 """
 
 from __future__ import annotations
@@ -17,43 +20,38 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import mrml
-from ..errors import InputError
+from ..cases import Case, CaseRefused, Draft, ExportOutcome
 from ..lesions import analyze_lesions
 from ..runner import RunOptions, SegmentationRun
-from ..training.export import VERSIONS, ExportResult, export_correction, labels_folder, latest_version, version_numbers
-from ..volume import load_image, on_grid_of, write_image_atomic
+from ..training.export import latest_version
+from ..volume import load_image, write_image_atomic
+from .cases import case_drafts
 from .memory import release_freed_memory
-from .paths import case_image_path, contained, prediction_paths
+from .paths import case_image_path, prediction_paths
+
+CASE_ATTRIBUTE = "SCIseg.Case"  # the segmentation node's attribute: the Scan.key of the case it was made for
+LESION_NUMBERS = "lesion numbers"  # the locked point list that shows the lesion table's numbers in the views
+__all__ = ["CASE_ATTRIBUTE", "ExportOutcome", "OpenCase", "ReviewSession", "measure_lesions", "publish_prediction",
+           "start_segmentation"]
 
 
 @dataclass
 class OpenCase:
-    """The case in the scene: its nodes, the prediction as loaded, and the version count seen at opening."""
+    """The case in the scene: its id, the case model, its nodes, and the lesion centres last measured."""
 
     case_id: str
-    image_path: Path
+    case: Case
     volume_node: object
     segmentation_node: object
-    predicted_labels: np.ndarray  # (z, y, x) uint8, 0 / 1 cord only / 2 lesion
-    versions_at_open: int
     lesion_centres_ras: dict[int, tuple[float, float, float]] = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class ExportOutcome:
-    """An export: the exporter's result and, when another version appeared since the case was opened, a sentence."""
-
-    result: ExportResult
-    concurrent_message: str | None
-
-
-def version_count(root: Path, image_path: Path) -> int:
-    latest = latest_version(root, image_path)
-    return len(version_numbers(latest.parent)) if latest is not None else 0
+    @property
+    def image_path(self) -> Path:
+        return self.case.scan.path
 
 
 class ReviewSession:
-    """Open, edit, measure and export cases of one BIDS root in a trame-slicer ``SlicerApp``.
+    """Open, edit, measure, draft and export cases of one BIDS root in a trame-slicer ``SlicerApp``.
 
     Opening a case closes the previous one first: its nodes leave the scene, the undo history is
     cleared, and the freed memory goes back to the system (:mod:`.memory`), so a rater can go through
@@ -65,6 +63,28 @@ class ReviewSession:
         self.root = Path(root)
         self.model = model
         self.case: OpenCase | None = None
+        self._draft_rater: str | None = None  # the name the open case's draft was last written under
+        self.lesion_numbers = self._lesion_numbers_node()
+
+    def _lesion_numbers_node(self):
+        """One locked point list for the session (kept across cases): label ``k`` at lesion ``k``'s centre."""
+        node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", LESION_NUMBERS)
+        node.CreateDefaultDisplayNodes()
+        node.SetLocked(True)
+        node.SetHideFromEditors(True)
+        display = node.GetDisplayNode()
+        display.SetPointLabelsVisibility(True)
+        display.SetTextScale(4.0)
+        display.SetGlyphScale(1.5)
+        display.SetSelectedColor(1.0, 0.85, 0.0)  # yellow: apart from the lesion's red and the cord's pale yellow
+        display.SetHandlesInteractive(False)
+        return node
+
+    def show_lesion_numbers(self, centres_ras: dict[int, tuple[float, float, float]]) -> None:
+        """Put the lesion table's numbers where the lesions are: point ``k`` at lesion ``k``'s centre (RAS mm)."""
+        self.lesion_numbers.RemoveAllControlPoints()
+        for label, (r, a, s) in sorted(centres_ras.items()):
+            self.lesion_numbers.AddControlPoint(float(r), float(a), float(s), str(label))
 
     @property
     def scene(self):
@@ -83,6 +103,8 @@ class ReviewSession:
         if self.case is None:
             return
         case, self.case = self.case, None
+        self._draft_rater = None
+        self.lesion_numbers.RemoveAllControlPoints()
         self._discard(case.segmentation_node, case.volume_node)
         del case  # its arrays too, before the memory is given back
         release_freed_memory()
@@ -110,37 +132,35 @@ class ReviewSession:
     def has_prediction(self, case_id: str) -> bool:
         return all(path.is_file() for path in prediction_paths(self.root, case_id).values())
 
-    def open_case(self, case_id: str) -> OpenCase:
-        """Load a case's image and prediction (empty masks when none) as segments; the editor edits them.
+    def needs_segmentation(self, case_id: str) -> bool:
+        """True when the case has no prediction, no exported version and no draft (the app segments it first)."""
+        image = case_image_path(self.root, case_id)
+        if self.has_prediction(case_id) or latest_version(self.root, image) is not None:
+            return False
+        return not case_drafts(self.root, case_id)
+
+    def open_case(self, case_id: str, choice: str | None = None, draft_of: str | None = None) -> OpenCase:
+        """Open a case as the case model chooses (:meth:`Case.open`: ``draft_of``'s draft, else ``choice``, else the
+        latest version, else the prediction, else empty masks) and let the editor edit it.
 
         The files are read and checked before the scene changes: a case that cannot be opened leaves the
         open one as it was, and a failure while adding the nodes leaves none of them behind.
         """
         image_path = case_image_path(self.root, case_id)
+        paths = prediction_paths(self.root, case_id)
+        try:
+            case = Case.open(self.root, image_path, choice=choice, draft_of=draft_of, prediction=(paths["sc"], paths["lesion"]))
+        except CaseRefused as error:
+            raise CaseRefused(f"cannot open {case_id}: {error}") from None
         image = load_image(image_path)
-        predictions = prediction_paths(self.root, case_id)
-        if self.has_prediction(case_id):
-            try:
-                cord = on_grid_of(sitk.ReadImage(str(contained(self.root, predictions["sc"]))), image, what="the cord prediction", where=str(image_path))
-                lesion = on_grid_of(sitk.ReadImage(str(contained(self.root, predictions["lesion"]))), image, what="the lesion prediction", where=str(image_path))
-            except ValueError as error:  # not on the image's grid
-                raise InputError(f"cannot open {case_id}: {error}; segment it again or remove its prediction.") from None
-            except RuntimeError:  # SimpleITK could not read a file
-                raise InputError(f"cannot open {case_id}: its prediction files cannot be read; segment it again or remove them.") from None
-        else:
-            cord = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-            cord.CopyInformation(image)
-            lesion = sitk.Image(cord)
-        predicted = np.zeros(sitk.GetArrayViewFromImage(cord).shape, np.uint8)
-        predicted[sitk.GetArrayViewFromImage(cord) > 0] = 1
-        predicted[sitk.GetArrayViewFromImage(lesion) > 0] = 2
-        versions = version_count(self.root, image_path)
+        cord, lesion = (self._image_on(image, mask) for mask in (case.labels > 0, case.labels == 2))
         self.close_case()
         volume = segmentation = None
         try:
             volume = mrml.add_volume_node(self.scene, image, case_id.rsplit("/", 1)[1])
             volume.CreateDefaultDisplayNodes()
             segmentation = mrml.import_sciseg_masks(self.logic, self.scene, volume, cord, lesion)
+            segmentation.SetAttribute(CASE_ATTRIBUTE, case.scan.key)
             self.editor.set_active_segmentation(segmentation, volume)
             from trame_slicer.segmentation import SegmentationOverwriteMode
 
@@ -148,20 +168,68 @@ class ReviewSession:
         except BaseException:
             self._discard(segmentation, volume)
             raise
-        self.case = OpenCase(case_id, image_path, volume, segmentation, predicted, versions)
+        self.case = OpenCase(case_id, case, volume, segmentation)
+        self._draft_rater = case.draft.rater if case.draft is not None else None
         return self.case
+
+    @staticmethod
+    def _image_on(reference: sitk.Image, mask: np.ndarray) -> sitk.Image:
+        result = sitk.GetImageFromArray(mask.astype(np.uint8))
+        result.CopyInformation(reference)
+        return result
+
+    def label_image(self) -> sitk.Image:
+        """The current masks as a label map image (0, 1 cord only, 2 lesion) on the volume node's grid."""
+        assert self.case is not None
+        return mrml.export_sciseg_label_map(self.logic, self.scene, self.case.segmentation_node, self.case.volume_node)
 
     def labels(self) -> np.ndarray:
         """The current masks as a (z, y, x) uint8 array on the image grid: 0, 1 cord only, 2 lesion."""
-        assert self.case is not None
-        image = mrml.export_sciseg_label_map(self.logic, self.scene, self.case.segmentation_node, self.case.volume_node)
-        return sitk.GetArrayFromImage(image)
+        return sitk.GetArrayFromImage(self.label_image())
 
-    def voxel_counts(self) -> dict[str, int]:
+    def checked_labels(self, what: str) -> np.ndarray:
+        """The current (z, y, x) labels once the case accepts them (its scan, its grid), else :class:`CaseRefused`."""
+        assert self.case is not None
+        return sitk.GetArrayFromImage(self.case.case.check(self.label_image(), self.drawn_on(), what))
+
+    def drawn_on(self) -> str | None:
+        """The scan key the segmentation in the scene was made for (None when it carries none)."""
+        assert self.case is not None
+        return self.case.segmentation_node.GetAttribute(CASE_ATTRIBUTE)
+
+    def voxel_counts(self, labels: np.ndarray | None = None) -> dict[str, int]:
         """Voxels of each segment now: ``cord_only`` (label 1), ``lesion`` (label 2), ``cord`` (their union)."""
-        labels = self.labels()
+        labels = self.labels() if labels is None else labels
         cord_only, lesion = int(np.count_nonzero(labels == 1)), int(np.count_nonzero(labels == 2))
         return {"cord_only": cord_only, "lesion": lesion, "cord": cord_only + lesion}
+
+    def unsaved(self, labels: np.ndarray | None = None) -> bool:
+        """True when the masks differ from what was opened or last exported (a draft does not make them saved)."""
+        return self.case is not None and self.case.case.unsaved(self.labels() if labels is None else labels)
+
+    def safe(self, labels: np.ndarray | None = None) -> bool:
+        """True when nothing of the masks exists only in memory: exported, as opened, or held by the last draft."""
+        return self.case is None or self.case.case.safe(self.labels() if labels is None else labels)
+
+    def save_draft(self, rater: str, labels: np.ndarray | None = None) -> Draft | None:
+        """Write the rater's draft of the open case when its masks changed since (atomic); after a change of name the
+        draft moves to the new name. Returns the draft written, None when nothing needed writing."""
+        if self.case is None:
+            return None
+        case = self.case.case
+        labels = self.labels() if labels is None else labels
+        previous = self._draft_rater
+        if previous is not None and previous.strip() != rater.strip():
+            case.discard_draft(previous)  # forgets what it wrote: the draft is written again under the new name
+        draft = case.save_draft(labels, rater)
+        self._draft_rater = rater if case.unsaved(labels) else None
+        return draft
+
+    def discard_draft(self) -> None:
+        """Remove the draft this session wrote for the open case."""
+        if self.case is not None and self._draft_rater is not None:
+            self.case.case.discard_draft(self._draft_rater)
+            self._draft_rater = None
 
     def reference_image(self) -> sitk.Image:
         """The open case's image grid (geometry only matters) as SimpleITK reads it from the volume node."""
@@ -170,9 +238,9 @@ class ReviewSession:
 
     def lesion_table(self) -> list[dict]:
         """``sciseg analyze``'s lesion measures of the current masks, one dict per lesion, with its centre (RAS mm)."""
-        assert self.case is not None
-        rows, centres = measure_lesions(self.labels(), self.reference_image())
+        rows, centres = measure_lesions(self.checked_labels("the segmentation to measure"), self.reference_image())
         self.case.lesion_centres_ras = centres
+        self.show_lesion_numbers(centres)
         return rows
 
     def largest_lesion_centre_ras(self) -> tuple[float, float, float] | None:
@@ -185,36 +253,16 @@ class ReviewSession:
         return centres.get(1)
 
     def export(self, rater: str, note: str = "") -> ExportOutcome:
-        """A new immutable version of the current masks with the rater's name (the exporter's lock orders raters)."""
+        """A new immutable version of the case's masks with the rater's name and its parent (the case's base).
+
+        The case refuses a segmentation made for another scan or lying on another grid, and any labels, versions or
+        drafts folder leading out of the derivatives folder; the exporter's lock orders raters; the draft goes.
+        """
         assert self.case is not None
-        folder, stem = self.case.case_id.rsplit("/", 1)
-        labels_root = labels_folder(self.root)
-        for path in (labels_root, labels_root / folder, labels_root / VERSIONS / folder / stem):
-            contained(self.root, path)  # a symlinked derivatives folder must not carry the export outside the root
-        labels = self.labels()
-        reference = sitk.ReadImage(str(self.case.image_path))
-
-        def image_of(mask: np.ndarray) -> sitk.Image:
-            result = sitk.GetImageFromArray(mask.astype(np.uint8))
-            result.CopyInformation(reference)
-            return result
-
-        predicted = self.case.predicted_labels
-        result = export_correction(
-            root=self.root, source=self.case.image_path, cord=image_of(labels > 0), lesion=image_of(labels == 2),
-            rater=rater, model=self.model, predicted_cord=image_of(predicted > 0), predicted_lesion=image_of(predicted == 2),
-            note=note,
-        )
-        expected = self.case.versions_at_open + 1
-        message = None
-        if result.version != expected:
-            others = ", ".join(f"v{n:03d}" for n in range(expected, result.version))
-            message = (
-                f"another version ({others}) appeared while you edited this case; yours is v{result.version:03d}, "
-                "both are kept."
-            )
-        self.case.versions_at_open = result.version
-        return ExportOutcome(result, message)
+        outcome = self.case.case.export(self.label_image(), rater, drawn_on=self.drawn_on(), model=self.model,
+                                        note=note, draft_rater=self._draft_rater)
+        self._draft_rater = None
+        return outcome
 
 
 def measure_lesions(labels: np.ndarray, reference: sitk.Image) -> tuple[list[dict], dict[int, tuple[float, float, float]]]:

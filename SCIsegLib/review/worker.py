@@ -18,31 +18,18 @@ import threading
 import traceback
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
-from ..training.export import latest_version
 from .auth import TOKEN_ENVIRONMENT
 from .launcher import READY_PREFIX, STATUS_PATH
 
 
 def unsaved_edits(session) -> bool:
-    """True when the open case's masks differ both from the prediction as loaded and from its latest exported version.
+    """True when the open case's masks exist only in this worker's memory: they differ from what was opened and from
+    this session's last export, and no draft holds them (:meth:`ReviewSession.safe`).
 
-    Conservative: if another rater exported the case since, the masks differ from that version and count as
-    unsaved (the worker is kept).
+    Once the draft is written, the worker may be stopped (idle, or its slot reclaimed for a new tab): the rater
+    finds the draft when the case is opened again, in any session.
     """
-    case = session.case
-    if case is None:
-        return False
-    labels = session.labels()
-    if np.array_equal(labels, case.predicted_labels):
-        return False
-    latest = latest_version(session.root, case.image_path)
-    if latest is None:
-        return True
-    saved = latest / f"{case.case_id.rsplit('/', 1)[1]}_dseg.nii.gz"
-    return not (saved.is_file() and np.array_equal(labels, sitk.GetArrayFromImage(sitk.ReadImage(str(saved)))))
+    return not session.safe()
 
 
 def stop_segmentation(app) -> None:
@@ -106,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
         traceback.print_exc()
     finally:
         stop_segmentation(app)
+        try:
+            app.save_draft()  # SIGTERM (front stopping, idle): the strokes since the last draft go to disk too
+        except Exception:  # noqa: BLE001 - the process ends either way; the last stroke's draft is already there
+            traceback.print_exc()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # skip tearing down the scene and VTK one object at a time: nothing of it is kept
