@@ -483,3 +483,31 @@ def lesion_centroids_ras(labels: sitk.Image) -> dict[int, tuple[float, float, fl
         x, y, z = statistics.GetCentroid(value)  # LPS mm
         centres[int(value)] = (-x, -y, z)
     return centres
+
+
+def first_scan(scene):
+    """The scene's first scalar volume that is not a label map (what the panel selects when nothing is); None.
+
+    ``GetFirstNodeByClass`` would return a label map too (a scalar volume subclass the selector hides).
+    """
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+            return node
+    return None
+
+
+def observe_edits(segmentation_node, callback) -> int:
+    """Call ``callback(node, event)`` after each change of the segments' voxels (every stroke); returns the tag
+    for :func:`stop_observing_edits`. The node forwards its segmentation's ``SourceRepresentationModified``."""
+    return segmentation_node.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, callback)
+
+
+def stop_observing_edits(segmentation_node, tag: int) -> None:
+    segmentation_node.RemoveObserver(tag)
+
+
+def lesion_to_select(segmentation_node) -> str | None:
+    """The segment Segment Editor selects on Edit: the lesion, when exactly one segment is it; else None."""
+    found = match_sciseg_segments(segmentation_node)[LESION.segment_id]
+    return found[0] if len(found) == 1 else None

@@ -15,8 +15,6 @@ qt, ctk, slicer, torch or nnunetv2: node ids and scenes are passed in.
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import sys
 import time
@@ -65,105 +63,6 @@ SHUTDOWN_GRACE_S = 1.0
 def modules_needed(action: Action) -> tuple[str, ...]:
     """The Python modules ``action``'s child imports (``dependencies.ACTION_MODULES``; none for in-process actions)."""
     return dependencies.ACTION_MODULES.get(action.value, ())
-
-
-#: What the "nnunetv2" step installs in one pip call: the pinned nnU-Net and the fast CPU engine's runtime.
-NNUNET_STEP: tuple[str, ...] = (dependencies.NNUNET_REQUIREMENT, dependencies.PIP_REQUIREMENTS["openvino"])
-
-
-def packages_to_install(missing_modules: list[str], nnunet_version_problem: bool = False) -> list[str]:
-    """What to pip-install, in order, so that the missing modules import: torch first, then nnU-Net.
-
-    nnU-Net v2 brings pandas, scikit-image and the rest (filelock comes with torch), so any missing module
-    other than torch is fixed by installing the pinned nnunetv2 together with OpenVINO (:data:`NNUNET_STEP`;
-    with torch already there, pip never replaces it). ``nnunet_version_problem``: the installed nnunetv2 is not the pinned version.
-    """
-    packages = []
-    if "torch" in missing_modules:
-        packages.append("torch")
-    if any(name != "torch" for name in missing_modules) or nnunet_version_problem:
-        packages.append("nnunetv2")
-    return packages
-
-
-def pinned_version(requirement: str) -> str | None:
-    """``"2.8.1"`` for ``"nnunetv2==2.8.1"``; None for a requirement without an exact pin."""
-    match = re.fullmatch(r"\s*[A-Za-z0-9_.-]+\s*==\s*([^\s,;]+)\s*", requirement)
-    return match.group(1) if match else None
-
-
-def version_mismatch(requirement: str, installed: str | None) -> str | None:
-    """One sentence when the installed version differs from the exact pin of ``requirement``; None when fine."""
-    wanted = pinned_version(requirement)
-    name = re.split(r"[=<>!~ ]", requirement.strip(), maxsplit=1)[0]
-    if installed is None or wanted is None or installed == wanted:
-        return None
-    return f"{name} {installed} is installed but SCIseg was tested with {wanted}: install {requirement} from the SCIseg panel."
-
-
-def pip_install_call(
-    requirement: str | list[str], constraints_path: str, slicer_version: tuple[int, int]
-) -> tuple[list[str], dict[str, Any]]:
-    """Arguments for ``slicer.util.pip_install``: always a list (never one string Slicer would ``shlex.split``).
-
-    Slicer 5.12 and newer take ``constraints=`` and ``requester=`` (``slicer.packaging.pip_install``); 5.10 takes only the
-    requirement list, so the constraints file goes in as two list items ``-c PATH`` (a path with spaces or
-    backslashes stays one argument).
-    """
-    requirements = [requirement] if isinstance(requirement, str) else list(requirement)
-    if tuple(slicer_version) >= (5, 12):
-        return requirements, {"constraints": constraints_path, "requester": "SCIseg"}
-    return [*requirements, "-c", constraints_path], {}
-
-
-def torch_build(version: str | None) -> str:
-    """Which torch build a version string names: ``2.5.1+cu124`` -> "CUDA 12.4", ``+cpu`` -> "CPU"."""
-    if not version:
-        return "not installed"
-    local = version.partition("+")[2]
-    if local.startswith("cu") and local[2:].isdigit():
-        digits = local[2:]
-        return f"CUDA {digits[:-1]}.{digits[-1]}"
-    if local.startswith("rocm"):
-        return f"ROCm {local[4:]}"
-    if local == "cpu":
-        return "CPU"
-    return "the default PyPI build (CUDA on Linux x86-64, CPU on Windows and macOS)"
-
-
-# Devices
-
-
-def device_choices(devices: dict[str, str] | None, saved: str) -> list[tuple[str, str]]:
-    """(label, value) items of the device combo box; the saved device is always one of them.
-
-    ``devices``: what ``sciseg devices`` reported ({"cuda": "NVIDIA ...", "mps": ..., "cpu": ...}), {} when
-    torch is missing, None while the probe runs. A saved "cuda" that the probe did not find stays listed
-    ("not found") instead of being reset to auto, so a refresh never loses the rater's choice.
-    """
-    choices = [("Auto", "auto")]
-    devices = devices or {}
-    if "cuda" in devices:
-        choices.append((f"GPU ({devices['cuda']})", "cuda"))
-    if "mps" in devices:
-        choices.append(("GPU (Apple MPS)", "mps"))
-    choices.append(("CPU", "cpu"))
-    if saved and saved not in {value for _label, value in choices}:
-        choices.append((f"{saved} (not found)", saved))
-    return choices
-
-
-def device_summary(devices: dict[str, str] | None) -> str:
-    """The sentence under the device combo box."""
-    if devices is None:
-        return "Looking for GPUs..."
-    if not devices:
-        return "PyTorch is not installed yet: it will be offered at the first segmentation."
-    if "cuda" in devices:
-        return f"GPU found: {devices['cuda']}."
-    if "mps" in devices:
-        return "Apple GPU (MPS) found."
-    return "No GPU found: segmentation runs on the CPU and can take several minutes per scan."
 
 
 # Jobs
@@ -455,94 +354,7 @@ def result_volume(scene, job: Job):
     return node
 
 
-# Results shown in the scene
-
-
-def next_case_path(returncode: int | None, stdout: str, is_file) -> str | None:
-    """The scan printed by ``sciseg queue next`` ("<score>  <path>"); None when the queue is done or it failed."""
-    if returncode != 0:
-        return None
-    for line in stdout.splitlines():
-        _score, _separator, path = line.strip().partition("  ")
-        if path and is_file(path):
-            return path
-    return None
-
-
-def export_result(stdout: str) -> dict | None:
-    """The JSON line ``python -m SCIsegLib.panel_export`` printed (version, folder, parent, warning); None without."""
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if lines else None
-
-
-def export_summary(stdout: str) -> str:
-    """The sentence for a finished export."""
-    result = export_result(stdout)
-    if result is None:
-        return stdout.strip().splitlines()[0] if stdout.strip() else "Exported."
-    text = f"Exported version v{result['version']:03d} (from {result['parent']}) to {result['folder']}."
-    return f"{text} {result['warning'][0].upper()}{result['warning'][1:]}" if result.get("warning") else text
-
-
-def comparison_sentence(other: str, result: dict[str, float]) -> str:
-    """The status line after Compare: what changed from segmentation ``other`` to the selected one."""
-    return (f"Versus '{other}': cord Dice {result['cord_dice']:.3f} (+{result['cord_voxels_added']} / "
-            f"-{result['cord_voxels_removed']} voxels), lesion Dice {result['lesion_dice']:.3f}, lesion-wise F1 "
-            f"{result['lesion_f1']:.2f} ({result['lesions_a']} -> {result['lesions_b']} lesions).")
-
-
-def next_case_arguments(queue_path: str, bids_root: str) -> list[str]:
-    """``sciseg queue next`` for the panel's queue; with an export folder, scans exported there count as done."""
-    return ["queue", "next", "--queue", queue_path] + (["--bids", bids_root] if bids_root else [])
-
-
-def compare_result(stdout: str) -> dict[str, float]:
-    """The JSON line ``sciseg compare`` printed (cord/lesion Dice, voxels added/removed, lesion-wise F1)."""
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise ValueError("sciseg compare printed no result")
-    return json.loads(lines[-1])
-
-
-def table_row(table_node, view_row: int) -> int:
-    """The table node's row shown on row ``view_row`` of Slicer's table view (-1: the column-title row).
-
-    Slicer's ``qMRMLTableModel::mrmlTableRowIndex``: without ``UseColumnTitleAsColumnHeader`` the view's first
-    row holds the column titles and table row k is view row k + 1.
-    """
-    return view_row if table_node.GetUseColumnTitleAsColumnHeader() else view_row - 1
-
-
-def lesion_centre_for_row(table_node, lesion_table_id: str | None, view_row: int, centres: dict[int, tuple[float, float, float]]):
-    """The RAS centre (mm) of the lesion on a clicked row of the lesion table view; None for any other table or row.
-
-    Only the lesion table SCIseg made (``lesion_table_id``) counts, and the lesion label is read from its
-    ``label`` column by name (never column 0 of whatever table the view shows).
-    """
-    if table_node is None or lesion_table_id is None or table_node.GetID() != lesion_table_id:
-        return None
-    row = table_row(table_node, view_row)
-    column = table_node.GetColumnIndex("label")
-    if column < 0 or row < 0 or row >= table_node.GetNumberOfRows():
-        return None
-    try:
-        label = int(float(table_node.GetCellText(row, column)))
-    except ValueError:
-        return None
-    return centres.get(label)
-
-
 def new_log_lines(run: Any) -> list[str]:
     """The child's log lines since the last call, for the panel's log box (children without a streamed log: none)."""
     reader = getattr(run, "new_log_lines", None)
     return list(reader()) if reader is not None else []
-
-
-def segment_choice_items(choices: list[str], segments: list[tuple[str, str]], what: str) -> list[tuple[str, str | None]]:
-    """(label, segment id or None) items to ask which segment is the cord/lesion (``what``).
-
-    The matching candidates first (all segments when none matched), then "none" (an explicit, empty choice).
-    """
-    names = dict(segments)
-    candidates = choices or [segment_id for segment_id, _name in segments]
-    return [(f"{names.get(sid, sid)} ({sid})", sid) for sid in candidates] + [(f"None: no {what} in this segmentation", None)]

@@ -21,7 +21,7 @@ from . import mrml
 from .cases import Case, Draft
 from .cases.scan import CaseRefused
 from .errors import InputError
-from .panel import export_result
+from .panel_results import export_result
 
 #: Segmentation node attributes: the case's scan key it was made for, and the base it started from.
 DRAWN_ON_ATTRIBUTE = "SCIseg.DrawnOn"

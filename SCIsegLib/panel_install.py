@@ -14,6 +14,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -21,6 +22,70 @@ from typing import Any, Callable
 
 from . import dependencies, panel
 from .panel import Action
+
+
+#: What the "nnunetv2" step installs in one pip call: the pinned nnU-Net and the fast CPU engine's runtime.
+NNUNET_STEP: tuple[str, ...] = (dependencies.NNUNET_REQUIREMENT, dependencies.PIP_REQUIREMENTS["openvino"])
+
+
+def packages_to_install(missing_modules: list[str], nnunet_version_problem: bool = False) -> list[str]:
+    """What to pip-install, in order, so that the missing modules import: torch first, then nnU-Net.
+
+    nnU-Net v2 brings pandas, scikit-image and the rest (filelock comes with torch), so any missing module
+    other than torch is fixed by installing the pinned nnunetv2 together with OpenVINO (:data:`NNUNET_STEP`;
+    with torch already there, pip never replaces it). ``nnunet_version_problem``: the installed nnunetv2 is not the pinned version.
+    """
+    packages = []
+    if "torch" in missing_modules:
+        packages.append("torch")
+    if any(name != "torch" for name in missing_modules) or nnunet_version_problem:
+        packages.append("nnunetv2")
+    return packages
+
+
+def pinned_version(requirement: str) -> str | None:
+    """``"2.8.1"`` for ``"nnunetv2==2.8.1"``; None for a requirement without an exact pin."""
+    match = re.fullmatch(r"\s*[A-Za-z0-9_.-]+\s*==\s*([^\s,;]+)\s*", requirement)
+    return match.group(1) if match else None
+
+
+def version_mismatch(requirement: str, installed: str | None) -> str | None:
+    """One sentence when the installed version differs from the exact pin of ``requirement``; None when fine."""
+    wanted = pinned_version(requirement)
+    name = re.split(r"[=<>!~ ]", requirement.strip(), maxsplit=1)[0]
+    if installed is None or wanted is None or installed == wanted:
+        return None
+    return f"{name} {installed} is installed but SCIseg was tested with {wanted}: install {requirement} from the SCIseg panel."
+
+
+def pip_install_call(
+    requirement: str | list[str], constraints_path: str, slicer_version: tuple[int, int]
+) -> tuple[list[str], dict[str, Any]]:
+    """Arguments for ``slicer.util.pip_install``: always a list (never one string Slicer would ``shlex.split``).
+
+    Slicer 5.12 and newer take ``constraints=`` and ``requester=`` (``slicer.packaging.pip_install``); 5.10 takes only the
+    requirement list, so the constraints file goes in as two list items ``-c PATH`` (a path with spaces or
+    backslashes stays one argument).
+    """
+    requirements = [requirement] if isinstance(requirement, str) else list(requirement)
+    if tuple(slicer_version) >= (5, 12):
+        return requirements, {"constraints": constraints_path, "requester": "SCIseg"}
+    return [*requirements, "-c", constraints_path], {}
+
+
+def torch_build(version: str | None) -> str:
+    """Which torch build a version string names: ``2.5.1+cu124`` -> "CUDA 12.4", ``+cpu`` -> "CPU"."""
+    if not version:
+        return "not installed"
+    local = version.partition("+")[2]
+    if local.startswith("cu") and local[2:].isdigit():
+        digits = local[2:]
+        return f"CUDA {digits[:-1]}.{digits[-1]}"
+    if local.startswith("rocm"):
+        return f"ROCm {local[4:]}"
+    if local == "cpu":
+        return "CPU"
+    return "the default PyPI build (CUDA on Linux x86-64, CPU on Windows and macOS)"
 
 
 def installed_version(distribution: str) -> str | None:
@@ -52,8 +117,8 @@ def question(action: Action, installer: Installer) -> tuple[list[str], str | Non
     missing = installer.missing(panel.modules_needed(action))
     mismatch = None
     if action == Action.SEGMENT and "nnunetv2" not in missing:
-        mismatch = panel.version_mismatch(dependencies.NNUNET_REQUIREMENT, installer.version_of("nnunetv2"))
-    packages = panel.packages_to_install(missing, mismatch is not None)
+        mismatch = version_mismatch(dependencies.NNUNET_REQUIREMENT, installer.version_of("nnunetv2"))
+    packages = packages_to_install(missing, mismatch is not None)
     if not packages:
         return [], None
     steps = dependencies.install_plan(packages, installer.torch_utils is not None)
@@ -76,7 +141,7 @@ def ensure(action: Action, installer: Installer, confirm: bool = True) -> bool:
         installer.installed.append(f"Installed {install_torch(installer)}")
     if "nnunetv2" in packages:
         install_nnunet(installer)
-        installer.installed.append(f"Installed {', '.join(panel.NNUNET_STEP)}")
+        installer.installed.append(f"Installed {', '.join(NNUNET_STEP)}")
     importlib.invalidate_caches()
     return not installer.missing(panel.modules_needed(action))
 
@@ -93,7 +158,7 @@ def install_torch(installer: Installer) -> str:
         installer.pip_install(["torch"])
     importlib.invalidate_caches()
     version = installer.version_of("torch")
-    return f"torch {version} ({panel.torch_build(version)})"
+    return f"torch {version} ({torch_build(version)})"
 
 
 def install_nnunet(installer: Installer) -> None:
@@ -104,7 +169,7 @@ def install_nnunet(installer: Installer) -> None:
         constraints = os.path.join(folder, "constraints.txt")
         with open(constraints, "w") as stream:
             stream.write("\n".join(dependencies.pinned_constraints()) + "\n")
-        requirements, options = panel.pip_install_call(list(panel.NNUNET_STEP), constraints, installer.slicer_version)
+        requirements, options = pip_install_call(list(NNUNET_STEP), constraints, installer.slicer_version)
         installer.pip_install(requirements, **options)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

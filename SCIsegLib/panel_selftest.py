@@ -13,17 +13,50 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
 
-from . import models, mrml, panel, panel_jobs, runner, volume
+from . import dependencies, models, mrml, panel, panel_jobs, panel_results, runner, volume
 from .panel_case import after_export
 from .phantom import SAGITTAL, LesionSpec, make_phantom
 
 SEGMENT_TIMEOUT_S = 900.0
 CHILD_TIMEOUT_S = 300.0
+
+
+#: What the click path's children import: every child action's modules.
+ACTIONS = panel.CHILD_ACTIONS
+#: Why SCIsegTest stops under CTest when they are missing ({missing}: the module names).
+NOBODY_TO_ASK = ("SCIsegTest stops: {missing} not installed in this Slicer and nobody can consent to installing them "
+                 "under CTest. Open SCIseg and click Segment once (it offers the install), then run the test again.")
+
+
+def missing_dependencies() -> list[str]:
+    """The modules the click path's children import that Slicer's Python lacks (nothing is imported)."""
+    needed = sorted({name for action in ACTIONS for name in panel.modules_needed(action)})
+    return dependencies.missing_modules(tuple(needed))
+
+
+def wait_for(run: Any, timeout_s: float, process_events: Callable[[], Any],
+             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Any] = time.sleep) -> list:
+    """Poll a child until it ends, calling ``process_events`` between polls (Slicer's UI stays alive); its progress
+    events. Past ``timeout_s`` seconds the child is cancelled and TimeoutError raised."""
+    deadline = clock() + timeout_s
+    events: list = []
+    while True:
+        polled = run.poll()
+        if isinstance(polled, list):
+            events += polled
+        if run.finished:
+            return events
+        if clock() > deadline:
+            run.cancel()
+            raise TimeoutError(f"the child process did not finish within {timeout_s} s")
+        process_events()
+        sleep(0.05)
 
 
 def expect(condition: Any, message: str) -> None:
@@ -102,7 +135,7 @@ def _click_path(scene, logic, python_executable, wait, say, work: str) -> None:
     command = _finished(panel_jobs.start_compare(scene, logic, automatic, segmentation, volume_node, python_executable),
                         wait, "compare")
     shutil.rmtree(command.folder, ignore_errors=True)
-    changes = panel.compare_result(command.stdout)
+    changes = panel_results.compare_result(command.stdout)
     expect(changes["lesion_voxels_added"] > 0 and changes["lesion_dice"] < 1.0, f"compare gave {changes}")
 
     say("Measuring a scan without lesion at the NLI slice")

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
 
 from conftest import REPOSITORY, shared_file  # noqa: E402
-from SCIsegLib import dependencies, mrml, panel, panel_case, panel_jobs, runner  # noqa: E402
+from SCIsegLib import dependencies, mrml, panel, panel_case, panel_devices, panel_install, panel_jobs, panel_results, runner  # noqa: E402
 from slicer_scene import load_with_slicer  # noqa: E402
 from SCIsegLib.panel import Action, Outcome, PanelInputs, PanelState  # noqa: E402
 
@@ -170,11 +170,11 @@ def test_scene_close_stops_the_segmentation_and_shows_no_result() -> None:
 
 
 def test_device_list_keeps_the_saved_device_and_is_probed_again_after_installing() -> None:
-    assert panel.device_choices(None, "cuda") == [("Auto", "auto"), ("CPU", "cpu"), ("cuda (not found)", "cuda")]
-    assert panel.device_choices({"cuda": "NVIDIA H100", "cpu": "x86_64"}, "cuda") == [
+    assert panel_devices.device_choices(None, "cuda") == [("Auto", "auto"), ("CPU", "cpu"), ("cuda (not found)", "cuda")]
+    assert panel_devices.device_choices({"cuda": "NVIDIA H100", "cpu": "x86_64"}, "cuda") == [
         ("Auto", "auto"), ("GPU (NVIDIA H100)", "cuda"), ("CPU", "cpu")]
-    assert panel.device_choices({}, "auto") == [("Auto", "auto"), ("CPU", "cpu")]
-    assert "not installed" in panel.device_summary({}) and "NVIDIA H100" in panel.device_summary({"cuda": "NVIDIA H100"})
+    assert panel_devices.device_choices({}, "auto") == [("Auto", "auto"), ("CPU", "cpu")]
+    assert "not installed" in panel_devices.device_summary({}) and "NVIDIA H100" in panel_devices.device_summary({"cuda": "NVIDIA H100"})
     state = PanelState(devices={}, probe_wanted=False)
     state.dependencies_installed()
     assert state.probe_wanted and state.devices is None
@@ -233,32 +233,32 @@ def test_every_child_action_is_guarded_by_the_modules_its_child_imports() -> Non
         needed = loaded & not_in_fresh_slicer
         assert needed <= set(panel.modules_needed(action)), f"{action.value} child imports {sorted(needed)}"
         assert action in panel.CHILD_ACTIONS
-    assert panel.packages_to_install(["pandas", "skimage"]) == ["nnunetv2"]
-    assert panel.packages_to_install(["torch", "nnunetv2"]) == ["torch", "nnunetv2"]
-    assert panel.packages_to_install([], nnunet_version_problem=True) == ["nnunetv2"]
-    assert panel.packages_to_install([]) == []
-    assert panel.packages_to_install(["openvino"]) == ["nnunetv2"]  # the nnunetv2 step installs OpenVINO with it
-    assert set(panel.NNUNET_STEP) == {dependencies.NNUNET_REQUIREMENT, dependencies.PIP_REQUIREMENTS["openvino"]}
-    requirements, options = panel.pip_install_call(list(panel.NNUNET_STEP), "C:\\Temp dir\\c.txt", (5, 10))
-    assert requirements == [*panel.NNUNET_STEP, "-c", "C:\\Temp dir\\c.txt"] and options == {}
+    assert panel_install.packages_to_install(["pandas", "skimage"]) == ["nnunetv2"]
+    assert panel_install.packages_to_install(["torch", "nnunetv2"]) == ["torch", "nnunetv2"]
+    assert panel_install.packages_to_install([], nnunet_version_problem=True) == ["nnunetv2"]
+    assert panel_install.packages_to_install([]) == []
+    assert panel_install.packages_to_install(["openvino"]) == ["nnunetv2"]  # the nnunetv2 step installs OpenVINO with it
+    assert set(panel_install.NNUNET_STEP) == {dependencies.NNUNET_REQUIREMENT, dependencies.PIP_REQUIREMENTS["openvino"]}
+    requirements, options = panel_install.pip_install_call(list(panel_install.NNUNET_STEP), "C:\\Temp dir\\c.txt", (5, 10))
+    assert requirements == [*panel_install.NNUNET_STEP, "-c", "C:\\Temp dir\\c.txt"] and options == {}
 
 
 def test_pip_arguments_are_a_list_with_constraints_for_each_slicer_version() -> None:
     windows_path = r"C:\Users\Dr Smith\AppData\Local\Temp\sciseg-ab12\constraints.txt"
-    arguments, options = panel.pip_install_call("nnunetv2==2.8.1", windows_path, (5, 10))
+    arguments, options = panel_install.pip_install_call("nnunetv2==2.8.1", windows_path, (5, 10))
     assert arguments == ["nnunetv2==2.8.1", "-c", windows_path] and options == {}
     # What Slicer 5.10 does with one string (shlex.split): the path loses its backslashes and splits at the space.
     assert windows_path not in shlex.split(f"nnunetv2 -c {windows_path}")
-    arguments, options = panel.pip_install_call("nnunetv2==2.8.1", windows_path, (5, 12))
+    arguments, options = panel_install.pip_install_call("nnunetv2==2.8.1", windows_path, (5, 12))
     assert arguments == ["nnunetv2==2.8.1"] and options == {"constraints": windows_path, "requester": "SCIseg"}
-    assert panel.version_mismatch("nnunetv2==2.8.1", "2.8.1") is None
-    assert panel.version_mismatch("nnunetv2==2.8.1", None) is None
-    assert panel.version_mismatch("nnunetv2==2.8.1", "2.6.2") == (
+    assert panel_install.version_mismatch("nnunetv2==2.8.1", "2.8.1") is None
+    assert panel_install.version_mismatch("nnunetv2==2.8.1", None) is None
+    assert panel_install.version_mismatch("nnunetv2==2.8.1", "2.6.2") == (
         "nnunetv2 2.6.2 is installed but SCIseg was tested with 2.8.1: install nnunetv2==2.8.1 from the SCIseg panel.")
-    assert panel.torch_build("2.5.1+cu124") == "CUDA 12.4"
-    assert panel.torch_build("2.13.0+cpu") == "CPU"
-    assert panel.torch_build("2.4.0+rocm6.1") == "ROCm 6.1"
-    assert panel.torch_build("2.13.0").startswith("the default PyPI build")
+    assert panel_install.torch_build("2.5.1+cu124") == "CUDA 12.4"
+    assert panel_install.torch_build("2.13.0+cpu") == "CPU"
+    assert panel_install.torch_build("2.4.0+rocm6.1") == "ROCm 6.1"
+    assert panel_install.torch_build("2.13.0").startswith("the default PyPI build")
 
 
 def test_a_clicked_row_jumps_to_that_rows_lesion_not_the_next_one(scene, tmp_path: Path) -> None:
@@ -271,11 +271,11 @@ def test_a_clicked_row_jumps_to_that_rows_lesion_not_the_next_one(scene, tmp_pat
     centres = {1: (1.0, 1.0, 1.0), 2: (2.0, 2.0, 2.0), 3: (3.0, 3.0, 3.0)}
     assert table.GetUseColumnTitleAsColumnHeader()  # view row k is table row k
     for view_row, label in ((0, 1), (1, 2), (2, 3)):
-        assert panel.lesion_centre_for_row(table, table.GetID(), view_row, centres) == centres[label]
+        assert panel_results.lesion_centre_for_row(table, table.GetID(), view_row, centres) == centres[label]
     # A table shown the default way: its view row 0 is the title row, view row k is table row k - 1.
     table.SetUseColumnTitleAsColumnHeader(False)
-    assert panel.lesion_centre_for_row(table, table.GetID(), 0, centres) is None
-    assert panel.lesion_centre_for_row(table, table.GetID(), 1, centres) == centres[1]
+    assert panel_results.lesion_centre_for_row(table, table.GetID(), 0, centres) is None
+    assert panel_results.lesion_centre_for_row(table, table.GetID(), 1, centres) == centres[1]
 
 
 def test_a_clicked_row_jumps_only_from_the_lesion_table(scene, tmp_path: Path) -> None:
@@ -287,11 +287,11 @@ def test_a_clicked_row_jumps_only_from_the_lesion_table(scene, tmp_path: Path) -
     lesion_table = mrml.table_node_from_csv(scene, lesions, "t2 lesions")
     profile_table = mrml.table_node_from_csv(scene, profile, "t2 per slice")
     centres = {3: (1.0, 2.0, 3.0), 7: (4.0, 5.0, 6.0)}
-    assert panel.lesion_centre_for_row(lesion_table, lesion_table.GetID(), 1, centres) == (4.0, 5.0, 6.0)
-    assert panel.lesion_centre_for_row(lesion_table, lesion_table.GetID(), 0, centres) == (1.0, 2.0, 3.0)
-    assert panel.lesion_centre_for_row(profile_table, lesion_table.GetID(), 0, centres) is None  # slice 12 is no lesion
-    assert panel.lesion_centre_for_row(lesion_table, lesion_table.GetID(), 2, centres) is None
-    assert panel.lesion_centre_for_row(lesion_table, None, 0, centres) is None
+    assert panel_results.lesion_centre_for_row(lesion_table, lesion_table.GetID(), 1, centres) == (4.0, 5.0, 6.0)
+    assert panel_results.lesion_centre_for_row(lesion_table, lesion_table.GetID(), 0, centres) == (1.0, 2.0, 3.0)
+    assert panel_results.lesion_centre_for_row(profile_table, lesion_table.GetID(), 0, centres) is None  # slice 12 is no lesion
+    assert panel_results.lesion_centre_for_row(lesion_table, lesion_table.GetID(), 2, centres) is None
+    assert panel_results.lesion_centre_for_row(lesion_table, None, 0, centres) is None
 
 
 def test_the_rater_is_asked_which_segment_is_the_lesion(scene) -> None:
@@ -306,7 +306,7 @@ def test_the_rater_is_asked_which_segment_is_the_lesion(scene) -> None:
         node.GetSegmentation().GetSegment(segment_id).RemoveTag(slicer.vtkSegment.GetTerminologyEntryTagName())
     with pytest.raises(mrml.SegmentChoiceError) as raised:
         mrml.export_sciseg_label_map(logic, scene, node, volume)
-    items = panel.segment_choice_items(raised.value.choices["lesion"], raised.value.segments, "lesion")
+    items = panel_results.segment_choice_items(raised.value.choices["lesion"], raised.value.segments, "lesion")
     assert items == [("cord (Segment_1)", "Segment_1"), ("Segment_2 (Segment_2)", "Segment_2"), ("None: no lesion in this segmentation", None)]
     labels = mrml.export_sciseg_label_map(logic, scene, node, volume, chosen={"lesion": items[1][1]})
     assert np.count_nonzero(sitk.GetArrayFromImage(labels) == 1) == np.count_nonzero(cord)
@@ -337,7 +337,7 @@ def test_compare_runs_in_a_child_and_gives_what_the_library_computes(scene, tmp_
     state.start(Action.COMPARE, CliChild(["compare", *map(str, paths)]))
     [finished] = poll_until_done(state, timeout_s=120)
     assert finished.outcome == Outcome.SUCCEEDED, finished.message
-    result = panel.compare_result(finished.job.run.stdout)
+    result = panel_results.compare_result(finished.job.run.stdout)
     a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in paths)
     expected = compare_label_maps(a, b, tuple(reversed(reference.GetSpacing())))
     assert result == pytest.approx(expected)
@@ -370,18 +370,18 @@ class CliChild(PythonChild):
 def test_comparison_sentence_and_next_case_arguments() -> None:
     result = {"cord_dice": 0.9512, "cord_voxels_added": 12, "cord_voxels_removed": 3, "lesion_dice": 0.5, "lesion_f1": 0.667,
               "lesions_a": 1, "lesions_b": 2}
-    assert panel.comparison_sentence("t2 SCIseg", result) == (
+    assert panel_results.comparison_sentence("t2 SCIseg", result) == (
         "Versus 't2 SCIseg': cord Dice 0.951 (+12 / -3 voxels), lesion Dice 0.500, lesion-wise F1 0.67 (1 -> 2 lesions).")
-    assert panel.next_case_arguments("/q.json", "") == ["queue", "next", "--queue", "/q.json"]
-    assert panel.next_case_arguments("/q.json", "/bids") == ["queue", "next", "--queue", "/q.json", "--bids", "/bids"]
+    assert panel_results.next_case_arguments("/q.json", "") == ["queue", "next", "--queue", "/q.json"]
+    assert panel_results.next_case_arguments("/q.json", "/bids") == ["queue", "next", "--queue", "/q.json", "--bids", "/bids"]
 
 
 def test_next_case_path(tmp_path: Path) -> None:
     scan = tmp_path / "sub-01_T2w.nii.gz"
     scan.write_bytes(b"")
-    assert panel.next_case_path(0, f"0.731  {scan}\n", lambda p: Path(p).is_file()) == str(scan)
-    assert panel.next_case_path(0, "the queue is done\n", lambda p: Path(p).is_file()) is None
-    assert panel.next_case_path(2, f"0.731  {scan}\n", lambda p: Path(p).is_file()) is None
+    assert panel_results.next_case_path(0, f"0.731  {scan}\n", lambda p: Path(p).is_file()) == str(scan)
+    assert panel_results.next_case_path(0, "the queue is done\n", lambda p: Path(p).is_file()) is None
+    assert panel_results.next_case_path(2, f"0.731  {scan}\n", lambda p: Path(p).is_file()) is None
 
 
 def test_segment_click_path_with_the_real_runner_and_the_demo_model(scene, demo_model_path: Path, tmp_path: Path) -> None:
@@ -515,7 +515,7 @@ def test_a_segmentation_exported_with_its_own_volume_is_its_own_lesion(scene, tm
     state.start(Action.EXPORT, command)
     [finished] = poll_until_done(state, timeout_s=120)
     assert finished.outcome == Outcome.SUCCEEDED, finished.message
-    assert panel.export_summary(command.stdout).startswith("Exported version v001 (from empty)")
+    assert panel_results.export_summary(command.stdout).startswith("Exported version v001 (from empty)")
     panel.remove_job_files(finished.job)
     assert not Path(command.folder).exists()
     # A Slicer prediction whose session folder is gone (saved scene, Slicer restarted): the rater can still export.
@@ -526,7 +526,7 @@ def test_a_segmentation_exported_with_its_own_volume_is_its_own_lesion(scene, tm
     [finished] = poll_until_done(state, timeout_s=120)
     panel.remove_job_files(finished.job)
     assert finished.outcome == Outcome.SUCCEEDED, finished.message
-    assert panel.export_result(again.stdout)["version"] == 2 and "v001 existed" in panel.export_result(again.stdout)["warning"]
+    assert panel_results.export_result(again.stdout)["version"] == 2 and "v001 existed" in panel_results.export_result(again.stdout)["warning"]
     [dseg] = root.glob("derivatives/labels/sub-01/anat/sub-01_T2w*dseg.nii.gz")
     written = sitk.ReadImage(str(dseg))
     expected = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, segmentation, case_1))

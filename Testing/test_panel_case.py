@@ -16,7 +16,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
 
 from conftest import shared_file  # noqa: E402
-from SCIsegLib import mrml, panel, panel_case, panel_jobs  # noqa: E402
+from SCIsegLib import mrml, panel, panel_case, panel_jobs, panel_results  # noqa: E402
 from SCIsegLib.panel import Action, Outcome, PanelState  # noqa: E402
 from slicer_scene import load_with_slicer  # noqa: E402
 
@@ -145,7 +145,7 @@ def test_the_latest_version_opens_by_default_and_every_export_records_its_parent
     edited = paint_lesion(scene, logic, opened.case, segmentation, volume, np.s_[30:33, 25:28, 28:31])
     first = exported(scene, logic, segmentation, volume, root, "alice", opened.case)
     assert (first["version"], first["parent"], first["warning"]) == (1, "prediction", None)
-    assert panel.export_summary(json.dumps(first)).startswith("Exported version v001 (from prediction)")
+    assert panel_results.export_summary(json.dumps(first)).startswith("Exported version v001 (from prediction)")
 
     # Reopened (a new scene): v001 by alice, not the prediction; bob corrects it further.
     scene.Clear(True)
@@ -211,7 +211,7 @@ def test_the_live_lesion_table_follows_the_strokes_numbered_as_sciseg_analyze(sc
         points.GetNthControlPointPosition(row, position)
         np.testing.assert_allclose(position, lesion.centre_ras, atol=1e-6)
         by_number = {lesion.number: lesion.centre_ras for lesion in lesions}
-        assert panel.lesion_centre_for_row(table, table.GetID(), row, by_number) == lesion.centre_ras
+        assert panel_results.lesion_centre_for_row(table, table.GetID(), row, by_number) == lesion.centre_ras
     # The rater removes every lesion: the same nodes empty out.
     empty = sitk.Cast(labels > 0, sitk.sitkUInt8)
     again = mrml.show_live_lesions(scene, "sub-01", *live_table_rows(live_lesions(empty)), table=table, points=points)

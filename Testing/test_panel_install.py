@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from SCIsegLib import dependencies, panel, panel_install
+from SCIsegLib import dependencies, panel_install
 from SCIsegLib.panel import Action
 
 
@@ -64,9 +64,9 @@ def test_a_fresh_slicer_installs_torch_with_the_pytorch_extension_then_nnunet_wi
     assert asked.startswith("SCIseg needs torch, nnunetv2 for this. Install now?") and "PyTorch extension" in asked
     assert recorder.calls[0] == ("module", "light_the_torch", ["install", "torch", "torchvision"])
     kind, requirements, options, pinned = recorder.calls[1]
-    assert kind == "pip" and requirements[:2] == list(panel.NNUNET_STEP) and requirements[2] == "-c" and options == []
+    assert kind == "pip" and requirements[:2] == list(panel_install.NNUNET_STEP) and requirements[2] == "-c" and options == []
     assert pinned == dependencies.pinned_constraints()  # what Slicer bundles is held where it is
-    assert installer.installed == ["Installed torch 2.5.1+cu124 (CUDA 12.4)", f"Installed {', '.join(panel.NNUNET_STEP)}"]
+    assert installer.installed == ["Installed torch 2.5.1+cu124 (CUDA 12.4)", f"Installed {', '.join(panel_install.NNUNET_STEP)}"]
     assert not Path(requirements[3]).exists()  # the constraints file went with its folder
 
 
@@ -77,7 +77,7 @@ def test_declined_installs_nothing_and_slicer_5_12_gets_the_keyword_form() -> No
     recorder = Recorder({"numpy", "SimpleITK", "scipy"})
     assert panel_install.ensure(Action.MEASURE, recorder.installer(slicer_version=(5, 12)))
     [(kind, requirements, options, pinned)] = recorder.calls
-    assert requirements == list(panel.NNUNET_STEP) and options == ["constraints", "requester"]
+    assert requirements == list(panel_install.NNUNET_STEP) and options == ["constraints", "requester"]
     assert pinned == dependencies.pinned_constraints()
 
 

@@ -1,0 +1,128 @@
+"""What the SCIseg panel's controller needs from its widgets (:class:`PanelView`), and the panel's sentences.
+
+``SCIseg/SCIseg.py`` implements :class:`PanelView` with Qt and Slicer calls (status label, log box, dialogs,
+layout); tests implement it with a recording object. The controller (:mod:`SCIsegLib.panel_controller`) and the
+case session (:mod:`SCIsegLib.panel_session`) decide; the view only shows and asks. No qt, ctk or slicer here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from .panel import PanelInputs
+
+
+class PanelView(Protocol):
+    """The widgets, as the controller sees them."""
+
+    def inputs(self) -> PanelInputs:
+        """What the widgets show now (node ids, rater, export folder, queue)."""
+
+    def say(self, text: str) -> None:
+        """The status line."""
+
+    def log(self, lines: Iterable[str]) -> None:
+        """Append lines to the log box."""
+
+    def clear_log(self) -> None: ...
+
+    def show_log(self) -> None:
+        """Unfold the log box (after a failure)."""
+
+    def progress(self, per_mille: int) -> None:
+        """The progress bar, 0-1000."""
+
+    def error(self, message: str, detail: str = "") -> None:
+        """A modal error dialog."""
+
+    def ask(self, question: str) -> bool:
+        """A Yes/No question; True for Yes."""
+
+    def choose(self, question: str, labels: list[str]) -> int | None:
+        """A modal choice; the chosen index, None when cancelled."""
+
+    def trying(self, failure: str) -> AbstractContextManager[Any]:
+        """A block whose exception is shown as ``failure`` with its details, then raised again."""
+
+    def later(self, slot: Callable[[], None]) -> None:
+        """Call ``slot`` once the current slot returned (a queued event)."""
+
+    def refresh(self) -> None:
+        """Enable the widgets again from the state (``PanelState.enabled``)."""
+
+    def remember(self, key: str, value: str) -> None:
+        """Keep a setting for the next Slicer session."""
+
+    def models_changed(self, select: str | None) -> None:
+        """Fill the model combo box again, selecting ``select`` when given."""
+
+    def devices_changed(self) -> None:
+        """Fill the device combo box again from ``PanelState.devices``."""
+
+    def show_table(self, table: Any, four_up_plot: bool) -> None:
+        """Show a lesion table (with the four-up plot and table layout, or any layout with a table view)."""
+
+    def show_chart(self, chart: Any) -> None: ...
+
+    def jump_to(self, ras_mm: tuple[float, float, float]) -> None:
+        """Centre the slice views on a point (RAS, mm)."""
+
+    def load_volume(self, path: str) -> Any:
+        """Load a scan into the scene and show it (raises when it cannot be read)."""
+
+    def open_editor(self, segmentation: Any, volume: Any, segment_id: str | None) -> None:
+        """Segment Editor on this segmentation and volume, ``segment_id`` selected when given."""
+
+
+# Sentences
+
+DEMO_WARNING = "sciseg-demo is a small demonstration model: install SCIseg v2 for real scans."
+SEGMENT_TIP = "Segment the spinal cord and the lesion (runs in the background)."
+SEGMENT_TIP_DISABLED = "Select a T2w volume and a model first (one segmentation at a time)."
+
+
+def segment_tooltip(enabled: bool) -> str:
+    """The Segment button's tooltip: what it does, or what it waits for."""
+    return SEGMENT_TIP if enabled else SEGMENT_TIP_DISABLED
+
+
+def model_warning(name: str, demo_name: str) -> str | None:
+    """The status line when the model combo shows ``name``: a warning for the bundled demonstration model."""
+    return DEMO_WARNING if name == demo_name else None
+
+
+def download_question(name: str) -> str:
+    return f"Download {name} (about 250 MB) from GitHub and install it? It runs in the background; Cancel stops it."
+
+
+def draft_question(scan: str, draft: str) -> str:
+    """Asked when a case opens with a draft that was never exported."""
+    return (f"{scan} has a {draft} that was never exported (Slicer was closed or stopped). Restore it? "
+            "(If not, it stays until your next edits of this case replace it.)")
+
+
+def not_ready_sentence(missing: list[str]) -> str:
+    """The status line when an action did not start because modules are missing."""
+    return f"Not started: {', '.join(missing) or 'a dependency'} must be installed first."
+
+
+def measurement_sentence(lesion_count: int, nli_slice: int) -> str:
+    """The status line after Measure: how many lesions, or what was measured without one."""
+    if lesion_count == 0:
+        return f"No lesion: the tissue bridges are the cord A-P diameter at the NLI slice {nli_slice}."
+    return f"{lesion_count} lesion(s) measured: click a row to jump to the lesion."
+
+
+def segment_subject(is_lesion: bool) -> str:
+    """What a segment question asks for."""
+    return "lesion" if is_lesion else "spinal cord"
+
+
+def draft_kept_sentence(draft: str) -> str:
+    return f"Unsaved edits kept as a {draft}."
+
+
+def segmented_sentence(name: str) -> str:
+    return f"Done: '{name}'. Correct it with Edit."
