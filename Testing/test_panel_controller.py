@@ -1,0 +1,191 @@
+"""The panel's controller and case session (SCIsegLib/panel_controller.py, panel_session.py) driven as the widget
+drives them, on slicer-core's real MRML with real scans and real children; the view records what it is told.
+Every decision SCIseg.py used to make is asserted here on its outcome."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
+
+from SCIsegLib import mrml, panel, panel_controller, panel_view  # noqa: E402
+from SCIsegLib.panel import Action, PanelInputs  # noqa: E402
+from slicer_scene import PanelParameters, RecordingView, load_with_slicer  # noqa: E402
+from test_panel import PythonChild  # noqa: E402
+from test_panel_case import dataset, paint_lesion, scan_path  # noqa: E402
+
+
+def controller_for(scene, logic, view, ensure=lambda action: True, installed=None):
+    controller = panel_controller.PanelController(scene, logic, view, sys.executable, ensure, installed)
+    controller.parameters = PanelParameters()
+    return controller
+
+
+def wait_for_jobs(controller, timeout_s: float = 120.0) -> None:
+    """Poll as the widget's 200 ms timer does, until no job runs."""
+    deadline = time.monotonic() + timeout_s
+    while controller.state.jobs:
+        controller.poll(probe=lambda: None)
+        assert time.monotonic() < deadline, "the job never finished"
+        time.sleep(0.02)
+
+
+def test_a_selected_volume_opens_its_case_edits_are_drafted_and_segment_again_drafts_first(scene, tmp_path: Path) -> None:
+    scene, logic = scene
+    root = dataset(tmp_path)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a label map")
+    first = load_with_slicer(scene, scan_path(root, "01"))
+    second = load_with_slicer(scene, scan_path(root, "02"))
+    view = RecordingView(scene, PanelInputs(rater="alice", export_folder=str(root)))
+    controller = controller_for(scene, logic, view)
+    now = [100.0]
+    controller.session.clock = lambda: now[0]
+
+    # Nothing selected: the first scan, never the label map listed before it (the selector hides label maps).
+    controller.select_first_scan()
+    assert controller.parameters.inputVolume is first and labelmap.IsA("vtkMRMLScalarVolumeNode")
+    # The parameter node's observer fires several times: the case opens once, after the slot returned.
+    controller.session.selection_changed()
+    controller.session.selection_changed()
+    assert view.run_later() == 1 and controller.state.case_volume_id == first.GetID()
+    segmentation = controller.parameters.segmentation
+    assert segmentation.GetName() == "sub-01_T2w prediction" and "the model's prediction" in view.said[-1]
+    assert mrml.pairing_problem(segmentation, first) is None
+
+    # The selected segmentation's strokes are observed (a real VTK observer); after a 1 s pause the edits are
+    # drafted and the live lesion table, which has a lesion, is shown once, in a layout with a table view.
+    controller.session.selection_changed()
+    assert controller.session.observed is segmentation and not controller.session.edits.due(now[0])
+    edited = paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[40:43, 26:29, 29:32])
+    assert controller.session.edits.pending
+    controller.session.tick()
+    assert controller.session.edits.pending  # not yet: the rater may go on
+    now[0] += 1.5
+    controller.session.tick()
+    assert view.said[-1].startswith("Unsaved edits kept as a draft by alice") and "(started from prediction)" in view.said[-1]
+    [draft_file] = (root / "derivatives" / "labels" / ".drafts").rglob("*.nrrd")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), edited)
+    [(table, four_up)] = view.tables
+    assert not four_up and table.GetNumberOfRows() == 2
+    label = table.GetColumnIndex("label")
+    centre = controller.session.lesion_centre(table, 0)  # view row 0 is table row 0 (column titles are the header)
+    assert centre == controller.session.lesion_tables[table.GetID()][int(float(table.GetCellText(0, label)))]
+    assert controller.session.lesion_centre(None, 0) is None
+    paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[46:49, 26:29, 29:32])
+    now[0] += 1.5
+    controller.session.tick()
+    assert len(view.tables) == 1 and table.GetNumberOfRows() == 3  # the same table follows the strokes
+
+    # Edit selects the lesion segment in Segment Editor.
+    controller.edit()
+    assert view.editors == [(segmentation, first, mrml.lesion_to_select(segmentation))]
+    assert view.editors[0][2] is not None
+
+    # Segment again: the corrected segmentation's edits are drafted before the new result can replace them.
+    drafted = draft_file.stat().st_mtime_ns
+    paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[40:42, 25:27, 28:30])
+    controller.parameters.model = "no-such-model"  # the child refuses it; the draft is what counts here
+    controller.segment()
+    assert view.said[-2].startswith("Your unsaved edits of sub-01_T2w are kept as a draft by alice")
+    assert draft_file.stat().st_mtime_ns != drafted and view.said[-1] == "Starting..."
+    assert controller.state.jobs[Action.SEGMENT].volume_id == first.GetID() and view.per_mille == 0
+    wait_for_jobs(controller)
+    assert view.said[-1].startswith("Failed: ") and view.errors and view.log_shown
+
+    # Another volume: its case opens with nothing to show (no prediction), never case 1's segmentation.
+    controller.parameters.inputVolume = second
+    controller.session.selection_changed()
+    assert view.run_later() == 1 and controller.parameters.segmentation is None
+    assert controller.session.case.scan.stem == "sub-02_T2w" and controller.session.case_of(first) is None
+    controller.shutdown()
+
+
+def test_next_case_loads_the_queues_scan_and_segments_it_when_its_case_has_nothing(scene, tmp_path: Path) -> None:
+    scene, logic = scene
+    root = dataset(tmp_path)
+    queue = tmp_path / "queue.json"
+    scans = {str(scan_path(root, s)): {"path": str(scan_path(root, s)), "score": score} for s, score in (("01", 0.2), ("02", 0.9))}
+    queue.write_text(json.dumps({"scans": scans}))
+    view = RecordingView(scene, PanelInputs(rater="alice", export_folder=str(root), queue_path=str(queue)))
+    controller = controller_for(scene, logic, view)
+    controller.next_case()
+    assert view.settings == {"SCIseg/Queue": str(queue)} and view.said[-1] == "Looking for the next case..."
+    wait_for_jobs(controller)
+    volume = controller.parameters.inputVolume
+    assert volume is not None and volume.GetName() == "sub-02_T2w" and controller.session.segment_when_opened
+    controller.session.selection_changed()
+    assert view.run_later() == 1  # the case opened: nothing to show, so Segment is queued
+    assert controller.parameters.segmentation is None and view.queued == [controller.segment]
+    assert not controller.session.segment_when_opened
+
+
+def test_why_an_action_did_not_start_and_what_a_finished_job_shows(scene, tmp_path: Path) -> None:
+    scene, logic = scene
+    view = RecordingView(scene)
+    installing = []
+    controller = controller_for(scene, logic, view, ensure=lambda action: installing.append(controller.state.installing_dependencies))
+    assert not controller.ready(Action.MEASURE)  # the installer said no
+    assert installing == [True] and not controller.state.installing_dependencies  # every action widget was disabled
+    assert view.said[-1].startswith("Not started: ") and view.said[-1].endswith(" must be installed first.")
+
+    installed = ["Installed torch 2.5.1+cu124 (CUDA 12.4)"]
+    controller = controller_for(scene, logic, view, ensure=lambda action: True, installed=installed)
+    controller.state.devices = {"cpu": "x86_64"}
+    assert controller.ready(Action.SEGMENT)
+    assert view.said[-1] == "Installed torch 2.5.1+cu124 (CUDA 12.4)" and installed == [] and view.devices == 1
+    assert controller.state.devices is None and controller.state.probe_wanted  # torch arrived: probe again
+    controller.state.start(Action.MEASURE, PythonChild("import sys; sys.stderr.write('sciseg: the lesion mask is empty.\\n'); sys.exit(2)"))
+    asked = len(installing)
+    assert not controller.ready(Action.MEASURE) and len(installing) == asked  # one measure at a time
+
+    wait_for_jobs(controller)
+    assert view.said[-1] == "Failed: the lesion mask is empty." and view.errors[-1][0] == "the lesion mask is empty."
+    assert "the lesion mask is empty." in view.errors[-1][1] and view.log_shown
+    job = controller.state.start(Action.SEGMENT, PythonChild("import time; time.sleep(30)"))
+    controller.cancel()
+    assert view.said[-1] == "Cancelling..." and job.cancel_requested
+    view.per_mille = 500
+    wait_for_jobs(controller)
+    assert view.said[-1] == "Cancelled: nothing was changed." and view.per_mille == 0
+
+    # The end of a job whose result cannot be shown: the reason is shown, the other jobs go on.
+    job = panel.Job(Action.MEASURE, PythonChild("pass"), volume_id="vtkMRMLScalarVolumeNode999")
+    wait = time.monotonic() + 30
+    while not job.run.finished and time.monotonic() < wait:
+        job.run.poll()
+    with pytest.raises(ValueError, match="removed from the scene"):
+        controller.finished(panel.decide(job))
+    assert view.failures[-1] == "The measurements could not be shown."
+
+
+def test_the_panels_sentences_and_model_choice() -> None:
+    assert panel_view.measurement_sentence(0, 12) == "No lesion: the tissue bridges are the cord A-P diameter at the NLI slice 12."
+    assert panel_view.measurement_sentence(2, -1) == "2 lesion(s) measured: click a row to jump to the lesion."
+    assert panel_view.segment_tooltip(True) != panel_view.segment_tooltip(False)
+    assert panel_view.not_ready_sentence([]) == "Not started: a dependency must be installed first."
+    assert panel_view.segment_subject(True) == "lesion" and panel_view.segment_subject(False) == "spinal cord"
+    # A scene saved elsewhere names a model this computer lacks: Segment runs the model shown; none shown: unchanged.
+    assert panel_controller.model_to_run("sciseg-v2", "sciseg-demo", 1) == "sciseg-demo"
+    assert panel_controller.model_to_run("sciseg-v2", "", 0) == "sciseg-v2"
+    view = RecordingView(None)
+    controller = panel_controller.PanelController(None, None, view, sys.executable, lambda action: True)
+    controller.parameters = PanelParameters(model="sciseg-v2")
+    controller.model_shown("sciseg-demo", 1)
+    assert controller.parameters.model == "sciseg-demo" and view.said == []  # shown at start-up: no warning
+    controller.model_chosen("sciseg-demo", 1)
+    assert view.said == [panel_view.DEMO_WARNING]
+    controller.device_chosen(-1, None)
+    assert controller.parameters.device == "auto"
+    controller.device_chosen(1, "cuda")
+    assert controller.parameters.device == "cuda"
+    controller.report_versions(["nnunetv2 2.6.2 is installed but SCIseg was tested with 2.8.1."])
+    assert view.said[-1].startswith("nnunetv2 2.6.2") and view.logged == [view.said[-1]]
+    options = panel_controller.run_options(PanelParameters(model="m", device="cpu", stepSize=0.7, fillHoles=True))
+    assert (options.model, options.device, options.step, options.fill_holes, options.tta) == ("m", "cpu", 0.7, True, False)
