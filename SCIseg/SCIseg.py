@@ -1,12 +1,10 @@
 """SCIseg: spinal cord and lesion segmentation of SCI MRI in 3D Slicer.
 
-The module is glue (the Extension Wizard's layout, SlicerNNUnet's split): what it decides,
-``SCIsegLib.panel`` decides and tests without Qt. Segmentation, model install, measure, export and
-the review queue run in child processes (``PythonSlicer -m SCIsegLib ...``, ``SCIsegLib.runner``) polled
-by a ``qt.QTimer``, so the UI never waits on them, and torch is never imported into Slicer's own process.
-Every Slicer, CTK and PythonQt call made here is listed with the source file it was checked in, in
-``SCIseg/README.md``. PythonQt takes Python callables only in ``connect``/``disconnect``/``QTimer.singleShot``
-(``Testing/test_slicer_module.py`` checks this file for it).
+Binding only (the Extension Wizard's layout, SlicerNNUnet's split): the widget connects signals to
+``SCIsegLib.panel_controller.PanelController``, which decides and is tested without Qt, and shows what it is told
+through ``SCIsegLib.panel_view.PanelView``. Children run the work; torch never enters Slicer's process. Every Slicer,
+CTK and PythonQt call here is listed with the source it was checked in, in ``SCIseg/README.md``; PythonQt takes
+Python callables only in ``connect``/``disconnect``/``QTimer.singleShot`` (``Testing/test_slicer_module.py``).
 """
 
 import functools
@@ -152,8 +150,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         menu = qt.QMenu(self.ui.modelMenuButton)
         for text, slot in (
             (_("Install from file..."), self.onInstallFromFile),
-            (_("Download SCIseg v2"), self.onDownloadV2),
-            (_("Download SCIseg v1"), self.onDownloadV1),
+            (_("Download SCIseg v2"), functools.partial(self.onDownloadModel, "sciseg-v2")),
+            (_("Download SCIseg v1"), functools.partial(self.onDownloadModel, "sciseg-v1")),
             (_("Refresh list"), self.refreshModels),
         ):
             action = qt.QAction(text, menu)
@@ -274,12 +272,6 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if path:
             self.controller.install_model(path)
 
-    def onDownloadV2(self) -> None:
-        self.onDownloadModel("sciseg-v2")
-
-    def onDownloadV1(self) -> None:
-        self.onDownloadModel("sciseg-v1")
-
     def onDownloadModel(self, name: str) -> None:
         if slicer.util.confirmOkCancelDisplay(panel_view.download_question(name), windowTitle=WINDOW_TITLE):
             self.controller.install_model(name)
@@ -295,12 +287,8 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             tableView.connect("selectionChanged()", self.onLesionRowSelected)
 
     def onLesionRowSelected(self) -> None:
-        # The selected cell, not currentIndex(): a keyboard move emits selectionChanged() before the current
-        # index moves (QItemSelectionModel::setCurrentIndex selects first); a mouse click sets both.
         rows = [index.row() for index in self._tableView.selectionModel().selectedIndexes()]
-        centre = self.controller.session.lesion_centre(self._tableView.mrmlTableNode(), (rows or [self._tableView.currentIndex().row()])[0])
-        if centre is not None:
-            self.jump_to(centre)
+        self.controller.row_clicked(self._tableView.mrmlTableNode(), rows, self._tableView.currentIndex().row())
 
     # PanelView (SCIsegLib.panel_view): what the controller shows and asks
 
@@ -354,43 +342,45 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def later(self, slot) -> None:
         qt.QTimer.singleShot(0, slot)
 
-    def refresh(self) -> None:
-        self.updateGUIFromState()
+    refresh = updateGUIFromState
 
     def remember(self, key: str, value: str) -> None:
         qt.QSettings().setValue(key, value)
 
+    @staticmethod
+    def fillComboBox(comboBox, items) -> None:
+        """(label, value) items, without emitting currentIndexChanged."""
+        wasBlocked = comboBox.blockSignals(True)
+        comboBox.clear()
+        for label, value in items:
+            comboBox.addItem(label, value)
+        comboBox.blockSignals(wasBlocked)
+
     def models_changed(self, select: Optional[str]) -> None:
-        wasBlocked = self.ui.modelComboBox.blockSignals(True)
-        self.ui.modelComboBox.clear()
-        for info in models.list_models():
-            self.ui.modelComboBox.addItem(info.name)
-        self.ui.modelComboBox.blockSignals(wasBlocked)
-        self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findText(select or "")))  # the rater's choice
+        self.fillComboBox(self.ui.modelComboBox, [(info.name, info.name) for info in models.list_models()])
+        self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findText(select or "")))  # emits: a choice
         self.controller.model_shown(self.ui.modelComboBox.currentText, self.ui.modelComboBox.count)
 
     def devices_changed(self) -> None:
         """Fill the device combo box from the last probe, keeping the saved device (``panel_devices.device_choices``)."""
         saved = self._parameterNode.device if self._parameterNode else "auto"
+        self.fillComboBox(self.ui.deviceComboBox, panel_devices.device_choices(self.controller.state.devices, saved))
         wasBlocked = self.ui.deviceComboBox.blockSignals(True)
-        self.ui.deviceComboBox.clear()
-        for label, value in panel_devices.device_choices(self.controller.state.devices, saved):
-            self.ui.deviceComboBox.addItem(label, value)
         self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(saved)))
         self.ui.deviceComboBox.blockSignals(wasBlocked)
         self.ui.deviceInfoLabel.text = panel_devices.device_summary(self.controller.state.devices)
 
-    def show_table(self, table, four_up_plot: bool) -> None:
-        """Show a lesion table in a layout with a table view (SegmentStatistics' showTable) and follow row clicks."""
+    def show_table(self, table, chart=None) -> None:
+        """Show a lesion table in a layout with a table view (SegmentStatistics' showTable), with its chart when given
+        (the four-up plot and table layout), and follow row clicks."""
         layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView if four_up_plot
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView if chart is not None
                                 else slicer.modules.tables.logic().GetLayoutWithTable(layoutManager.layout))
         slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
         self.connectTableView(layoutManager.tableWidget(0).tableView())
-
-    def show_chart(self, chart) -> None:
-        slicer.modules.plots.logic().ShowChartInLayout(chart)
+        if chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
 
     def jump_to(self, ras_mm) -> None:
         slicer.modules.markups.logic().JumpSlicesToLocation(ras_mm[0], ras_mm[1], ras_mm[2], True)

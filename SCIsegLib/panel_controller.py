@@ -318,8 +318,7 @@ class PanelController:
         volume = panel.result_volume(self.scene, job)
         table, chart, centres = panel_jobs.finish_measurement(self.scene, job.run, volume)
         self.session.lesion_tables[table.GetID()] = centres
-        self.view.show_table(table, True)
-        self.view.show_chart(chart)
+        self.view.show_table(table, chart)
         self.view.say(measurement_sentence(len(centres), self.parameters.nliSlice if self.parameters else -1))
 
     def show_export(self, job: panel.Job) -> None:
@@ -352,6 +351,14 @@ class PanelController:
             return
         self.session.segment_when_opened = True
         self.parameters.inputVolume = volume
+
+    def row_clicked(self, table_node, selected_rows: list[int], current_row: int) -> None:
+        """A lesion table view's selection changed: jump to the lesion on the selected row. The selected cell, not the
+        current index: a keyboard move emits selectionChanged() before the current index moves
+        (QItemSelectionModel::setCurrentIndex selects first); a mouse click sets both."""
+        centre = self.session.lesion_centre(table_node, (selected_rows or [current_row])[0])
+        if centre is not None:
+            self.view.jump_to(centre)
 
     # Scene and module life
 

@@ -139,7 +139,7 @@ class CaseSession:
         if settled.centres is None:
             return
         if settled.centres and settled.table.GetID() not in self.lesion_tables:  # shown once, when it has a lesion
-            self.view.show_table(settled.table, False)
+            self.view.show_table(settled.table)
         self.live = (settled.table, settled.points)
         self.lesion_tables[settled.table.GetID()] = settled.centres
 

@@ -61,10 +61,8 @@ class PanelView(Protocol):
     def devices_changed(self) -> None:
         """Fill the device combo box again from ``PanelState.devices``."""
 
-    def show_table(self, table: Any, four_up_plot: bool) -> None:
-        """Show a lesion table (with the four-up plot and table layout, or any layout with a table view)."""
-
-    def show_chart(self, chart: Any) -> None: ...
+    def show_table(self, table: Any, chart: Any = None) -> None:
+        """Show a lesion table in a layout with a table view; with ``chart``, the four-up plot and table layout."""
 
     def jump_to(self, ras_mm: tuple[float, float, float]) -> None:
         """Centre the slice views on a point (RAS, mm)."""

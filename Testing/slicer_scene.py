@@ -60,8 +60,7 @@ class RecordingView:
     choices: list[int | None] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     queued: list[Callable[[], None]] = field(default_factory=list)
-    tables: list[tuple[Any, bool]] = field(default_factory=list)
-    charts: list[Any] = field(default_factory=list)
+    tables: list[tuple[Any, Any]] = field(default_factory=list)
     jumps: list[tuple[float, float, float]] = field(default_factory=list)
     editors: list[tuple[Any, Any, str | None]] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
@@ -130,11 +129,8 @@ class RecordingView:
     def devices_changed(self) -> None:
         self.devices += 1
 
-    def show_table(self, table, four_up_plot: bool) -> None:
-        self.tables.append((table, four_up_plot))
-
-    def show_chart(self, chart) -> None:
-        self.charts.append(chart)
+    def show_table(self, table, chart=None) -> None:
+        self.tables.append((table, chart))
 
     def jump_to(self, ras_mm) -> None:
         self.jumps.append(tuple(ras_mm))

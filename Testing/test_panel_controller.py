@@ -72,12 +72,16 @@ def test_a_selected_volume_opens_its_case_edits_are_drafted_and_segment_again_dr
     assert view.said[-1].startswith("Unsaved edits kept as a draft by alice") and "(started from prediction)" in view.said[-1]
     [draft_file] = (root / "derivatives" / "labels" / ".drafts").rglob("*.nrrd")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), edited)
-    [(table, four_up)] = view.tables
-    assert not four_up and table.GetNumberOfRows() == 2
+    [(table, chart)] = view.tables
+    assert chart is None and table.GetNumberOfRows() == 2
     label = table.GetColumnIndex("label")
     centre = controller.session.lesion_centre(table, 0)  # view row 0 is table row 0 (column titles are the header)
     assert centre == controller.session.lesion_tables[table.GetID()][int(float(table.GetCellText(0, label)))]
     assert controller.session.lesion_centre(None, 0) is None
+    controller.row_clicked(table, [1], 0)  # the selected row, not the current index (a keyboard move)
+    controller.row_clicked(table, [], 0)  # no selection: the current index
+    controller.row_clicked(None, [0], 0)  # another table view
+    assert view.jumps == [controller.session.lesion_centre(table, 1), centre]
     paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[46:49, 26:29, 29:32])
     now[0] += 1.5
     controller.session.tick()

@@ -161,6 +161,8 @@ def callable_misuses(source: str) -> list[str]:
             continue
         if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id in library:
             continue  # a Python function of SCIsegLib, not PythonQt
+        if ast.unparse(call.func) == "functools.partial":
+            continue  # pure Python (functools), not PythonQt
         for argument in [*call.args, *(k.value for k in call.keywords)]:
             is_callable = isinstance(argument, ast.Lambda) or (
                 isinstance(argument, ast.Attribute) and isinstance(argument.value, ast.Name)
