@@ -3,13 +3,16 @@
 One ``sciseg review`` and one rater (one Chromium context, so one ``localStorage``), in file order, on the real
 scans of ``review_data``: export, reopen (latest version, whose and when), a stroke whose draft reaches the disk
 (latency measured) while the lesion table follows it, another case asked for with unsaved strokes, the tab
-closed (the browser's leave-page warning, the rater stays), the worker killed with ``kill -9``, and a reload
-that finds the case and the draft again in a new session.
+closed (the browser's leave-page warning), the tab-less worker saying its strokes are safe (so the front may give
+its slot away) and then killed with ``kill -9``, and a new tab that finds the case and the draft in a new
+session; after the export, a further tab still leads back to the case.
 """
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import SimpleITK as sitk
 from conftest import SHARED_DATA, shared_file
 from review_data import CASES, browser_requirement_missing, make_review_bids
 from SCIsegLib.cases import rater_key
+from SCIsegLib.review.launcher import STATUS_PATH
 from test_review_browser import (
     TOKEN,
     VIEWPORT,
@@ -28,6 +32,7 @@ from test_review_browser import (
     _stop,
     _wait_counts_change,
     _wait_pixels,
+    _worker_ports,
 )
 
 pytestmark = pytest.mark.skipif(browser_requirement_missing() is not None, reason=str(browser_requirement_missing()))
@@ -158,6 +163,10 @@ def test_after_kill_9_a_new_tab_finds_the_case_and_its_draft(page, front, datase
     import psutil
 
     (worker,) = psutil.Process(front[0].pid).children()  # the closed tab's session, its strokes never exported
+    ((_, port),) = _worker_ports(front[0])
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{STATUS_PATH}", headers={"Authorization": f"Bearer {TOKEN}"})
+    status = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    assert status["case_id"] == SUB01 and status["unsaved"] is False  # drafted: the front may give its slot away
     worker.kill()  # SIGKILL
     worker.wait(timeout=10)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(_draft(dataset["root"]))))
