@@ -234,17 +234,9 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateGUIFromState()
 
     def inputs(self) -> PanelInputs:
-        parameters = self._parameterNode
-        compare = self.ui.compareSegmentationSelector.currentNode()
-        return PanelInputs(
-            input_volume_id=parameters.inputVolume.GetID() if parameters and parameters.inputVolume else None,
-            segmentation_id=parameters.segmentation.GetID() if parameters and parameters.segmentation else None,
-            compare_id=compare.GetID() if compare is not None else None,
-            has_model=self.ui.modelComboBox.count > 0,
-            rater=self.ui.raterLineEdit.text,
-            export_folder=self.ui.exportFolderPathLineEdit.currentPath,
-            queue_path=self.ui.queuePathLineEdit.currentPath,
-        )
+        return PanelInputs.of(self._parameterNode, self.ui.compareSegmentationSelector.currentNode(),
+                              self.ui.modelComboBox.count > 0, self.ui.raterLineEdit.text,
+                              self.ui.exportFolderPathLineEdit.currentPath, self.ui.queuePathLineEdit.currentPath)
 
     def updateGUIFromState(self, *unused) -> None:
         """Enable the widgets as ``PanelState.enabled`` says; the device combo follows the parameter node."""
@@ -348,12 +340,13 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QSettings().setValue(key, value)
 
     @staticmethod
-    def fillComboBox(comboBox, items) -> None:
-        """(label, value) items, without emitting currentIndexChanged."""
+    def fillComboBox(comboBox, items, selected=None) -> None:
+        """(label, value) items, the one whose value is ``selected`` current, without emitting currentIndexChanged."""
         wasBlocked = comboBox.blockSignals(True)
         comboBox.clear()
         for label, value in items:
             comboBox.addItem(label, value)
+        comboBox.setCurrentIndex(max(0, comboBox.findData(selected)))
         comboBox.blockSignals(wasBlocked)
 
     def models_changed(self, select: Optional[str]) -> None:
@@ -364,10 +357,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def devices_changed(self) -> None:
         """Fill the device combo box from the last probe, keeping the saved device (``panel_devices.device_choices``)."""
         saved = self._parameterNode.device if self._parameterNode else "auto"
-        self.fillComboBox(self.ui.deviceComboBox, panel_devices.device_choices(self.controller.state.devices, saved))
-        wasBlocked = self.ui.deviceComboBox.blockSignals(True)
-        self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(saved)))
-        self.ui.deviceComboBox.blockSignals(wasBlocked)
+        self.fillComboBox(self.ui.deviceComboBox, panel_devices.device_choices(self.controller.state.devices, saved), saved)
         self.ui.deviceInfoLabel.text = panel_devices.device_summary(self.controller.state.devices)
 
     def show_table(self, table, chart=None) -> None:

@@ -156,6 +156,15 @@ class PanelInputs:
     export_folder: str = ""
     queue_path: str = ""
 
+    @classmethod
+    def of(cls, parameters: Any, compare: Any, has_model: bool, rater: str, export_folder: str, queue_path: str) -> PanelInputs:
+        """From the parameter node (``inputVolume``, ``segmentation``; None: none), the comparison's node and texts."""
+        def node_id(node: Any) -> str | None:
+            return node.GetID() if node is not None else None
+
+        return cls(node_id(parameters.inputVolume) if parameters else None, node_id(parameters.segmentation) if parameters else None,
+                   node_id(compare), has_model, rater, export_folder, queue_path)
+
 
 @dataclass
 class PanelState:

@@ -58,6 +58,9 @@ def test_a_selected_volume_opens_its_case_edits_are_drafted_and_segment_again_dr
     segmentation = controller.parameters.segmentation
     assert segmentation.GetName() == "sub-01_T2w prediction" and "the model's prediction" in view.said[-1]
     assert mrml.pairing_problem(segmentation, first) is None
+    shown = PanelInputs.of(controller.parameters, segmentation, True, "alice", str(root), "")
+    assert (shown.input_volume_id, shown.segmentation_id, shown.compare_id) == (first.GetID(), segmentation.GetID(), segmentation.GetID())
+    assert PanelInputs.of(None, None, False, "", "", "") == PanelInputs()
 
     # The selected segmentation's strokes are observed (a real VTK observer); after a 1 s pause the edits are
     # drafted and the live lesion table, which has a lesion, is shown once, in a layout with a table view.
