@@ -401,7 +401,7 @@ def test_segment_click_path_with_the_real_runner_and_the_demo_model(scene, demo_
 
     def start() -> runner.SegmentationRun:
         run = runner.SegmentationRun(runner.RunOptions(model=str(demo_model_path), device="cpu"), python_executable=sys.executable)
-        run.input_path = run.work_dir / "input.nii"  # as SCIsegLogic.startSegmentation writes it
+        run.input_path = run.work_dir / "input.nii"  # as panel_jobs.start_segmentation writes it
         mrml.save_volume_node_as_nifti(t2, run.input_path)
         run.start()
         state.start(Action.SEGMENT, run, volume_id=t2.GetID())

@@ -196,3 +196,39 @@ def test_the_panels_sentences_and_model_choice() -> None:
     assert view.said[-1].startswith("nnunetv2 2.6.2") and view.logged == [view.said[-1]]
     options = panel_controller.run_options(PanelParameters(model="m", device="cpu", stepSize=0.7, fillHoles=True))
     assert (options.model, options.device, options.step, options.fill_holes, options.tta) == ("m", "cpu", 0.7, True, False)
+
+
+def test_the_timer_is_not_re_entered_from_a_dialog_of_a_finished_job(scene, tmp_path: Path) -> None:
+    """An error dialog runs a nested event loop in which the 200 ms timer fires again: that poll does nothing, so a
+    job that ends while the dialog is open is shown after it closed, never inside it."""
+    scene, logic = scene
+    opened = tmp_path / "dialog-open"
+
+    class DialogView(RecordingView):
+        depth = 0
+        deepest = 0
+
+        def error(self, message: str, detail: str = "") -> None:
+            self.depth += 1
+            self.deepest = max(self.deepest, self.depth)
+            opened.touch()  # the compare child ends while this dialog is open
+            compare = controller.state.jobs.get(Action.COMPARE)
+            while compare is not None and not compare.run.finished:
+                compare.run.poll()
+            controller.poll(probe=lambda: None)  # the timer firing inside the dialog's event loop
+            super().error(message, detail)
+            self.depth -= 1
+
+    view = DialogView(scene)
+    controller = controller_for(scene, logic, view)
+    controller.state.start(Action.MEASURE, PythonChild("import sys; sys.stderr.write('sciseg: measure failed.\\n'); sys.exit(2)"))
+    controller.state.start(Action.COMPARE, PythonChild(
+        f"import os, sys, time\nwhile not os.path.exists({str(opened)!r}): time.sleep(0.01)\n"
+        "sys.stderr.write('sciseg: compare failed.\\n'); sys.exit(2)"))
+    measure = controller.state.jobs[Action.MEASURE]
+    while not measure.run.finished:
+        measure.run.poll()
+    controller.poll(probe=lambda: None)
+    assert [message for message, _detail in view.errors] == ["measure failed."]
+    controller.poll(probe=lambda: None)
+    assert [message for message, _detail in view.errors] == ["measure failed.", "compare failed."] and view.deepest == 1

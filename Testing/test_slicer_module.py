@@ -498,7 +498,7 @@ def test_module_load_imports_no_simpleitk_or_numpy() -> None:
 
 
 def test_every_dialog_the_module_makes_is_deleted() -> None:
-    """askChoice parented a QDialog to the main window per question and never deleted it."""
+    """askChoice (now choose) parented a QDialog to the main window per question and never deleted it."""
     tree = ast.parse(MODULE.read_text())
     for function in ast.walk(tree):
         if not isinstance(function, ast.FunctionDef):
@@ -523,7 +523,7 @@ def test_reload_reloads_the_library_first() -> None:
 #: The most lines SCIseg.py may have (Module, parameter node, widget, logic, test), and the most `if`s (statements and
 #: expressions) the widget may hold: its remaining ones only map a missing node, an empty path or a dialog's answer
 #: onto a call. Every other decision lives in SCIsegLib.panel_controller / panel_session (tested without Qt).
-MODULE_LINES_CAP = 500
+MODULE_LINES_CAP = 490
 WIDGET_IF_CAP = 20
 
 
