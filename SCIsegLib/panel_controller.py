@@ -10,16 +10,14 @@ methods; tests drive it on slicer-core with a recording view and real children.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from . import dependencies, models, panel, runner
 from .panel import Action, Finished, Outcome, PanelState
 from .panel_session import CaseSession
-from .panel_view import PanelView, measurement_sentence, not_ready_sentence, segment_subject, segmented_sentence
+from .panel_view import PanelView, not_ready_sentence, segment_subject
 
 
 def run_options(parameters: Any) -> runner.RunOptions:
@@ -286,71 +284,13 @@ class PanelController:
                 self.view.show_log()
                 self.view.error(finished.message, job.run.log_tail(40) if hasattr(job.run, "log_tail") else getattr(job.run, "stderr", ""))
             else:
+                from .panel_shown import SHOWN
+
                 failure, show = SHOWN[job.action]
                 with self.view.trying(failure):
                     show(self, job)
         finally:
             panel.remove_job_files(job)
-
-    def show_segmentation(self, job: panel.Job) -> None:
-        """Import the masks onto the volume that was segmented (``panel.result_volume``), whatever is selected now."""
-        from . import panel_jobs
-
-        volume = panel.result_volume(self.scene, job)
-        if not self.predictions or not os.path.isdir(self.predictions):
-            self.predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
-        segmentation = panel_jobs.import_result(self.scene, self.logic, job.run, volume, self.predictions,
-                                                self.session.case_of(volume))
-        self.session.rebind(volume, segmentation)
-        self.parameters.inputVolume = volume
-        self.parameters.segmentation = segmentation
-        self.view.progress(1000)
-        self.view.say(segmented_sentence(segmentation.GetName()))
-
-    def show_installed_model(self, job: panel.Job) -> None:
-        self.view.models_changed((getattr(job.run, "result", None) or {}).get("name"))
-        self.view.progress(1000)
-        self.view.say("Model installed.")
-
-    def show_measurement(self, job: panel.Job) -> None:
-        from . import panel_jobs
-
-        volume = panel.result_volume(self.scene, job)
-        table, chart, centres = panel_jobs.finish_measurement(self.scene, job.run, volume)
-        self.session.lesion_tables[table.GetID()] = centres
-        self.view.show_table(table, chart)
-        self.view.say(measurement_sentence(len(centres), self.parameters.nliSlice if self.parameters else -1))
-
-    def show_export(self, job: panel.Job) -> None:
-        """The version written; the segmentation's base becomes it, so the case has nothing unsaved."""
-        from . import panel_case
-        from .panel_results import export_summary
-
-        self.view.say(export_summary(job.run.stdout))
-        segmentation = self.scene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
-        volume = self.scene.GetNodeByID(job.volume_id) if job.volume_id else None
-        if panel_case.after_export(segmentation, job.run.stdout):
-            self.session.rebind(volume, segmentation)
-        self.view.log(job.run.stdout.splitlines())
-
-    def show_comparison(self, job: panel.Job) -> None:
-        from .panel_results import compare_result, comparison_sentence
-
-        self.view.say(comparison_sentence(job.run.otherName, compare_result(job.run.stdout)))
-
-    def open_next_case(self, job: panel.Job) -> None:
-        """Load the queue's next scan and select it; its case opens and, with nothing to show, it is segmented."""
-        from .panel_results import next_case_path
-
-        path = next_case_path(job.run.returncode, job.run.stdout, os.path.isfile)
-        if path is None:
-            self.view.say(job.run.stdout.strip() or "The queue is empty.")
-            return
-        volume = self.view.load_volume(path)
-        if self.parameters is None:  # the scene was closed and the module not entered since
-            return
-        self.session.segment_when_opened = True
-        self.parameters.inputVolume = volume
 
     def row_clicked(self, table_node, selected_rows: list[int], current_row: int) -> None:
         """A lesion table view's selection changed: jump to the lesion on the selected row. The selected cell, not the
@@ -411,14 +351,3 @@ class PanelController:
             logging.warning("SCIseg: %s did not stop", ", ".join(job.action.value for job in left))
         if self.predictions:
             shutil.rmtree(self.predictions, ignore_errors=True)
-
-
-#: What a job that succeeded shows, and the sentence when that fails.
-SHOWN: dict[Action, tuple[str, Callable[[PanelController, panel.Job], None]]] = {
-    Action.SEGMENT: ("The segmentation could not be imported.", PanelController.show_segmentation),
-    Action.INSTALL_MODEL: ("The result could not be shown.", PanelController.show_installed_model),
-    Action.MEASURE: ("The measurements could not be shown.", PanelController.show_measurement),
-    Action.EXPORT: ("The result could not be shown.", PanelController.show_export),
-    Action.COMPARE: ("The result could not be shown.", PanelController.show_comparison),
-    Action.NEXT_CASE: ("The next case could not be loaded.", PanelController.open_next_case),
-}
