@@ -232,3 +232,32 @@ def test_the_timer_is_not_re_entered_from_a_dialog_of_a_finished_job(scene, tmp_
     assert [message for message, _detail in view.errors] == ["measure failed."]
     controller.poll(probe=lambda: None)
     assert [message for message, _detail in view.errors] == ["measure failed.", "compare failed."] and view.deepest == 1
+
+
+def test_scene_close_and_exit_draft_the_open_cases_edits_and_forget_the_scene(scene, tmp_path: Path) -> None:
+    scene, logic = scene
+    root = dataset(tmp_path)
+    first = load_with_slicer(scene, scan_path(root, "01"))
+    view = RecordingView(scene, PanelInputs(rater="bob", export_folder=str(root)))
+    controller = controller_for(scene, logic, view)
+    controller.parameters.inputVolume = first
+    controller.session.selection_changed()
+    view.run_later()
+    segmentation = controller.parameters.segmentation
+    edited = paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[40:43, 26:29, 29:32])
+    controller.state.start(Action.MEASURE, PythonChild("import time; time.sleep(30)"))
+    controller.scene_closing()  # before the nodes go: the edits are drafted, the measure stops, the case is forgotten
+    assert view.said[-1].startswith("Your unsaved edits of sub-01_T2w are kept as a draft by bob")
+    [draft_file] = (root / "derivatives" / "labels" / ".drafts").rglob("*.nrrd")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), edited)
+    assert controller.session.case is None and controller.state.case_volume_id is None and controller.session.observed is None
+    assert controller.state.jobs[Action.MEASURE].cancel_requested
+    wait_for_jobs(controller)
+    assert view.said[-1].startswith("The scene was closed before measure ended")
+
+    # Exit (or Reload): every child stops and the session's prediction folder goes.
+    controller.predictions = str(tmp_path / "predictions")
+    Path(controller.predictions).mkdir()
+    controller.state.start(Action.COMPARE, PythonChild("import time; time.sleep(30)"))
+    controller.shutdown()
+    assert not controller.state.jobs and not Path(controller.predictions).exists()
