@@ -524,7 +524,7 @@ def test_reload_reloads_the_library_first() -> None:
 #: expressions) the widget may hold: its remaining ones only map a missing node, an empty path or a dialog's answer
 #: onto a call. Every other decision lives in SCIsegLib.panel_controller / panel_session (tested without Qt).
 MODULE_LINES_CAP = 490
-WIDGET_IF_CAP = 20
+WIDGET_IF_CAP = 16
 
 
 def widget_branches(source: str) -> list[str]:
@@ -537,7 +537,7 @@ def test_the_module_is_binding_only() -> None:
     assert len(source.splitlines()) <= MODULE_LINES_CAP, "SCIseg.py grew: move the decision into SCIsegLib"
     branches = widget_branches(source)
     assert len(branches) <= WIDGET_IF_CAP, "\n".join(branches)
-    # The check counts: the widget as it was (commit 0c81a1a) had ~96.
+    # The check counts: the widget as it was (commit 0c81a1a, 716 lines) had 96.
     old = "class SCIsegWidget:\n" + "".join(f"    def f{i}(self):\n        if x:\n            pass\n" for i in range(WIDGET_IF_CAP + 1))
     assert len(widget_branches(old)) == WIDGET_IF_CAP + 1
 
