@@ -279,3 +279,33 @@ def test_segments_found_by_terminology_then_name_and_never_exported_silently_emp
     _add_segment(logic, scene, node, "Segment_2", "Segment_2", lesion, reference, volume, mrml.LESION.terminology)
     with pytest.raises(mrml.SegmentChoiceError, match=r"several segments could be the lesion \(Segment_1, Segment_2\)"):
         mrml.export_sciseg_label_map(logic, scene, node, volume)
+
+
+def test_first_scan_edits_observed_and_the_lesion_to_select(scene) -> None:
+    """What the panel selects in a new scene (never a label map), the stroke event it follows, Edit's segment."""
+    scene, logic = scene
+    assert mrml.first_scan(scene) is None
+    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    volume = load_with_slicer(scene, shared_file("sct_testing_data/t2/t2.nii.gz"))
+    assert mrml.first_scan(scene) is volume
+    image = mrml.image_from_volume_node(volume)
+    cord = sitk.Cast(image * 0, sitk.sitkUInt8)
+    cord[20:40, 20:35, 10:40] = 1
+    lesion = sitk.Cast(image * 0, sitk.sitkUInt8)
+    lesion[28:31, 25:28, 20:23] = 1
+    segmentation = mrml.import_sciseg_masks(logic, scene, volume, cord, lesion)
+    strokes = []
+    tag = mrml.observe_edits(segmentation, lambda caller, event: strokes.append(event))
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.LESION, cord, volume)
+    assert strokes, "a change of the segments' voxels reaches the observer"
+    mrml.stop_observing_edits(segmentation, tag)
+    seen = len(strokes)
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.LESION, lesion, volume)
+    assert len(strokes) == seen
+    [lesion_id] = mrml.match_sciseg_segments(segmentation)[mrml.LESION.segment_id]
+    assert mrml.lesion_to_select(segmentation) == lesion_id
+    second = slicer.vtkSegment()
+    second.DeepCopy(segmentation.GetSegmentation().GetSegment(lesion_id))  # its terminology too: two lesion segments
+    segmentation.GetSegmentation().AddSegment(second, "lesion_copy")
+    assert len(mrml.match_sciseg_segments(segmentation)[mrml.LESION.segment_id]) == 2
+    assert mrml.lesion_to_select(segmentation) is None
