@@ -69,6 +69,8 @@ def run_compartment_consensus(gm_paths: list[Path], cord_paths: list[Path], outp
         raise InputError("reproducibility needs at least two grey-matter masks (repeated scans or raters).")
     if len(cord_paths) not in (1, len(gm_paths)):
         raise InputError(f"give one cord mask per grey-matter mask ({len(gm_paths)}), or one for all; got {len(cord_paths)}.")
+    if output is not None and (not str(output).lower().endswith((".nii", ".nii.gz", ".nrrd")) or output.is_dir()):
+        raise InputError(f"-o {output} must be a file name ending in .nii.gz, .nii or .nrrd.")
     for path in gm_paths:
         _check_file(path, "grey-matter mask")
     for path in cord_paths:
@@ -79,8 +81,6 @@ def run_compartment_consensus(gm_paths: list[Path], cord_paths: list[Path], outp
     result = compartment_reproducibility(gms, cords)
     result["gm_masks"], result["cord_masks"] = [str(p) for p in gm_paths], [str(p) for p in cord_paths]
     if output is not None:
-        if not str(output).lower().endswith((".nii", ".nii.gz", ".nrrd")) or output.is_dir():
-            raise InputError(f"-o {output} must be a file name ending in .nii.gz, .nii or .nrrd.")
         differences = [d for d in (grid_difference(gm, gms[0]) for gm in gms[1:]) if d is not None]
         if differences:
             raise InputError(f"the grey-matter masks are not on one voxel grid ({differences[0]}); a consensus file needs "

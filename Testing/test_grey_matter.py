@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import shared_file
+from SCIsegLib import cli
 from SCIsegLib.centerline import centerline_derivatives
 from SCIsegLib.compartments import areas_per_level, compartment_areas, white_matter
 from SCIsegLib.consensus import compartment_reproducibility, relative_sd_percent
@@ -177,3 +178,21 @@ def test_cli_cord_gm_levels_and_consensus(tmp_path: Path) -> None:
     bad = run_cli("cord", "--gm", str(gm_path), "--cord",
                   str(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz")), "-o", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not on one voxel grid" in bad.stderr
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["cord", "--cord", "{cord}", "--levels", "{cord}", "-o", "{out}"], "--levels goes with --gm"),
+    (["consensus", "{gm}", "--cord", "{cord}"], "at least two grey-matter masks"),
+    (["consensus", "{gm}", "{gm}", "{gm}", "--cord", "{cord}", "{cord}"], "one cord mask per grey-matter mask"),
+    (["consensus", "{gm}", "{gm}", "--cord", "{cord}", "-o", "{out}/c.txt"], "must be a file name ending in .nii.gz"),
+    (["segment", "{image}", "--model", str(REPOSITORY / "Resources" / "Models" / "sciseg-demo"), "--cord", "{cord}",
+      "-o", "{out}"], "--cord goes with a grey-matter model"),
+])
+def test_compartment_options_refuse_bad_input_in_one_sentence(tmp_path: Path, arguments: list[str], message: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    values = {"gm": str(shared_file(T2S + "t2s_gmseg_manual.nii.gz")), "cord": str(shared_file(T2S + "t2s_seg-deepseg.nii.gz")),
+              "image": str(shared_file(T2S + "t2s.nii.gz")), "out": str(tmp_path)}
+    code = cli.main([argument.format(**values) for argument in arguments])
+    stderr = capsys.readouterr().err
+    assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+    assert not list(tmp_path.iterdir())  # nothing written
