@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,25 @@ def test_compartment_options_refuse_bad_input_in_one_sentence(tmp_path: Path, ar
     stderr = capsys.readouterr().err
     assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_white_matter_after_segment_finds_our_cord_mask_or_says_why_not(tmp_path: Path) -> None:
+    from SCIsegLib.compartments_cli import write_white_matter_after_segment
+
+    gm_path = tmp_path / "t2s_gmseg.nii.gz"
+    shutil.copy(shared_file(T2S + "t2s_gmseg_manual.nii.gz"), gm_path)
+    warnings: list[str] = []
+    records = [{"outputs": [str(gm_path)]}]
+    assert write_white_matter_after_segment(records, None, warnings.append) == []
+    assert "no cord mask for t2s_gmseg.nii.gz" in warnings[0] and not (tmp_path / "t2s_wmseg.nii.gz").exists()
+    shutil.copy(shared_file(T2S + "t2s_seg-deepseg.nii.gz"), tmp_path / "t2s_sc_seg.nii.gz")  # `sciseg segment`'s cord
+    written = write_white_matter_after_segment(records, None, warnings.append)
+    assert written == [tmp_path / "t2s_wmseg.nii.gz", tmp_path / "t2s_wmseg.json"]
+    assert records[0]["outputs"][-1] == str(tmp_path / "t2s_wmseg.nii.gz")
+    gm, cord = t2s_masks()
+    wm = sitk.GetArrayFromImage(sitk.ReadImage(str(written[0])))
+    assert np.array_equal(wm, sitk.GetArrayFromImage(white_matter(cord, gm)))
+    sidecar = json.loads(written[1].read_text())
+    assert sidecar["VoxelCount"] == int(wm.sum()) and sidecar["GMVoxelsOutsideCord"] == 22
+    with pytest.raises(InputError, match="cord mask of one scan"):
+        write_white_matter_after_segment(records * 2, tmp_path / "t2s_sc_seg.nii.gz", warnings.append)
