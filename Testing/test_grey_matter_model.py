@@ -139,3 +139,28 @@ def test_segment_with_the_demo_gm_model_writes_sct_names_on_the_input_grid(tmp_p
     assert evaluation.returncode == 0, evaluation.stderr
     table = (tmp_path / "evaluation" / "evaluation.csv").read_text().splitlines()
     assert table[1].split(",")[1] == "gm"
+
+
+def test_slicer_terminology_logic_reads_the_gm_and_wm_entries() -> None:
+    """On slicer-core: SCIseg's terminology file loads, and the GM/WM entry strings the UIs set deserialize to the
+    SNOMED CT types it lists (after the spinal cord, with their colours)."""
+    slicer = pytest.importorskip("slicer")
+    terminology = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert terminology.LoadContextFromFile(str(REPOSITORY / "Resources" / "Terminology" / "SCIseg.term.json"))
+    for offer in (GREY_MATTER, WHITE_MATTER):
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert terminology.DeserializeTerminologyEntry(offer.terminology, entry)
+        assert entry.GetTerminologyContextName() == "SCIseg"
+        assert entry.GetCategoryObject().GetCodeValue() == "123037004"
+        assert entry.GetTypeObject().GetCodeValue() == offer.snomed_code
+    category = slicer.vtkSlicerTerminologyCategory()
+    assert terminology.GetNthCategoryInTerminology("SCIseg", 0, category)
+    codes, colours = [], []
+    for index in range(terminology.GetNumberOfTypesInTerminologyCategory("SCIseg", category)):
+        kind = slicer.vtkSlicerTerminologyType()
+        assert terminology.GetNthTypeInTerminologyCategory("SCIseg", category, index, kind)
+        codes.append(kind.GetCodeValue())
+        colours.append(tuple(kind.GetRecommendedDisplayRGBValue()))
+    assert codes == ["2748008", "12958003", "27088001"]
+    assert colours[1] == pytest.approx(tuple(round(c * 255) for c in GREY_MATTER.color))
+    assert colours[2] == pytest.approx(tuple(round(c * 255) for c in WHITE_MATTER.color))
