@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--label-map", action="store_true", help="also write <stem>_labels.nii.gz (0/1/2)")
     segment.add_argument("--probabilities", action="store_true", help="also write <stem>_<structure>_prob.nii.gz")
     segment.add_argument("--replace-nonfinite", action="store_true", help="set NaN/inf voxels to 0 instead of refusing")
+    segment.add_argument("--cord", type=Path, default=None,
+                         help="grey-matter models: the scan's cord mask, for <stem>_wmseg.nii.gz (WM = cord - GM); "
+                              "default: <stem>_sc_seg.nii.gz beside the outputs when present")
     segment.add_argument(
         "--max-voxels", type=int, default=None, metavar="N",
         help="refuse images with more voxels (default 268435456 = 2**28); images needing more memory than "
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.add_parser("list", help="list bundled and installed models")
     info = model_commands.add_parser("info", help="describe one model (JSON)")
     info.add_argument("name")
-    install = model_commands.add_parser("install", help="install from sciseg-v1, sciseg-v2, a URL, a zip or a folder")
+    install = model_commands.add_parser("install", help="install from sciseg-v1, sciseg-v2, graymatter (SCT r20250420), a URL, a zip or a folder")
     install.add_argument("source")
     install.add_argument("--name", default=None, help="name in the store (default: derived from the source)")
     install.add_argument("--force", action="store_true", help="replace an installed model of the same name")
@@ -110,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cord = commands.add_parser("cord", help="cord shape per slice as SCT 7.3's sct_process_segmentation -perslice 1")
     cord.add_argument("--cord", type=Path, required=True, help="binary or soft cord mask")
+    cord.add_argument("--gm", type=Path, default=None,
+                      help="grey-matter mask of the same scan: GM and WM (= cord - GM) areas per slice, angles from the cord")
+    cord.add_argument("--levels", type=Path, default=None,
+                      help="with --gm: SCT's labelled cord (vertebral levels) on the same grid, for areas per level")
     cord.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
     cord.add_argument("--no-angle-correction", action="store_true", help="measure the axial sections as they are")
     cord.add_argument("--centerline-smooth", type=float, default=30.0,
@@ -184,10 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("-o", "--output", type=Path, required=True)
 
     vote = commands.add_parser("consensus", help="consensus of several raters' masks and their reproducibility")
-    vote.add_argument("masks", nargs="+", type=Path, help="binary masks or label maps of one subject, same grid")
+    vote.add_argument("masks", nargs="+", type=Path, help="binary masks or label maps of one subject, same grid "
+                      "(with --cord: grey-matter masks of repeated scans or raters)")
     vote.add_argument("--method", choices=("majority", "staple"), default="majority")
     vote.add_argument("--tie", choices=("background", "foreground"), default="background", help="majority vote ties")
-    vote.add_argument("-o", "--output", type=Path, required=True, help="consensus file (.nii.gz)")
+    vote.add_argument("-o", "--output", type=Path, default=None, help="consensus file (.nii.gz); optional with --cord")
+    vote.add_argument("--cord", type=Path, nargs="+", default=None,
+                      help="cord masks, one per grey-matter mask (or one for all): relative SD of GM and WM areas, and "
+                           "GM/WM Dice and Hausdorff between masks on one grid (JSON)")
 
     changes = commands.add_parser("compare", help="how much two SCIseg label maps of one scan differ (JSON): what a rater changed")
     changes.add_argument("first", type=Path, help="label map before (0 background, 1 cord only, 2 lesion)")
@@ -283,8 +294,13 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
     from .postprocess import PostprocessSettings
     from .segment import SegmentCancelled, segment_files
 
+    from .compartments_segments import engine_for_model, has_grey_matter
+
+    if args.cord is not None and not has_grey_matter(model):
+        raise InputError(f"--cord goes with a grey-matter model (for the white matter); '{model.name}' segments "
+                         f"{', '.join(model.segments)}.")
     settings = InferenceSettings(device=args.device, folds=args.folds, step_size=args.step, tta=args.tta, threads=args.threads,
-                                 engine=args.engine, crop="off" if args.no_crop else args.crop)
+                                 engine=engine_for_model(model, args.engine), crop="off" if args.no_crop else args.crop)
     postprocess = PostprocessSettings(
         keep_largest_cord=args.keep_largest_cord,
         fill_holes=args.fill_holes,
@@ -312,6 +328,10 @@ def _run_segment(args: argparse.Namespace, events: _JsonLines | None) -> int:
                     raise CancelledError(f"segmentation cancelled; written before the cancel (complete sets): {done}; the rest was not written.") from None
     finally:
         close()
+    if has_grey_matter(model):
+        from .compartments_cli import write_white_matter_after_segment
+
+        write_white_matter_after_segment(records, args.cord, warn)
     if events is not None:
         events({"event": "result", "model": model.name, "records": records})
     else:
@@ -417,6 +437,10 @@ def _run_cord(args: argparse.Namespace) -> int:
 
     _output_folder(args.output)
     angle_correction = not args.no_angle_correction
+    if args.gm is not None or args.levels is not None:
+        from .compartments_cli import run_compartment_areas
+
+        run_compartment_areas(args.gm, args.cord, args.levels, args.output, angle_correction, args.centerline_smooth)
     table = cord_morphometry(load_mask(args.cord, binary=False), angle_correction, args.centerline_smooth)
     output = args.output / f"{image_stem(args.cord)}_csa.csv"
     for path in write_cord_table(table, output, args.cord.resolve(), angle_correction, args.centerline_smooth):
@@ -673,6 +697,13 @@ def _run_stats(args: argparse.Namespace) -> int:
 
 def _run_consensus(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
+
+    if args.cord is not None:
+        from .compartments_cli import run_compartment_consensus
+
+        return run_compartment_consensus(args.masks, args.cord, args.output)
+    if args.output is None:
+        raise InputError("give the consensus file with -o (e.g. -o consensus.nii.gz).")
 
     from .consensus import majority_vote, majority_vote_labels, reproducibility, staple
     from .file_checks import check_mask_values, check_whole_image_file

@@ -126,13 +126,17 @@ def section_shape(section: np.ndarray, pixel_xy_mm: tuple[float, float]) -> dict
 
 
 def cord_shape_arrays(cord_xyz: np.ndarray, spacing_xyz_mm: tuple[float, float, float], angle_correction: bool = True,
-                      smooth: float = SCT_CLI_SMOOTHING) -> dict[str, np.ndarray]:
-    """Every key of :data:`SHAPE_KEYS` as an array over all z of an RPI (x, y, z) mask; NaN where a slice has no cord."""
+                      smooth: float = SCT_CLI_SMOOTHING, centerline_xyz: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every key of :data:`SHAPE_KEYS` as an array over all z of an RPI (x, y, z) mask; NaN where a slice has no cord.
+
+    ``centerline_xyz`` (same grid): the mask whose centerline gives the angles (SCT's ``-angle-corr-centerline``,
+    e.g. the cord when measuring its grey matter); default: the measured mask itself."""
     px, py, pz = spacing_xyz_mm
     nz = cord_xyz.shape[2]
     values = {key: np.full(nz, np.nan) for key in SHAPE_KEYS}
     present = np.nonzero((cord_xyz > NEAR_ZERO).any(axis=(0, 1)))[0]
-    derivatives = centerline_derivatives(cord_xyz, pz, smooth) if angle_correction else {}
+    angles_from = cord_xyz if centerline_xyz is None else centerline_xyz
+    derivatives = centerline_derivatives(angles_from, pz, smooth) if angle_correction else {}
     for z in range(int(present.min()), int(present.max()) + 1):
         section = cord_xyz[:, :, z]
         angle_ap = angle_rl = 0.0

@@ -25,6 +25,8 @@ _SUFFIXES = {
     "_label-SC_seg": "sc", "_sc_seg": "sc", "_seg-manual": "sc",
     "_label-lesion_seg": "lesion", "_lesion_seg": "lesion", "_lesion-manual": "lesion",
     "_dseg": "labels", "_labels": "labels", "_label-SCLesion_seg": "labels",
+    "_gmseg": "gm", "_label-GM_seg": "gm", "_gmseg-manual": "gm", "_gmseg_manual": "gm",
+    "_wmseg": "wm", "_label-WM_seg": "wm", "_wmseg-manual": "wm",
 }
 
 

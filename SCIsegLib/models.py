@@ -49,6 +49,8 @@ class KnownModel:
     url: str
     description: str
     sha256: str | None = None  # the pinned digest; None until published: the first download's sha256 is trusted
+    segments: tuple[str, ...] = ("spinal cord", "lesion")  # what it segments (see :func:`model_segments`)
+    configuration: str = "3d_fullres"  # the nnU-Net configuration of the release
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -60,7 +62,18 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         url="https://github.com/ivadomed/model_seg_sci/releases/download/r20240729/model_SCIsegV2_r20240729.zip",
         description="SCIsegV2 (Karthik et al. 2024), release r20240729: cord + T2w lesion, 7 sites (sct_deepseg lesion_sci_t2)",
     ),
+    "graymatter": KnownModel(
+        url="https://github.com/ivadomed/model-gm-contrast-region-agnostic/releases/download/r20250420/Dataset820_gm-seg.zip",
+        description="contrast- and region-agnostic spinal cord grey matter, 2D nnU-Net, release r20250420 "
+                    "(sct_deepseg graymatter; >20 sites, SCI included)",
+        segments=("grey matter",),
+        configuration="2d",
+    ),
 }
+
+#: Label names (dataset.json, lower case) that mean the cord's grey matter.
+GREY_MATTER_LABELS = frozenset({"gm", "gmseg", "gm_seg", "grey_matter", "gray_matter", "greymatter", "graymatter",
+                                "grey matter", "gray matter", "spinal cord grey matter", "spinal cord gray matter"})
 
 
 @dataclass
@@ -101,6 +114,16 @@ class ModelInfo:
         return self.regions_class_order is not None
 
     @property
+    def is_2d(self) -> bool:
+        """A 2D nnU-Net (``2d`` configuration): slices of the first (z) axis in the model orientation."""
+        return self.configuration == "2d"
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        """What the model segments, in words (:func:`model_segments`)."""
+        return model_segments(self.structures)
+
+    @property
     def structures(self) -> dict[str, list[int]]:
         """Output masks and the label values each one gathers, e.g. {"sc": [1, 2], "lesion": [2]}."""
         result: dict[str, list[int]] = {}
@@ -139,8 +162,20 @@ class ModelInfo:
             "orientation": self.orientation,
             "dataset_name": self.dataset_name,
             "structures": self.structures,
+            "segments": list(self.segments),
             **{k: v for k, v in self.metadata.items() if k not in {"name"}},
         }
+
+
+def is_grey_matter(structure: str) -> bool:
+    """Whether a dataset.json label name means the cord's grey matter ("gm", "gray_matter", ...)."""
+    return structure.strip().lower() in GREY_MATTER_LABELS
+
+
+def model_segments(structures: dict[str, list[int]]) -> tuple[str, ...]:
+    """What a model segments, from its labels: "spinal cord", "lesion", "grey matter" (other names as they are)."""
+    words = {"sc": "spinal cord", "lesion": "lesion"}
+    return tuple("grey matter" if is_grey_matter(name) else words.get(name, name) for name in structures)
 
 
 def store_root() -> Path:

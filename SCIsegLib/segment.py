@@ -23,7 +23,7 @@ from . import __version__
 from .hashing import file_sha256
 from .errors import CancelledError
 from .inference import CancelToken, Engine, InferenceSettings, ProgressCallback, ProgressEvent
-from .models import ModelInfo
+from .models import ModelInfo, is_grey_matter
 from .postprocess import PostprocessSettings, clean_masks
 from .staging import new_temporary, publish_set, recover_folder
 from .volume import (
@@ -64,9 +64,12 @@ class SegmentationResult:
 
 
 def structure_suffix(model: ModelInfo, structure: str) -> str:
-    """SCT's file suffix of a structure: ``_sc_seg``, ``_lesion_seg``; ``_seg`` for a cord-only model."""
+    """SCT's file suffix of a structure: ``_sc_seg``, ``_lesion_seg``; ``_seg`` for a cord-only model; ``_gmseg`` for
+    grey matter (SCT's ``sct_deepseg_gm`` name)."""
     if list(model.structures) == ["sc"]:
         return "_seg"
+    if is_grey_matter(structure):
+        return "_gmseg"
     return f"_{structure}_seg"
 
 
