@@ -173,7 +173,7 @@ def open_client(plan: ClusterPlan, local_directory: Path | None = None) -> Itera
                 threads_per_worker=1,
                 processes=True,
                 memory_limit=plan.memory_per_worker,
-                dashboard_address=":0" if dashboard_available() else None,
+                dashboard_address="127.0.0.1:0",  # a free loopback port: never 8787 taken (Dask would warn), never all interfaces
                 local_directory=str(local_directory) if local_directory else None,
             )
         with cluster, Client(cluster) as client:
