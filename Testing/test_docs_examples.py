@@ -155,40 +155,47 @@ def run_block(block: Block, folder: Path, env: dict[str, str]) -> None:
     assert result.returncode == 0, f"the example at {where} failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
 
 
+@dataclass
+class Session:
+    """The scratch folder a reader works in: the README's examples first, then each page's quick start."""
+
+    folder: Path
+    env: dict[str, str]
+    failure: str | None = None
+
+
 @pytest.fixture(scope="module")
-def installed_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store with the demo model installed as `sciseg-v2` from the zip (for the docs' quick starts)."""
-    folder = make_workspace(tmp_path_factory.mktemp("store_source"))
-    store = folder / "store"
-    env = environment(folder, store)
-    result = subprocess.run(["sciseg", "models", "install", MODEL_ZIP, "--name", "sciseg-v2"], cwd=folder, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return store
+def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    """Runs the README's examples once, with a fresh model store: its own offline install provides sciseg-v2."""
+    folder = make_workspace(tmp_path_factory.mktemp("docs_examples"))
+    reader = Session(folder, environment(folder, folder / "store"))
+    try:
+        for block in runnable_blocks(README):
+            run_block(block, folder, reader.env)
+    except AssertionError as error:
+        reader.failure = str(error)
+    return reader
 
 
-def test_the_readme_examples_run_in_order(tmp_path: Path) -> None:
-    """Every runnable block of the README, with a fresh model store: its own offline install provides sciseg-v2."""
-    folder = make_workspace(tmp_path / "readme")
-    env = environment(folder, folder / "store")
+def test_the_readme_examples_run_in_order(session: Session) -> None:
     blocks = runnable_blocks(README)
     assert any("models install " + MODEL_ZIP in b.code for b in blocks), "the README's offline install must run"
     assert any(b.language == "python" for b in blocks)
-    for block in blocks:
-        run_block(block, folder, env)
-    assert (folder / "out" / "sub-01_T2w_sc_seg.nii.gz").is_file()
-    assert (folder / "study" / "derivatives" / "sciseg" / "cohort_subjects.csv").is_file()
+    assert session.failure is None, session.failure
+    assert (session.folder / "out" / "sub-01_T2w_sc_seg.nii.gz").is_file()
+    assert (session.folder / "study" / "derivatives" / "sciseg" / "cohort_subjects.csv").is_file()
 
 
 QUICK_STARTS = [page for page in sorted(DOCS.glob("*.md")) if runnable_blocks(page)]
 
 
 @pytest.mark.parametrize("page", QUICK_STARTS, ids=[page.name for page in QUICK_STARTS])
-def test_the_quick_start_of_a_docs_page_runs(page: Path, installed_store: Path, tmp_path: Path) -> None:
-    folder = make_workspace(tmp_path / page.stem)
-    env = environment(folder, installed_store)
+def test_the_quick_start_of_a_docs_page_runs(page: Path, session: Session) -> None:
+    """In the README's folder, after its examples (a quick start may use what they wrote, as a reader would)."""
+    if session.failure is not None:
+        pytest.fail("the README's examples failed first (see test_the_readme_examples_run_in_order)")
     for block in runnable_blocks(page):
-        run_block(block, folder, env)
+        run_block(block, session.folder, session.env)
 
 
 def test_the_pages_that_promise_a_quick_start_have_one() -> None:
