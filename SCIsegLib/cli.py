@@ -776,6 +776,8 @@ def _add_run_parser(commands) -> None:
     run.add_argument("--bids", type=Path, default=None, help="BIDS dataset root: takes sub-*/[ses-*/]anat/*_<suffix>.nii[.gz]")
     run.add_argument("--suffix", default="T2w", help="BIDS suffix of the scans (default T2w)")
     run.add_argument("--include", default=None, help="shell pattern on subject folders, e.g. 'sub-0*'")
+    run.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                     help="with --bids: only these participants (01 or sub-01); a label without a scan is refused")
     run.add_argument("-o", "--output", type=Path, required=True, help="derivatives folder (outside the sub-* folders)")
     run.add_argument("--model", default="sciseg-v2", help="installed model name or model folder (default: sciseg-v2)")
     run.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (on the workers)")
@@ -821,7 +823,10 @@ def _run_cohort(args: argparse.Namespace, events: _JsonLines | None) -> int:
 
     if bool(args.bids) == bool(args.inputs):
         raise InputError("give either --bids ROOT or image files, not both and not neither.")
-    scans = find_bids_scans(args.bids, args.suffix, args.include) if args.bids else scans_from_files(args.inputs)
+    if args.participant_label and not args.bids:
+        raise InputError("--participant-label selects participants of a BIDS dataset; give it with --bids ROOT.")
+    scans = (find_bids_scans(args.bids, args.suffix, args.include, args.participant_label) if args.bids
+             else scans_from_files(args.inputs))
     check_output_folder(args.output, scans, args.bids)
     slurm = SlurmOptions(queue=args.slurm_queue, account=args.slurm_account, walltime=args.slurm_walltime,
                          memory=args.slurm_memory, cores=args.slurm_cores, gpus=args.slurm_gpus,

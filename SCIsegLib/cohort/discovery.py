@@ -50,12 +50,16 @@ def _scan_from_path(path: Path, relative_folder: str | None = None) -> Scan:
     return Scan(path=path, stem=stem, subject=subject, session=session, relative_folder=relative_folder)
 
 
-def find_bids_scans(root: Path, suffix: str = "T2w", include: str | None = None) -> list[Scan]:
+def find_bids_scans(
+    root: Path, suffix: str = "T2w", include: str | None = None, participant_labels: list[str] | None = None
+) -> list[Scan]:
     """Scans ``sub-*/[ses-*/]anat/*_<suffix>.nii[.gz]`` of a BIDS dataset, sorted by path.
 
-    ``include`` is a shell pattern on the subject folder name (``sub-0*``). Raises InputError when
-    the root is not a folder or holds no matching scan.
+    ``include`` is a shell pattern on the subject folder name (``sub-0*``); ``participant_labels`` keeps only
+    these participants (``01`` or ``sub-01``, as BIDS Apps' ``--participant_label``). Raises InputError when
+    the root is not a folder, holds no matching scan, or a label has no matching scan.
     """
+    wanted = participant_folders(participant_labels)
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root} is not a folder; give the root of a BIDS dataset with --bids.")
@@ -63,7 +67,8 @@ def find_bids_scans(root: Path, suffix: str = "T2w", include: str | None = None)
         raise InputError(f"--suffix '{suffix}' must be a BIDS suffix such as T2w (letters, digits, '-').")
     scans = []
     for subject_folder in sorted(root.glob("sub-*")):
-        if not subject_folder.is_dir() or (include and not fnmatch.fnmatch(subject_folder.name, include)):
+        if (not subject_folder.is_dir() or (include and not fnmatch.fnmatch(subject_folder.name, include))
+                or (wanted is not None and subject_folder.name not in wanted)):
             continue
         for anat in sorted([*subject_folder.glob("anat"), *subject_folder.glob("ses-*/anat")]):
             for file in sorted(anat.iterdir()):
@@ -71,10 +76,32 @@ def find_bids_scans(root: Path, suffix: str = "T2w", include: str | None = None)
                 if name.startswith(".") or not name.endswith(tuple(f"_{suffix}{s}" for s in IMAGE_SUFFIXES)):
                     continue
                 scans.append(_scan_from_path(file, anat.relative_to(root).as_posix()))
+    if wanted is not None:
+        missing = sorted(wanted - {scan.subject for scan in scans})
+        if missing:
+            raise InputError(
+                f"{root} holds no scan sub-*/[ses-*/]anat/*_{suffix}.nii[.gz] for participant(s) {', '.join(missing)}; "
+                "check --participant-label against the sub-* folders."
+            )
     if not scans:
         pattern = f"sub-*/[ses-*/]anat/*_{suffix}.nii[.gz]" + (f" with subjects matching '{include}'" if include else "")
         raise InputError(f"{root} holds no scan {pattern}; check --bids, --suffix and --include.")
     return scans
+
+
+def participant_folders(labels: list[str] | None) -> set[str] | None:
+    """``sub-<label>`` folder names of participant labels given with or without ``sub-``; None keeps everyone.
+
+    Raises InputError for a label that is not a BIDS label (letters and digits)."""
+    if labels is None:
+        return None
+    folders = set()
+    for label in labels:
+        bare = label.removeprefix("sub-")
+        if not re.fullmatch(r"[A-Za-z0-9]+", bare):
+            raise InputError(f"participant label '{label}' is not a BIDS label (letters and digits, optionally after 'sub-').")
+        folders.add(f"sub-{bare}")
+    return folders
 
 
 def scans_from_files(files: list[Path]) -> list[Scan]:
