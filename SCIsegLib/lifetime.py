@@ -41,8 +41,11 @@ GROUP_VARIABLE = "SCISEG_GUARDED_GROUP"
 GRACE_S = 5.0
 #: How often the guardian of a command in a terminal's job records the command's descendants, in seconds.
 SNAPSHOT_INTERVAL_S = 0.5
+#: The guardian's process name on Linux (``ps -e``, ``top``, psutil's ``name()``); its command line is the command's.
+GUARDIAN_NAME = "sciseg-guardian"
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -151,6 +154,10 @@ def _start_guardian(plan: GroupPlan) -> None:
 def _guard(command_pid: int, group: int, plan: GroupPlan) -> None:
     """The guardian's life: detach, wait for the command to end, then end its descendants."""
     os.setpgid(0, 0)  # out of the group it will signal
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, GUARDIAN_NAME.encode()[:15], 0, 0, 0)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)  # a terminal's Ctrl-C is the command's, not ours
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -214,6 +221,19 @@ def _follow_descendants(command_pid: int) -> list[tuple[int, float]]:
             break
         time.sleep(SNAPSHOT_INTERVAL_S)
     return snapshot
+
+
+def is_guardian(process) -> bool:
+    """True when the psutil ``process`` is a guardian (Linux names it; elsewhere it is a forked copy of its parent)."""
+    import psutil
+
+    try:
+        if sys.platform.startswith("linux"):
+            return process.name() == GUARDIAN_NAME
+        parent = process.parent()
+        return parent is not None and process.cmdline() == parent.cmdline() and process.pid != parent.pid
+    except psutil.Error:
+        return False
 
 
 def group_members(group: int) -> list[int]:

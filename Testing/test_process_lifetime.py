@@ -123,8 +123,7 @@ def test_a_nested_command_is_covered_by_the_outer_guardian() -> None:
     inner = start_command(mark, env={lifetime.GROUP_VARIABLE: str(outer.pid)},
                           preexec_fn=lambda: os.setpgid(0, outer.pid))  # as if started by the outer command
     assert inner.stdout.readline().strip() == "covered"
-    guardians = [p for p in others(mark, outer, inner) if p.ppid() in (outer.pid, inner.pid)
-                 and p.cmdline() == psutil.Process(p.ppid()).cmdline()]  # forked copies of their parent
+    guardians = [p for p in others(mark, outer, inner) if lifetime.is_guardian(p)]
     assert len(guardians) == 1 and guardians[0].ppid() == outer.pid
     outer.kill()
     outer.wait(timeout=60)

@@ -87,7 +87,6 @@ def run_cohort(
     refused = connected = False
     try:
         remove_stale_staging(deriv)
-        write_dataset_description(deriv, source_dataset)
         inference = InferenceSettings(device=plan.device, threads=plan.torch_threads, engine=engine, crop=crop)
         model_sha256 = model.weights_sha256()
         corrections = Path(corrections_root).resolve() if corrections_root is not None else None
@@ -96,6 +95,7 @@ def run_cohort(
         rows: list[dict | None] = [None] * len(jobs)
         with open_client(plan) as client:  # a scheduler that does not answer is refused before anything is written
             connected = True
+            write_dataset_description(deriv, source_dataset)
             report = write_report(deriv, [])
             link = client.dashboard_link if plan.kind != "local" or dashboard_available() else None
             emit({"event": "start", "scans": len(jobs), "dashboard": link, "cluster": plan.kind,

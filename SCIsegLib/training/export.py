@@ -217,7 +217,8 @@ def export_correction(
     labels = label_map_from_masks(arrays["sc"], arrays["lesion"])
     masks = {"sc": labels > 0, "lesion": labels == 2}  # cord region = labels {1, 2}, as SCIseg's _sc_seg
 
-    labels_root = contained(labels_folder(root), root, "labels folder")  # a derivatives/labels link leading out is refused
+    # <root>/derivatives may be a link (another disk, a common layout); a link below it leading out of it is refused
+    labels_root = contained(labels_folder(root), Path(root) / "derivatives", "labels folder")
     anat = _anat_relative(subject, session)
     stem = plain_name(image_stem(source), "source image name")
     store = contained(labels_root / VERSIONS / anat / stem, labels_root, "version folder")
