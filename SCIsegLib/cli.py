@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--subject", default=None, help="BIDS subject label when the file name has none")
     export.add_argument("--session", default=None, help="BIDS session label")
     export.add_argument("--note", default="", help="free text kept in the sidecars")
+    export.add_argument("--parent", default=None, metavar="BASE",
+                        help="what the masks were corrected from: a version (v002 or 2), 'prediction' or 'empty'; "
+                             "recorded as the version's parent (lineage), with a warning when newer versions exist")
 
     dataset = commands.add_parser("dataset", help="nnU-Net datasets from exported corrections")
     dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
@@ -448,6 +451,18 @@ def _run_cord(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export_parent(text: str | None) -> int | str | None:
+    """``--parent``: ``v002`` / ``2`` -> 2, ``prediction`` / ``empty`` as they are, None when not given."""
+    from .training.export import FROM_EMPTY, FROM_PREDICTION
+
+    if text is None or text in (FROM_PREDICTION, FROM_EMPTY):
+        return text
+    number = text.removeprefix("v")
+    if not number.isdigit() or int(number) < 1:
+        raise InputError(f"--parent {text!r} is not a version (v001, 2, ...), 'prediction' or 'empty'.")
+    return int(number)
+
+
 def _run_export(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
@@ -477,8 +492,12 @@ def _run_export(args: argparse.Namespace) -> int:
     result = export_correction(
         root=args.root, source=args.source, cord=cord, lesion=lesion, rater=args.rater, model=args.model,
         predicted_cord=predicted[0], predicted_lesion=predicted[1], subject=args.subject, session=args.session,
-        note=args.note,
+        note=args.note, parent=_export_parent(args.parent),
     )
+    if result.newer_than_parent:
+        newer = ", ".join(f"v{n:03d}" for n in result.newer_than_parent)
+        sys.stderr.write(f"warning: these masks were corrected from {args.parent}, but {newer} existed already; "
+                         f"version {result.version} replaces them as the latest (they are kept).\n")
     print(f"version {result.version}: {result.version_folder}")
     for path in result.files.values():
         print(path)

@@ -161,3 +161,21 @@ def test_cli_export_from_a_label_map_twice(scan, tmp_path: Path) -> None:
                   "--labels", str(source), "--rater", "R"]  # the T2w image itself is no label map
     bad = subprocess.run(not_labels, capture_output=True, text=True)
     assert bad.returncode == 2 and "must hold 0, 1 and 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_export_records_its_parent_and_warns_when_a_newer_version_existed(scan, tmp_path: Path) -> None:
+    import json
+
+    from SCIsegLib.cli import main
+
+    root, source, case = scan
+    write_image_atomic(case.labels, tmp_path / "corrected.nii.gz")
+    common = ["export", "--root", str(root), "--source", str(source), "--labels", str(tmp_path / "corrected.nii.gz"),
+              "--rater", "R"]
+    assert main([*common, "--parent", "prediction"]) == 0
+    assert main([*common, "--parent", "v001"]) == 0
+    assert main([*common, "--parent", "prediction"]) == 0  # started again from the prediction: v001 and v002 are newer
+    sidecars = sorted((root / "derivatives" / "labels").rglob("*_label-SC_seg.json"))
+    parents = {json.loads(p.read_text()).get("Parent", {}).get("Kind") for p in sidecars if ".sciseg_versions" in str(p)}
+    assert parents == {"prediction", "version"}, parents
+    assert main([*common, "--parent", "v0"]) == 2 and main([*common, "--parent", "latest"]) == 2
