@@ -220,3 +220,11 @@ def test_default_trainer_network_equals_the_trainers_own(demo_model_path: Path) 
     tile = torch.randn(1, 1, *configuration.patch_size)
     with torch.no_grad():
         assert torch.equal(ours.eval()(tile), theirs.eval()(tile))
+
+
+def test_segment_exits_at_once_after_its_outputs() -> None:
+    """`sciseg segment` skips the interpreter teardown (1-2 s of torch/OpenVINO clean-up) once its outputs are published."""
+    from SCIsegLib.cli import QUICK_EXIT_COMMANDS, _command_of
+
+    assert _command_of(["--verbose", "segment", "x.nii.gz"]) == "segment" and _command_of([]) is None
+    assert "segment" in QUICK_EXIT_COMMANDS and "run" not in QUICK_EXIT_COMMANDS  # Dask's clean-up must run
