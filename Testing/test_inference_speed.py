@@ -609,3 +609,44 @@ def test_cli_engine_option_is_recorded_in_the_sidecar(demo_model_path, tmp_path:
     assert ran["crop_note"]  # why the whole image ran, or "cropped"
     assert sidecar["GeneratedBy"][0]["Settings"]["engine"] == engine
     assert sidecar["GeneratedBy"][0]["Settings"]["crop"] == "exact"
+
+
+def _gpu_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPOSITORY / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")
+def test_gpu_check_without_cuda_stops_with_one_sentence_and_writes_nothing(tmp_path):
+    shared_file("sct_2014_errsm/errsm_21/t2.nii.gz")
+    report = tmp_path / "gpu.json"
+    run = subprocess.run([sys.executable, str(REPOSITORY / "benchmarks" / "gpu_check.py"), "-o", str(report)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert run.returncode == 2 and "no CUDA GPU" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert not report.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_arguments_agreement_and_report(tmp_path):
+    gpu_check = _gpu_check_module()
+    with pytest.raises(SystemExit) as missing:
+        gpu_check.parse_arguments(["-o", str(tmp_path / "r.json"), "--data", str(tmp_path), "--scans", "nope.nii.gz"])
+    assert missing.value.code == 2
+    with pytest.raises(SystemExit):
+        gpu_check.parse_arguments(["-o", str(tmp_path / "r.json"), "--repeats", "0"])
+    reference = np.zeros((4, 5, 6), np.uint8)
+    reference[1:3, 1:4, 1:5] = 1
+    reference[2, 2, 2] = 2
+    other = reference.copy()
+    other[1, 1, 1] = 0
+    figures = gpu_check.agreement(reference, other)
+    assert figures == {"cord_dice": round(2 * 23 / (24 + 23), 5), "lesion_dice": 1.0, "differing_voxels": 1}
+    with pytest.raises(ValueError):
+        gpu_check.agreement(reference, other[:3])
+    target = tmp_path / "out" / "gpu.json"
+    gpu_check.write_report({"engines": {"cuda": figures}}, target)
+    assert json.loads(target.read_text()) == {"engines": {"cuda": figures}}
+    assert [p.name for p in target.parent.iterdir()] == ["gpu.json"]
