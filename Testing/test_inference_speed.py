@@ -36,6 +36,7 @@ from SCIsegLib.inference.cropped import (
 )
 from SCIsegLib.inference.fast import FallbackEngine, FastEngine
 from SCIsegLib.inference.openvino_cache import CacheKey, CompiledModelCache
+from SCIsegLib.inference.runtimes import convert_network
 from SCIsegLib.metrics import dice
 from SCIsegLib.models import read_model
 from SCIsegLib.volume import array_zyx, load_image, reorient, sct_to_itk_orientation
@@ -470,7 +471,7 @@ def test_converting_a_network_for_openvino_sends_nothing_and_writes_nothing_home
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     ov = import_openvino()
-    converted = ov.convert_model(Tiny().eval(), example_input=torch.zeros(1, 1, 8, 8, 8))
+    converted = convert_network(ov, Tiny().eval(), (1, 1, 8, 8, 8))
     assert converted.inputs and converted.outputs
     time.sleep(0.5)  # openvino-telemetry sends from a worker thread
     assert lookups == [] and not (tmp_path / "intel").exists(), (lookups, list(tmp_path.rglob("*")))
@@ -484,7 +485,7 @@ def test_compiled_model_cache_hit_corruption_and_invalidation(tmp_path: Path):
     core, network, x = ov.Core(), Tiny().eval(), torch.randn(1, 1, 8, 8, 8)
     fp32 = {"INFERENCE_PRECISION_HINT": "f32"}  # OpenVINO's default on a bf16 CPU is bf16
     cache = CompiledModelCache(tmp_path / "cache")
-    build = lambda: ov.convert_model(network, example_input=x)  # noqa: E731
+    build = lambda: convert_network(ov, network, tuple(x.shape))  # noqa: E731
     key = tiny_key(tmp_path, b"weights one")
     compiled, status = cache.load_or_build(key, core, fp32, build)
     assert status == "built"
@@ -650,3 +651,24 @@ def test_gpu_check_arguments_agreement_and_report(tmp_path):
     gpu_check.write_report({"engines": {"cuda": figures}}, target)
     assert json.loads(target.read_text()) == {"engines": {"cuda": figures}}
     assert [p.name for p in target.parent.iterdir()] == ["gpu.json"]
+
+
+def test_openvino_conversion_takes_a_path_torch_keeps_and_old_entries_are_rebuilt(tmp_path: Path):
+    """No torch.jit.trace (deprecated): the network goes through torch.export; its logits are the network's."""
+    import warnings
+
+    from SCIsegLib.inference.openvino_quiet import import_openvino
+
+    ov = import_openvino()
+    network, x = Tiny().eval(), torch.randn(1, 1, 8, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = convert_network(ov, network, (1, 1, 8, 8, 8))
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert deprecations == []
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert np.allclose(compiled(x.numpy())[0], network(x).detach().numpy(), atol=1e-5)
+    traced = CacheKey(*[getattr(tiny_key(tmp_path, b"w"), f) for f in ("model_folder", "weights_sha256", "fold",
+                                                                         "input_shape", "precision", "cpu", "openvino")],
+                      converter="torch.jit.trace")
+    assert traced.digest() != tiny_key(tmp_path, b"w").digest()
