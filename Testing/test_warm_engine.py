@@ -233,3 +233,32 @@ def test_engine_command_and_settings():
     with pytest.raises(ValueError):
         normalized_settings({"colour": 1})
     assert resolve_model("sciseg-demo").path.resolve() == DEMO_MODEL.resolve()
+
+
+def test_a_cancelled_run_leaves_no_blocked_tile_feeder(demo_model_path):
+    """nnU-Net's tile-feeding thread of a cancelled run is released (it holds the preprocessed image)."""
+    import threading
+
+    from SCIsegLib.errors import CancelledError
+    from SCIsegLib.inference import CancelToken, InferenceSettings, NnUNetEngine
+    from SCIsegLib.inference.warm import _release_tile_feeders
+    from SCIsegLib.phantom import Acquisition, make_phantom
+    from SCIsegLib.segment import segment_image
+
+    def feeders() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if getattr(getattr(t, "_target", None), "__name__", "") == "producer"
+                and t.is_alive()]
+
+    engine = NnUNetEngine(read_model(demo_model_path), InferenceSettings(device="cpu", engine="reference"))
+    large = make_phantom(seed=8, acquisition=Acquisition(spacing_mm=(1.0, 1.0, 1.0), fov_mm=(40, 72, 200)), lesions=1)
+    token = CancelToken()
+
+    def cancel_at_first_tile(event) -> None:
+        if event.message.startswith("tile "):
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        segment_image(large.image, engine, progress=cancel_at_first_tile, cancel=token)
+    assert feeders(), "the cancelled run left no feeder: this test no longer tests anything"
+    _release_tile_feeders()
+    assert feeders() == []
