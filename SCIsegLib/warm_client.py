@@ -71,8 +71,8 @@ def engine_command(model: str, settings: dict | None, idle_minutes: float, pytho
 class WarmRequest:
     """One segment request: its events, outcome and outputs. ``poll`` never blocks."""
 
-    def __init__(self, engine: "WarmEngine", request_id: str) -> None:
-        self.engine, self.id = engine, request_id
+    def __init__(self, engine: "WarmEngine", request_id: str, process: subprocess.Popen | None = None) -> None:
+        self.engine, self.id, self.process = engine, request_id, process
         self._events: queue.Queue = queue.Queue()
         self.finished = threading.Event()
         #: "done", "cancelled", "error", "refused" or "crashed" (the engine ended during the request); None while running.
@@ -208,6 +208,7 @@ class WarmEngine:
 
     def _read_events(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None
+        said_exit = False  # this process announced its exit (idle, shutdown, stdin closed): not a crash
         for raw in process.stdout:
             try:
                 event = json.loads(raw)
@@ -216,23 +217,25 @@ class WarmEngine:
             if not isinstance(event, dict):
                 continue
             kind = event.get("event")
-            if kind == "ready":
+            current = process is self.process  # a restarted engine's state is not the old process's
+            said_exit = said_exit or kind == "exit"
+            if kind == "ready" and current:
                 self.ready_event = event
-            elif kind == "exit":
+            elif kind == "exit" and current:
                 self.exit_event = event
-            elif kind == "error" and "id" not in event:  # the model could not load
+            elif kind == "error" and "id" not in event and current:  # the model could not load
                 self._failed_message = event.get("message") or "the engine could not start."
             request = self._requests.get(str(event.get("id"))) if "id" in event else None
             if request is not None:
                 request._deliver(event)
         code = process.wait()
         with self._lock:
-            asked = self._closing or self.exit_event is not None
+            asked = said_exit or (self._closing and process is self.process)
             if not asked:
                 self.crashes += 1
                 if self.crashes >= MAX_CRASHES and self._failed_message is None:
                     self._failed_message = f"the warm engine ended unexpectedly {self.crashes} times (last exit code {code})."
-            pending = [r for r in self._requests.values() if not r.finished.is_set()]
+            pending = [r for r in self._requests.values() if not r.finished.is_set() and r.process is process]
         for request in pending:
             request._deliver({"event": "error", "kind": "crashed", "id": request.id,
                               "message": f"the engine ended during this request (exit code {code}); nothing of it was "
@@ -258,7 +261,7 @@ class WarmEngine:
         if self.state in ("absent", "ended"):
             self.start()
         request_id = f"r{next(self._ids)}"
-        request = WarmRequest(self, request_id)
+        request = WarmRequest(self, request_id, self.process)
         self._requests[request_id] = request
         self._send({**payload, "id": request_id})
         return request
