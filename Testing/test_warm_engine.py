@@ -263,3 +263,16 @@ def test_a_cancelled_run_leaves_no_blocked_tile_feeder(demo_model_path):
     assert feeders(), "the cancelled run left no feeder: this test no longer tests anything"
     _release_tile_feeders()
     assert feeders() == []
+
+
+def test_an_engine_for_an_unknown_model_fails_with_one_sentence_and_the_cold_path_is_chosen():
+    warm = WarmEngine("no-such-model")
+    warm.start()
+    try:
+        assert warm.wait_ended(SAFETY_S) and warm.process.returncode == 2
+        assert warm.state == "failed" and "no-such-model" in warm.failure, warm.failure
+        assert choose_segment_path(warm.state, True) == "cold"
+        with pytest.raises(RuntimeError):
+            warm.segment(["x.nii.gz"], "out")
+    finally:
+        warm.close()
