@@ -175,16 +175,22 @@ PARENT = textwrap.dedent("""
     engine.start()
     print(engine.pid, flush=True)
     print("ready" if engine.wait_ready(300) else "not ready", flush=True)
+    request = engine.segment([sys.argv[1]], sys.argv[2])
+    while not any(e.get("stage") == "predict" for e in request.poll()) and not request.finished.wait(0.02):
+        pass
+    print("busy" if not request.finished.is_set() else request.outcome, flush=True)
     sys.stdin.read()  # until killed
 """)
 
 
-def test_the_engine_ends_with_a_killed_parent():
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+def test_the_engine_ends_with_a_killed_parent(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(shared_file(FULL_FOV)), str(tmp_path / "out")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
     try:
         engine_pid = int(parent.stdout.readline())
         assert parent.stdout.readline().strip() == "ready"
+        assert parent.stdout.readline().strip() == "busy"  # killed in the middle of a request
         engine = psutil.Process(engine_pid)
         assert engine.is_running() and engine.status() != psutil.STATUS_ZOMBIE
         group = os.getpgid(engine_pid) if hasattr(os, "getpgid") else None
@@ -204,6 +210,7 @@ def test_the_engine_ends_with_a_killed_parent():
             return alive
 
         assert wait_until_gone(left, timeout_s=SAFETY_S) == []
+        assert not list((tmp_path / "out").glob("*_seg.nii.gz"))  # the request was cancelled, nothing published
     finally:
         if parent.poll() is None:
             parent.kill()
