@@ -36,6 +36,7 @@ from SCIsegLib.inference.cropped import (
 )
 from SCIsegLib.inference.fast import FallbackEngine, FastEngine
 from SCIsegLib.inference.openvino_cache import CacheKey, CompiledModelCache
+from SCIsegLib.inference.runtimes import convert_network
 from SCIsegLib.metrics import dice
 from SCIsegLib.models import read_model
 from SCIsegLib.volume import array_zyx, load_image, reorient, sct_to_itk_orientation
@@ -470,7 +471,7 @@ def test_converting_a_network_for_openvino_sends_nothing_and_writes_nothing_home
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     ov = import_openvino()
-    converted = ov.convert_model(Tiny().eval(), example_input=torch.zeros(1, 1, 8, 8, 8))
+    converted = convert_network(ov, Tiny().eval(), (1, 1, 8, 8, 8))
     assert converted.inputs and converted.outputs
     time.sleep(0.5)  # openvino-telemetry sends from a worker thread
     assert lookups == [] and not (tmp_path / "intel").exists(), (lookups, list(tmp_path.rglob("*")))
@@ -484,7 +485,7 @@ def test_compiled_model_cache_hit_corruption_and_invalidation(tmp_path: Path):
     core, network, x = ov.Core(), Tiny().eval(), torch.randn(1, 1, 8, 8, 8)
     fp32 = {"INFERENCE_PRECISION_HINT": "f32"}  # OpenVINO's default on a bf16 CPU is bf16
     cache = CompiledModelCache(tmp_path / "cache")
-    build = lambda: ov.convert_model(network, example_input=x)  # noqa: E731
+    build = lambda: convert_network(ov, network, tuple(x.shape))  # noqa: E731
     key = tiny_key(tmp_path, b"weights one")
     compiled, status = cache.load_or_build(key, core, fp32, build)
     assert status == "built"
@@ -609,3 +610,65 @@ def test_cli_engine_option_is_recorded_in_the_sidecar(demo_model_path, tmp_path:
     assert ran["crop_note"]  # why the whole image ran, or "cropped"
     assert sidecar["GeneratedBy"][0]["Settings"]["engine"] == engine
     assert sidecar["GeneratedBy"][0]["Settings"]["crop"] == "exact"
+
+
+def _gpu_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPOSITORY / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")
+def test_gpu_check_without_cuda_stops_with_one_sentence_and_writes_nothing(tmp_path):
+    shared_file("sct_2014_errsm/errsm_21/t2.nii.gz")
+    report = tmp_path / "gpu.json"
+    run = subprocess.run([sys.executable, str(REPOSITORY / "benchmarks" / "gpu_check.py"), "-o", str(report)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert run.returncode == 2 and "no CUDA GPU" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert not report.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_arguments_agreement_and_report(tmp_path):
+    gpu_check = _gpu_check_module()
+    with pytest.raises(SystemExit) as missing:
+        gpu_check.parse_arguments(["-o", str(tmp_path / "r.json"), "--data", str(tmp_path), "--scans", "nope.nii.gz"])
+    assert missing.value.code == 2
+    with pytest.raises(SystemExit):
+        gpu_check.parse_arguments(["-o", str(tmp_path / "r.json"), "--repeats", "0"])
+    reference = np.zeros((4, 5, 6), np.uint8)
+    reference[1:3, 1:4, 1:5] = 1
+    reference[2, 2, 2] = 2
+    other = reference.copy()
+    other[1, 1, 1] = 0
+    figures = gpu_check.agreement(reference, other)
+    assert figures == {"cord_dice": round(2 * 23 / (24 + 23), 5), "lesion_dice": 1.0, "differing_voxels": 1}
+    with pytest.raises(ValueError):
+        gpu_check.agreement(reference, other[:3])
+    target = tmp_path / "out" / "gpu.json"
+    gpu_check.write_report({"engines": {"cuda": figures}}, target)
+    assert json.loads(target.read_text()) == {"engines": {"cuda": figures}}
+    assert [p.name for p in target.parent.iterdir()] == ["gpu.json"]
+
+
+def test_openvino_conversion_takes_a_path_torch_keeps_and_old_entries_are_rebuilt(tmp_path: Path):
+    """No torch.jit.trace (deprecated): the network goes through torch.export; its logits are the network's."""
+    import warnings
+
+    from SCIsegLib.inference.openvino_quiet import import_openvino
+
+    ov = import_openvino()
+    network, x = Tiny().eval(), torch.randn(1, 1, 8, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = convert_network(ov, network, (1, 1, 8, 8, 8))
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert deprecations == []
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert np.allclose(compiled(x.numpy())[0], network(x).detach().numpy(), atol=1e-5)
+    traced = CacheKey(*[getattr(tiny_key(tmp_path, b"w"), f) for f in ("model_folder", "weights_sha256", "fold",
+                                                                         "input_shape", "precision", "cpu", "openvino")],
+                      converter="torch.jit.trace")
+    assert traced.digest() != tiny_key(tmp_path, b"w").digest()

@@ -185,3 +185,46 @@ def test_demo_command(tmp_path: Path) -> None:
     assert cord_dice > 0.8
     assert (tmp_path / "demo" / "sub-demo_T2w_sc_seg.nii.gz").is_file()
     assert (tmp_path / "demo" / "sub-demo_T2w_lesion_seg.nii.gz").is_file()
+
+
+def test_cold_segment_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
+    """A cold `sciseg segment` never imports the nnU-Net trainer (plotting, scikit-learn): inference needs none of it."""
+    arguments = ["segment", str(shared_file("sct_testing_data/t2/t2.nii.gz")), "--model", "sciseg-demo", "-o", str(tmp_path),
+                 "--progress", "none"]
+    code = (
+        f"import sys\nfrom SCIsegLib.cli import main\ncode = main({arguments!r})\n"
+        "heavy = [m for m in ('seaborn', 'matplotlib', 'sklearn', 'nnunetv2.training.nnUNetTrainer.nnUNetTrainer') if m in sys.modules]\n"
+        "print('CODE', code, 'HEAVY', ','.join(heavy) or '-')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert run.stdout.strip().splitlines()[-1] == "CODE 0 HEAVY -", run.stdout + run.stderr
+    assert (tmp_path / "t2_sc_seg.nii.gz").is_file()
+
+
+def test_default_trainer_network_equals_the_trainers_own(demo_model_path: Path) -> None:
+    """The network built without importing nnUNetTrainer is the trainer's: same parameters, same logits."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from SCIsegLib.inference.predictor import default_trainer_network
+
+    model = read_model(demo_model_path)
+    plans = PlansManager(json.loads((model.results_folder / "plans.json").read_text()))
+    configuration = plans.get_configuration(model.configuration)
+    ours = default_trainer_network(configuration, 1, 2)
+    theirs = nnUNetTrainer.build_network_architecture(plans, configuration, 1, 2, enable_deep_supervision=False)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in theirs.state_dict().items()]
+    theirs.load_state_dict(ours.state_dict())
+    tile = torch.randn(1, 1, *configuration.patch_size)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(tile), theirs.eval()(tile))
+
+
+def test_segment_exits_at_once_after_its_outputs() -> None:
+    """`sciseg segment` skips the interpreter teardown (1-2 s of torch/OpenVINO clean-up) once its outputs are published."""
+    from SCIsegLib.cli import QUICK_EXIT_COMMANDS, _command_of
+
+    assert _command_of(["--verbose", "segment", "x.nii.gz"]) == "segment" and _command_of([]) is None
+    assert "segment" in QUICK_EXIT_COMMANDS and "run" not in QUICK_EXIT_COMMANDS  # Dask's clean-up must run

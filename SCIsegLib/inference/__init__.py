@@ -6,6 +6,7 @@ Only this package imports torch, nnunetv2 and openvino. Modules:
 - :mod:`.predictor`: nnU-Net's predictor with safe checkpoint loading; the reference engine.
 - :mod:`.runtimes`: OpenVINO and torch-autocast tile runtimes; :mod:`.openvino_cache`: compiled models on disk.
 - :mod:`.cropped`: the cord-cropped two-pass run; :mod:`.fast`: the fast engine; :mod:`.choice`: which engine runs.
+- :mod:`.warm`: the warm engine's server (``sciseg engine serve``); its client is :mod:`SCIsegLib.warm_client`.
 """
 
 from .base import (

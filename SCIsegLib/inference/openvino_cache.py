@@ -35,6 +35,8 @@ class CacheKey:
         precision: "bf16" or "fp32" (OpenVINO's inference precision hint).
         cpu: the CPU's name and its bf16/AMX flags.
         openvino: the OpenVINO version.
+        converter: how the torch network was converted (``torch.export``: :func:`~.runtimes.convert_network`);
+            entries made another way (``torch.jit.trace`` before) are rebuilt, not reused.
     """
 
     model_folder: str
@@ -44,10 +46,11 @@ class CacheKey:
     precision: str
     cpu: str
     openvino: str
+    converter: str = "torch.export"
 
     def fields(self) -> dict[str, Any]:
         return {"model_folder": self.model_folder, "weights_sha256": self.weights_sha256, "fold": self.fold, "input_shape": list(self.input_shape),
-                "precision": self.precision, "cpu": self.cpu, "openvino": self.openvino}
+                "precision": self.precision, "cpu": self.cpu, "openvino": self.openvino, "converter": self.converter}
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.fields(), sort_keys=True).encode()).hexdigest()[:32]

@@ -11,6 +11,7 @@ weighting, mirroring and fold averaging stay exactly as in the reference:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +44,21 @@ class AutocastNetwork(torch.nn.Module):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(self.device_type, dtype=self.dtype):
             return self.inner(x).float().contiguous()
+
+
+def convert_network(ov, network: torch.nn.Module, input_shape: tuple[int, ...]):
+    """An ``openvino.Model`` of ``network`` (eval mode) for a fixed input shape (batch, channels, z, y, x) in voxels.
+
+    Through ``torch.export.export`` (the path torch keeps; ``ov.convert_model(network, example_input=...)``
+    traces with ``torch.jit.trace``, which torch deprecates). OpenVINO's reader of the exported program
+    still calls a pytree check that torch marks deprecated (one ``FutureWarning`` per conversion, not ours
+    to fix): that one message is silenced here, nothing else.
+    """
+    with torch.no_grad():
+        program = torch.export.export(network, (torch.zeros(input_shape),))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+        return ov.convert_model(program)
 
 
 class OpenVINONetwork(torch.nn.Module):
@@ -91,8 +107,7 @@ class OpenVINONetwork(torch.nn.Module):
 
             def build(parameters: dict = parameters) -> Callable:
                 network.load_state_dict(parameters)
-                with torch.no_grad():
-                    return ov.convert_model(network, example_input=torch.zeros(input_shape), input=[tuple(input_shape)])
+                return convert_network(ov, network, tuple(input_shape))
 
             compiled, status = cache.load_or_build(key, core, config, build)
             self._compiled.append(compiled)
