@@ -164,3 +164,16 @@ def test_slicer_terminology_logic_reads_the_gm_and_wm_entries() -> None:
     assert codes == ["2748008", "12958003", "27088001"]
     assert colours[1] == pytest.approx(tuple(round(c * 255) for c in GREY_MATTER.color))
     assert colours[2] == pytest.approx(tuple(round(c * 255) for c in WHITE_MATTER.color))
+
+
+def test_the_fast_engine_runs_a_2d_model_without_falling_back(tmp_path: Path) -> None:
+    """OpenVINO with the default crop on the 2D demo GM model: the crop steps aside ("2D configuration"), no fallback."""
+    image_path = shared_file(T2S + "t2s.nii.gz")
+    reference = run_cli("segment", str(image_path), "--model", str(GM_DEMO), "-o", str(tmp_path / "reference"), "--threads", "1")
+    fast = run_cli("segment", str(image_path), "--model", str(GM_DEMO), "-o", str(tmp_path / "fast"), "--threads", "1",
+                   "--engine", "openvino", "--crop", "fast")
+    assert reference.returncode == 0 and fast.returncode == 0, reference.stderr + fast.stderr
+    engine = json.loads((tmp_path / "fast" / "t2s_gmseg.json").read_text())["GeneratedBy"][0]["Engine"]
+    assert engine["engine"] == "openvino" and engine["fallbacks"] == [] and engine["crop_note"] == "2D configuration"
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / k / "t2s_gmseg.nii.gz"))) > 0 for k in ("reference", "fast"))
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.97

@@ -330,6 +330,21 @@ def test_models_naming_code_are_refused_at_every_load(tmp_path: Path, model_stor
         models.resolve_model(str(model))
 
 
+def test_plans_swapped_after_the_model_was_read_are_refused_by_the_predictor(tmp_path: Path) -> None:
+    """The predictor reads plans.json again when it builds the network: a file changed since ``read_model`` is caught."""
+    from SCIsegLib.inference import InferenceSettings, NnUNetEngine
+
+    marker = tmp_path / "ran_predictor"
+    model = tmp_path / "swapped"
+    shutil.copytree(DEMO_MODEL, model)
+    info = models.read_model(model)  # checked and accepted
+    planted = _planted_model(tmp_path, marker)
+    shutil.copy2(planted / RESULTS / "plans.json", model / RESULTS / "plans.json")  # swapped afterwards
+    with pytest.raises(checkpoints.UnsafePlansError, match="os.system"):
+        NnUNetEngine(info, InferenceSettings(device="cpu"))  # builds nnU-Net's predictor from the files
+    assert not marker.exists()
+
+
 def test_cli_refuses_planted_plans_before_building_anything(tmp_path: Path, model_store: Path) -> None:
     import SimpleITK as sitk
 

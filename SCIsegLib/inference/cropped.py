@@ -347,10 +347,10 @@ def two_pass_logits(predictor, data: torch.Tensor, margin_mm: float = DEFAULT_MA
     def whole(note: str) -> CroppedLogits:
         return CroppedLogits(predictor.predict_logits_from_preprocessed_data(data), None, note)
 
+    if len(patch) != len(shape):  # first: a 2D model's tile has one axis fewer than the image
+        return whole("2D configuration")
     if all(s <= p for s, p in zip(shape, patch, strict=True)):
         return whole("smaller than a tile")
-    if len(patch) != len(shape):
-        return whole("2D configuration")
     fine_step = predictor.tile_step_size
     whole_tiles = tile_count(shape, patch, fine_step)
     first_tiles = tile_count(first_pass_shape(shape, patch), patch, 1.0)

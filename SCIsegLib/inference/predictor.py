@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import check_plans_safe, load_checkpoint
 from ..errors import InputError
 from ..models import ModelInfo
 from .base import CancelToken, InferenceSettings, NetworkOutput, choose_device, prepare_nnunet_environment
@@ -47,7 +47,9 @@ def _predictor_class():
             if use_folds is None:
                 use_folds = nnUNetPredictor.auto_detect_available_folds(str(folder), checkpoint_name)
             dataset_json = load_json(str(folder / "dataset.json"))
-            plans_manager = PlansManager(load_json(str(folder / "plans.json")))
+            plans = load_json(str(folder / "plans.json"))
+            check_plans_safe(plans, folder / "plans.json", dataset_json)  # read again here: checked again here
+            plans_manager = PlansManager(plans)
             parameters = []
             for index, fold in enumerate([use_folds] if isinstance(use_folds, str) else use_folds):
                 checkpoint = load_checkpoint(folder / f"fold_{fold}" / checkpoint_name)
