@@ -50,6 +50,7 @@ from pathlib import Path
 from .cancel import CANCEL_FILE_VARIABLE
 from .errors import SCIsegError
 from .models import user_data_dir
+from .event_queue import drain
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 #: Windows' CREATE_NO_WINDOW process creation flag (``subprocess.CREATE_NO_WINDOW`` exists only on Windows).
@@ -382,12 +383,7 @@ class _EventChild(_Child):
     def poll(self) -> list[dict]:
         """Events received since the last call (never blocks); also moves a pending cancel forward."""
         self._advance()
-        events = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drain(self._events)
 
     @property
     def finished(self) -> bool:

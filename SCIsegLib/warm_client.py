@@ -27,6 +27,8 @@ import sys
 import threading
 from pathlib import Path
 
+from .event_queue import drain
+
 #: States of a :class:`WarmEngine`.
 STATES = ("absent", "starting", "ready", "busy", "ended", "failed")
 #: Crashes (an engine that ended without being asked to) after which the client stops restarting it.
@@ -93,12 +95,7 @@ class WarmRequest:
 
     def poll(self) -> list[dict]:
         """The events that arrived since the previous call (``progress``, ``warning``, then the final one)."""
-        events = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drain(self._events)
 
     def wait(self, timeout_s: float | None = None) -> list[dict]:
         """Block until the request finished (tests, scripts); returns the events not yet polled."""

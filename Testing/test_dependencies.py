@@ -19,14 +19,22 @@ from test_models import make_model_folder, zip_folder
 
 #: Run in the child before the CLI: records every top-level module that SCIsegLib's own code imports.
 RECORDER = """
-import atexit, builtins, json, sys
+import atexit, builtins, json, os, sys
 output, seen, original = sys.argv[1], set(), builtins.__import__
 def recording(name, globals=None, locals=None, fromlist=(), level=0):
     if level == 0 and (globals or {}).get("__name__", "").startswith("SCIsegLib"):
         seen.add(name.split(".")[0])
     return original(name, globals, locals, fromlist, level)
 builtins.__import__ = recording
-atexit.register(lambda: open(output, "w").write(json.dumps(sorted(seen))))
+def record():
+    with open(output, "w") as handle:
+        handle.write(json.dumps(sorted(seen)))
+atexit.register(record)
+real_exit = os._exit
+def recording_exit(code):  # `segment` ends with os._exit (no slow teardown): record first
+    record()
+    real_exit(code)
+os._exit = recording_exit
 sys.argv = ["sciseg", *sys.argv[2:]]
 from SCIsegLib.cli import console_main
 console_main()
