@@ -5,19 +5,46 @@ not a case id is refused by the front with one sentence, before any worker start
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from conftest import SHARED_DATA, shared_file
 from review_data import CASES, make_review_bids
+from SCIsegLib.review.front import Front, FrontSettings
 from SCIsegLib.qc.report import qc_entry, write_report
 from test_review_browser import VIEWPORT, _cord_pixels, _lesion_pixels, _missing_requirement, TOKEN, _start_server, _stop, _wait_pixels
 
-pytestmark = pytest.mark.skipif(_missing_requirement() is not None, reason=str(_missing_requirement()))
+ECHO_WORKER = Path(__file__).with_name("echo_review_worker.py")
 
 
+def test_the_front_checks_the_case_before_anything_else_and_hands_it_to_the_tab(tmp_path: Path) -> None:
+    """In process, with the echo worker of test_review_front.py: refusals start no worker; a case id rides along."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def scenario() -> None:
+        front = Front(FrontSettings(root=tmp_path), [sys.executable, str(ECHO_WORKER)], log=lambda _text: None)
+        async with TestClient(TestServer(front.application())) as client:
+            for query in ("case=..%2F..%2Fetc%2Fpasswd", "case=sub-01/anat/x&case=sub-02/anat/y", "case=%2Fetc%2Fpasswd",
+                          "case=sub-01/anat/%3Cscript%3E"):
+                answer = await client.get(f"/?{query}", allow_redirects=False)
+                text = await answer.text()
+                assert answer.status == 400 and "This case cannot be opened: " in text and "<script>" not in text, text
+            assert len(front.table) == 0  # refused before a worker was claimed
+            answer = await client.get("/?case=sub-01/ses-02/anat/sub-01_ses-02_T2w", allow_redirects=False)
+            assert answer.status == 302 and len(front.table) == 1
+            location = urlsplit(answer.headers["Location"])
+            assert location.path.startswith("s/") and parse_qs(location.query)["case"] == ["sub-01/ses-02/anat/sub-01_ses-02_T2w"]
+            assert parse_qs(location.query)["secret"] == [front.worker_secret]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(_missing_requirement() is not None, reason=str(_missing_requirement()))
 def test_a_fail_opens_its_case_in_the_running_review(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
