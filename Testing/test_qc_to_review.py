@@ -73,6 +73,12 @@ def test_a_fail_opens_its_case_in_the_running_review(tmp_path: Path) -> None:
             link = page.locator("#open-review")
             assert link.get_attribute("href") == f"{address}&case=sub-01%2Fanat%2Fsub-01_T2w"
             assert link.inner_text() == f"Open in sciseg review: {CASES['sub-01']}"
+            page.fill("#review-address", "javascript:alert(1)")
+            page.press("#review-address", "Enter")
+            assert link.get_attribute("href") is None and link.inner_text() == "the review address is not an http(s) address"
+            page.fill("#review-address", address)
+            page.press("#review-address", "Enter")
+            assert link.get_attribute("href") == f"{address}&case=sub-01%2Fanat%2Fsub-01_T2w"
             page.screenshot(path=str(tmp_path / "qc_fail.png"))
 
             with context.expect_page() as opened:
