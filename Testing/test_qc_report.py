@@ -200,3 +200,20 @@ def test_entry_explains_every_n_a_and_leaves_flagged_values_out() -> None:
     assert entry["slices"] == [12, 11]
     no_lesion = qc_entry({**row, "marker": {"Measures": {"lesion_count": 0, "volume [mm3]": 0.0}}})
     assert no_lesion["notes"] == ["no lesion: volume, length, damage ratio and CSA at or above the lesion do not apply (n/a)"]
+
+
+def test_review_case_id_is_the_scan_path_relative_to_its_bids_root(tmp_path: Path) -> None:
+    from SCIsegLib.qc.report import review_case_id
+
+    root = tmp_path / "study"
+    assert review_case_id(root / "sub-01" / "anat" / "sub-01_T2w.nii.gz") == "sub-01/anat/sub-01_T2w"
+    assert review_case_id(str(root / "sub-01" / "ses-02" / "anat" / "sub-01_ses-02_T2w.nii.gz")) == \
+        "sub-01/ses-02/anat/sub-01_ses-02_T2w"
+    # not in a BIDS dataset, or names review refuses: no case id, so no link on the page
+    assert review_case_id(tmp_path / "scans" / "t2.nii.gz") == ""
+    assert review_case_id(root / "patient" / "anat" / "t2.nii.gz") == ""
+    assert review_case_id(root / "sub-01" / "anat" / "sub-01 T2w.nii.gz") == ""
+    assert review_case_id(root / "sub-01" / "anat" / "sub-01_T2w.nii") == ""
+    row = {"file": str(root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"), "subject": "sub-01", "session": "",
+           "scan": "sub-01_T2w", "status": "done"}
+    assert qc_entry(row)["case_id"] == "sub-01/anat/sub-01_T2w"

@@ -7,7 +7,15 @@ downloads ``qc_fails.yml`` (the files marked Fail), "Save all" ``qc_decisions.js
 qc`` reads both. "qc_fail.yml" and "qc_artifact.yml" download the Fail and Artifact lists in SCT's format (the
 ``FILES_SEG`` / ``FILES_LESION`` keys of SCT's QC report and of its ``manual-correction`` scripts). The viewer shows
 each scan's date, command and version, its flags, and why a number is n/a. All user text goes in as textContent.
+
+A scan marked Fail that lies in a BIDS dataset (its ``case_id``, from :func:`report.review_case_id`) gets an "Open in
+sciseg review" link: the review address the rater sets once in the header (kept in local storage; default
+:data:`DEFAULT_REVIEW_ADDRESS`, http/https only) with ``?case=<case id>`` set through the URL API, so ``sciseg review``
+opens that case in a new tab. While an input has the focus, keys go to it, not to the report.
 """
+
+#: Where ``sciseg review`` listens by default (its --host and --port defaults).
+DEFAULT_REVIEW_ADDRESS = "http://127.0.0.1:8080"
 
 INDEX_HTML = r"""<!DOCTYPE html>
 <html lang="en">
@@ -41,6 +49,7 @@ th { cursor: pointer; user-select: none; }
 .hidden-overlay .overlay { visibility: hidden; }
 #numbers { font-size: 14px; margin: 6px 0; }
 #reason { color: #f88; }
+#open-review { color: #8cf; font-size: 14px; margin: 3px 0; display: block; }
 </style>
 </head>
 <body>
@@ -52,6 +61,8 @@ th { cursor: pointer; user-select: none; }
 <button id="save-all">Save all</button>
 <button id="save-sct-fail" title="the Fail list in SCT's format (FILES_SEG, FILES_LESION)">qc_fail.yml</button>
 <button id="save-sct-artifact" title="the Artifact list in SCT's format (FILES_SEG, FILES_LESION)">qc_artifact.yml</button>
+<label title="where sciseg review answers (kept in this browser); a Fail opens its case there">review
+<input id="review-address" size="22"></label>
 <span id="counts"></span>
 <span id="keys">&uarr;&darr;/j k move &middot; &rarr; contours &middot; f Pass/Fail/Artifact &middot; 0-9 rank &middot; / search</span>
 </header>
@@ -59,6 +70,7 @@ th { cursor: pointer; user-select: none; }
 <div id="list"><table><thead><tr id="header"></tr></thead><tbody id="rows"></tbody></table></div>
 <div id="viewer"><div id="title"></div><div id="meta"></div><div id="numbers"></div><div id="flags"></div>
 <div id="notes"></div><div id="reason"></div><div id="slices"></div>
+<a id="open-review" target="_blank" rel="noopener noreferrer" style="display: none"></a>
 <div id="images"><div class="stack" id="sagittal"><img class="base" alt="sagittal view along the cord"><img class="overlay" alt=""></div>
 <div class="stack" id="axial"><img class="base" alt="axial mosaic"><img class="overlay" alt=""></div></div></div>
 </main>
@@ -76,6 +88,10 @@ let overlay = true;
 const COLUMNS = [["subject", "subject"], ["session", "session"], ["scan", "scan"], ["site", "site"],
   ["labels", "measured_on"], ["flags", "flags"], ["mm\u00b3", "volume_mm3"], ["len mm", "length_mm"],
   ["damage", "damage_ratio"], ["date", "date"], ["QC", "decision"], ["rank", "rank"]];
+const REVIEW_STORE = "sciseg-qc-review-address";
+const DEFAULT_REVIEW = "@DEFAULT_REVIEW@";
+const reviewInput = document.getElementById("review-address");
+reviewInput.value = localStorage.getItem(REVIEW_STORE) || DEFAULT_REVIEW;
 let sortKey = "";
 let sortDir = 1;
 
@@ -83,6 +99,24 @@ function save() { localStorage.setItem(STORE, JSON.stringify(decisions)); }
 function decisionOf(entry) { return decisions[entry.file] || {decision: "", rank: ""}; }
 function fmt(value, digits) { return (value === null || value === undefined || Number.isNaN(value)) ? "n/a" : Number(value).toFixed(digits); }
 function cell(row, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; row.appendChild(td); }
+
+function reviewLink(entry) {
+  // the review address with ?case=<entry's case id>, "" when the address is not http(s), null when no link applies
+  if (!entry.case_id || decisionOf(entry).decision !== "Fail") return null;
+  let url;
+  try { url = new URL(reviewInput.value.trim() || DEFAULT_REVIEW); } catch (e) { return ""; }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return "";
+  url.searchParams.set("case", entry.case_id);
+  return url.toString();
+}
+
+function showReviewLink(entry) {
+  const link = document.getElementById("open-review");
+  const href = entry ? reviewLink(entry) : null;
+  link.style.display = href === null ? "none" : "block";
+  if (href) { link.href = href; link.textContent = "Open in sciseg review: " + entry.case_id; }
+  else { link.removeAttribute("href"); link.textContent = href === "" ? "the review address is not an http(s) address" : ""; }
+}
 
 function sortValue(entry, key) {
   if (key === "decision") return decisionOf(entry).decision || null;
@@ -161,9 +195,11 @@ function showCurrent() {
     document.getElementById("title").textContent = "no scan matches the filters";
     for (const id of ["meta", "numbers", "flags", "notes", "reason", "slices"]) document.getElementById(id).textContent = "";
     for (const view of ["axial", "sagittal"]) document.getElementById(view).style.display = "none";
+    showReviewLink(null);
     return;
   }
   document.getElementById("title").textContent = entry.file;
+  showReviewLink(entry);
   document.getElementById("numbers").textContent = entry.status === "failed" ? "" :
     `lesions ${fmt(entry.lesion_count, 0)}, volume ${fmt(entry.volume_mm3, 1)} mm3, length ${fmt(entry.length_mm, 1)} mm, ` +
     `max axial damage ratio ${fmt(entry.damage_ratio, 2)}, CSA above ${fmt(entry.csa_above_mm2, 1)} mm2`;
@@ -229,9 +265,9 @@ function saveAll() {
 }
 
 document.addEventListener("keydown", event => {
-  const search = document.getElementById("search");
-  if (document.activeElement === search) {
-    if (event.key === "Escape" || event.key === "Enter") search.blur();
+  const focused = document.activeElement;
+  if (focused && focused.tagName === "INPUT") {
+    if (event.key === "Escape" || event.key === "Enter") focused.blur();
     return;
   }
   const entry = shown[current];
@@ -244,12 +280,13 @@ document.addEventListener("keydown", event => {
     decisions[entry.file] = d; save(); render();
   }
   else if (/^[0-9]$/.test(event.key) && entry) { const d = decisionOf(entry); d.rank = event.key; decisions[entry.file] = d; save(); render(); }
-  else if (event.key === "/") { event.preventDefault(); search.focus(); }
+  else if (event.key === "/") { event.preventDefault(); document.getElementById("search").focus(); }
   else return;
   event.preventDefault();
 });
 document.getElementById("site").addEventListener("change", render);
 document.getElementById("search").addEventListener("input", render);
+reviewInput.addEventListener("change", () => { localStorage.setItem(REVIEW_STORE, reviewInput.value.trim()); showCurrent(); });
 document.getElementById("save-fails").addEventListener("click", saveFails);
 document.getElementById("save-all").addEventListener("click", saveAll);
 document.getElementById("save-sct-fail").addEventListener("click", () => saveSct("Fail", "qc_fail.yml"));
@@ -260,4 +297,4 @@ render();
 </script>
 </body>
 </html>
-"""
+""".replace("@DEFAULT_REVIEW@", DEFAULT_REVIEW_ADDRESS)

@@ -47,6 +47,29 @@ def not_available_notes(measures: dict, flags: list[dict]) -> list[str]:
     return notes
 
 
+def review_case_id(scan_file: str | Path) -> str:
+    """The ``sciseg review`` case id of a scan (its path relative to its BIDS root, without ``.nii.gz``), or "" when
+    the scan does not lie in a BIDS dataset (``<root>/sub-X/[ses-Y/]anat/<name>.nii.gz``, the id's pattern checked).
+
+    The root is the folder holding the scan's ``sub-X`` folder; ``sciseg review --bids ROOT`` lists the scan under the
+    same id. Never built from page text: the QC page only puts this string into the review address.
+    """
+    from ..review.paths import PathRefused, case_id_of
+
+    path = Path(scan_file)
+    if path.parent.name != "anat":
+        return ""
+    subject = path.parent.parent
+    if subject.name.startswith("ses-"):
+        subject = subject.parent
+    if not subject.name.startswith("sub-"):
+        return ""
+    try:
+        return case_id_of(subject.parent, path)
+    except PathRefused:
+        return ""
+
+
 def qc_entry(row: dict, site: str = "") -> dict:
     """One scan's entry from its run-summary row (with its marker when it was done or skipped): the numbers of the
     cohort table (flagged values left out, as there), when and how it was made, and why any number is n/a."""
@@ -77,6 +100,7 @@ def qc_entry(row: dict, site: str = "") -> dict:
         "command": marker.get("Command", ""),
         "version": f"SCIseg {marker['SCIsegVersion']}, model {marker.get('Model', '')}" if marker.get("SCIsegVersion") else "",
         "slices": marker.get("QCSlices", []),
+        "case_id": review_case_id(row["file"]),
     }
 
 

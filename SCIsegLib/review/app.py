@@ -23,6 +23,9 @@ The rater's work (each decision in the case model, :mod:`SCIsegLib.cases`, or in
   (atomic) when the masks differ from what was opened or exported. Opening another case (list, ``n``, ``b``,
   the version list) with unsaved strokes asks: keep them as a draft, discard them, or stay. Closing or reloading the
   tab with unsaved strokes gets the browser's leave-page warning (the draft is on disk already).
+* A tab opened at the front's ``/?case=<case id>`` (a QC report's "Open in sciseg review") opens that case once
+  connected, like a click in the case list; the parameter is then dropped from the tab's address, so a reload keeps
+  the session without opening the case again.
 * The rater's name is kept in the browser (``localStorage``); a new tab (after a closed tab, a stopped worker) lists
   the cases holding this rater's drafts and opens them with the draft.
 """
@@ -90,6 +93,12 @@ LEAVE_JS = (  # the rater's name and last case come back from this browser; leav
     " if (last && !window.trame.state.get('case_id')) { window.trame.state.set('last_case', last); }"
     " window.addEventListener('beforeunload', (e) => {"
     " if (window.trame.state.get('unsaved')) { e.preventDefault(); e.returnValue = ''; } }); }"
+)
+OPEN_JS = (  # ?case=<case id> (the front's answer to a QC report's link): opened once, then dropped from the address
+    "if (!window.scisegOpenAsked) { window.scisegOpenAsked = true;"
+    " const address = new URL(window.location.href); const wanted = address.searchParams.get('case');"
+    " if (wanted) { address.searchParams.delete('case'); window.history.replaceState(null, '', address.toString());"
+    " window.trame.trigger('open_case', [wanted]); } }"
 )
 DRAFT = "draft"  # the version list's entry for the rater's own draft
 
@@ -518,6 +527,7 @@ class ReviewApp(TrameApp):
             layout.title.set_text("SCIseg review")
             client.Script(KEYBOARD_JS)
             client.Script(LEAVE_JS)
+            client.Script(OPEN_JS)  # open_case validates the id, as for any string a browser sends
             client.ClientStateChange(value="case_id", change=f"case_id && window.localStorage.setItem('{CASE_STORAGE}', case_id)")
             with layout.toolbar:
                 v3.VSpacer()

@@ -60,6 +60,7 @@ from .launcher import (
     is_session_id,
     ready_port,
 )
+from .paths import PathRefused, validate_case_id
 
 #: trame's ``ws_max_msg_size`` (10 MB, the largest message its workers accept) plus wslink's 4 KiB of framing.
 MAX_WS_MESSAGE_BYTES = 10_000_000 + 4096
@@ -248,12 +249,23 @@ class Front:
         return _page("SCIseg review", "This review server needs its access token: open the address it printed at "
                      "start (http://HOST:PORT/?secret=TOKEN).", 403)
 
-    def _with_secret(self, path: str) -> str:
-        """``path`` with the workers' secret as ``?secret=`` (the page passes it in wslink's hello)."""
-        return f"{path}?secret={quote(self.worker_secret, safe='')}"
+    def _with_secret(self, path: str, case_id: str = "") -> str:
+        """``path`` with the workers' secret as ``?secret=`` (the page passes it in wslink's hello), and ``&case=``
+        when the tab is to open a case (a validated case id)."""
+        case = f"&case={quote(case_id, safe='/')}" if case_id else ""
+        return f"{path}?secret={quote(self.worker_secret, safe='')}{case}"
 
     # ------------------------------------------------------------------ routes
     async def _new_session(self, request: web.Request) -> web.StreamResponse:
+        """A new tab's session; ``?case=<case id>`` (a QC report's "Open in sciseg review") is validated before
+        anything else and handed to the tab's page, which opens that case once connected."""
+        cases = request.query.getall("case", [])
+        try:
+            if len(cases) > 1:
+                raise PathRefused("a review address names at most one case (one case= parameter).")
+            case_id = validate_case_id(cases[0]) if cases else ""
+        except PathRefused as error:
+            return _page("SCIseg review", f"This case cannot be opened: {error}", 400)
         if _is_websocket(request):
             return _page("SCIseg review", "A review session's connection belongs under /s/<session>/; open the review "
                          "address in a browser.", 400)
@@ -271,7 +283,7 @@ class Front:
                          "open browser tab). Close a review tab you no longer use and reload this page in a few minutes, "
                          "or ask whoever started sciseg review to restart it with a larger --max-sessions.", 503)
         self._launch(worker)
-        return _redirect(self._with_secret(f"s/{worker.session_id}/"))
+        return _redirect(self._with_secret(f"s/{worker.session_id}/", case_id))
 
     async def _index(self, request: web.Request) -> web.Response:
         """A page that sends the browser to ``/`` (a new session); answering it starts nothing (probes, bookmarks)."""
