@@ -42,9 +42,13 @@ def measured_cli(*arguments: str) -> tuple[subprocess.CompletedProcess, float, f
     child's own ``VmHWM`` at exit (wait4's ru_maxrss would count the pytest process the child was forked from)."""
     with tempfile.TemporaryDirectory() as folder:
         status = Path(folder) / "status"
-        launcher = (
-            "import atexit, runpy, sys; "
-            f"atexit.register(lambda: open({str(status)!r}, 'w').write(open('/proc/self/status').read())); "
+        launcher = (  # the status is recorded at exit, including segment's os._exit (which skips atexit)
+            "import atexit, os, runpy, sys\n"
+            f"record = lambda: open({str(status)!r}, 'w').write(open('/proc/self/status').read())\n"
+            "atexit.register(record)\n"
+            "real_exit = os._exit\n"
+            "def recording_exit(code):\n    record()\n    real_exit(code)\n"
+            "os._exit = recording_exit\n"
             "sys.argv = ['sciseg', *sys.argv[1:]]; runpy.run_module('SCIsegLib', run_name='__main__')"
         )
         environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
