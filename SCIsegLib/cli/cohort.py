@@ -128,5 +128,5 @@ def _run_cohort(args: argparse.Namespace, events: JsonLines | None) -> int:
 
 
 PARSERS = {"run": _add_run_parser}
-#: ``run`` takes the JSON-lines event writer too (see :mod:`.entry`).
+#: ``run`` takes the JSON-lines event writer too (:data:`.entry.TAKE_EVENTS`).
 HANDLERS = {"run": _run_cohort}

@@ -21,7 +21,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"sciseg: error: {message}\n")
 
 
-
 class JsonLines:
     """Writes one JSON object per line to a stream (the real stdout in jsonl mode)."""
 
@@ -31,7 +30,6 @@ class JsonLines:
     def __call__(self, payload: dict) -> None:
         self.stream.write(json.dumps(payload) + "\n")
         self.stream.flush()
-
 
 
 def output_folder(path: Path) -> Path:

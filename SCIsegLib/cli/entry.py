@@ -15,8 +15,10 @@ from .common import EXIT_CANCELLED, EXIT_INPUT, EXIT_INTERNAL, JsonLines
 from .parser import build_parser
 
 
-#: Subcommand -> runner (``segment``, ``models`` and ``run`` also take the JSON-lines event writer).
+#: Subcommand -> runner.
 HANDLERS = {**segment.HANDLERS, **measure.HANDLERS, **learn.HANDLERS, **cohort.HANDLERS, **review.HANDLERS}
+#: The runners that also take the JSON-lines event writer (None unless ``--progress jsonl``).
+TAKE_EVENTS = frozenset({"segment", "models", "run"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,12 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     redirect = contextlib.redirect_stdout(sys.stderr) if jsonl else contextlib.nullcontext()
     try:
         with redirect, cancel.checked():
-            if args.command == "segment":
-                return segment._run_segment(args, events)
-            if args.command == "models":
-                return segment._run_models(args, events)
-            if args.command == "run":
-                return cohort._run_cohort(args, events)
+            if args.command in TAKE_EVENTS:
+                return HANDLERS[args.command](args, events)
             return HANDLERS[args.command](args)
     except CancelledError as error:
         _report(events, "cancelled", str(error))

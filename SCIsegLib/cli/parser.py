@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="print the traceback of internal errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     parts = {**segment.PARSERS, **measure.PARSERS, **learn.PARSERS, **cohort.PARSERS, **review.PARSERS}
+    if set(parts) != set(COMMANDS):  # a group's command missing from COMMANDS would vanish from the parser
+        raise RuntimeError(f"COMMANDS and the command groups differ: {sorted(set(parts) ^ set(COMMANDS))}")
     for name in COMMANDS:
         parts[name](commands)
     return parser

@@ -304,6 +304,6 @@ def _run_demo(args: argparse.Namespace) -> int:
 #: Subcommand -> parser part (in ``sciseg --help`` order: see :mod:`.parser`).
 PARSERS = {"segment": _add_segment, "models": _add_models, "devices": _add_devices, "demo": _add_demo,
            "engine": _add_engine_parser}
-#: Subcommand -> runner (``segment`` and ``models`` also take the JSON-lines event writer: see :mod:`.entry`).
+#: Subcommand -> runner (``segment`` and ``models`` also take the JSON-lines event writer: :data:`.entry.TAKE_EVENTS`).
 HANDLERS = {"segment": _run_segment, "models": _run_models, "devices": _run_devices, "demo": _run_demo,
             "engine": _run_engine}
