@@ -184,7 +184,7 @@ def open_client(plan: ClusterPlan, local_directory: Path | None = None) -> Itera
                 protocol="tls://",
                 security=Security.temporary(),  # mutual TLS with a certificate only this run holds
                 memory_limit=plan.memory_per_worker,
-                dashboard_address="127.0.0.1:0" if dashboard_available() else None,  # a free loopback port: never a taken 8787 (Dask would warn), never all interfaces
+                dashboard_address="127.0.0.1:0",  # a free loopback port: never a taken 8787 (Dask would warn; None means 8787), never all interfaces
                 local_directory=str(local_directory) if local_directory else None,
             )
         with cluster, Client(cluster) as client:
