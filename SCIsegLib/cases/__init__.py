@@ -22,6 +22,10 @@ API (everything else is detail)::
     case.drafts(), case.discard_draft(rater)            # every rater's drafts of this case, newest first
     outcome = case.export(labels_image, rater, drawn_on=key, model=...)   # a new version with its parent
     outcome.result.version, outcome.warning             # warning: started from an older base than the latest
+    case.set_note(rater, ["artifact"], "motion at C3")  # flags and note kept per rater (atomic), in the next export
+    case.note_of(rater), case.notes()                   # one rater's, every rater's (newest first)
+    case.hold(holder, rater), case.release(holder)      # this session has the case open (heartbeat: hold again)
+    case.open_elsewhere(holder)                         # the other sessions that have it open now (stale ignored)
 
 Rules it keeps:
 
@@ -32,6 +36,8 @@ Rules it keeps:
   After an export the case's base is the new version and the rater's draft is removed.
 * Drafts live in ``derivatives/labels/.drafts/sub-X/[ses-Y/]anat/<stem>/<rater key>.nrrd``, one per rater and
   case, each written whole (temporary file + rename); a draft of another content of the scan (sha256) is refused.
+* Notes live in ``derivatives/labels/.notes/.../<stem>/<rater key>.json`` (:mod:`.notes`), leases in
+  ``derivatives/labels/.leases/.../<stem>/<holder>.json`` (:mod:`.leases`); both written whole.
 * ``<root>/derivatives`` may itself be a link (another disk): it is resolved once, and every path below it
   (prediction, labels, versions, drafts) must resolve inside it, else that case is refused (:func:`inside_derivatives`).
 """
@@ -39,10 +45,13 @@ Rules it keeps:
 from .bases import EMPTY, Base, base_labels, prediction_of, versions_of
 from .case import Case, ExportOutcome, default_prediction_paths, derivatives_folder, inside_derivatives
 from .drafts import DRAFTS, Draft, draft_folder, drafts_in, rater_key
+from .leases import HEARTBEAT_S, STALE_S, Lease, lease_folder, live_leases, new_holder, others_sentence
+from .notes import FLAGS, CaseNote, notes_folder, notes_in
 from .scan import CaseRefused, Grid, Scan, scan_of
 
 __all__ = [
     "DRAFTS", "EMPTY", "Base", "Case", "CaseRefused", "Draft", "drafts_in", "ExportOutcome", "Grid", "Scan", "base_labels",
     "default_prediction_paths", "derivatives_folder", "draft_folder", "inside_derivatives", "prediction_of",
-    "rater_key", "scan_of", "versions_of",
+    "rater_key", "scan_of", "versions_of", "FLAGS", "CaseNote", "notes_folder", "notes_in", "HEARTBEAT_S", "STALE_S",
+    "Lease", "lease_folder", "live_leases", "new_holder", "others_sentence",
 ]

@@ -13,6 +13,8 @@ from ..errors import InputError
 from ..training.export import ExportResult, export_correction, labels_folder, version_store
 from .bases import EMPTY, Base, base_labels, prediction_of, versions_of
 from .drafts import Draft, draft_folder, draft_labels, drafts_in, rater_key, write_draft
+from .leases import Lease, lease_folder, live_leases, remove_lease, write_lease
+from .notes import CaseNote, checked_flags, checked_note, notes_folder, notes_in, read_note, write_note
 from .scan import CaseRefused, Scan, scan_of
 
 
@@ -188,14 +190,49 @@ class Case:
         (self._draft_folder(self.root, self.scan) / f"{rater_key(rater)}.nrrd").unlink(missing_ok=True)
         self._drafted = None
 
+    # ------------------------------------------------------------------ note and flags; who else has it open
+    def _notes_folder(self) -> Path:
+        return inside_derivatives(self.root, notes_folder(self.root, self.scan), "the notes folder")
+
+    def note_of(self, rater: str) -> CaseNote:
+        """The rater's note and flags on this case (empty when none was set, or it was about another image)."""
+        found = read_note(self._notes_folder() / f"{rater_key(rater)}.json", self.scan.sha256)
+        return found if found is not None else CaseNote(rater.strip())
+
+    def notes(self) -> list[CaseNote]:
+        """Every rater's note on this case, newest first."""
+        return notes_in(self._notes_folder(), self.scan.sha256)
+
+    def set_note(self, rater: str, flags, note: str) -> CaseNote:
+        """Keep the rater's flags (:data:`.notes.FLAGS`) and note (atomic); both empty removes them."""
+        return write_note(self._notes_folder(), self.scan, rater, flags, note)
+
+    def _lease_folder(self) -> Path:
+        return inside_derivatives(self.root, lease_folder(self.root, self.scan), "the leases folder")
+
+    def hold(self, holder: str, rater: str, opened: float | None = None) -> Lease:
+        """Say (or, at each heartbeat, say again) that session ``holder`` has this case open."""
+        return write_lease(self._lease_folder(), holder, rater, opened)
+
+    def release(self, holder: str) -> None:
+        remove_lease(self._lease_folder(), holder)
+
+    def open_elsewhere(self, holder: str | None) -> list[Lease]:
+        """The other sessions that have this case open now (stale leases ignored)."""
+        return live_leases(self._lease_folder(), exclude=holder)
+
     # ------------------------------------------------------------------ export
     def export(self, labels: sitk.Image, rater: str, *, drawn_on: str | None, model: str | None = None,
-               note: str = "", draft_rater: str | None = None) -> ExportOutcome:
+               note: str | None = None, flags=None, draft_rater: str | None = None) -> ExportOutcome:
         """A new version of the case's masks with lineage (parent = :attr:`base`); the draft goes, the base becomes it.
 
         Refuses (:class:`CaseRefused`, nothing written) a label map drawn on another scan or grid. ``draft_rater``
-        names the draft to remove when it is not ``rater``'s (a name typed after the draft was written).
+        names the draft to remove when it is not ``rater``'s (a name typed after the draft was written). ``note``
+        and ``flags`` (None: the rater's kept ones, :meth:`note_of`) go into every sidecar of the version.
         """
+        kept = self.note_of(rater) if rater.strip() else CaseNote(rater)
+        note = kept.note if note is None else note
+        note, flags = checked_note(note), checked_flags(kept.flags if flags is None else flags)
         aligned = self.check(labels, drawn_on)
         array = sitk.GetArrayFromImage(aligned).astype(np.uint8)
         inside_derivatives(self.root, labels_folder(self.root), "the labels folder")
@@ -206,7 +243,7 @@ class Case:
         result = export_correction(
             root=self.root, source=self.scan.path, cord=self.scan.grid.image_of(array > 0),
             lesion=self.scan.grid.image_of(array == 2), rater=rater, model=model, subject=self.scan.subject,
-            session=self.scan.session, note=note, parent=self.base.lineage_parent, **predicted)
+            session=self.scan.session, note=note, flags=flags, parent=self.base.lineage_parent, **predicted)
         warning = None
         if result.newer_than_parent:
             newer = ", ".join(f"v{n:03d}" for n in result.newer_than_parent)

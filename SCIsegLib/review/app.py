@@ -62,6 +62,7 @@ from undo_stack import UndoStack
 from vtkmodules.vtkCommonCore import vtkObject
 
 from ..errors import SCIsegError
+from .case_notes import bind_case_notes, case_list_item_ui, case_notes_ui
 from .cases import list_cases, next_uncorrected
 from .memory import release_freed_memory
 from .session import ReviewSession, measure_lesions, publish_prediction, start_segmentation
@@ -142,6 +143,7 @@ class ReviewApp(TrameApp):
         finally:
             vtkObject.SetGlobalWarningDisplay(warnings_shown)
         self._initial_state()
+        bind_case_notes(self)  # flags, note, who else has the case open
         self._build_ui()
         self.refresh_cases()
 
@@ -172,7 +174,7 @@ class ReviewApp(TrameApp):
     # ------------------------------------------------------------------ actions (each calls the library)
     def refresh_cases(self) -> None:
         status = None if self.state.status_filter == "all" else self.state.status_filter
-        self.state.cases = [case.as_dict() for case in list_cases(self.root, self.queue, status)]
+        self.state.cases = [case.as_dict() for case in list_cases(self.root, self.queue, status, self.session.holder)]
         self._update_resume()
 
     def _update_resume(self) -> None:
@@ -221,7 +223,8 @@ class ReviewApp(TrameApp):
                 self._start_segmentation(case_id)
                 return
             draft_of = rater if choice in (None, DRAFT) else None
-            opened = self.session.open_case(case_id, choice=None if choice == DRAFT else choice, draft_of=draft_of)
+            opened = self.session.open_case(case_id, choice=None if choice == DRAFT else choice, draft_of=draft_of,
+                                            rater=rater)
         except SCIsegError as error:
             self.state.error = str(error)
             return
@@ -565,6 +568,7 @@ class ReviewApp(TrameApp):
                     "{{ item.drafts.length ? ' · draft by ' + item.drafts.map((r) => r || 'unnamed').join(', ') : '' }}"
                 )
                 html.Div("{{ item.reason }}", v_if=("item.reason",), classes="text-caption text-error case-reason")
+                case_list_item_ui()
 
     def _tools_ui(self) -> None:
         v3.VAlert(
@@ -582,6 +586,7 @@ class ReviewApp(TrameApp):
             v3.VBtn("{{ id }}", v_for="id in resume", key="id", click="trigger('open_case', [id])", size="small",
                     classes="ma-1 resume-case", variant="text", style="text-transform: none")
         html.Div("{{ opened_text }}", id="opened", classes="text-caption mb-1")
+        case_notes_ui()
         v3.VSelect(items=("bases",), model_value=("base_choice",), update_modelValue=(self.choose_base, "[$event]"),
                    label="Open from", density="compact", hide_details=True, classes="mb-1", id="base-choice",
                    v_if=("case_id",))

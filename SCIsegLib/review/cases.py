@@ -3,7 +3,8 @@
 Order: scans scored by ``sciseg queue score`` first, most uncertain first (:func:`training.queue.ranked`);
 then the others by case id. A status is read from the files on disk each time (no cache), so
 exports made by other raters or other servers show up at the next refresh, with the raters who keep a
-draft of the case. A case whose prediction, labels or drafts lead out of the derivatives folder (a symbolic
+draft of the case, the raters' flags and notes (:mod:`SCIsegLib.cases.notes`) and who else has it open now (the
+leases of other sessions, :mod:`SCIsegLib.cases.leases`). A case whose prediction, labels or drafts lead out of the derivatives folder (a symbolic
 link) is listed as refused with the reason; it never stops the list (nor the app).
 """
 
@@ -14,6 +15,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..cases import DRAFTS, Draft, drafts_in, inside_derivatives
+from ..cases.leases import LEASES, live_leases
+from ..cases.notes import FLAGS, NOTES, notes_in
 from ..errors import InputError
 from ..training.export import labels_folder, latest_version, version_numbers
 from ..training.queue import load_queue, ranked
@@ -35,10 +38,14 @@ class Case:
     date: str | None
     drafts: tuple[str, ...] = ()  # raters with a draft of this case, newest first
     reason: str | None = None  # why a refused case cannot be opened
+    flags: tuple[str, ...] = ()  # every rater's flags (keys of FLAGS, display order)
+    notes: tuple[str, ...] = ()  # one line per rater with a note or flags, newest first (CaseNote.describe)
+    open_by: tuple[str, ...] = ()  # other sessions that have the case open now (Lease.describe)
 
     def as_dict(self) -> dict:
         """JSON-ready (what the browser's list shows)."""
-        return {**asdict(self), "drafts": list(self.drafts)}
+        return {**asdict(self), "drafts": list(self.drafts), "flags": list(self.flags), "notes": list(self.notes),
+                "open_by": list(self.open_by)}
 
 
 def find_images(root: Path) -> list[Path]:
@@ -56,13 +63,27 @@ def find_images(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def case_status(root: Path, case_id: str) -> Case:
+def case_status(root: Path, case_id: str, holder: str | None = None) -> Case:
     """Status of one case from the files: corrected (versions exist), predicted (masks exist), not predicted, or
-    refused (with the reason) when one of its paths leads out of the derivatives folder."""
+    refused (with the reason) when one of its paths leads out of the derivatives folder; with its flags, notes and
+    the sessions other than ``holder`` (this session's lease holder id) that have it open."""
     try:
-        return _status(Path(root), case_id)
+        status = _status(Path(root), case_id)
+        return replace(status, **_notes_and_leases(Path(root), case_id, holder))
     except (InputError, OSError) as error:  # PathRefused, CaseRefused; a folder that cannot be read
         return Case(case_id, REFUSED, None, 0, None, None, reason=str(error))
+
+
+def _notes_and_leases(root: Path, case_id: str, holder: str | None) -> dict:
+    """The list's view of a case's notes (any image content: the case itself checks the sha256) and leases."""
+    folder, stem = case_id.rsplit("/", 1)
+    notes = notes_in(inside_derivatives(root, labels_folder(root) / NOTES / folder / stem, "the notes folder"))
+    leases = live_leases(inside_derivatives(root, labels_folder(root) / LEASES / folder / stem, "the leases folder"),
+                         exclude=holder)
+    flags = {flag for note in notes for flag in note.flags}
+    return {"flags": tuple(flag for flag in FLAGS if flag in flags),
+            "notes": tuple(note.describe() for note in notes if not note.empty),
+            "open_by": tuple(lease.describe() for lease in leases)}
 
 
 def case_drafts(root: Path, case_id: str) -> list[Draft]:
@@ -90,8 +111,10 @@ def _status(root: Path, case_id: str) -> Case:
     return Case(case_id, PREDICTED if predicted else NOT_PREDICTED, None, 0, None, None, drafts)
 
 
-def list_cases(root: Path, queue_path: Path | None = None, status: str | None = None) -> list[Case]:
-    """Every case of the dataset with its status, queue order first; ``status`` keeps only that status."""
+def list_cases(root: Path, queue_path: Path | None = None, status: str | None = None,
+               holder: str | None = None) -> list[Case]:
+    """Every case of the dataset with its status, queue order first; ``status`` keeps only that status; ``holder``:
+    this session's lease holder id (its own leases are not "open elsewhere")."""
     root = Path(root)
     images = find_images(root)
     scores: dict[str, float] = {}
@@ -110,7 +133,7 @@ def list_cases(root: Path, queue_path: Path | None = None, status: str | None = 
     ordered = [case_id for case_id in order if case_id in ids] + [case_id for case_id in ids if case_id not in scores]
     cases = []
     for case_id in ordered:
-        case = replace(case_status(root, case_id), score=scores.get(case_id))
+        case = replace(case_status(root, case_id, holder), score=scores.get(case_id))
         if status is None or case.status == status:
             cases.append(case)
     return cases

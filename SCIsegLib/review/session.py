@@ -20,7 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import mrml
-from ..cases import Case, CaseRefused, Draft, ExportOutcome
+from ..cases import Case, CaseNote, CaseRefused, Draft, ExportOutcome, Lease, new_holder
+from ..cases.notes import checked_flags, checked_note
 from ..lesions import analyze_lesions
 from ..runner import RunOptions, SegmentationRun
 from ..training.export import latest_version
@@ -64,6 +65,8 @@ class ReviewSession:
         self.model = model
         self.case: OpenCase | None = None
         self._draft_rater: str | None = None  # the name the open case's draft was last written under
+        self.holder = new_holder()  # this session's lease id: other sessions see that it has its case open
+        self._opened_at: float | None = None
         self.lesion_numbers = self._lesion_numbers_node()
 
     def _lesion_numbers_node(self):
@@ -104,6 +107,11 @@ class ReviewSession:
             return
         case, self.case = self.case, None
         self._draft_rater = None
+        try:
+            case.case.release(self.holder)
+        except (OSError, CaseRefused):
+            pass  # a lease left behind goes stale (STALE_S) or dies with this process
+        self._opened_at = None
         self.lesion_numbers.RemoveAllControlPoints()
         self._discard(case.segmentation_node, case.volume_node)
         del case  # its arrays too, before the memory is given back
@@ -139,7 +147,8 @@ class ReviewSession:
             return False
         return not case_drafts(self.root, case_id)
 
-    def open_case(self, case_id: str, choice: str | None = None, draft_of: str | None = None) -> OpenCase:
+    def open_case(self, case_id: str, choice: str | None = None, draft_of: str | None = None,
+                  rater: str | None = None) -> OpenCase:
         """Open a case as the case model chooses (:meth:`Case.open`: ``draft_of``'s draft, else ``choice``, else the
         latest version, else the prediction, else empty masks) and let the editor edit it.
 
@@ -170,7 +179,40 @@ class ReviewSession:
             raise
         self.case = OpenCase(case_id, case, volume, segmentation)
         self._draft_rater = case.draft.rater if case.draft is not None else None
+        self.heartbeat(rater if rater is not None else draft_of or "")
         return self.case
+
+    # ------------------------------------------------------------------ note, flags, presence (the case decides)
+    def heartbeat(self, rater: str) -> list[Lease]:
+        """Say again that this session has its case open (under ``rater``); the other sessions that have it open.
+
+        A lease that cannot be written (read-only folder) never stops the rater: the others are still read."""
+        if self.case is None:
+            return []
+        case = self.case.case
+        try:
+            self._opened_at = case.hold(self.holder, rater, self._opened_at).opened
+        except (OSError, CaseRefused):
+            pass
+        try:
+            return case.open_elsewhere(self.holder)
+        except (OSError, CaseRefused):
+            return []
+
+    def note_of(self, rater: str) -> CaseNote:
+        """The rater's flags and note on the open case (empty when none, or without a case or a name)."""
+        if self.case is None or not rater.strip():
+            return CaseNote(rater.strip())
+        return self.case.case.note_of(rater)
+
+    def set_note(self, rater: str, flags, note: str) -> CaseNote | None:
+        """Keep the rater's flags and note on the open case when they changed (atomic); None when nothing was written."""
+        if self.case is None:
+            return None
+        current = self.note_of(rater)
+        if current.flags == checked_flags(flags) and current.note == checked_note(note):
+            return None
+        return self.case.case.set_note(rater, flags, note)
 
     @staticmethod
     def _image_on(reference: sitk.Image, mask: np.ndarray) -> sitk.Image:
@@ -252,11 +294,12 @@ class ReviewSession:
         centres = mrml.lesion_centroids_ras(components)
         return centres.get(1)
 
-    def export(self, rater: str, note: str = "") -> ExportOutcome:
+    def export(self, rater: str, note: str | None = None) -> ExportOutcome:
         """A new immutable version of the case's masks with the rater's name and its parent (the case's base).
 
         The case refuses a segmentation made for another scan or lying on another grid, and any labels, versions or
         drafts folder leading out of the derivatives folder; the exporter's lock orders raters; the draft goes.
+        The rater's flags and note (:meth:`set_note`; ``note`` given: that text instead) go into the sidecars.
         """
         assert self.case is not None
         outcome = self.case.case.export(self.label_image(), rater, drawn_on=self.drawn_on(), model=self.model,

@@ -180,6 +180,7 @@ def export_correction(
     session: str | None = None,
     note: str = "",
     parent: int | str | None = None,
+    flags: tuple[str, ...] | list[str] = (),
 ) -> ExportResult:
     """Write a new version of a scan's corrected masks; never overwrites an earlier version.
 
@@ -192,6 +193,7 @@ def export_correction(
         predicted_cord, predicted_lesion: the model's masks, to record what the rater changed.
         subject, session: BIDS labels when the file name does not carry them.
         note: free text kept in the sidecars.
+        flags: the rater's flags on the case (``accept``, ``artifact``, ``unsure``), kept in the sidecars as ``Flags``.
         parent: the base the masks were built on (a version number, ``"prediction"`` or ``"empty"``), recorded as
             ``Parent``; the result's ``newer_than_parent`` then lists versions newer than it (None: not known, empty).
     """
@@ -239,6 +241,7 @@ def export_correction(
                 "Model": model,
                 "SourceImage": source_info,
                 "Note": note,
+                "Flags": list(flags),
                 "Parent": parent_sidecar,
             }
             if key == "labels":
