@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .lesions import LesionAnalysis
+from .provenance import command_path, describe_derivative, source_path
 from .table_cells import escape_formulas
 from .volume import image_stem, publish_file, write_image_atomic
 
@@ -50,13 +51,14 @@ def write_cord_table(table: pd.DataFrame, path: Path, cord_path: Path | str, ang
 
     smooth = SCT_CLI_SMOOTHING if smooth is None else smooth
     written = write_table(table, path, sheet="csa")
+    describe_derivative(path.parent, "spinal cord morphometrics (SCT-compatible)")
     sidecar = {
         "Description": "spinal cord shape per axial slice (RPI z, I->S); mm2, mm, degrees",
         "FollowsSCTVersion": SCT_VERSION,
-        "EquivalentCommand": sct_equivalent_command(str(cord_path), angle_correction, smooth),
+        "EquivalentCommand": sct_equivalent_command(command_path(cord_path, path.parent), angle_correction, smooth),
         "AngleCorrection": angle_correction,
         "CenterlineSmooth": smooth,
-        "Source": str(cord_path),
+        "Source": source_path(cord_path),
         "EmptyCells": "a slice without cord has no value in any column, as in SCT's CSV",
     }
     written.append(write_text_atomic(json.dumps(sidecar, indent=2), path.with_suffix(".json")))
@@ -70,9 +72,10 @@ def write_lesion_analysis(
     and the per-slice profile ``<stem>_perslice.csv`` when given."""
     stem = image_stem(lesion_path)
     written = write_table(result.table, output_dir / f"{stem}_analysis.csv")
+    describe_derivative(output_dir, "lesion morphometrics (SCT-compatible)")
     if profile is not None:
         written.append(write_text_atomic(escape_formulas(profile).to_csv(index=False), output_dir / f"{stem}_perslice.csv"))
     written.append(write_image_atomic(result.labels, output_dir / f"{stem}_label.nii.gz"))
-    summary = {**result.summary, "warnings": result.warnings, "lesion_mask": str(Path(lesion_path).resolve())}
+    summary = {**result.summary, "warnings": result.warnings, "lesion_mask": source_path(lesion_path)}
     written.append(write_text_atomic(json.dumps(summary, indent=2), output_dir / f"{stem}_analysis.json"))
     return written

@@ -19,6 +19,7 @@ from .compartments import areas_per_level, compartment_areas, gm_outside_cord_vo
 from .cord import SCT_VERSION
 from .errors import InputError
 from .hashing import file_sha256
+from .provenance import command_path, describe_derivative, source_path
 from .volume import image_stem, load_mask, write_image_atomic
 
 #: Our cord masks that may stand beside a GM mask, in order of preference (``sciseg segment`` / SCT names).
@@ -61,11 +62,12 @@ def write_white_matter(gm_path: Path, cord_path: Path, output_dir: Path) -> list
     stem = gm_stem(gm_path)
     target = output_dir / f"{stem}_wmseg.nii.gz"
     write_image_atomic(wm, target, geometry_from=gm_path)
+    describe_derivative(output_dir, "grey and white matter of the spinal cord")
     voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(wm)))
     sidecar = {
         "GeneratedBy": [{"Name": "SCIseg", "Version": __version__, "Description": "white matter = cord - grey matter",
                          "Date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}],
-        "Sources": [str(cord_path.resolve()), str(gm_path.resolve())],
+        "Sources": [source_path(cord_path), source_path(gm_path)],
         "SourceSha256": {"cord": file_sha256(cord_path), "gm": file_sha256(gm_path)},
         "Structure": "wm",
         "VoxelCount": voxels,
@@ -87,10 +89,12 @@ def write_area_tables(gm_path: Path, cord_path: Path, output_dir: Path, *, level
     stem = gm_stem(gm_path)
     path = output_dir / f"{stem}_gmseg_areas.csv"
     written = write_table(table, path, sheet="areas")
+    describe_derivative(output_dir, "grey and white matter areas per slice")
     if levels is not None:
         written += write_table(areas_per_level(table), output_dir / f"{stem}_gmseg_areas_perlevel.csv", sheet="levels")
-    commands = sct_equivalent_commands(str(gm_path), str(cord_path), str(output_dir / f"{stem}_wmseg.nii.gz"),
-                                       str(levels_path) if levels_path else None)
+    commands = sct_equivalent_commands(command_path(gm_path, output_dir), command_path(cord_path, output_dir),
+                                       f"{stem}_wmseg.nii.gz",
+                                       command_path(levels_path, output_dir) if levels_path else None)
     if not angle_correction:
         commands = [c.replace(" -perslice 1", " -perslice 1 -angle-corr 0") for c in commands]
     sidecar = {
@@ -100,7 +104,8 @@ def write_area_tables(gm_path: Path, cord_path: Path, output_dir: Path, *, level
         "EquivalentCommands": commands,
         "AngleCorrection": angle_correction,
         "CenterlineSmooth": smooth,
-        "Sources": {"gm": str(gm_path), "cord": str(cord_path), "levels": str(levels_path) if levels_path else None},
+        "Sources": {"gm": source_path(gm_path), "cord": source_path(cord_path),
+                    "levels": source_path(levels_path) if levels_path else None},
         "GMVoxelsOutsideCord": gm_outside_cord_voxels(gm, cord),
     }
     written.append(write_text_atomic(json.dumps(sidecar, indent=2), path.with_suffix(".json")))

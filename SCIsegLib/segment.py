@@ -25,6 +25,7 @@ from .errors import CancelledError
 from .inference import CancelToken, Engine, InferenceSettings, ProgressCallback, ProgressEvent
 from .models import ModelInfo, is_grey_matter
 from .postprocess import PostprocessSettings, clean_masks
+from .provenance import describe_derivative, source_path
 from .staging import new_temporary, publish_set, recover_folder
 from .volume import (
     DEFAULT_MAX_VOXELS,
@@ -171,7 +172,7 @@ def sidecar(
                 "Date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
         ],
-        "Sources": [str(source.resolve())],
+        "Sources": [source_path(source)],  # relative to its BIDS root, never absolute
         "SourceSha256": file_sha256(source),
         "InferenceSeconds": round(result.seconds, 3),
     }
@@ -204,6 +205,7 @@ def write_result(
     Returns the final paths (marker last).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
+    describe_derivative(output_dir, "spinal cord and lesion segmentation (nnU-Net v2)")
     stem = image_stem(source)
     planned: list[tuple[Path, sitk.Image, dict]] = []
     for name, mask in result.masks.items():
@@ -238,7 +240,7 @@ def write_result(
             json_temporary = new_temporary(json_final, register)
             json_temporary.write_text(json.dumps(content, indent=2))
             staged.append((json_temporary, json_final))
-        marker = publish_set(output_dir, stem, staged, register, {"Source": str(source.resolve()), "SCIsegVersion": __version__})
+        marker = publish_set(output_dir, stem, staged, register, {"Source": source_path(source), "SCIsegVersion": __version__})
     finally:
         for temporary in register:
             temporary.unlink(missing_ok=True)

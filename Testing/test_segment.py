@@ -73,7 +73,7 @@ def test_cli_writes_sct_named_masks_on_the_input_grid(tmp_path: Path, demo_model
     assert len(generated["Model"]["WeightsSha256"]) == 64
     assert generated["Settings"]["step_size"] == 0.5 and generated["Settings"]["tta"] is False
     assert sidecar["VoxelCount"] == int(cord_array.sum())
-    assert sidecar["Sources"] == [str(source.resolve())]
+    assert sidecar["Sources"] == [source.name]  # outside a BIDS dataset: its name (never an absolute path)
 
 
 def test_same_scan_stored_in_other_orientations_gives_the_same_masks(engine: NnUNetEngine, phantom_case) -> None:

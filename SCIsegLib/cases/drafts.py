@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..training.export import _anat_relative, labels_folder
+from ..provenance import source_path
 from ..volume import publish_file
 from .scan import CaseRefused, Scan
 
@@ -56,7 +57,7 @@ def write_draft(folder: Path, scan: Scan, rater: str, labels_zyx: np.ndarray, ba
     """Publish the rater's draft of the scan atomically (temporary file in the same folder, then rename)."""
     image = scan.grid.image_of(labels_zyx)
     date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-    record = {"Rater": rater.strip(), "Date": date, "SourceSha256": scan.sha256, "Base": base, "Source": str(scan.path)}
+    record = {"Rater": rater.strip(), "Date": date, "SourceSha256": scan.sha256, "Base": base, "Source": source_path(scan.path)}
     image.SetMetaData(_KEY, json.dumps(record))
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{rater_key(rater)}.nrrd"

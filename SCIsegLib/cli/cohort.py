@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 from ..errors import CancelledError, InputError
 from ..inference.base import CROP_MODES
+from ..provenance import recorded_command
 from .common import EXIT_OK, JsonLines
 
 
@@ -111,7 +111,7 @@ def _run_cohort(args: argparse.Namespace, events: JsonLines | None) -> int:
                              participants=read_participants(args.bids), on_event=on_event,
                              engine=args.engine, crop=args.crop,
                              corrections_root=args.bids if args.labels == "corrected" else None,
-                             command=shlex.join(["sciseg", *sys.argv[1:]]), source_dataset=args.bids)
+                             command=recorded_command(sys.argv[1:], args.output), source_dataset=args.bids)
     except KeyboardInterrupt:
         raise CancelledError("run cancelled; finished scans are kept, run the same command again to do the rest.") from None
     finally:

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..hashing import file_sha256
+from ..provenance import source_path
 from ..training.export import FILES, latest_version
 from ..volume import load_mask, same_grid
 from .discovery import Scan
@@ -117,7 +118,7 @@ def write_measured_masks(masks: dict[str, sitk.Image], labels: MeasuredLabels, s
             "MeasuredOn": labels.describe(),
             "Correction": labels.version_folder.relative_to(labels_root).as_posix() if labels.version_folder else None,
             **labels.key(),
-            "Source": str(scan.path),
+            "Source": source_path(scan.path),
         }
         written += [path, write_text_atomic(json.dumps(sidecar, indent=2), path.with_name(f"{scan.stem}{suffix}.json"))]
     return written

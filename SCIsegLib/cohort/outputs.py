@@ -33,6 +33,7 @@ def write_dataset_description(deriv: Path, source_dataset: Path | None) -> Path:
     dataset when the run took a BIDS dataset), and a ``.bidsignore`` for the run's tables and QC report."""
     from .. import __version__
     from ..analysis_files import write_text_atomic
+    from ..provenance import command_path
 
     deriv = Path(deriv)
     description = {
@@ -43,7 +44,7 @@ def write_dataset_description(deriv: Path, source_dataset: Path | None) -> Path:
                          "Description": "sciseg run: nnU-Net v2 segmentation (or rater corrections), SCT 7.3 morphometrics, QC"}],
     }
     if source_dataset is not None:
-        description["SourceDatasets"] = [{"URL": Path(source_dataset).resolve().as_uri()}]
+        description["SourceDatasets"] = [{"URL": command_path(source_dataset, deriv)}]  # relative: no user names
     path = write_text_atomic(json.dumps(description, indent=2) + "\n", deriv / "dataset_description.json")
     write_text_atomic("\n".join(BIDS_IGNORE) + "\n", deriv / ".bidsignore")
     return path

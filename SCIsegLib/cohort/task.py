@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..errors import SCIsegError
 from ..hashing import file_sha256
+from ..provenance import source_path
 from ..inference import InferenceSettings
 from ..models import ModelInfo, read_model
 from ..postprocess import PostprocessSettings
@@ -199,7 +200,7 @@ def _run_pipeline(job: ScanJob, source_sha256: str, labels: MeasuredLabels, time
     qc_folder = staging / "qc" / scan.relative_folder
     names = timed("qc", write_qc_images, image, cord, lesion, qc_folder, scan.stem)
     marker = {
-        "Source": str(scan.path),
+        "Source": source_path(scan.path),
         "SourceSha256": source_sha256,
         "Model": job.model_name,
         "ModelSha256": job.model_sha256,

@@ -3,6 +3,7 @@ atomically after every scan, so the report grows as the run goes). Entries hold 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -104,10 +105,17 @@ def qc_entry(row: dict, site: str = "") -> dict:
     }
 
 
+def report_key(deriv: Path) -> str:
+    """The report's identity in the browser (its decisions' store) and in the decisions it saves: the folder's name and
+    12 hex of its resolved path's sha256 (``cohort-3f0a91c2d4e5``): two reports stay apart, no absolute path is written."""
+    resolved = Path(deriv).resolve()
+    return f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:12]}"
+
+
 def write_report(deriv: Path, entries: list[dict]) -> Path:
     """Write ``DERIV/qc/entries.js`` and (when missing or outdated) ``DERIV/qc/index.html``; return index.html."""
     folder = Path(deriv) / "qc"
-    payload = {"report": str(Path(deriv).resolve()), "entries": entries}
+    payload = {"report": report_key(deriv), "entries": entries}
     _write_text(folder / "entries.js", "window.SCISEG_QC = " + json.dumps(payload, indent=1) + ";\n")
     index = folder / "index.html"
     if not index.is_file() or index.read_text() != INDEX_HTML:

@@ -12,6 +12,7 @@ Arrays are (z, y, x).
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,10 @@ import SimpleITK as sitk
 from .. import mrml
 from ..cases import Case, CaseNote, CaseRefused, Draft, ExportOutcome, Lease, new_holder
 from ..cases.notes import checked_flags, checked_note
+from ..analysis_files import write_text_atomic
+from ..hashing import file_sha256
 from ..lesions import analyze_lesions
+from ..provenance import describe_derivative, source_path
 from ..runner import RunOptions, SegmentationRun
 from ..training.export import latest_version
 from ..volume import load_image, write_image_atomic
@@ -351,12 +355,33 @@ def start_segmentation(root: Path, case_id: str, model: str, log_dir: Path | Non
 
 
 def publish_prediction(root: Path, case_id: str, run: SegmentationRun) -> dict[str, Path]:
-    """Move a finished run's masks to the case's prediction paths (each written atomically), then clean the run."""
+    """Move a finished run's masks to the case's prediction paths with ``sciseg segment``'s sidecars (each file written
+    atomically; the sidecar first, so a mask never sits beside another run's sidecar), then clean the run.
+
+    The run segmented a copy of the case's image: its sidecars name that copy; they are published naming the case's
+    image (relative to the BIDS root) once its sha256 is checked to be the copy's. ``derivatives/sciseg`` gets its
+    ``dataset_description.json``.
+    """
     outputs = run.outputs()
     targets = prediction_paths(root, case_id)
+    image = case_image_path(root, case_id)
     try:
+        sidecars = {key: prediction_sidecar(outputs[key], image) for key in targets}
+        describe_derivative(targets["sc"].parent, "spinal cord and lesion segmentation (nnU-Net v2)")
         for key, target in targets.items():
-            write_image_atomic(sitk.ReadImage(str(outputs[key])), target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(json.dumps(sidecars[key], indent=2), target.with_name(target.name.removesuffix(".nii.gz") + ".json"))
+            write_image_atomic(sitk.ReadImage(str(outputs[key])), target, geometry_from=image)
     finally:
         run.cleanup()
     return targets
+
+
+def prediction_sidecar(mask: Path, image: Path) -> dict:
+    """The sidecar ``sciseg segment`` wrote beside ``mask`` (segmenting a copy of ``image``), naming ``image`` instead;
+    :class:`CaseRefused` when the copy's sha256 (its ``SourceSha256``) is not the image's (it changed meanwhile)."""
+    content = json.loads(Path(str(mask).removesuffix(".nii.gz") + ".json").read_text())
+    if content.get("SourceSha256") != file_sha256(image):
+        raise CaseRefused(f"{image.name} changed while it was segmented; open the case again to segment it anew.")
+    content["Sources"] = [source_path(image)]
+    return content

@@ -76,7 +76,7 @@ def find_cases(bids_root: Path, tag: str) -> list[Case]:
         source = next((p for p in sorted((bids_root / anat).glob(f"{stem}.nii*")) if image_stem(p) == stem), None)
         if source is None:
             sidecar = json.loads(labels.with_name(f"{stem}_dseg.json").read_text())
-            source = Path(sidecar["SourceImage"]["Path"])
+            source = bids_root / sidecar["SourceImage"]["Path"]  # relative to the BIDS root (absolute: older exports)
         if not source.is_file():
             raise InputError(f"the image of {labels} is missing ({source}); restore it or remove its labels.")
         parts = anat.parts

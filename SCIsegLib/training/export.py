@@ -40,7 +40,7 @@ import SimpleITK as sitk
 from filelock import FileLock
 
 from .. import __version__
-from ..hashing import file_sha256
+from ..provenance import source_record
 from ..errors import InputError, SCIsegError
 from ..file_checks import check_whole_image_file
 from ..metrics import dice
@@ -227,7 +227,7 @@ def export_correction(
     contained(labels_root / anat, labels_root, "labels folder")
     store.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    source_info = {"Path": str(source.resolve()), "Sha256": file_sha256(source)}
+    source_info = source_record(source)  # relative to the BIDS root, with its sha256
 
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=store))
     try:
