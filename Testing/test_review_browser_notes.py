@@ -12,7 +12,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from review_data import CASES, browser_requirement_missing
 from SCIsegLib.cases import lease_folder, new_holder, rater_key, scan_of
@@ -85,3 +87,38 @@ def test_flags_and_note_reach_the_disk_the_case_list_and_the_export_sidecar(page
     page.screenshot(path=str(shot))
     print(f"\nscreenshot: {shot}")
     assert os.path.getsize(shot) > 10_000
+
+
+def test_grey_matter_painted_in_the_browser_is_exported_on_the_input_grid(page, dataset) -> None:  # noqa: F811
+    """A grey-matter model is bundled (``sciseg-gm-demo``): the app offers the segment; a stroke of it reaches the
+    version as ``<stem>_label-GM_seg.nii.gz`` on the image's grid, cord and lesion unchanged by it."""
+    root = dataset["root"]
+    page.click(f".case-item[data-case='{SUB02}']")
+    page.wait_for_function("document.querySelector('#opened').textContent.includes('opened sub-02')", timeout=60_000)
+    cord_only, lesion = (int(word) for word in page.inner_text("#voxel-counts").replace("·", " ").split() if word.isdigit())
+    page.click("#segment-gm")
+    page.click("#effect-paint")
+    page.wait_for_function("document.querySelector('#active-effect').textContent.includes('paint')")
+    box = page.locator(".remote-controlled-area").nth(0).bounding_box()
+    x0, y0 = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x0 - 6, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + 6, y0, steps=6)
+    page.mouse.up()
+    page.wait_for_function("(window.trame.state.get('counts').grey_matter || 0) > 0", timeout=30_000)
+    painted = page.evaluate("window.trame.state.get('counts')")
+    assert (painted["cord_only"], painted["lesion"]) == (cord_only, lesion)  # a grey-matter stroke takes no cord voxel
+    page.click("#export")
+    page.wait_for_function("document.querySelector('#message').textContent.includes('saved version v001 of sub-02')",
+                           timeout=60_000)
+    image = sitk.ReadImage(str(root / f"{SUB02}.nii.gz"))
+    for folder in (root / "derivatives/labels/.sciseg_versions/sub-02/anat/sub-02_T2w/v001", root / "derivatives/labels/sub-02/anat"):
+        gm = sitk.ReadImage(str(folder / "sub-02_T2w_label-GM_seg.nii.gz"))
+        assert gm.GetSize() == image.GetSize() and np.allclose(gm.GetOrigin(), image.GetOrigin())
+        assert np.allclose(gm.GetSpacing(), image.GetSpacing()) and np.allclose(gm.GetDirection(), image.GetDirection())
+        assert int(sitk.GetArrayFromImage(gm).sum()) == painted["grey_matter"]
+        sidecar = json.loads((folder / "sub-02_T2w_label-GM_seg.json").read_text())
+        assert sidecar["SNOMEDCode"] == "12958003" and sidecar["Rater"] == "alice" and sidecar["Version"] == 1
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "derivatives/labels/sub-02/anat/sub-02_T2w_dseg.nii.gz")))
+    assert (int((labels == 1).sum()), int((labels == 2).sum())) == (cord_only, lesion)
+    page.screenshot(path=str(root.parent / "grey-matter.png"))

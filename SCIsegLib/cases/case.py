@@ -223,12 +223,14 @@ class Case:
 
     # ------------------------------------------------------------------ export
     def export(self, labels: sitk.Image, rater: str, *, drawn_on: str | None, model: str | None = None,
-               note: str | None = None, flags=None, draft_rater: str | None = None) -> ExportOutcome:
+               note: str | None = None, flags=None, draft_rater: str | None = None,
+               extra_masks: dict[str, tuple[sitk.Image, dict]] | None = None) -> ExportOutcome:
         """A new version of the case's masks with lineage (parent = :attr:`base`); the draft goes, the base becomes it.
 
         Refuses (:class:`CaseRefused`, nothing written) a label map drawn on another scan or grid. ``draft_rater``
         names the draft to remove when it is not ``rater``'s (a name typed after the draft was written). ``note``
         and ``flags`` (None: the rater's kept ones, :meth:`note_of`) go into every sidecar of the version.
+        ``extra_masks``: further masks of the version (the grey matter), checked against the case like the labels.
         """
         kept = self.note_of(rater) if rater.strip() else CaseNote(rater)
         note = kept.note if note is None else note
@@ -243,7 +245,9 @@ class Case:
         result = export_correction(
             root=self.root, source=self.scan.path, cord=self.scan.grid.image_of(array > 0),
             lesion=self.scan.grid.image_of(array == 2), rater=rater, model=model, subject=self.scan.subject,
-            session=self.scan.session, note=note, flags=flags, parent=self.base.lineage_parent, **predicted)
+            session=self.scan.session, note=note, flags=flags, parent=self.base.lineage_parent, **predicted,
+            extra_masks={suffix: (self.check(mask, drawn_on, f"the {suffix} mask"), fields)
+                         for suffix, (mask, fields) in (extra_masks or {}).items()})
         warning = None
         if result.newer_than_parent:
             newer = ", ".join(f"v{n:03d}" for n in result.newer_than_parent)

@@ -64,6 +64,7 @@ from vtkmodules.vtkCommonCore import vtkObject
 from ..errors import SCIsegError
 from .case_notes import bind_case_notes, case_list_item_ui, case_notes_ui
 from .cases import list_cases, next_uncorrected
+from .grey_matter import bind_grey_matter
 from .memory import release_freed_memory
 from .session import ReviewSession, measure_lesions, publish_prediction, start_segmentation
 
@@ -144,6 +145,7 @@ class ReviewApp(TrameApp):
             vtkObject.SetGlobalWarningDisplay(warnings_shown)
         self._initial_state()
         bind_case_notes(self)  # flags, note, who else has the case open
+        bind_grey_matter(self)  # the grey-matter segment when a grey-matter model is installed
         self._build_ui()
         self.refresh_cases()
 
@@ -599,6 +601,7 @@ class ReviewApp(TrameApp):
         with v3.VBtnToggle(v_model=("segment",), mandatory=True, density="compact", classes="mb-2"):
             v3.VBtn("Cord (1)", value="spinal_cord", id="segment-cord")
             v3.VBtn("Lesion (2)", value="lesion", id="segment-lesion")
+            v3.VBtn("Grey matter", value="grey_matter", id="segment-gm", v_if=("gm_available",))
         with html.Div(classes="d-flex flex-wrap"):
             for name, label in (("paint", "Paint (p)"), ("erase", "Erase (e)"), ("scissors", "Scissors (c)"),
                                 ("draw", "Draw (d)"), ("smoothing", "Smooth"), ("none", "No tool (Esc)")):

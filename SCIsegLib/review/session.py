@@ -31,6 +31,7 @@ from ..runner import RunOptions, SegmentationRun
 from ..training.export import latest_version
 from ..volume import load_image, write_image_atomic
 from .cases import case_drafts
+from .grey_matter import add_grey_matter_segment, grey_matter_export, grey_matter_mask, grey_matter_model
 from .memory import release_freed_memory
 from .paths import case_image_path, prediction_paths
 
@@ -63,10 +64,12 @@ class ReviewSession:
     hundreds of cases in one server.
     """
 
-    def __init__(self, slicer_app, root: Path, model: str | None = None) -> None:
+    def __init__(self, slicer_app, root: Path, model: str | None = None, grey_matter: bool | None = None) -> None:
         self.app = slicer_app
         self.root = Path(root)
         self.model = model
+        # a grey-matter segment in every case when a grey-matter model is installed (None: look for one)
+        self.grey_matter = grey_matter_model() is not None if grey_matter is None else grey_matter
         self.case: OpenCase | None = None
         self._draft_rater: str | None = None  # the name the open case's draft was last written under
         self.holder = new_holder()  # this session's lease id: other sessions see that it has its case open
@@ -174,6 +177,8 @@ class ReviewSession:
             volume.CreateDefaultDisplayNodes()
             segmentation = mrml.import_sciseg_masks(self.logic, self.scene, volume, cord, lesion)
             segmentation.SetAttribute(CASE_ATTRIBUTE, case.scan.key)
+            if self.grey_matter:
+                add_grey_matter_segment(self, case, segmentation, volume)
             self.editor.set_active_segmentation(segmentation, volume)
             from trame_slicer.segmentation import SegmentationOverwriteMode
 
@@ -247,7 +252,11 @@ class ReviewSession:
         """Voxels of each segment now: ``cord_only`` (label 1), ``lesion`` (label 2), ``cord`` (their union)."""
         labels = self.labels() if labels is None else labels
         cord_only, lesion = int(np.count_nonzero(labels == 1)), int(np.count_nonzero(labels == 2))
-        return {"cord_only": cord_only, "lesion": lesion, "cord": cord_only + lesion}
+        counts = {"cord_only": cord_only, "lesion": lesion, "cord": cord_only + lesion}
+        grey_matter = grey_matter_mask(self)
+        if grey_matter is not None:  # and the grey matter's, when the case has that segment
+            counts["grey_matter"] = int(np.count_nonzero(grey_matter))
+        return counts
 
     def unsaved(self, labels: np.ndarray | None = None) -> bool:
         """True when the masks differ from what was opened or last exported (a draft does not make them saved)."""
@@ -307,7 +316,8 @@ class ReviewSession:
         """
         assert self.case is not None
         outcome = self.case.case.export(self.label_image(), rater, drawn_on=self.drawn_on(), model=self.model,
-                                        note=note, draft_rater=self._draft_rater)
+                                        note=note, draft_rater=self._draft_rater,
+                                        extra_masks=grey_matter_export(self))
         self._draft_rater = None
         return outcome
 

@@ -49,6 +49,9 @@ from ..volume import image_from_array_zyx, image_stem, load_mask, on_grid_of, pu
 
 VERSIONS = ".sciseg_versions"
 FILES = {"sc": "_label-SC_seg.nii.gz", "lesion": "_label-lesion_seg.nii.gz", "labels": "_dseg.nii.gz"}
+#: Further masks a version may hold (the grey matter, :mod:`SCIsegLib.compartments_segments`): its latest copy goes
+#: when the latest version has none.
+EXTRA_SUFFIXES = ("_label-GM_seg.nii.gz",)
 _BIDS_ENTITY = re.compile(r"(?:^|_)(sub|ses)-([A-Za-z0-9]+)")
 PUBLISHING = ".sciseg-publishing"  # suffix of the marker present while the latest copies are replaced
 _OUR_TEMPORARY = re.compile(r"^\..+\.(?:nii\.gz|json)\.[A-Za-z0-9_]{8}$")  # mkstemp names of _publish_latest
@@ -181,6 +184,7 @@ def export_correction(
     note: str = "",
     parent: int | str | None = None,
     flags: tuple[str, ...] | list[str] = (),
+    extra_masks: dict[str, tuple[sitk.Image, dict]] | None = None,
 ) -> ExportResult:
     """Write a new version of a scan's corrected masks; never overwrites an earlier version.
 
@@ -194,6 +198,8 @@ def export_correction(
         subject, session: BIDS labels when the file name does not carry them.
         note: free text kept in the sidecars.
         flags: the rater's flags on the case (``accept``, ``artifact``, ``unsure``), kept in the sidecars as ``Flags``.
+        extra_masks: further binary masks of the version, ``{suffix: (mask, sidecar fields)}`` (the grey matter:
+            ``{"_label-GM_seg.nii.gz": (gm, {"Structure": "gm", ...})}``), written, checked and published with the others.
         parent: the base the masks were built on (a version number, ``"prediction"`` or ``"empty"``), recorded as
             ``Parent``; the result's ``newer_than_parent`` then lists versions newer than it (None: not known, empty).
     """
@@ -216,6 +222,15 @@ def export_correction(
         except ValueError as error:
             raise InputError(f"{error}; export masks drawn on this image.") from None
         arrays[name] = sitk.GetArrayFromImage(aligned) > 0
+    extras = {}
+    for suffix, (mask, fields) in (extra_masks or {}).items():
+        if suffix not in EXTRA_SUFFIXES:
+            raise ValueError(f"{suffix!r} is not a further mask's suffix ({', '.join(EXTRA_SUFFIXES)})")
+        try:
+            aligned = on_grid_of(mask, reference, what=f"the {suffix} mask", where=str(source))
+        except ValueError as error:
+            raise InputError(f"{error}; export masks drawn on this image.") from None
+        extras[suffix] = (sitk.GetArrayFromImage(aligned) > 0, dict(fields))
     labels = label_map_from_masks(arrays["sc"], arrays["lesion"])
     masks = {"sc": labels > 0, "lesion": labels == 2}  # cord region = labels {1, 2}, as SCIseg's _sc_seg
 
@@ -253,7 +268,15 @@ def export_correction(
                 sidecar.update(correction_summary(arrays.get(f"predicted_{key}"), masks[key]))
                 sidecar["VoxelCount"] = int(masks[key].sum())
             (staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").write_text(json.dumps(sidecar, indent=2))
-        _verify_staged(staging, stem, {"labels": labels, "sc": masks["sc"], "lesion": masks["lesion"]})
+        for suffix, (mask, fields) in extras.items():
+            sitk.WriteImage(image_from_array_zyx(mask.astype(np.uint8), reference), str(staging / f"{stem}{suffix}"),
+                            useCompression=True)
+            sidecar = {"GeneratedBy": [{"Name": "SCIseg", "Version": __version__, "Description": "rater correction"}],
+                       "Rater": rater, "Date": now, "Model": model, "SourceImage": source_info, "Note": note,
+                       "Flags": list(flags), "Parent": parent_sidecar, **fields, "VoxelCount": int(mask.sum())}
+            (staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").write_text(json.dumps(sidecar, indent=2))
+        _verify_staged(staging, stem, {"labels": labels, "sc": masks["sc"], "lesion": masks["lesion"]},
+                       {suffix: mask for suffix, (mask, _) in extras.items()})
         for file in staging.iterdir():
             os.chmod(file, 0o444)  # versions are read-only
         os.chmod(staging, 0o755)
@@ -285,13 +308,13 @@ def export_correction(
     return ExportResult(version=version, version_folder=version_folder, files=latest, newer_than_parent=newer)
 
 
-def _verify_staged(staging: Path, stem: str, expected: dict[str, np.ndarray]) -> None:
+def _verify_staged(staging: Path, stem: str, expected: dict[str, np.ndarray], extras: dict[str, np.ndarray]) -> None:
     """Read the staged files back (whole, every voxel) before they are committed as a version."""
-    for key, suffix in FILES.items():
+    for suffix, mask in [(FILES[key], mask) for key, mask in expected.items()] + list(extras.items()):
         file = staging / f"{stem}{suffix}"
         check_whole_image_file(file, "staged label")
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
-        if written.shape != expected[key].shape or not np.array_equal(written, expected[key].astype(written.dtype)):
+        if written.shape != mask.shape or not np.array_equal(written, mask.astype(written.dtype)):
             raise SCIsegError(f"{file} does not read back as written (disk full or failing?); nothing was committed.")
         json.loads((staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").read_text())
 
@@ -343,6 +366,10 @@ def _publish_latest(version_folder: Path, anat_folder: Path, stem: str) -> dict[
         shutil.copyfile(file, temporary)
         publish_file(temporary, anat_folder / file.name)
         published[file.name] = anat_folder / file.name
+    for suffix in EXTRA_SUFFIXES:  # a further mask of an earlier version that this one has not: not the latest any more
+        for name in (f"{stem}{suffix}", f"{stem}{suffix.removesuffix('.nii.gz')}.json"):
+            if not (version_folder / name).exists():
+                (anat_folder / name).unlink(missing_ok=True)
     marker.unlink()  # last: the set is whole again
     return published
 
