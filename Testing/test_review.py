@@ -120,10 +120,12 @@ def test_session_loads_masks_as_our_segments_and_counts_voxels(session_factory, 
     session = session_factory()
     case = session.open_case(CASES["sub-01"])
     segmentation = case.segmentation_node.GetSegmentation()
-    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == ["spinal_cord", "lesion"]
+    # the grey matter too: a grey-matter model is bundled (sciseg-gm-demo), see test_review_grey_matter.py
+    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == ["spinal_cord", "lesion", "grey_matter"]
     assert segmentation.GetSegment("lesion").GetName() == mrml.LESION.name
     cord = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED_DATA / "sct_testing_data/t2/t2_seg-manual.nii.gz"))) > 0
-    assert session.voxel_counts() == {"cord_only": int(cord.sum()) - LESION_VOXELS_SUB01, "lesion": LESION_VOXELS_SUB01, "cord": int(cord.sum())}
+    assert session.voxel_counts() == {"cord_only": int(cord.sum()) - LESION_VOXELS_SUB01, "lesion": LESION_VOXELS_SUB01, "cord": int(cord.sum()),
+                                      "grey_matter": 0}
     rows = session.lesion_table()
     assert len(rows) == 1 and rows[0]["volume_mm3"] == pytest.approx(27.0)  # 27 voxels of 1 mm3
     assert session.editor.get_overwrite_mode().name == "OVERWRITE_ALL"
