@@ -110,3 +110,33 @@ def test_a_version_without_grey_matter_removes_its_latest_copy_and_a_session_wit
     without.open_case(SUB01)
     segmentation = without.case.segmentation_node.GetSegmentation()
     assert segmentation.GetSegment("grey_matter") is None and "grey_matter" not in without.voxel_counts()
+
+
+def test_grey_matter_strokes_are_unsaved_drafted_restored_with_the_draft_and_gone_at_export(bids: Path) -> None:
+    from SCIsegLib.cases import rater_key
+    from SCIsegLib.review.grey_matter import grey_matter_mask
+
+    session = _session(bids)
+    session.open_case(SUB01, draft_of="alice")
+    labels = session.labels()
+    assert not session.unsaved(labels) and session.safe(labels)
+    opened = grey_matter_mask(session)
+    voxels = np.argwhere((labels == 1) & ~opened)[:4]
+    _stroke(session, "grey_matter", voxels)  # grey matter only: cord and lesion as opened
+    assert session.unsaved() and not session.safe()  # nothing of it is on disk yet: a worker may not be stopped
+    session.save_draft("alice")
+    folder = bids / "derivatives/labels/.drafts/sub-01/anat/sub-01_T2w"
+    draft = folder / f"{rater_key('alice')}.gm.nrrd"
+    assert draft.is_file() and session.safe()
+    assert int(sitk.GetArrayFromImage(sitk.ReadImage(str(draft))).sum()) == int(opened.sum()) + 4
+
+    restored = _session(bids)  # a new tab after the worker stopped
+    restored.open_case(SUB01, draft_of="alice")
+    assert int(grey_matter_mask(restored).sum()) == int(opened.sum()) + 4 and restored.unsaved()
+    other = _session(bids)
+    other.open_case(SUB01, choice="prediction")  # not for alice's draft: the base's grey matter
+    assert np.array_equal(grey_matter_mask(other), opened)
+    restored.export("alice")
+    assert not draft.exists() and not restored.unsaved()
+    version = bids / "derivatives/labels/.sciseg_versions/sub-01/anat/sub-01_T2w/v001/sub-01_T2w_label-GM_seg.nii.gz"
+    assert int(sitk.GetArrayFromImage(sitk.ReadImage(str(version))).sum()) == int(opened.sum()) + 4

@@ -53,14 +53,18 @@ def draft_folder(root: Path, scan: Scan) -> Path:
     return labels_folder(root) / DRAFTS / _anat_relative(scan.subject, scan.session) / scan.stem
 
 
-def write_draft(folder: Path, scan: Scan, rater: str, labels_zyx: np.ndarray, base: str) -> Draft:
-    """Publish the rater's draft of the scan atomically (temporary file in the same folder, then rename)."""
+def write_draft(folder: Path, scan: Scan, rater: str, labels_zyx: np.ndarray, base: str, *, key: str = _KEY,
+                suffix: str = ".nrrd") -> Draft:
+    """Publish the rater's draft of the scan atomically (temporary file in the same folder, then rename).
+
+    ``key`` and ``suffix``: the header key and file name ending of another kind of draft (the review app's grey
+    matter: ``<rater key>.gm.nrrd``), which :func:`drafts_in` does not list."""
     image = scan.grid.image_of(labels_zyx)
     date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
     record = {"Rater": rater.strip(), "Date": date, "SourceSha256": scan.sha256, "Base": base, "Source": source_path(scan.path)}
-    image.SetMetaData(_KEY, json.dumps(record))
+    image.SetMetaData(key, json.dumps(record))
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{rater_key(rater)}.nrrd"
+    final = folder / f"{rater_key(rater)}{suffix}"
     handle, temporary = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".nrrd", dir=folder)
     os.close(handle)
     try:
@@ -73,13 +77,13 @@ def write_draft(folder: Path, scan: Scan, rater: str, labels_zyx: np.ndarray, ba
     return Draft(final, record["Rater"], date, base, scan.sha256)
 
 
-def read_record(path: Path) -> Draft | None:
-    """The draft's record from its header (no voxels), None when the file is not a readable draft."""
+def read_record(path: Path, key: str = _KEY) -> Draft | None:
+    """The draft's record from its header (no voxels), None when the file is not a readable draft (of that ``key``)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        record = json.loads(reader.GetMetaData(_KEY))
+        record = json.loads(reader.GetMetaData(key))
         return Draft(path, str(record["Rater"]), str(record["Date"]), str(record["Base"]), str(record["SourceSha256"]))
     except (RuntimeError, ValueError, KeyError, TypeError):
         return None

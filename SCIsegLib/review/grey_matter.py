@@ -9,6 +9,9 @@
 * Editing: grey matter lies inside the cord, so while it is the active segment the editor lets segments overlap
   (Slicer's "allow overlap": a grey-matter stroke never takes voxels from cord or lesion); with cord or lesion active
   it is Slicer's "overwrite all" as before (those strokes take the voxels they paint from the grey matter too).
+* Drafts: the grey matter's own draft beside the rater's draft, ``<rater key>.gm.nrrd`` (written whole when it differs
+  from what was opened or exported, restored with the rater's draft, gone at export); grey-matter strokes count as
+  unsaved strokes like the others (:class:`GreyMatterDrafts`).
 * Export: ``<stem>_label-GM_seg.nii.gz`` (+ sidecar: structure, SNOMED code) in the same version as cord and lesion,
   on the scan's grid, when the segment holds voxels or the base had grey matter (an emptied one is recorded as empty).
 """
@@ -20,8 +23,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+import hashlib
+
 from .. import mrml
-from ..cases import Case, inside_derivatives
+from ..cases import Case, draft_folder, inside_derivatives, rater_key
+from ..cases.drafts import draft_labels, read_record, write_draft
 from ..compartments_segments import GREY_MATTER, gm_output_names, has_grey_matter
 from ..models import list_models
 
@@ -108,3 +114,81 @@ def bind_grey_matter(app) -> None:
             app.slicer_app.segmentation_editor.set_overwrite_mode(overwrite_mode(segment))
 
     app.state.change("segment")(follow)
+
+
+GM_DRAFT_KEY, GM_DRAFT_SUFFIX = "SCIseg_GreyMatterDraft", ".gm.nrrd"
+
+
+def _digest(mask: np.ndarray | None) -> str | None:
+    return None if mask is None else hashlib.sha256(np.packbits(mask.astype(bool)).tobytes()).hexdigest()
+
+
+class GreyMatterDrafts:
+    """What of the open case's grey matter is saved: as opened or exported (``saved``), or held by the last grey-matter
+    draft written (``drafted``); digests of the (z, y, x) masks. One per review session."""
+
+    def __init__(self) -> None:
+        self.saved: str | None = None
+        self.drafted: str | None = None
+
+    @staticmethod
+    def _path(case: Case, rater: str) -> Path:
+        folder = inside_derivatives(case.root, draft_folder(case.root, case.scan), "the drafts folder")
+        return folder / f"{rater_key(rater)}{GM_DRAFT_SUFFIX}"
+
+    def opened(self, session, draft_of: str | None) -> None:
+        """After the case opened with its base's grey matter: restore the rater's grey-matter draft when the case
+        was opened for the rater's draft (``draft_of``) and that draft started from the base it opened (same image
+        content), and remember what is saved."""
+        mask = grey_matter_mask(session)
+        self.saved, self.drafted = _digest(mask), None
+        case = session.case.case
+        if mask is None or draft_of is None:
+            return
+        path = self._path(case, draft_of)
+        record = read_record(path, GM_DRAFT_KEY) if path.is_file() else None
+        if record is None or record.scan_sha256 != case.scan.sha256 or record.base != case.base.name:
+            return
+        drafted = draft_labels(record, case.scan) > 0
+        mrml.set_segment_from_mask(session.logic, session.scene, session.case.segmentation_node, GM_SEGMENT,
+                                   case.scan.grid.image_of(drafted.astype(np.uint8)), session.case.volume_node)
+        self.drafted = _digest(drafted)
+
+    def unsaved(self, session) -> bool:
+        """True when the grey matter differs from what was opened or last exported."""
+        mask = grey_matter_mask(session)
+        return mask is not None and _digest(mask) != self.saved
+
+    def safe(self, session) -> bool:
+        """True when nothing of the grey matter exists only in memory (as saved, or in the last draft written)."""
+        digest = _digest(grey_matter_mask(session))
+        return digest is None or digest in (self.saved, self.drafted)
+
+    def save(self, session, rater: str, previous: str | None = None) -> None:
+        """Write the grey matter's draft (atomic) when it changed since the last one; remove it when saved again.
+        ``previous``: the name the drafts were written under before (the draft moves to the new name)."""
+        mask = grey_matter_mask(session)
+        if mask is None:
+            return
+        case = session.case.case
+        if previous is not None and previous.strip() != rater.strip():
+            self.discard(session, previous)
+        digest = _digest(mask)
+        if digest == self.saved:
+            self.discard(session, rater)
+        elif digest != self.drafted:
+            folder = self._path(case, rater).parent
+            write_draft(folder, case.scan, rater, mask.astype(np.uint8), case.base.name, key=GM_DRAFT_KEY,
+                        suffix=GM_DRAFT_SUFFIX)
+            self.drafted = digest
+
+    def discard(self, session, rater: str) -> None:
+        if session.case is not None:
+            self._path(session.case.case, rater).unlink(missing_ok=True)
+        self.drafted = None
+
+    def exported(self, session, *raters: str | None) -> None:
+        """After an export: the grey matter now is saved; the raters' grey-matter drafts go."""
+        for rater in {r for r in raters if r is not None}:
+            self.discard(session, rater)
+        self.saved = _digest(grey_matter_mask(session))

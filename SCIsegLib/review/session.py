@@ -31,7 +31,13 @@ from ..runner import RunOptions, SegmentationRun
 from ..training.export import latest_version
 from ..volume import load_image, write_image_atomic
 from .cases import case_drafts
-from .grey_matter import add_grey_matter_segment, grey_matter_export, grey_matter_mask, grey_matter_model
+from .grey_matter import (
+    GreyMatterDrafts,
+    add_grey_matter_segment,
+    grey_matter_export,
+    grey_matter_mask,
+    grey_matter_model,
+)
 from .memory import release_freed_memory
 from .paths import case_image_path, prediction_paths
 
@@ -70,6 +76,7 @@ class ReviewSession:
         self.model = model
         # a grey-matter segment in every case when a grey-matter model is installed (None: look for one)
         self.grey_matter = grey_matter_model() is not None if grey_matter is None else grey_matter
+        self.grey_matter_drafts = GreyMatterDrafts()
         self.case: OpenCase | None = None
         self._draft_rater: str | None = None  # the name the open case's draft was last written under
         self.holder = new_holder()  # this session's lease id: other sessions see that it has its case open
@@ -188,6 +195,7 @@ class ReviewSession:
             raise
         self.case = OpenCase(case_id, case, volume, segmentation)
         self._draft_rater = case.draft.rater if case.draft is not None else None
+        self.grey_matter_drafts.opened(self, draft_of)
         self.heartbeat(rater if rater is not None else draft_of or "")
         return self.case
 
@@ -260,11 +268,15 @@ class ReviewSession:
 
     def unsaved(self, labels: np.ndarray | None = None) -> bool:
         """True when the masks differ from what was opened or last exported (a draft does not make them saved)."""
-        return self.case is not None and self.case.case.unsaved(self.labels() if labels is None else labels)
+        if self.case is None:
+            return False
+        return self.case.case.unsaved(self.labels() if labels is None else labels) or self.grey_matter_drafts.unsaved(self)
 
     def safe(self, labels: np.ndarray | None = None) -> bool:
         """True when nothing of the masks exists only in memory: exported, as opened, or held by the last draft."""
-        return self.case is None or self.case.case.safe(self.labels() if labels is None else labels)
+        if self.case is None:
+            return True
+        return self.case.case.safe(self.labels() if labels is None else labels) and self.grey_matter_drafts.safe(self)
 
     def save_draft(self, rater: str, labels: np.ndarray | None = None) -> Draft | None:
         """Write the rater's draft of the open case when its masks changed since (atomic); after a change of name the
@@ -277,13 +289,15 @@ class ReviewSession:
         if previous is not None and previous.strip() != rater.strip():
             case.discard_draft(previous)  # forgets what it wrote: the draft is written again under the new name
         draft = case.save_draft(labels, rater)
-        self._draft_rater = rater if case.unsaved(labels) else None
+        self.grey_matter_drafts.save(self, rater, previous)
+        self._draft_rater = rater if self.unsaved(labels) else None
         return draft
 
     def discard_draft(self) -> None:
         """Remove the draft this session wrote for the open case."""
         if self.case is not None and self._draft_rater is not None:
             self.case.case.discard_draft(self._draft_rater)
+            self.grey_matter_drafts.discard(self, self._draft_rater)
             self._draft_rater = None
 
     def reference_image(self) -> sitk.Image:
@@ -318,6 +332,7 @@ class ReviewSession:
         outcome = self.case.case.export(self.label_image(), rater, drawn_on=self.drawn_on(), model=self.model,
                                         note=note, draft_rater=self._draft_rater,
                                         extra_masks=grey_matter_export(self))
+        self.grey_matter_drafts.exported(self, rater, self._draft_rater)
         self._draft_rater = None
         return outcome
 
