@@ -6,6 +6,7 @@ The case model without a browser (``SCIsegLib.cases``), on the review test datas
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -120,3 +121,35 @@ def test_the_review_list_shows_every_raters_flags_and_notes(bids: Path) -> None:
     assert set(listed.notes) == {'alice: artifact - "motion at C3"', "bob: accept as is"}
     assert listed.as_dict()["flags"] == ["accept", "artifact"]
     assert {item.case_id: item for item in list_cases(bids)}[CASES["sub-02"]].flags == ()
+
+
+def test_the_apps_flags_and_note_follow_the_case_and_a_name_typed_afterwards_keeps_them(bids: Path) -> None:
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    import ctypes.util
+
+    if ctypes.util.find_library("EGL") is None:
+        pytest.skip("EGL is not installed (apt-get install libegl1): the app's views need offscreen rendering")
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from trame.app import get_server
+
+    from SCIsegLib.review.app import ReviewApp
+    from SCIsegLib.review.case_notes import keep_case_notes, show_case_notes
+
+    app = ReviewApp(bids, None, "sciseg-demo", server=get_server("case_notes_app", client_type="vue3"))
+    # the state's change handlers run in a served app (the browser test); here they are called as they would be
+    app.open_case(CASES["sub-01"])
+    show_case_notes(app)
+    app.state.flags, app.state.note = ["unsure"], "check C4"  # no rater name yet: refused, kept on screen
+    keep_case_notes(app)
+    assert "type your name" in app.state.error and not notes_folder(bids, _open(bids).scan).exists()
+    app.state.rater = "alice"  # the name typed afterwards: what was set is kept under it
+    show_case_notes(app, keep_typed=True)
+    assert _open(bids).note_of("alice").flags == ("unsure",) and _open(bids).note_of("alice").note == "check C4"
+    listed = {case["case_id"]: case for case in app.state.cases}[CASES["sub-01"]]
+    assert listed["flags"] == ["unsure"]
+    app.open_case(CASES["sub-02"])  # another case: its own (none)
+    show_case_notes(app)
+    assert app.state.flags == [] and app.state.note == ""
+    app.open_case(CASES["sub-01"])
+    show_case_notes(app)
+    assert app.state.flags == ["unsure"] and app.state.note == "check C4"

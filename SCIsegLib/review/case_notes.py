@@ -27,16 +27,23 @@ from .cases import case_status
 def bind_case_notes(app) -> None:
     """Add the state keys and their handlers to a :class:`.app.ReviewApp`, and start the heartbeat once served."""
     app.state.update({"flags": [], "note": "", "open_elsewhere": "", "flag_words": FLAGS})
-    app.state.change("case_id", "rater")(lambda **_: show_case_notes(app))
+    app.state.change("case_id")(lambda **_: show_case_notes(app))
+    app.state.change("rater")(lambda **_: show_case_notes(app, keep_typed=True))
     app.state.change("flags", "note")(lambda **_: keep_case_notes(app))
     app.server.controller.on_server_ready.add(lambda **_: create_task(_heartbeats(app)))
 
 
-def show_case_notes(app) -> None:
-    """The rater's flags and note on the open case, and who else has it open, into the state."""
+def show_case_notes(app, keep_typed: bool = False) -> None:
+    """The rater's flags and note on the open case, and who else has it open, into the state.
+
+    ``keep_typed`` (the rater's name changed): flags and a note set before the name was typed (refused then) are kept
+    under the new name when it has none, instead of being replaced by nothing."""
     rater = str(app.state.rater or "")
     kept = app.session.note_of(rater)
-    app.state.flags, app.state.note = list(kept.flags), kept.note
+    if keep_typed and kept.empty and (app.state.flags or str(app.state.note or "").strip()):
+        keep_case_notes(app)
+    else:
+        app.state.flags, app.state.note = list(kept.flags), kept.note
     app.state.open_elsewhere = others_sentence(app.session.heartbeat(rater)) if app.session.case is not None else ""
 
 
