@@ -109,7 +109,7 @@ def test_run_isolates_failures_and_writes_every_output(cohort: dict) -> None:
     description = json.loads((deriv / "dataset_description.json").read_text())  # a complete BIDS derivative
     assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
     assert description["GeneratedBy"][0]["Name"] == "SCIseg" and description["GeneratedBy"][0]["Version"]
-    assert description["SourceDatasets"] == [{"URL": cohort["bids"].resolve().as_uri()}]
+    assert description["SourceDatasets"] == [{"URL": "../bids"}]  # relative to the derivative: no absolute path
 
 
 def test_cohort_tables_join_participants_and_sum_the_lesions(cohort: dict) -> None:

@@ -10,6 +10,8 @@ resampling with nibabel as SCT's ``resample_nib``), same expected values and the
 
 from __future__ import annotations
 
+import os
+
 import copy
 import math
 
@@ -223,4 +225,5 @@ def test_cli_writes_scts_csv_and_a_sidecar_naming_the_sct_version(tmp_path) -> N
     assert table.loc[10, "MEAN(area)"] == pytest.approx(78.58643257836141)
     sidecar = json.loads((tmp_path / "t2_seg-manual_csa.json").read_text())
     assert sidecar["FollowsSCTVersion"] == "7.3"
-    assert sidecar["EquivalentCommand"] == f"sct_process_segmentation -i {cord.resolve()} -perslice 1"
+    relative = os.path.relpath(cord.resolve(), tmp_path.resolve())  # run from the output folder: no absolute path
+    assert sidecar["EquivalentCommand"] == f"sct_process_segmentation -i {relative} -perslice 1"
