@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from conftest import SHARED_DATA, shared_file
 from review_data import CASES, make_review_bids
+from SCIsegLib.review.cases import list_cases
 from SCIsegLib.training.export import export_correction
 
 pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
@@ -128,6 +129,8 @@ def test_grey_matter_strokes_are_unsaved_drafted_restored_with_the_draft_and_gon
     folder = bids / "derivatives/labels/.drafts/sub-01/anat/sub-01_T2w"
     draft = folder / f"{rater_key('alice')}.gm.nrrd"
     assert draft.is_file() and session.safe()
+    listed = {case.case_id: case for case in list_cases(bids)}[SUB01]
+    assert listed.drafts == ("alice",)  # the case list says so, as for a cord or lesion draft
     assert int(sitk.GetArrayFromImage(sitk.ReadImage(str(draft))).sum()) == int(opened.sum()) + 4
 
     restored = _session(bids)  # a new tab after the worker stopped

@@ -89,6 +89,16 @@ def read_record(path: Path, key: str = _KEY) -> Draft | None:
         return None
 
 
+#: The review app's grey-matter draft beside a rater's draft: its header key and file name ending (``<rater key>.gm.nrrd``).
+GREY_MATTER_KEY, GREY_MATTER_SUFFIX = "SCIseg_GreyMatterDraft", ".gm.nrrd"
+
+
+def grey_matter_drafts_in(folder: Path) -> list[Draft]:
+    """Every readable grey-matter draft in a case's draft folder, newest first."""
+    found = [read_record(path, GREY_MATTER_KEY) for path in folder.glob(f"[!.]*{GREY_MATTER_SUFFIX}")] if folder.is_dir() else []
+    return sorted((d for d in found if d is not None), key=lambda d: d.date, reverse=True)
+
+
 def drafts_in(folder: Path) -> list[Draft]:
     """Every readable draft in a case's draft folder, newest first (temporary files of interrupted writes skipped)."""
     found = [read_record(path) for path in folder.glob("[!.]*.nrrd")] if folder.is_dir() else []

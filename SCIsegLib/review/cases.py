@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..cases import DRAFTS, Draft, drafts_in, inside_derivatives
+from ..cases.drafts import grey_matter_drafts_in
 from ..cases.leases import LEASES, live_leases
 from ..cases.notes import FLAGS, NOTES, notes_in
 from ..errors import InputError
@@ -92,10 +93,16 @@ def case_drafts(root: Path, case_id: str) -> list[Draft]:
     return drafts_in(inside_derivatives(root, labels_folder(root) / DRAFTS / folder / stem, "the drafts folder"))
 
 
+def grey_matter_drafts(root: Path, case_id: str) -> list[Draft]:
+    """Every rater's grey-matter draft of a case (the review app's grey-matter segment), newest first."""
+    folder, stem = case_id.rsplit("/", 1)
+    return grey_matter_drafts_in(inside_derivatives(root, labels_folder(root) / DRAFTS / folder / stem, "the drafts folder"))
+
+
 def _status(root: Path, case_id: str) -> Case:
     image = root / f"{case_id}{IMAGE_SUFFIX}"
     stem = case_id.rsplit("/", 1)[1]
-    drafts = tuple(dict.fromkeys(draft.rater for draft in case_drafts(root, case_id)))
+    drafts = tuple(dict.fromkeys(draft.rater for draft in case_drafts(root, case_id) + grey_matter_drafts(root, case_id)))
     latest = latest_version(root, image)
     if latest is not None:
         inside_derivatives(root, latest, "the versions folder")

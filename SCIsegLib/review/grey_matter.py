@@ -27,7 +27,7 @@ import hashlib
 
 from .. import mrml
 from ..cases import Case, draft_folder, inside_derivatives, rater_key
-from ..cases.drafts import draft_labels, read_record, write_draft
+from ..cases.drafts import GREY_MATTER_KEY, GREY_MATTER_SUFFIX, draft_labels, read_record, write_draft
 from ..compartments_segments import GREY_MATTER, gm_output_names, has_grey_matter
 from ..models import list_models
 
@@ -116,7 +116,7 @@ def bind_grey_matter(app) -> None:
     app.state.change("segment")(follow)
 
 
-GM_DRAFT_KEY, GM_DRAFT_SUFFIX = "SCIseg_GreyMatterDraft", ".gm.nrrd"
+GM_DRAFT_KEY, GM_DRAFT_SUFFIX = GREY_MATTER_KEY, GREY_MATTER_SUFFIX
 
 
 def _digest(mask: np.ndarray | None) -> str | None:
