@@ -7,6 +7,7 @@ Layout (``<root>`` is a BIDS dataset; labels go to ``<root>/derivatives/labels``
         sub-01_T2w_label-SC_seg.nii.gz (+ .json)                  the latest version (convenience copies)
         sub-01_T2w_label-lesion_seg.nii.gz (+ .json)
         sub-01_T2w_dseg.nii.gz (+ .json)                          0 background, 1 cord only, 2 lesion
+        sub-01_T2w_label-GM_seg.nii.gz (+ .json)                  grey matter, when the version has it
     derivatives/labels/.sciseg_versions/sub-01/[ses-01/]anat/sub-01_T2w/v001/, v002/, ...   every version, immutable
 
 Every export makes a new version folder: assembled under a temporary name, read back and checked,
@@ -49,6 +50,8 @@ from ..volume import image_from_array_zyx, image_stem, load_mask, on_grid_of, pu
 
 VERSIONS = ".sciseg_versions"
 FILES = {"sc": "_label-SC_seg.nii.gz", "lesion": "_label-lesion_seg.nii.gz", "labels": "_dseg.nii.gz"}
+#: Files a version has only when they were exported (the grey matter, ``compartments_segments.GREY_MATTER``'s suffix).
+OPTIONAL_FILES = {"gm": "_label-GM_seg.nii.gz"}
 _BIDS_ENTITY = re.compile(r"(?:^|_)(sub|ses)-([A-Za-z0-9]+)")
 PUBLISHING = ".sciseg-publishing"  # suffix of the marker present while the latest copies are replaced
 _OUR_TEMPORARY = re.compile(r"^\..+\.(?:nii\.gz|json)\.[A-Za-z0-9_]{8}$")  # mkstemp names of _publish_latest
@@ -65,6 +68,16 @@ class ExportResult:
 
 
 FROM_PREDICTION, FROM_EMPTY = "prediction", "empty"
+
+
+@dataclass(frozen=True)
+class GreyMatter:
+    """A corrected grey-matter mask to export beside the cord and lesion (``_label-GM_seg``): the mask on the source
+    image's grid, the grey-matter model's mask (to record what the rater changed; None: not known) and that model."""
+
+    mask: sitk.Image
+    predicted: sitk.Image | None = None
+    model: str | None = None
 
 
 def parent_record(parent: int | str | None) -> dict | None:
@@ -180,6 +193,7 @@ def export_correction(
     session: str | None = None,
     note: str = "",
     parent: int | str | None = None,
+    grey_matter: GreyMatter | None = None,
 ) -> ExportResult:
     """Write a new version of a scan's corrected masks; never overwrites an earlier version.
 
@@ -194,6 +208,8 @@ def export_correction(
         note: free text kept in the sidecars.
         parent: the base the masks were built on (a version number, ``"prediction"`` or ``"empty"``), recorded as
             ``Parent``; the result's ``newer_than_parent`` then lists versions newer than it (None: not known, empty).
+        grey_matter: a grey-matter mask, written as ``_label-GM_seg`` with its sidecar (model, what was changed);
+            a version without it has no such file, and its latest copies none either.
     """
     if not rater.strip():
         raise InputError("a rater name is required to export corrections.")
@@ -206,7 +222,9 @@ def export_correction(
     reference = load_mask(source, binary=False)  # header, size and completeness checked before any voxel is read
     subject, session = bids_entities(source, subject, session)
     arrays = {}
-    for name, mask in (("sc", cord), ("lesion", lesion), ("predicted_sc", predicted_cord), ("predicted_lesion", predicted_lesion)):
+    gm_masks = (("gm", grey_matter.mask), ("predicted_gm", grey_matter.predicted)) if grey_matter is not None else ()
+    for name, mask in (("sc", cord), ("lesion", lesion), ("predicted_sc", predicted_cord), ("predicted_lesion", predicted_lesion),
+                       *gm_masks):
         if mask is None:
             continue
         try:
@@ -216,6 +234,9 @@ def export_correction(
         arrays[name] = sitk.GetArrayFromImage(aligned) > 0
     labels = label_map_from_masks(arrays["sc"], arrays["lesion"])
     masks = {"sc": labels > 0, "lesion": labels == 2}  # cord region = labels {1, 2}, as SCIseg's _sc_seg
+    files = dict(FILES)
+    if "gm" in arrays:
+        masks["gm"], files["gm"] = arrays["gm"], OPTIONAL_FILES["gm"]
 
     # <root>/derivatives may be a link (another disk, a common layout); a link below it leading out of it is refused
     labels_root = contained(labels_folder(root), Path(root) / "derivatives", "labels folder")
@@ -229,14 +250,14 @@ def export_correction(
 
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=store))
     try:
-        for key, suffix in FILES.items():
+        for key, suffix in files.items():
             data = labels if key == "labels" else masks[key].astype(np.uint8)
             sitk.WriteImage(image_from_array_zyx(data, reference), str(staging / f"{stem}{suffix}"), useCompression=True)
             sidecar = {
                 "GeneratedBy": [{"Name": "SCIseg", "Version": __version__, "Description": "rater correction"}],
                 "Rater": rater,
                 "Date": now,
-                "Model": model,
+                "Model": grey_matter.model if key == "gm" and grey_matter is not None else model,
                 "SourceImage": source_info,
                 "Note": note,
                 "Parent": parent_sidecar,
@@ -250,7 +271,7 @@ def export_correction(
                 sidecar.update(correction_summary(arrays.get(f"predicted_{key}"), masks[key]))
                 sidecar["VoxelCount"] = int(masks[key].sum())
             (staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").write_text(json.dumps(sidecar, indent=2))
-        _verify_staged(staging, stem, {"labels": labels, "sc": masks["sc"], "lesion": masks["lesion"]})
+        _verify_staged(staging, stem, files, {"labels": labels, **masks})
         for file in staging.iterdir():
             os.chmod(file, 0o444)  # versions are read-only
         os.chmod(staging, 0o755)
@@ -282,9 +303,9 @@ def export_correction(
     return ExportResult(version=version, version_folder=version_folder, files=latest, newer_than_parent=newer)
 
 
-def _verify_staged(staging: Path, stem: str, expected: dict[str, np.ndarray]) -> None:
+def _verify_staged(staging: Path, stem: str, files: dict[str, str], expected: dict[str, np.ndarray]) -> None:
     """Read the staged files back (whole, every voxel) before they are committed as a version."""
-    for key, suffix in FILES.items():
+    for key, suffix in files.items():
         file = staging / f"{stem}{suffix}"
         check_whole_image_file(file, "staged label")
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
@@ -333,6 +354,10 @@ def _publish_latest(version_folder: Path, anat_folder: Path, stem: str) -> dict[
     anat_folder.mkdir(parents=True, exist_ok=True)
     marker = publishing_marker(anat_folder, stem)
     marker.write_text(json.dumps({"version": version_folder.name}))  # first: the set may mix versions from now
+    for suffix in OPTIONAL_FILES.values():  # an earlier version's grey matter is not this version's
+        if not (version_folder / f"{stem}{suffix}").is_file():
+            for name in (f"{stem}{suffix}", f"{stem}{suffix.removesuffix('.nii.gz')}.json"):
+                (anat_folder / name).unlink(missing_ok=True)
     published = {}
     for file in sorted(version_folder.iterdir()):
         handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", dir=anat_folder)
