@@ -21,6 +21,7 @@ from . import mrml
 from .cases import Case, Draft
 from .cases.scan import CaseRefused
 from .errors import InputError
+from .panel_grey_matter import add_base_grey_matter
 from .panel_results import export_result
 
 #: Segmentation node attributes: the case's scan key it was made for, and the base it started from.
@@ -99,12 +100,14 @@ def bound_segmentation(scene, case: Case):
 
 
 def segmentation_from_labels(scene, logic, case: Case, volume_node, labels_zyx: np.ndarray, name: str):
-    """A new segmentation node holding ``labels_zyx`` (the case's base or draft) on the volume, bound to the case."""
+    """A new segmentation node holding ``labels_zyx`` (the case's base or draft) on the volume, bound to the case;
+    with the grey matter of the version it opened from, when that version has one."""
     reference = mrml.image_from_volume_node(volume_node)
     labels = case.scan.grid.image_of(labels_zyx)
     labels = mrml.on_grid_of(labels, reference, what="the case's labels", where=f"volume '{volume_node.GetName()}'")
     cord, lesion = sitk.Cast(labels > 0, sitk.sitkUInt8), sitk.Cast(labels == 2, sitk.sitkUInt8)
     node = mrml.import_sciseg_masks(logic, scene, volume_node, cord, lesion, name)
+    add_base_grey_matter(scene, logic, case, node, volume_node)  # a version's _label-GM_seg comes back as its segment
     bind(node, case)
     return node
 

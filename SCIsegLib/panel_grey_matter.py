@@ -13,6 +13,7 @@ what the rater changed. Tested on slicer-core with the demo model on a real T2*w
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -122,6 +123,40 @@ def export_arguments(scene, logic, segmentation_node, volume_node, folder: str |
         arguments += ["--predicted-grey-matter", prediction]
     model = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
     return arguments + (["--grey-matter-model", model] if model else [])
+
+
+def add_base_grey_matter(scene, logic, case, segmentation_node, volume_node) -> str | None:
+    """A case opened from a version that has grey matter (``<stem>_label-GM_seg.nii.gz`` in its folder): that mask
+    becomes the segmentation's grey-matter segment, so the next export keeps it; returns the segment id, None when the
+    base has none. A file that cannot be read or lies on another grid is left out with a warning in Slicer's log."""
+    import logging
+
+    import SimpleITK as sitk
+
+    from . import mrml
+    from .cases.scan import CaseRefused
+    from .training.export import OPTIONAL_FILES
+
+    if case.base.kind != "version" or not case.base.files:
+        return None
+    path = case.base.files[0].parent / f"{case.scan.stem}{OPTIONAL_FILES['gm']}"
+    if not path.is_file():
+        return None
+    try:
+        mask = case.scan.align(sitk.ReadImage(str(path)), f"the grey matter of {case.base.name}")
+    except (RuntimeError, CaseRefused) as error:
+        logging.warning("SCIseg: %s was not loaded: %s", path, error)
+        return None
+    reference = mrml.image_from_volume_node(volume_node)
+    mask = mrml.on_grid_of(mask, reference, what=f"the grey matter of {case.base.name}", where=f"volume '{volume_node.GetName()}'")
+    mrml.set_segment_from_mask(logic, scene, segmentation_node, mrml.GREY_MATTER, mask, volume_node)
+    try:
+        model = json.loads(path.with_name(path.name.removesuffix(".nii.gz") + ".json").read_text()).get("Model")
+    except (OSError, ValueError, AttributeError):
+        model = None
+    if model:
+        segmentation_node.SetAttribute(MODEL_ATTRIBUTE, str(model))
+    return mrml.GREY_MATTER.segment_id
 
 
 def may_replace(segmentation_node, ask: Any) -> bool:

@@ -130,6 +130,18 @@ def test_grey_matter_button_segments_edits_and_exports_label_gm_seg(scene, tmp_p
         file = sitk.ReadImage(str(anat / f"sub-t2s_T2starw_label-{suffix}_seg.nii.gz"))
         np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.on_grid_of(file, reference)), expected_mask.astype(np.uint8))
 
+    # The case opened again (another Slicer session): v001 comes back with its grey matter as the tagged segment, and
+    # nothing is unsaved (the grey matter lies in v001's cord).
+    opened = panel_case.opening(scene, root, volume, "alice")
+    reopened = panel_case.selected_segmentation(scene, logic, opened, volume)
+    assert opened.case.base.name == "v001" and reopened is not segmentation
+    assert mrml.grey_matter_segment(reopened) == "grey_matter" and terminology(reopened, "grey_matter").split("~")[2] == (
+        "SCT^12958003^Spinal cord gray matter")
+    np.testing.assert_array_equal(mrml.segment_mask(logic, scene, reopened, "grey_matter", volume), painted)
+    assert reopened.GetAttribute(panel_grey_matter.MODEL_ATTRIBUTE) == "sciseg-gm-demo"
+    assert not opened.case.unsaved(panel_case.labels_zyx(scene, logic, opened.case, reopened, volume))
+    scene.RemoveNode(reopened)
+
     # The rater deletes the grey-matter segment and exports again: v002 has no grey matter, and the latest copies
     # no longer show v001's (it stays in v001).
     segmentation.GetSegmentation().RemoveSegment("grey_matter")
