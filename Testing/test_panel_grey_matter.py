@@ -60,6 +60,7 @@ def test_grey_matter_button_segments_edits_and_exports_label_gm_seg(scene, tmp_p
     controller.parameters.inputVolume, controller.parameters.segmentation = volume, segmentation
     controller.parameters.device = "cpu"
     before = sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, segmentation, volume))
+    cord_segment_before = mrml.segment_mask(logic, scene, segmentation, "spinal_cord", volume)
 
     # The button runs the bundled demo GM model (the only grey-matter model of an empty store) in a child.
     controller.grey_matter()
@@ -77,6 +78,8 @@ def test_grey_matter_button_segments_edits_and_exports_label_gm_seg(scene, tmp_p
         "SCIseg~SCT^123037004^Anatomical Structure~SCT^12958003^Spinal cord gray matter~^^~~^^~^^")
     assert segmentation.GetSegmentation().GetSegment("grey_matter").GetName() == "Grey matter"
     assert mrml.grey_matter_segment(segmentation) == "grey_matter"
+    # It overlaps the cord segment (Slicer keeps it in a layer of its own): the cord segment keeps every voxel.
+    np.testing.assert_array_equal(mrml.segment_mask(logic, scene, segmentation, "spinal_cord", volume), cord_segment_before)
     # The segment is the model's mask, voxel for voxel, on the volume's grid (t2s is left-handed: Slicer's reader
     # re-indexes it, so the node's grid is the file's voxels in another axis order); it is the grey matter of t2s
     # (the demo model saw t2s in training: this checks the path, not the model).
@@ -181,6 +184,14 @@ def test_the_grey_matter_model_the_segment_choices_and_the_refusals(scene, tmp_p
     controller.grey_matter()
     assert not controller.state.jobs and view.errors and "was made on" in view.said[-1]
     controller.parameters.inputVolume = volume
+    # Cancel stops the grey-matter child at once: nothing is added, its work folder goes.
+    controller.grey_matter()
+    job = controller.state.jobs[Action.GREY_MATTER]
+    controller.cancel()
+    assert view.said[-1] == "Cancelling..."
+    wait_for_jobs(controller)
+    assert view.said[-1] == "Cancelled: nothing was changed." and not job.run.work_dir.exists()
+    assert mrml.grey_matter_segment(segmentation) is None
     reference = mrml.image_from_volume_node(volume)
     gm = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
     gm[1, 20:24, 20:24] = 1
