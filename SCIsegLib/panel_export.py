@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> dict:
     import SimpleITK as sitk
 
     from .cases import Case
+    from .panel_grey_matter import discard_drafts
     from .training.export import GreyMatter
 
     prediction = None
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> dict:
         grey_matter = GreyMatter(sitk.ReadImage(str(args.grey_matter)), predicted, args.grey_matter_model)
     outcome = case.export(sitk.ReadImage(str(args.labels)), args.rater, drawn_on=args.drawn_on, model=args.model,
                           draft_rater=args.draft_rater, grey_matter=grey_matter)
+    discard_drafts(case, {args.rater, args.draft_rater or args.rater})  # the grey matter's too
     return {"version": outcome.result.version, "folder": str(outcome.result.version_folder), "parent": parent,
             "warning": outcome.warning}
 

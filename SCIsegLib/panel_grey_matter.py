@@ -13,7 +13,6 @@ what the rater changed. Tested on slicer-core with the demo model on a real T2*w
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +26,9 @@ PREDICTION_ATTRIBUTE = "SCIseg.GreyMatterPrediction"
 MODEL_ATTRIBUTE = "SCIseg.GreyMatterModel"
 #: The bundled demonstration grey-matter model (``Resources/Models/sciseg-gm-demo``).
 DEMO_GM_MODEL = "sciseg-gm-demo"
+#: The grey-matter drafts' folder inside a case's drafts folder (not listed as label-map drafts; see
+#: :mod:`SCIsegLib.panel_grey_matter_case`).
+DRAFTS = "grey_matter"
 NO_MODEL = "No grey-matter model is installed: install SCT's with `sciseg models install graymatter`."
 REPLACE_QUESTION = ("'{name}' already has a grey-matter segment. Segment the grey matter again and replace it "
                     "(your edits of the grey matter are lost)?")
@@ -90,6 +92,9 @@ def add_grey_matter(scene, logic, segmentation_node, volume_node, mask, model: s
     segment_id = mrml.grey_matter_segment(segmentation_node) or mrml.GREY_MATTER.segment_id
     spec = mrml.SegmentSpec(segment_id, *(getattr(mrml.GREY_MATTER, f) for f in ("name", "color", "terminology", "label_value")))
     mrml.set_segment_from_mask(logic, scene, segmentation_node, spec, mask, volume_node)
+    from .panel_grey_matter_case import mark_saved
+
+    mark_saved(segmentation_node, mrml.segment_mask(logic, scene, segmentation_node, segment_id, volume_node))
     folder = Path(tempfile.mkdtemp(prefix="sciseg-gm-", dir=predictions_dir))
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in volume_node.GetName()) or "volume"
     kept = volume.write_image_atomic(sitk.Cast(mask > 0, sitk.sitkUInt8), folder / f"{stem}_gmseg.nii.gz")
@@ -125,40 +130,6 @@ def export_arguments(scene, logic, segmentation_node, volume_node, folder: str |
     return arguments + (["--grey-matter-model", model] if model else [])
 
 
-def add_base_grey_matter(scene, logic, case, segmentation_node, volume_node) -> str | None:
-    """A case opened from a version that has grey matter (``<stem>_label-GM_seg.nii.gz`` in its folder): that mask
-    becomes the segmentation's grey-matter segment, so the next export keeps it; returns the segment id, None when the
-    base has none. A file that cannot be read or lies on another grid is left out with a warning in Slicer's log."""
-    import logging
-
-    import SimpleITK as sitk
-
-    from . import mrml
-    from .cases.scan import CaseRefused
-    from .training.export import OPTIONAL_FILES
-
-    if case.base.kind != "version" or not case.base.files:
-        return None
-    path = case.base.files[0].parent / f"{case.scan.stem}{OPTIONAL_FILES['gm']}"
-    if not path.is_file():
-        return None
-    try:
-        mask = case.scan.align(sitk.ReadImage(str(path)), f"the grey matter of {case.base.name}")
-    except (RuntimeError, CaseRefused) as error:
-        logging.warning("SCIseg: %s was not loaded: %s", path, error)
-        return None
-    reference = mrml.image_from_volume_node(volume_node)
-    mask = mrml.on_grid_of(mask, reference, what=f"the grey matter of {case.base.name}", where=f"volume '{volume_node.GetName()}'")
-    mrml.set_segment_from_mask(logic, scene, segmentation_node, mrml.GREY_MATTER, mask, volume_node)
-    try:
-        model = json.loads(path.with_name(path.name.removesuffix(".nii.gz") + ".json").read_text()).get("Model")
-    except (OSError, ValueError, AttributeError):
-        model = None
-    if model:
-        segmentation_node.SetAttribute(MODEL_ATTRIBUTE, str(model))
-    return mrml.GREY_MATTER.segment_id
-
-
 def may_replace(segmentation_node, ask: Any) -> bool:
     """True when the grey matter may be segmented into ``segmentation_node``: it has none yet, or ``ask`` (the
     view's Yes/No question) says to replace it."""
@@ -169,3 +140,18 @@ def may_replace(segmentation_node, ask: Any) -> bool:
     except ValueError:
         existing = "several"
     return existing is None or ask(REPLACE_QUESTION.format(name=segmentation_node.GetName()))
+
+
+def draft_path(case, rater: str) -> Path:
+    """The rater's grey-matter draft of the case (it may not exist); contained in the derivatives folder."""
+    from .cases.case import inside_derivatives
+    from .cases.drafts import draft_folder, rater_key
+
+    folder = inside_derivatives(case.root, draft_folder(case.root, case.scan) / DRAFTS, "the grey-matter drafts folder")
+    return folder / f"{rater_key(rater)}.nrrd"
+
+
+def discard_drafts(case, raters: set[str]) -> None:
+    """Remove these raters' grey-matter drafts of the case (the export child, once the version is written)."""
+    for rater in raters:
+        draft_path(case, rater).unlink(missing_ok=True)

@@ -70,13 +70,14 @@ def show_measurement(controller: PanelController, job: panel.Job) -> None:
 
 def show_export(controller: PanelController, job: panel.Job) -> None:
     """The version written; the segmentation's base becomes it, so the case has nothing unsaved."""
-    from . import panel_case
+    from . import panel_case, panel_grey_matter_case
     from .panel_results import export_summary
 
     controller.view.say(export_summary(job.run.stdout))
     segmentation = controller.scene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
     volume = controller.scene.GetNodeByID(job.volume_id) if job.volume_id else None
     if panel_case.after_export(segmentation, job.run.stdout):
+        panel_grey_matter_case.after_export(segmentation, volume, job.run.stdout)
         controller.session.rebind(volume, segmentation)
     controller.view.log(job.run.stdout.splitlines())
 

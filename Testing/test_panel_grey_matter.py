@@ -137,23 +137,58 @@ def test_grey_matter_button_segments_edits_and_exports_label_gm_seg(scene, tmp_p
     # nothing is unsaved (the grey matter lies in v001's cord).
     opened = panel_case.opening(scene, root, volume, "alice")
     reopened = panel_case.selected_segmentation(scene, logic, opened, volume)
-    assert opened.case.base.name == "v001" and reopened is not segmentation
+    case = opened.case
+    assert case.base.name == "v001" and reopened is not segmentation
     assert mrml.grey_matter_segment(reopened) == "grey_matter" and terminology(reopened, "grey_matter").split("~")[2] == (
         "SCT^12958003^Spinal cord gray matter")
     np.testing.assert_array_equal(mrml.segment_mask(logic, scene, reopened, "grey_matter", volume), painted)
     assert reopened.GetAttribute(panel_grey_matter.MODEL_ATTRIBUTE) == "sciseg-gm-demo"
-    assert not opened.case.unsaved(panel_case.labels_zyx(scene, logic, opened.case, reopened, volume))
-    scene.RemoveNode(reopened)
+    assert not case.unsaved(panel_case.labels_zyx(scene, logic, case, reopened, volume))
+    assert panel_case.keep_work(scene, logic, case, reopened, volume, "alice") is None
 
-    # The rater deletes the grey-matter segment and exports again: v002 has no grey matter, and the latest copies
-    # no longer show v001's (it stays in v001).
-    segmentation.GetSegmentation().RemoveSegment("grey_matter")
+    # Grey-matter edits inside the cord leave the 0/1/2 map as it was, so its draft would not hold them: after a
+    # pause they go to alice's grey-matter draft, and leaving the case says so.
+    gm_draft = panel_grey_matter.draft_path(case, "alice")
+    edited = painted.copy()
+    low = int(np.argwhere(painted)[:, 0].min())
+    edited[low] |= after[low] == 1
+    mrml.set_segment_from_mask(logic, scene, reopened, mrml.GREY_MATTER, mrml.image_from_array_zyx(edited.astype(np.uint8), reference), volume)
+    assert panel_case.edits_settled(scene, logic, case, reopened, volume, "alice").draft is None and gm_draft.is_file()
+    assert case.drafts() == []  # not a label-map draft of the case
+    edited[low + 1] |= after[low + 1] == 1
+    mrml.set_segment_from_mask(logic, scene, reopened, mrml.GREY_MATTER, mrml.image_from_array_zyx(edited.astype(np.uint8), reference), volume)
+    assert panel_case.keep_work(scene, logic, case, reopened, volume, "alice").startswith(
+        "Your unsaved edits of sub-t2s_T2starw are kept as a grey-matter draft by alice")
+    # Slicer crashes: the segmentation is gone. Opening the case again for alice brings her grey matter back; for bob,
+    # v001's.
+    scene.RemoveNode(reopened)
+    for rater, expected_gm in (("bob", painted), ("alice", edited)):
+        opened = panel_case.opening(scene, root, volume, rater)
+        again = panel_case.selected_segmentation(scene, logic, opened, volume)
+        assert opened.offer is None and opened.case.base.name == "v001"
+        np.testing.assert_array_equal(mrml.segment_mask(logic, scene, again, "grey_matter", volume), expected_gm)
+        if rater == "bob":
+            scene.RemoveNode(again)
+    assert panel_case.keep_work(scene, logic, opened.case, again, volume, "alice") is None  # drafted already
+    # Export v002: the grey-matter draft goes, the version holds the edited grey matter, which is now what is saved.
+    controller.parameters.segmentation = again
     controller.export()
     wait_for_jobs(controller, timeout_s=300)
     assert view.said[-1].startswith("Exported version v002 (from v001)"), (view.said, view.errors)
+    assert not gm_draft.exists()
+    exported_gm = sitk.ReadImage(str(anat / "sub-t2s_T2starw_label-GM_seg.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.on_grid_of(exported_gm, reference)), edited.astype(np.uint8))
+    assert panel_case.keep_work(scene, logic, opened.case, again, volume, "alice") is None and not gm_draft.exists()
+
+    # The rater deletes the grey-matter segment and exports again: v003 has no grey matter, and the latest copies
+    # no longer show v002's (it stays in v002).
+    again.GetSegmentation().RemoveSegment("grey_matter")
+    controller.export()
+    wait_for_jobs(controller, timeout_s=300)
+    assert view.said[-1].startswith("Exported version v003 (from v002)"), (view.said, view.errors)
     assert not (anat / "sub-t2s_T2starw_label-GM_seg.nii.gz").exists() and not (anat / "sub-t2s_T2starw_label-GM_seg.json").exists()
-    [v001_gm] = root.glob("derivatives/labels/.sciseg_versions/sub-t2s/anat/sub-t2s_T2starw/v001/*_label-GM_seg.nii.gz")
-    assert not list(v001_gm.parent.parent.glob("v002/*_label-GM_seg*"))
+    versions = root / "derivatives/labels/.sciseg_versions/sub-t2s/anat/sub-t2s_T2starw"
+    assert [len(list((versions / v).glob("*_label-GM_seg*"))) for v in ("v001", "v002", "v003")] == [2, 2, 0]
     controller.shutdown()
 
 
