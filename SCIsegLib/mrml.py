@@ -65,6 +65,9 @@ LESION = SegmentSpec(
 SCISEG_SEGMENTS = (CORD, LESION)
 #: The grey-matter segment (SNOMED 12958003, :data:`SCIsegLib.compartments_segments.GREY_MATTER`). It lies inside the
 #: cord and overlaps the cord segment; it is exported on its own (``_label-GM_seg``), never as a label of the 0/1/2 map.
+#: Imported into a segmentation that has the cord, it gets a labelmap of its own and the cord keeps its voxels
+#: (``ImportLabelmapToSegmentationNode`` clears only the named segment and gives it the imported image:
+#: Slicer 5.10 ``vtkSlicerSegmentationsModuleLogic.cxx`` l. 1803-1808).
 GREY_MATTER = SegmentSpec(_GREY_MATTER_OFFER.segment_id, _GREY_MATTER_OFFER.name, _GREY_MATTER_OFFER.color,
                           _GREY_MATTER_OFFER.terminology, label_value=1)
 
