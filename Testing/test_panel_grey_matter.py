@@ -112,6 +112,13 @@ def test_grey_matter_button_segments_edits_and_exports_label_gm_seg(scene, tmp_p
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.export_sciseg_label_map(logic, scene, segmentation, volume)), after)
     settled = panel_case.edits_settled(scene, logic, None, segmentation, volume, "alice")
     assert settled.centres is not None and len(settled.centres) == 1
+    # Measure lesions (sciseg analyze in a child) still finds the one 3 x 3 x 1-voxel lesion and its volume.
+    controller.measure()
+    wait_for_jobs(controller, timeout_s=300)
+    table, chart = view.tables[-1]
+    assert chart is not None and table.GetNumberOfRows() == 1, (view.said, view.errors)
+    spacing = volume.GetSpacing()
+    assert float(table.GetCellText(0, table.GetColumnIndex("volume [mm3]"))) == pytest.approx(9 * np.prod(spacing), rel=1e-6)
 
     # Export writes the grey matter as _label-GM_seg with its sidecar, on the scan's grid, beside the cord and lesion.
     controller.export()
