@@ -140,9 +140,9 @@ def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, r
     nothing was unsaved."""
     if case is None or segmentation_node is None or volume_node is None:
         return None
-    grey_matter = keep_draft(scene, logic, case, segmentation_node, volume_node, rater)
     labels = labels_zyx(scene, logic, case, segmentation_node, volume_node)
     draft = None if labels is None or case.safe(labels) else case.save_draft(labels, rater)
+    grey_matter = keep_draft(scene, logic, case, segmentation_node, volume_node, rater)  # after the label map's
     if draft is None and grey_matter is None:
         return None
     kept = draft.describe() if draft is not None else "grey-matter " + grey_matter.describe()
