@@ -47,20 +47,16 @@ def run(args: argparse.Namespace) -> dict:
     import SimpleITK as sitk
 
     from .cases import Case
-    from .panel_grey_matter import discard_drafts
-    from .training.export import GreyMatter
+    from .panel_grey_matter import discard_drafts, export_masks
 
     prediction = None
     if args.prediction_cord is not None and args.prediction_lesion is not None:
         prediction = (args.prediction_cord, args.prediction_lesion)
     case = Case.open(args.root, args.image, choice=args.base, prediction=prediction, subject=args.subject)
     parent = case.base.name
-    grey_matter = None
-    if args.grey_matter is not None:
-        predicted = sitk.ReadImage(str(args.predicted_grey_matter)) if args.predicted_grey_matter is not None else None
-        grey_matter = GreyMatter(sitk.ReadImage(str(args.grey_matter)), predicted, args.grey_matter_model)
     outcome = case.export(sitk.ReadImage(str(args.labels)), args.rater, drawn_on=args.drawn_on, model=args.model,
-                          draft_rater=args.draft_rater, grey_matter=grey_matter)
+                          draft_rater=args.draft_rater,
+                          extra_masks=export_masks(args.grey_matter, args.predicted_grey_matter, args.grey_matter_model))
     discard_drafts(case, {args.rater, args.draft_rater or args.rater})  # the grey matter's too
     return {"version": outcome.result.version, "folder": str(outcome.result.version_folder), "parent": parent,
             "warning": outcome.warning}

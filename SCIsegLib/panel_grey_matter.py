@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .compartments_segments import has_grey_matter
+from .compartments_segments import GREY_MATTER, has_grey_matter
 from .models import ModelInfo
 
 #: Segmentation node attributes: the model's grey-matter mask (a file of the panel's session folder) and the model.
@@ -29,6 +29,8 @@ DEMO_GM_MODEL = "sciseg-gm-demo"
 #: The grey-matter drafts' folder inside a case's drafts folder (not listed as label-map drafts; see
 #: :mod:`SCIsegLib.panel_grey_matter_case`).
 DRAFTS = "grey_matter"
+#: The exported grey matter's file suffix (``<stem>_label-GM_seg.nii.gz``).
+GM_FILE_SUFFIX = f"{GREY_MATTER.export_suffix}.nii.gz"
 NO_MODEL = "No grey-matter model is installed: install SCT's with `sciseg models install graymatter`."
 REPLACE_QUESTION = ("'{name}' already has a grey-matter segment. Segment the grey matter again and replace it "
                     "(your edits of the grey matter are lost)?")
@@ -155,3 +157,22 @@ def discard_drafts(case, raters: set[str]) -> None:
     """Remove these raters' grey-matter drafts of the case (the export child, once the version is written)."""
     for rater in raters:
         draft_path(case, rater).unlink(missing_ok=True)
+
+
+def export_masks(mask_path: Path | None, predicted_path: Path | None, model: str | None) -> dict:
+    """``Case.export``'s ``extra_masks`` for the panel's grey matter (the export child): ``{"_label-GM_seg.nii.gz":
+    (mask, sidecar fields)}``, empty without a mask. The sidecar names the structure (SNOMED CT code, terminology),
+    the grey-matter model and what the rater changed against its mask (voxels added and removed, Dice; None when
+    the model's mask is not known). Both files lie on the grid of the volume the rater edited."""
+    if mask_path is None:
+        return {}
+    import SimpleITK as sitk
+
+    from .training.export import correction_summary
+
+    mask = sitk.ReadImage(str(mask_path))
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(predicted_path))) if predicted_path is not None else None
+    fields = {"Structure": "gm", "SegmentName": GREY_MATTER.name, "SNOMEDCode": GREY_MATTER.snomed_code,
+              "Terminology": GREY_MATTER.terminology, "Model": model,
+              **correction_summary(predicted, sitk.GetArrayFromImage(mask))}
+    return {GM_FILE_SUFFIX: (mask, fields)}

@@ -4,7 +4,7 @@ grey-matter draft, and what comes back when the case opens.
 The case model (:mod:`SCIsegLib.cases`) drafts and versions the 0/1/2 label map (cord, lesion); grey matter lies
 inside the cord and is kept beside it:
 
-* a version's grey matter is its ``<stem>_label-GM_seg.nii.gz`` (:data:`SCIsegLib.training.export.OPTIONAL_FILES`);
+* a version's grey matter is its ``<stem>_label-GM_seg.nii.gz`` (:data:`SCIsegLib.panel_grey_matter.GM_FILE_SUFFIX`);
 * a rater's unsaved grey matter is a draft ``.drafts/.../<stem>/grey_matter/<rater key>.nrrd`` (the same NRRD and
   header as :mod:`SCIsegLib.cases.drafts`, 0/1 on the scan's grid), written about a second after the rater paused and
   before the rater leaves the case, removed by the export;
@@ -28,8 +28,7 @@ import SimpleITK as sitk
 from . import mrml
 from .cases.drafts import Draft, draft_labels, read_record, write_draft
 from .cases.scan import CaseRefused
-from .panel_grey_matter import MODEL_ATTRIBUTE, draft_path
-from .training.export import OPTIONAL_FILES
+from .panel_grey_matter import GM_FILE_SUFFIX, MODEL_ATTRIBUTE, draft_path
 
 #: Segmentation node attributes: sha256 of the grey matter last saved (volume grid), and of the last one drafted.
 SAVED_ATTRIBUTE = "SCIseg.GreyMatterSaved"
@@ -89,7 +88,7 @@ def _read_base(case) -> tuple[np.ndarray, str | None] | None:
     """The base version's grey matter on the case's grid and its model; None when the base has none."""
     if case.base.kind != "version" or not case.base.files:
         return None
-    path = case.base.files[0].parent / f"{case.scan.stem}{OPTIONAL_FILES['gm']}"
+    path = case.base.files[0].parent / f"{case.scan.stem}{GM_FILE_SUFFIX}"
     if not path.is_file():
         return None
     try:
@@ -149,7 +148,7 @@ def after_export(segmentation_node, volume_node, stdout: str) -> None:
     result = export_result(stdout)
     if segmentation_node is None or volume_node is None or result is None:
         return
-    files = sorted(Path(result["folder"]).glob(f"*{OPTIONAL_FILES['gm']}"))
+    files = sorted(Path(result["folder"]).glob(f"*{GM_FILE_SUFFIX}"))
     if not files:
         mark_saved(segmentation_node, None)
         return

@@ -134,6 +134,7 @@ def test_grey_matter_button_segments_edits_and_exports_label_gm_seg(scene, tmp_p
     assert (sitk.GetArrayFromImage(written) != in_slicer).any()  # re-indexed: a copy of the node's array would differ
     sidecar = json.loads((anat / "sub-t2s_T2starw_label-GM_seg.json").read_text())
     assert sidecar["Model"] == "sciseg-gm-demo" and sidecar["Rater"] == "alice" and sidecar["Version"] == 1
+    assert (sidecar["Structure"], sidecar["SNOMEDCode"], sidecar["Terminology"]) == ("gm", "12958003", mrml.GREY_MATTER.terminology)
     assert sidecar["VoxelCount"] == int(painted.sum()) and sidecar["Corrected"] is True
     assert sidecar["VoxelsAdded"] == int((painted & ~gm).sum()) and sidecar["VoxelsRemoved"] == 0
     for suffix, expected_mask in (("SC", after > 0), ("lesion", after == 2)):

@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..training.export import ExportResult, GreyMatter, export_correction, labels_folder, version_store
+from ..training.export import ExportResult, export_correction, labels_folder, version_store
 from .bases import EMPTY, Base, base_labels, prediction_of, versions_of
 from .drafts import Draft, draft_folder, draft_labels, drafts_in, rater_key, write_draft
 from .scan import CaseRefused, Scan, scan_of
@@ -190,17 +190,15 @@ class Case:
 
     # ------------------------------------------------------------------ export
     def export(self, labels: sitk.Image, rater: str, *, drawn_on: str | None, model: str | None = None,
-               note: str = "", draft_rater: str | None = None, grey_matter: GreyMatter | None = None) -> ExportOutcome:
+               note: str = "", draft_rater: str | None = None,
+               extra_masks: dict[str, tuple[sitk.Image, dict]] | None = None) -> ExportOutcome:
         """A new version of the case's masks with lineage (parent = :attr:`base`); the draft goes, the base becomes it.
 
         Refuses (:class:`CaseRefused`, nothing written) a label map drawn on another scan or grid. ``draft_rater``
         names the draft to remove when it is not ``rater``'s (a name typed after the draft was written).
-        ``grey_matter``: a grey-matter mask drawn on the same scan, written beside them (``_label-GM_seg``).
+        ``extra_masks``: further masks of the version (the grey matter), checked against the case like the labels.
         """
         aligned = self.check(labels, drawn_on)
-        if grey_matter is not None:
-            grey_matter = GreyMatter(self.check(grey_matter.mask, drawn_on, "the grey-matter mask"), grey_matter.predicted,
-                                     grey_matter.model)
         array = sitk.GetArrayFromImage(aligned).astype(np.uint8)
         inside_derivatives(self.root, labels_folder(self.root), "the labels folder")
         predicted = {}
@@ -210,7 +208,9 @@ class Case:
         result = export_correction(
             root=self.root, source=self.scan.path, cord=self.scan.grid.image_of(array > 0),
             lesion=self.scan.grid.image_of(array == 2), rater=rater, model=model, subject=self.scan.subject,
-            session=self.scan.session, note=note, parent=self.base.lineage_parent, grey_matter=grey_matter, **predicted)
+            session=self.scan.session, note=note, parent=self.base.lineage_parent, **predicted,
+            extra_masks={suffix: (self.check(mask, drawn_on, f"the {suffix} mask"), fields)
+                         for suffix, (mask, fields) in (extra_masks or {}).items()})
         warning = None
         if result.newer_than_parent:
             newer = ", ".join(f"v{n:03d}" for n in result.newer_than_parent)

@@ -7,7 +7,6 @@ Layout (``<root>`` is a BIDS dataset; labels go to ``<root>/derivatives/labels``
         sub-01_T2w_label-SC_seg.nii.gz (+ .json)                  the latest version (convenience copies)
         sub-01_T2w_label-lesion_seg.nii.gz (+ .json)
         sub-01_T2w_dseg.nii.gz (+ .json)                          0 background, 1 cord only, 2 lesion
-        sub-01_T2w_label-GM_seg.nii.gz (+ .json)                  grey matter, when the version has it
     derivatives/labels/.sciseg_versions/sub-01/[ses-01/]anat/sub-01_T2w/v001/, v002/, ...   every version, immutable
 
 Every export makes a new version folder: assembled under a temporary name, read back and checked,
@@ -50,8 +49,9 @@ from ..volume import image_from_array_zyx, image_stem, load_mask, on_grid_of, pu
 
 VERSIONS = ".sciseg_versions"
 FILES = {"sc": "_label-SC_seg.nii.gz", "lesion": "_label-lesion_seg.nii.gz", "labels": "_dseg.nii.gz"}
-#: Files a version has only when they were exported (the grey matter, ``compartments_segments.GREY_MATTER``'s suffix).
-OPTIONAL_FILES = {"gm": "_label-GM_seg.nii.gz"}
+#: Further masks a version may hold (the grey matter, :mod:`SCIsegLib.compartments_segments`): its latest copy goes
+#: when the latest version has none.
+EXTRA_SUFFIXES = ("_label-GM_seg.nii.gz",)
 _BIDS_ENTITY = re.compile(r"(?:^|_)(sub|ses)-([A-Za-z0-9]+)")
 PUBLISHING = ".sciseg-publishing"  # suffix of the marker present while the latest copies are replaced
 _OUR_TEMPORARY = re.compile(r"^\..+\.(?:nii\.gz|json)\.[A-Za-z0-9_]{8}$")  # mkstemp names of _publish_latest
@@ -68,16 +68,6 @@ class ExportResult:
 
 
 FROM_PREDICTION, FROM_EMPTY = "prediction", "empty"
-
-
-@dataclass(frozen=True)
-class GreyMatter:
-    """A corrected grey-matter mask to export beside the cord and lesion (``_label-GM_seg``): the mask on the source
-    image's grid, the grey-matter model's mask (to record what the rater changed; None: not known) and that model."""
-
-    mask: sitk.Image
-    predicted: sitk.Image | None = None
-    model: str | None = None
 
 
 def parent_record(parent: int | str | None) -> dict | None:
@@ -193,7 +183,7 @@ def export_correction(
     session: str | None = None,
     note: str = "",
     parent: int | str | None = None,
-    grey_matter: GreyMatter | None = None,
+    extra_masks: dict[str, tuple[sitk.Image, dict]] | None = None,
 ) -> ExportResult:
     """Write a new version of a scan's corrected masks; never overwrites an earlier version.
 
@@ -206,10 +196,10 @@ def export_correction(
         predicted_cord, predicted_lesion: the model's masks, to record what the rater changed.
         subject, session: BIDS labels when the file name does not carry them.
         note: free text kept in the sidecars.
+        extra_masks: further binary masks of the version, ``{suffix: (mask, sidecar fields)}`` (the grey matter:
+            ``{"_label-GM_seg.nii.gz": (gm, {"Structure": "gm", ...})}``), written, checked and published with the others.
         parent: the base the masks were built on (a version number, ``"prediction"`` or ``"empty"``), recorded as
             ``Parent``; the result's ``newer_than_parent`` then lists versions newer than it (None: not known, empty).
-        grey_matter: a grey-matter mask, written as ``_label-GM_seg`` with its sidecar (model, what was changed);
-            a version without it has no such file, and its latest copies none either.
     """
     if not rater.strip():
         raise InputError("a rater name is required to export corrections.")
@@ -222,9 +212,7 @@ def export_correction(
     reference = load_mask(source, binary=False)  # header, size and completeness checked before any voxel is read
     subject, session = bids_entities(source, subject, session)
     arrays = {}
-    gm_masks = (("gm", grey_matter.mask), ("predicted_gm", grey_matter.predicted)) if grey_matter is not None else ()
-    for name, mask in (("sc", cord), ("lesion", lesion), ("predicted_sc", predicted_cord), ("predicted_lesion", predicted_lesion),
-                       *gm_masks):
+    for name, mask in (("sc", cord), ("lesion", lesion), ("predicted_sc", predicted_cord), ("predicted_lesion", predicted_lesion)):
         if mask is None:
             continue
         try:
@@ -232,11 +220,17 @@ def export_correction(
         except ValueError as error:
             raise InputError(f"{error}; export masks drawn on this image.") from None
         arrays[name] = sitk.GetArrayFromImage(aligned) > 0
+    extras = {}
+    for suffix, (mask, fields) in (extra_masks or {}).items():
+        if suffix not in EXTRA_SUFFIXES:
+            raise ValueError(f"{suffix!r} is not a further mask's suffix ({', '.join(EXTRA_SUFFIXES)})")
+        try:
+            aligned = on_grid_of(mask, reference, what=f"the {suffix} mask", where=str(source))
+        except ValueError as error:
+            raise InputError(f"{error}; export masks drawn on this image.") from None
+        extras[suffix] = (sitk.GetArrayFromImage(aligned) > 0, dict(fields))
     labels = label_map_from_masks(arrays["sc"], arrays["lesion"])
     masks = {"sc": labels > 0, "lesion": labels == 2}  # cord region = labels {1, 2}, as SCIseg's _sc_seg
-    files = dict(FILES)
-    if "gm" in arrays:
-        masks["gm"], files["gm"] = arrays["gm"], OPTIONAL_FILES["gm"]
 
     # <root>/derivatives may be a link (another disk, a common layout); a link below it leading out of it is refused
     labels_root = contained(labels_folder(root), Path(root) / "derivatives", "labels folder")
@@ -250,14 +244,14 @@ def export_correction(
 
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=store))
     try:
-        for key, suffix in files.items():
+        for key, suffix in FILES.items():
             data = labels if key == "labels" else masks[key].astype(np.uint8)
             sitk.WriteImage(image_from_array_zyx(data, reference), str(staging / f"{stem}{suffix}"), useCompression=True)
             sidecar = {
                 "GeneratedBy": [{"Name": "SCIseg", "Version": __version__, "Description": "rater correction"}],
                 "Rater": rater,
                 "Date": now,
-                "Model": grey_matter.model if key == "gm" and grey_matter is not None else model,
+                "Model": model,
                 "SourceImage": source_info,
                 "Note": note,
                 "Parent": parent_sidecar,
@@ -271,7 +265,15 @@ def export_correction(
                 sidecar.update(correction_summary(arrays.get(f"predicted_{key}"), masks[key]))
                 sidecar["VoxelCount"] = int(masks[key].sum())
             (staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").write_text(json.dumps(sidecar, indent=2))
-        _verify_staged(staging, stem, files, {"labels": labels, **masks})
+        for suffix, (mask, fields) in extras.items():
+            sitk.WriteImage(image_from_array_zyx(mask.astype(np.uint8), reference), str(staging / f"{stem}{suffix}"),
+                            useCompression=True)
+            sidecar = {"GeneratedBy": [{"Name": "SCIseg", "Version": __version__, "Description": "rater correction"}],
+                       "Rater": rater, "Date": now, "Model": model, "SourceImage": source_info, "Note": note,
+                       "Parent": parent_sidecar, **fields, "VoxelCount": int(mask.sum())}
+            (staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").write_text(json.dumps(sidecar, indent=2))
+        _verify_staged(staging, stem, {"labels": labels, "sc": masks["sc"], "lesion": masks["lesion"]},
+                       {suffix: mask for suffix, (mask, _) in extras.items()})
         for file in staging.iterdir():
             os.chmod(file, 0o444)  # versions are read-only
         os.chmod(staging, 0o755)
@@ -303,13 +305,13 @@ def export_correction(
     return ExportResult(version=version, version_folder=version_folder, files=latest, newer_than_parent=newer)
 
 
-def _verify_staged(staging: Path, stem: str, files: dict[str, str], expected: dict[str, np.ndarray]) -> None:
+def _verify_staged(staging: Path, stem: str, expected: dict[str, np.ndarray], extras: dict[str, np.ndarray]) -> None:
     """Read the staged files back (whole, every voxel) before they are committed as a version."""
-    for key, suffix in files.items():
+    for suffix, mask in [(FILES[key], mask) for key, mask in expected.items()] + list(extras.items()):
         file = staging / f"{stem}{suffix}"
         check_whole_image_file(file, "staged label")
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
-        if written.shape != expected[key].shape or not np.array_equal(written, expected[key].astype(written.dtype)):
+        if written.shape != mask.shape or not np.array_equal(written, mask.astype(written.dtype)):
             raise SCIsegError(f"{file} does not read back as written (disk full or failing?); nothing was committed.")
         json.loads((staging / f"{stem}{suffix.removesuffix('.nii.gz')}.json").read_text())
 
@@ -354,10 +356,6 @@ def _publish_latest(version_folder: Path, anat_folder: Path, stem: str) -> dict[
     anat_folder.mkdir(parents=True, exist_ok=True)
     marker = publishing_marker(anat_folder, stem)
     marker.write_text(json.dumps({"version": version_folder.name}))  # first: the set may mix versions from now
-    for suffix in OPTIONAL_FILES.values():  # an earlier version's grey matter is not this version's
-        if not (version_folder / f"{stem}{suffix}").is_file():
-            for name in (f"{stem}{suffix}", f"{stem}{suffix.removesuffix('.nii.gz')}.json"):
-                (anat_folder / name).unlink(missing_ok=True)
     published = {}
     for file in sorted(version_folder.iterdir()):
         handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", dir=anat_folder)
@@ -365,6 +363,10 @@ def _publish_latest(version_folder: Path, anat_folder: Path, stem: str) -> dict[
         shutil.copyfile(file, temporary)
         publish_file(temporary, anat_folder / file.name)
         published[file.name] = anat_folder / file.name
+    for suffix in EXTRA_SUFFIXES:  # a further mask of an earlier version that this one has not: not the latest any more
+        for name in (f"{stem}{suffix}", f"{stem}{suffix.removesuffix('.nii.gz')}.json"):
+            if not (version_folder / name).exists():
+                (anat_folder / name).unlink(missing_ok=True)
     marker.unlink()  # last: the set is whole again
     return published
 
