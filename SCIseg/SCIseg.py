@@ -40,7 +40,7 @@ else:
     raise ImportError("SCIseg: the SCIsegLib package was not found next to the module")
 
 # Only light modules at Slicer's start-up: mrml and panel_jobs (SimpleITK, numpy) are imported when a job needs them.
-from SCIsegLib import dependencies, models, panel, panel_controller, panel_devices, panel_view  # noqa: E402
+from SCIsegLib import dependencies, models, panel, panel_controller, panel_devices, panel_grey_matter, panel_view  # noqa: E402
 from SCIsegLib.panel import Action, PanelInputs  # noqa: E402
 
 CITATION = (
@@ -163,6 +163,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.segmentButton.connect("clicked(bool)", self.controller.segment)
+        self.ui.greyMatterButton.connect("clicked(bool)", self.controller.grey_matter)
         self.ui.cancelButton.connect("clicked(bool)", self.controller.cancel)
         self.ui.editButton.connect("clicked(bool)", self.controller.edit)
         self.ui.measureButton.connect("clicked(bool)", self.controller.measure)
@@ -350,7 +351,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         comboBox.blockSignals(wasBlocked)
 
     def models_changed(self, select: Optional[str]) -> None:
-        self.fillComboBox(self.ui.modelComboBox, [(info.name, info.name) for info in models.list_models()])
+        self.fillComboBox(self.ui.modelComboBox, [(n, n) for n in panel_grey_matter.segment_model_names(models.list_models())])
         self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findText(select or "")))  # emits: a choice
         self.controller.model_shown(self.ui.modelComboBox.currentText, self.ui.modelComboBox.count)
 

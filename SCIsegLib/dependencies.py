@@ -27,6 +27,7 @@ NNUNET_REQUIREMENT = "nnunetv2==2.8.1"
 #: (numpy: the CLI imports it for every command.)
 ACTION_MODULES: dict[str, tuple[str, ...]] = {
     "segment": ("torch", "nnunetv2", "batchgenerators", "openvino", "numpy", "SimpleITK", "scipy", "nibabel"),
+    "grey_matter": ("torch", "nnunetv2", "batchgenerators", "openvino", "numpy", "SimpleITK", "scipy", "nibabel"),
     "devices": ("torch", "numpy"),
     "measure": ("numpy", "SimpleITK", "scipy", "pandas", "skimage"),
     "export": ("numpy", "SimpleITK", "scipy", "filelock"),

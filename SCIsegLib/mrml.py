@@ -23,6 +23,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .compartments_segments import GREY_MATTER as _GREY_MATTER_OFFER
 from .panel import TERMINOLOGY_FILE  # noqa: F401 - re-exported: the file this bridge's terminology strings come from
 from .volume import image_from_array_zyx, on_grid_of, write_image_atomic
 
@@ -62,6 +63,13 @@ LESION = SegmentSpec(
 )
 #: Export order: later wins where segments overlap, so lesion voxels get 2 and cord-only voxels 1.
 SCISEG_SEGMENTS = (CORD, LESION)
+#: The grey-matter segment (SNOMED 12958003, :data:`SCIsegLib.compartments_segments.GREY_MATTER`). It lies inside the
+#: cord and overlaps the cord segment; it is exported on its own (``_label-GM_seg``), never as a label of the 0/1/2 map.
+#: Imported into a segmentation that has the cord, it gets a labelmap of its own and the cord keeps its voxels
+#: (``ImportLabelmapToSegmentationNode`` clears only the named segment and gives it the imported image:
+#: Slicer 5.10 ``vtkSlicerSegmentationsModuleLogic.cxx`` l. 1803-1808).
+GREY_MATTER = SegmentSpec(_GREY_MATTER_OFFER.segment_id, _GREY_MATTER_OFFER.name, _GREY_MATTER_OFFER.color,
+                          _GREY_MATTER_OFFER.terminology, label_value=1)
 
 
 def ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
@@ -314,7 +322,33 @@ def _terminology_type_code(segment) -> str | None:
 SEGMENT_NAMES = {
     CORD.segment_id: {"spinal cord", "spinal_cord", "spinalcord", "cord", "sc"},
     LESION.segment_id: {"lesion", "lesions", "sci lesion", "t2 lesion"},
+    GREY_MATTER.segment_id: {"grey matter", "gray matter", "grey_matter", "gray_matter", "gm", "spinal cord grey matter",
+                             "spinal cord gray matter"},
 }
+
+
+def _matching(segmentation_node, spec: SegmentSpec) -> list[str]:
+    """The ids of the segments that are ``spec``: by terminology type code, else name, else id (first rule that matches)."""
+    segmentation = segmentation_node.GetSegmentation()
+    segments = [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i)) for i in range(segmentation.GetNumberOfSegments())]
+    type_code = spec.terminology.split("~")[2].split("^")[1]
+    names = SEGMENT_NAMES[spec.segment_id] | {spec.name.lower()}
+    by_terminology = [sid for sid, segment in segments if _terminology_type_code(segment) == type_code]
+    by_name = [sid for sid, segment in segments if segment.GetName().strip().lower() in names]
+    by_id = [sid for sid, _segment in segments if sid == spec.segment_id]
+    return by_terminology or by_name or by_id
+
+
+def grey_matter_segment(segmentation_node) -> str | None:
+    """The id of the segmentation's grey-matter segment (terminology, else name, else id), None when it has none.
+
+    Raises ValueError with one sentence when several segments are grey matter (the export would have to guess).
+    """
+    found = _matching(segmentation_node, GREY_MATTER)
+    if len(found) > 1:
+        raise ValueError(f"In segmentation '{segmentation_node.GetName()}' several segments are grey matter "
+                         f"({', '.join(found)}): delete or rename all but one before exporting.")
+    return found[0] if found else None
 
 
 def match_sciseg_segments(segmentation_node) -> dict[str, list[str]]:
@@ -324,18 +358,7 @@ def match_sciseg_segments(segmentation_node) -> dict[str, list[str]]:
     its terminology; a hand-made "Spinal cord" by its name). An empty list: nothing matched; more than one:
     ambiguous.
     """
-    segmentation = segmentation_node.GetSegmentation()
-    segments = [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i)) for i in range(segmentation.GetNumberOfSegments())]
-    matches: dict[str, list[str]] = {}
-    for spec in SCISEG_SEGMENTS:
-        type_code = spec.terminology.split("~")[2].split("^")[1]
-        names = SEGMENT_NAMES[spec.segment_id] | {spec.name.lower()}
-        by_terminology = [sid for sid, segment in segments if _terminology_type_code(segment) == type_code]
-        by_name = [sid for sid, segment in segments if segment.GetName().strip().lower() in names]
-        by_id = [sid for sid, _segment in segments if sid == spec.segment_id]
-        found = by_terminology or by_name or by_id
-        matches[spec.segment_id] = found
-    return matches
+    return {spec.segment_id: _matching(segmentation_node, spec) for spec in SCISEG_SEGMENTS}
 
 
 def resolve_sciseg_segments(segmentation_node, chosen: dict[str, str | None] | None = None) -> dict[str, str | None]:
@@ -378,16 +401,21 @@ def export_sciseg_label_map(logic, scene, segmentation_node, reference_volume, c
     rater's answers); when the cord or lesion cannot be told, it raises :class:`SegmentChoiceError` instead of
     exporting an empty label. Lesion wins where the segments overlap (nnU-Net's region convention: label 2
     lies inside the cord region {1, 2}).
+
+    A grey-matter segment (:func:`grey_matter_segment`) is part of the cord: its voxels outside the lesion are cord
+    (label 1). Segment Editor's "overwrite all segments" takes the voxels painted as grey matter from the cord
+    segment; the cord region stays whole.
     """
     resolved = resolve_sciseg_segments(segmentation_node, chosen)
+    grey_matter = grey_matter_segment(segmentation_node) if resolved[CORD.segment_id] is not None else None
     reference = image_from_volume_node(reference_volume)
     labels = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
-    for spec in SCISEG_SEGMENTS:
-        segment_id = resolved[spec.segment_id]
+    for segment_id, value in ((grey_matter, CORD.label_value),
+                              *((resolved[spec.segment_id], spec.label_value) for spec in SCISEG_SEGMENTS)):
         if segment_id is None:
             continue
         mask = segment_mask(logic, scene, segmentation_node, segment_id, reference_volume)
-        labels[mask] = spec.label_value
+        labels[mask] = value
     return image_from_array_zyx(labels, reference)
 
 

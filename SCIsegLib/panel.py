@@ -40,20 +40,22 @@ class Action(str, Enum):
     NEXT_CASE = "next_case"
     COMPARE = "compare"
     EDIT = "edit"
+    GREY_MATTER = "grey_matter"  # a grey-matter model's segment added to the selected segmentation
 
 
 #: Actions that run a child process: each is guarded by the one dependency check (``modules_needed``).
-CHILD_ACTIONS = (Action.SEGMENT, Action.INSTALL_MODEL, Action.MEASURE, Action.EXPORT, Action.NEXT_CASE, Action.COMPARE)
+CHILD_ACTIONS = (Action.SEGMENT, Action.INSTALL_MODEL, Action.MEASURE, Action.EXPORT, Action.NEXT_CASE, Action.COMPARE,
+                 Action.GREY_MATTER)
 #: Jobs the Cancel button stops.
-CANCELLABLE = (Action.SEGMENT, Action.INSTALL_MODEL)
+CANCELLABLE = (Action.SEGMENT, Action.INSTALL_MODEL, Action.GREY_MATTER)
 #: Jobs whose result belongs to the scene they started in: closing the scene stops them, nothing is shown.
 #: An export (it publishes a version whole or not at all, and is reported) and a model install (not part of any
 #: scene) go on.
-SHOWN_ONLY_IN_ITS_SCENE = (Action.SEGMENT, Action.MEASURE, Action.COMPARE, Action.NEXT_CASE)
+SHOWN_ONLY_IN_ITS_SCENE = (Action.SEGMENT, Action.MEASURE, Action.COMPARE, Action.NEXT_CASE, Action.GREY_MATTER)
 #: Buttons that start something: all disabled while torch/nnU-Net install (``slicer.util.pip_install`` processes
 #: Qt events between pip's output lines, so a click there would start a second install or an untracked job).
 ACTION_WIDGETS = ("segmentButton", "editButton", "measureButton", "exportButton", "compareButton", "nextCaseButton",
-                  "modelMenuButton", "modelComboBox")
+                  "modelMenuButton", "modelComboBox", "greyMatterButton")
 #: Seconds an export running at Reload or Slicer exit gets to publish its version before it is stopped.
 EXPORT_SHUTDOWN_S = 30.0
 #: Seconds between the cancel steps at Reload or exit (cancel file -> terminate -> kill): nobody waits for a result.
@@ -131,7 +133,7 @@ def decide(job: Job) -> Finished:
     if job.cancel_requested or getattr(run, "cancelled", False) or returncode == 130:
         return Finished(job, Outcome.CANCELLED, "Cancelled: nothing was changed.")
     failed = (returncode not in (0, None)) or bool(getattr(run, "error", None))
-    if job.action in (Action.SEGMENT, Action.INSTALL_MODEL) and getattr(run, "result", True) is None:
+    if job.action in (Action.SEGMENT, Action.INSTALL_MODEL, Action.GREY_MATTER) and getattr(run, "result", True) is None:
         failed = True  # exited 0 without a result event: nothing to import
     if failed:
         return Finished(job, Outcome.FAILED, failure_message(run))
@@ -322,6 +324,8 @@ class PanelState:
             "compareButton": has_segmentation and has_input and bool(inputs.compare_id)
             and inputs.compare_id != inputs.segmentation_id and not self.busy(Action.COMPARE),
             "nextCaseButton": bool(inputs.queue_path) and not self.busy(Action.NEXT_CASE) and not segmenting,
+            # the grey matter goes into the selected segmentation: not while Segment may replace it
+            "greyMatterButton": has_segmentation and has_input and not segmenting and not self.busy(Action.GREY_MATTER),
         }
 
 
@@ -331,7 +335,7 @@ def remove_job_files(job: Job) -> None:
     folder = getattr(job.run, "folder", None)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
-    if job.action == Action.SEGMENT and hasattr(job.run, "cleanup"):
+    if job.action in (Action.SEGMENT, Action.GREY_MATTER) and hasattr(job.run, "cleanup"):
         job.run.cleanup()
 
 

@@ -21,6 +21,7 @@ from . import mrml
 from .cases import Case, Draft
 from .cases.scan import CaseRefused
 from .errors import InputError
+from .panel_grey_matter_case import add_base_grey_matter, keep_draft
 from .panel_results import export_result
 
 #: Segmentation node attributes: the case's scan key it was made for, and the base it started from.
@@ -98,13 +99,15 @@ def bound_segmentation(scene, case: Case):
     return mine[-1] if mine else None
 
 
-def segmentation_from_labels(scene, logic, case: Case, volume_node, labels_zyx: np.ndarray, name: str):
-    """A new segmentation node holding ``labels_zyx`` (the case's base or draft) on the volume, bound to the case."""
+def segmentation_from_labels(scene, logic, case: Case, volume_node, labels_zyx: np.ndarray, name: str, rater: str = ""):
+    """A new segmentation node holding ``labels_zyx`` (the case's base or draft) on the volume, bound to the case;
+    with the grey matter of the version it opened from, or ``rater``'s grey-matter draft of it, when there is one."""
     reference = mrml.image_from_volume_node(volume_node)
     labels = case.scan.grid.image_of(labels_zyx)
     labels = mrml.on_grid_of(labels, reference, what="the case's labels", where=f"volume '{volume_node.GetName()}'")
     cord, lesion = sitk.Cast(labels > 0, sitk.sitkUInt8), sitk.Cast(labels == 2, sitk.sitkUInt8)
     node = mrml.import_sciseg_masks(logic, scene, volume_node, cord, lesion, name)
+    add_base_grey_matter(scene, logic, case, node, volume_node, rater)  # a version's _label-GM_seg, or the GM draft
     bind(node, case)
     return node
 
@@ -133,16 +136,17 @@ def labels_zyx(scene, logic, case: Case, segmentation_node, volume_node) -> np.n
 
 def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, rater: str) -> str | None:
     """Before the rater leaves a case (Next case, another volume, scene close, Reload, exit): unsaved edits are
-    written to the rater's draft. Returns a sentence saying so, None when nothing was unsaved."""
+    written to the rater's draft (grey matter: its grey-matter draft). Returns a sentence saying so, None when
+    nothing was unsaved."""
     if case is None or segmentation_node is None or volume_node is None:
         return None
     labels = labels_zyx(scene, logic, case, segmentation_node, volume_node)
-    if labels is None or case.safe(labels):
+    draft = None if labels is None or case.safe(labels) else case.save_draft(labels, rater)
+    grey_matter = keep_draft(scene, logic, case, segmentation_node, volume_node, rater)  # after the label map's
+    if draft is None and grey_matter is None:
         return None
-    draft = case.save_draft(labels, rater)
-    if draft is None:
-        return None
-    return f"Your unsaved edits of {case.scan.stem} are kept as a {draft.describe()}: open the case again to continue."
+    kept = draft.describe() if draft is not None else "grey-matter " + grey_matter.describe()
+    return f"Your unsaved edits of {case.scan.stem} are kept as a {kept}: open the case again to continue."
 
 
 def draft_to_offer(case: Case, rater: str) -> Draft | None:
@@ -164,6 +168,7 @@ class Opening:
     sentence: str = ""
     segment: bool = False  # no version, no prediction, no draft: the model should segment this scan
     offer: Draft | None = None  # a draft the rater may restore (ask, then call :func:`opening` with it)
+    rater: str = ""  # whose grey-matter draft comes back with the segmentation made from ``labels``
 
 
 def opening(scene, root: str | Path, volume_node, rater: str = "", draft: Draft | None = None) -> Opening:
@@ -186,7 +191,8 @@ def opening(scene, root: str | Path, volume_node, rater: str = "", draft: Draft 
         return Opening(None, sentence=str(error))
     offer = draft_to_offer(case, rater) if draft is None else None
     empty = case.base.kind == "empty" and case.draft is None
-    return Opening(case, None, None if empty else case.labels, case.opening_sentence(), empty and offer is None, offer)
+    return Opening(case, None, None if empty else case.labels, case.opening_sentence(), empty and offer is None, offer,
+                   rater)
 
 
 def paired_segmentation(scene, volume_node):
@@ -242,6 +248,7 @@ def edits_settled(scene, logic, case: Case | None, segmentation_node, volume_nod
             draft = case.save_draft(array, rater) if case.unsaved(array) else None
         except CaseRefused:
             draft = None
+        keep_draft(scene, logic, case, segmentation_node, volume_node, rater)  # grey matter: its own draft
     return Settled(draft, *_show_live(scene, labels, volume_node, table, points))
 
 
@@ -253,7 +260,7 @@ def selected_segmentation(scene, logic, opened: Opening, volume_node):
         return opened.segmentation
     if opened.case is not None and opened.labels is not None:
         name = f"{volume_node.GetName()} {'draft' if opened.case.draft is not None else opened.case.base.name}"
-        return segmentation_from_labels(scene, logic, opened.case, volume_node, opened.labels, name)
+        return segmentation_from_labels(scene, logic, opened.case, volume_node, opened.labels, name, opened.rater)
     return paired_segmentation(scene, volume_node) if opened.case is None else None
 
 

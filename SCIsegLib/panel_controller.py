@@ -112,6 +112,21 @@ class PanelController:
         self._start(Action.SEGMENT, "The segmentation could not be started.", "Starting...", started, fresh=True,
                     volume_id=volume.GetID() if volume is not None else None)
 
+    def grey_matter(self, *unused: Any) -> None:
+        """Segment the grey matter of the selected volume into the selected segmentation (``panel_grey_matter``)."""
+        from . import panel_grey_matter as gm
+
+        volume, segmentation = self.parameters.inputVolume, self.parameters.segmentation
+        model = gm.grey_matter_model(models.list_models())
+        if model is None or volume is None or segmentation is None:
+            self.view.say(gm.NO_MODEL if model is None else "Select a volume and its segmentation first.")
+            return
+        if not self.paired(segmentation, volume) or not gm.may_replace(segmentation, self.view.ask) or not self.ready(Action.GREY_MATTER):
+            return
+        self._start(Action.GREY_MATTER, "The grey matter could not be segmented.", gm.model_sentence(model),
+                    lambda: gm.start(volume, model, self.parameters.device, self.python), fresh=True,
+                    volume_id=volume.GetID(), segmentation_id=segmentation.GetID())
+
     def install_model(self, source: str) -> None:
         """Download (a model name) or unzip (a path) in a child, with progress and Cancel."""
         if not self.ready(Action.INSTALL_MODEL):

@@ -1,8 +1,9 @@
 """``python -m SCIsegLib.panel_export ...``: the Slicer panel's Export, as a child process, through the case model.
 
 The panel writes the rater's label map (0, 1 cord only, 2 lesion, on the volume's grid) to a temporary file and
-starts this child, so Slicer's UI never waits on the export. The child opens the case on the base the
-segmentation started from (``--base``: ``v002``, ``prediction`` or ``empty``; a prediction made in Slicer is
+starts this child, so Slicer's UI never waits on the export. A grey-matter segment comes as its own mask
+(``--grey-matter``, with the model's mask and name) and is written as ``<stem>_label-GM_seg.nii.gz``. The child
+opens the case on the base the segmentation started from (``--base``: ``v002``, ``prediction`` or ``empty``; a prediction made in Slicer is
 passed as ``--prediction-cord/--prediction-lesion``) and calls :meth:`SCIsegLib.cases.Case.export`: refused with
 one sentence (exit 2, nothing written) when the label map was drawn on another scan (``--drawn-on``, the case
 key the segmentation carries) or grid; else a new version recording its parent, and the rater's draft removed.
@@ -35,6 +36,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None)
     parser.add_argument("--subject", default=None, help="BIDS subject when the file name has none")
     parser.add_argument("--draft-rater", default=None, help="the rater whose draft to remove, when not --rater")
+    parser.add_argument("--grey-matter", type=Path, default=None, help="the rater's grey-matter mask on the scan's grid")
+    parser.add_argument("--predicted-grey-matter", type=Path, default=None, help="the grey-matter model's mask")
+    parser.add_argument("--grey-matter-model", default=None)
     return parser.parse_args(argv)
 
 
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace) -> dict:
     import SimpleITK as sitk
 
     from .cases import Case
+    from .panel_grey_matter import discard_drafts, export_masks
 
     prediction = None
     if args.prediction_cord is not None and args.prediction_lesion is not None:
@@ -50,7 +55,9 @@ def run(args: argparse.Namespace) -> dict:
     case = Case.open(args.root, args.image, choice=args.base, prediction=prediction, subject=args.subject)
     parent = case.base.name
     outcome = case.export(sitk.ReadImage(str(args.labels)), args.rater, drawn_on=args.drawn_on, model=args.model,
-                          draft_rater=args.draft_rater)
+                          draft_rater=args.draft_rater,
+                          extra_masks=export_masks(args.grey_matter, args.predicted_grey_matter, args.grey_matter_model))
+    discard_drafts(case, {args.rater, args.draft_rater or args.rater})  # the grey matter's too
     return {"version": outcome.result.version, "folder": str(outcome.result.version_folder), "parent": parent,
             "warning": outcome.warning}
 

@@ -116,7 +116,7 @@ def question(action: Action, installer: Installer) -> tuple[list[str], str | Non
     """The packages ``action`` needs installed (``torch``, ``nnunetv2``; empty: ready) and the question to ask."""
     missing = installer.missing(panel.modules_needed(action))
     mismatch = None
-    if action == Action.SEGMENT and "nnunetv2" not in missing:
+    if action in (Action.SEGMENT, Action.GREY_MATTER) and "nnunetv2" not in missing:
         mismatch = version_mismatch(dependencies.NNUNET_REQUIREMENT, installer.version_of("nnunetv2"))
     packages = packages_to_install(missing, mismatch is not None)
     if not packages:

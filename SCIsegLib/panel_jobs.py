@@ -18,7 +18,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from . import mrml, panel, panel_case, runner, volume
+from . import mrml, panel, panel_case, panel_grey_matter, runner, volume
 
 #: Segmentation node attribute: the model that made it.
 MODEL_ATTRIBUTE = "SCIseg.Model"
@@ -126,6 +126,7 @@ def start_export(scene, logic, segmentation_node, volume_node, root: str, rater:
     model = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
     if model:
         arguments += ["--model", model]
+    arguments += panel_grey_matter.export_arguments(scene, logic, segmentation_node, volume_node, folder)  # _label-GM_seg
     command = runner.ChildCommand(arguments, python_executable, module="SCIsegLib.panel_export")
     command.folder = folder
     return command

@@ -37,6 +37,21 @@ def show_segmentation(controller: PanelController, job: panel.Job) -> None:
     controller.view.say(segmented_sentence(segmentation.GetName()))
 
 
+def show_grey_matter(controller: PanelController, job: panel.Job) -> None:
+    """The grey-matter mask into the segmentation it was started for, on the volume that was segmented."""
+    from .panel_grey_matter import import_run
+
+    volume = panel.result_volume(controller.scene, job)
+    segmentation = controller.scene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
+    if segmentation is None:
+        raise ValueError("The segmentation was removed from the scene during the run: the grey matter was not imported.")
+    if not controller.predictions or not os.path.isdir(controller.predictions):
+        controller.predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
+    import_run(controller.scene, controller.logic, job.run, segmentation, volume, controller.predictions)
+    controller.view.progress(1000)
+    controller.view.say(f"Done: grey matter added to '{segmentation.GetName()}'. Correct it with Edit; Export writes it.")
+
+
 def show_installed_model(controller: PanelController, job: panel.Job) -> None:
     controller.view.models_changed((getattr(job.run, "result", None) or {}).get("name"))
     controller.view.progress(1000)
@@ -55,13 +70,14 @@ def show_measurement(controller: PanelController, job: panel.Job) -> None:
 
 def show_export(controller: PanelController, job: panel.Job) -> None:
     """The version written; the segmentation's base becomes it, so the case has nothing unsaved."""
-    from . import panel_case
+    from . import panel_case, panel_grey_matter_case
     from .panel_results import export_summary
 
     controller.view.say(export_summary(job.run.stdout))
     segmentation = controller.scene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
     volume = controller.scene.GetNodeByID(job.volume_id) if job.volume_id else None
     if panel_case.after_export(segmentation, job.run.stdout):
+        panel_grey_matter_case.after_export(segmentation, volume, job.run.stdout)
         controller.session.rebind(volume, segmentation)
     controller.view.log(job.run.stdout.splitlines())
 
@@ -95,4 +111,5 @@ SHOWN: dict[Action, tuple[str, Callable[["PanelController", panel.Job], None]]] 
     Action.EXPORT: ("The result could not be shown.", show_export),
     Action.COMPARE: ("The result could not be shown.", show_comparison),
     Action.NEXT_CASE: ("The next case could not be loaded.", open_next_case),
+    Action.GREY_MATTER: ("The grey matter could not be imported.", show_grey_matter),
 }

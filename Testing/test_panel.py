@@ -222,6 +222,7 @@ def test_every_child_action_is_guarded_by_the_modules_its_child_imports() -> Non
         Action.EXPORT: "import SCIsegLib.panel_export, SCIsegLib.cases",
         Action.NEXT_CASE: "import SCIsegLib.training.queue",
         Action.SEGMENT: "import SCIsegLib.inference, SCIsegLib.segment",
+        Action.GREY_MATTER: "import SCIsegLib.inference, SCIsegLib.segment",
         Action.INSTALL_MODEL: "import SCIsegLib.cli, SCIsegLib.models, SCIsegLib.download",
         Action.COMPARE: "import SCIsegLib.cli, SCIsegLib.metrics",
     }
