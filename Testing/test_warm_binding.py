@@ -143,7 +143,7 @@ def test_panel_click_goes_cold_when_the_engine_refuses_weights_that_changed_on_d
     assert engine.process.poll() is not None
 
 
-def test_panel_goes_cold_without_an_engine_and_says_why(scene, tmp_path):
+def test_panel_goes_cold_without_an_engine_and_a_click_while_it_loads_waits_for_it(scene, tmp_path):
     scene, logic = scene
     options = RunOptions(model="sciseg-demo")
     assert why_not_warm(options) is None
@@ -159,12 +159,22 @@ def test_panel_goes_cold_without_an_engine_and_says_why(scene, tmp_path):
     assert nothing.engines == {} and controller.engines.checks
     controller.segment()
     assert type(controller.state.jobs[Action.SEGMENT].run) is SegmentationRun
-    # torch arrives (the install in ready()): checked again, the engine starts.
+    controller.cancel()
+    wait_for_jobs(controller, SAFETY_S)
+    # torch arrives (the install in ready()): checked again, the engine starts. A click while it loads waits for it
+    # (it began loading before a cold child could) and says so.
     controller.engines.missing = lambda modules: []
     controller._forget_engine_checks()
     controller.poll(probe=lambda: None)
     [engine] = nothing.engines.values()
     assert engine.state == "starting"
+    controller.segment()
+    run = controller.state.jobs[Action.SEGMENT].run
+    assert isinstance(run, EngineRun) and run.path == "warm"
+    first = run.poll()
+    assert first[0]["stage"] == "load" and first[0]["message"].startswith("Loading the model"), first
+    wait_for_jobs(controller, SAFETY_S)
+    assert run.path == "warm" and run.result["engine_loads"] == 1 and np.count_nonzero(scene_labels(controller)) > 1000
     controller.shutdown()
     assert engine.process.poll() is not None and controller.state.jobs == {}
 

@@ -234,6 +234,7 @@ def review_series(scans: dict[str, Path], model: str, repeats: int, work: Path) 
             report["first_click_at_worker_start"] = {"t2": await click(cases["t2"])}
             engine.wait_ready(600)
             report["worker_start_to_engine_ready_s"] = round(time.perf_counter() - started, 3)
+            report["ready"] = {k: engine.ready_event.get(k) for k in ("load_seconds", "warm_up_seconds", "rss_mb")}
         for name, case_id in cases.items():
             runs = [{"s": await click(case_id)} for _ in range(repeats)]
             report[name] = {"click_to_case_open_s": summary(runs, "s")}
@@ -243,8 +244,20 @@ def review_series(scans: dict[str, Path], model: str, repeats: int, work: Path) 
             app.session.engines = None
         return report
 
+    async def reopen(case_id: str) -> float:
+        """The same case opened from the prediction it now has (no segmentation): the app's own share."""
+        app.state.case_id = ""
+        started = time.perf_counter()
+        app.open_case(case_id)
+        while app.state.case_id != case_id:
+            await asyncio.sleep(0.01)
+        return round(time.perf_counter() - started, 3)
+
     async def both() -> dict:
-        return {"cold": await series(False), "warm": await series(True)}
+        report = {"cold": await series(False), "warm": await series(True)}
+        report["open_with_prediction"] = {name: {"s": summary([{"s": await reopen(case_id)} for _ in range(repeats)], "s")}
+                                          for name, case_id in cases.items()}
+        return report
 
     return asyncio.run(both())
 
