@@ -207,9 +207,29 @@ def test_review_segmentation_uses_the_workers_warm_engine_when_it_holds_the_mode
     cold.wait(SAFETY_S)
 
 
+def test_the_review_worker_loads_an_engine_only_for_a_dataset_with_a_case_to_segment(tmp_path):
+    from SCIsegLib.review.cases import list_cases
+    from SCIsegLib.review.worker import engine_wanted
+
+    root = tmp_path / "bids"
+    image = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+    image.parent.mkdir(parents=True)
+    shutil.copyfile(shared_file(T2), image)
+    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    assert engine_wanted([case.as_dict() for case in list_cases(root)])
+    for name in ("sc", "lesion"):  # predicted: no engine held for nothing (the first segmentation would start it)
+        prediction = root / "derivatives" / "sciseg" / "sub-01" / "anat" / f"sub-01_T2w_{name}_seg.nii.gz"
+        prediction.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared_file("sct_testing_data/t2/t2_seg-manual.nii.gz"), prediction)
+    assert not engine_wanted([case.as_dict() for case in list_cases(root)])
+    assert not engine_wanted([])
+
+
 def test_the_review_workers_engine_ends_with_a_killed_worker(tmp_path):
     root = tmp_path / "bids"
-    root.mkdir()
+    image = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"  # a case without a prediction: the worker loads an engine
+    image.parent.mkdir(parents=True)
+    shutil.copyfile(shared_file(T2), image)
     (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
     worker = subprocess.Popen([sys.executable, "-m", "SCIsegLib.review.worker", "--bids", str(root), "--model", "sciseg-demo"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

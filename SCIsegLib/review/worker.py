@@ -3,8 +3,9 @@
 Started by the front (:mod:`front`), never by hand: it serves the trame app (:mod:`app`, its own MRML scene)
 on 127.0.0.1 and a port the system picks, prints ``READY_PREFIX<port>`` on stdout once it listens, and
 exits when its standard input closes (the front stopped, even by SIGKILL) or on SIGTERM, cancelling a
-running segmentation first. It keeps one warm engine for its model (:mod:`SCIsegLib.warm_client`, started with
-the worker, idle exit after 10 minutes): the engine ends with the worker, however it ends (its stdin is a pipe from
+running segmentation first. It keeps one warm engine for its model (:mod:`SCIsegLib.warm_client`; started with
+the worker when a case of the dataset has no prediction, else by the first segmentation; idle exit after 10
+minutes): the engine ends with the worker, however it ends (its stdin is a pipe from
 the worker, and the worker's guardian, :mod:`SCIsegLib.lifetime`, ends the worker's process group). The token, when there is one, comes in ``SCISEG_REVIEW_TOKEN``: wslink
 refuses websockets without it, and ``STATUS_PATH`` (which the front asks before stopping an idle worker)
 answers only with it as ``Authorization: Bearer <token>``.
@@ -40,6 +41,13 @@ def stop_segmentation(app) -> None:
     if run is not None and not run.finished:
         run.cancel(grace_s=1.0)
         run.wait(timeout_s=5.0)
+
+
+def engine_wanted(cases: list[dict]) -> bool:
+    """Load the warm engine when the worker starts: a case of the list (``Case.as_dict()``) has no prediction."""
+    from .cases import NOT_PREDICTED
+
+    return any(case.get("status") == NOT_PREDICTED for case in cases)
 
 
 def stop_engines(app) -> None:
@@ -99,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     from ..warm_run import engine_settings
 
     app.session.engines = WarmEngines(idle_minutes=10.0)
-    app.session.engines.get(args.model, engine_settings(RunOptions(model=args.model)))  # loads in the background
+    if engine_wanted(app.state.cases):  # else the first segmentation starts it; the memory is not held for nothing
+        app.session.engines.get(args.model, engine_settings(RunOptions(model=args.model)))  # loads in the background
     app.server.controller.on_server_bind.add(_status_route(app, token))
     app.server.controller.on_server_ready.add(lambda **_: print(f"{READY_PREFIX}{app.server.port}", flush=True))
     _exit_when_stdin_closes(app)
