@@ -35,6 +35,7 @@ from SCIsegLib.warm_run import EngineRun  # noqa: E402
 from test_panel_controller import wait_for_jobs  # noqa: E402
 
 T2 = "sct_testing_data/t2/t2.nii.gz"
+FULL_FOV = "sct_2014_errsm/errsm_21/t2.nii.gz"
 SAFETY_S = 300.0
 
 
@@ -67,7 +68,7 @@ def segment_and_wait(controller) -> EngineRun | SegmentationRun:
     return run
 
 
-def test_panel_segments_warm_when_ready_cold_when_the_engine_dies_and_restarts_it(scene, engines):
+def test_panel_segments_warm_when_ready_cold_when_the_engine_dies_and_restarts_it(scene, engines, tmp_path):
     scene, logic = scene
     controller, view = warm_controller(scene, logic, engines)
     controller.parameters.inputVolume = load_with_slicer(scene, shared_file(T2))
@@ -102,6 +103,32 @@ def test_panel_segments_warm_when_ready_cold_when_the_engine_dies_and_restarts_i
     again = segment_and_wait(controller)
     assert again.path == "warm" and again.result["pid"] == engine.pid
     np.testing.assert_array_equal(scene_labels(controller), warm_labels)
+
+    # Cancel: the panel shows it at once, nothing is imported, the engine stays loaded. (The click is frozen in the
+    # engine's pipe, so that the cancel always arrives while the request is queued or at its first tiles.)
+    shown = controller.parameters.segmentation
+    controller.parameters.inputVolume = load_with_slicer(scene, shared_file(FULL_FOV))
+    os.kill(engine.pid, signal.SIGSTOP)
+    controller.segment()
+    cancelled = controller.state.jobs[Action.SEGMENT].run
+    controller.cancel()
+    os.kill(engine.pid, signal.SIGCONT)
+    wait_for_jobs(controller, SAFETY_S)
+    assert cancelled.path == "warm" and cancelled.request.outcome == "cancelled", cancelled.request.final
+    assert view.said[-1] == "Cancelled: nothing was changed."
+    assert controller.parameters.segmentation is shown and not cancelled.work_dir.exists()
+    assert engine.state == "ready" and engine.pid == again.result["pid"], (engine.state, engine.exit_event)
+
+    # The engine: a request cancelled while it waits behind another is answered at once and never runs.
+    running = engine.segment([shared_file(FULL_FOV)], tmp_path / "running")
+    waiting = engine.segment([shared_file(T2)], tmp_path / "waiting")
+    waiting.cancel()
+    waiting.wait(SAFETY_S)
+    assert waiting.outcome == "cancelled" and "before it started" in waiting.final["message"]
+    assert not running.finished.is_set()  # answered while the other one still runs
+    running.wait(SAFETY_S)
+    assert running.outcome == "done" and running.final["engine_loads"] == 1
+    assert not (tmp_path / "waiting").exists()
 
     # The module's cleanup (Reload, Slicer exit) ends the engine.
     process = psutil.Process(engine.pid)
