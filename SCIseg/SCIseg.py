@@ -40,7 +40,7 @@ else:
     raise ImportError("SCIseg: the SCIsegLib package was not found next to the module")
 
 # Only light modules at Slicer's start-up: mrml and panel_jobs (SimpleITK, numpy) are imported when a job needs them.
-from SCIsegLib import dependencies, models, panel, panel_controller, panel_devices, panel_grey_matter, panel_view  # noqa: E402
+from SCIsegLib import dependencies, models, panel, panel_controller, panel_devices, panel_grey_matter, panel_view, panel_warm  # noqa: E402,E501
 from SCIsegLib.panel import Action, PanelInputs  # noqa: E402
 
 CITATION = (
@@ -141,7 +141,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = SCIsegLogic()
         self.controller = panel_controller.PanelController(
             slicer.mrmlScene, slicer.modules.segmentations.logic(), self, self.logic.pythonExecutable(),
-            self.logic.ensureDependencies, self.logic.installed)
+            self.logic.ensureDependencies, self.logic.installed, panel_warm.PanelEngines(self.logic.pythonExecutable()))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

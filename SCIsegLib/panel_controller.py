@@ -4,7 +4,9 @@ poll, and what a finished job shows.
 :class:`PanelController` receives its collaborators (SlicerNNUnet's shape): the MRML scene, Slicer's segmentations
 logic, the Python that runs the children, ``ensure`` (the module logic's dependency install, which may ask and run
 pip) and a :class:`~SCIsegLib.panel_view.PanelView`. ``SCIseg/SCIseg.py`` connects the widgets' signals to its
-methods; tests drive it on slicer-core with a recording view and real children.
+methods; tests drive it on slicer-core with a recording view and real children. With ``engines``
+(:class:`~SCIsegLib.panel_warm.PanelEngines`) a warm engine is kept loaded for Segment clicks; without, every click
+starts ``sciseg segment``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from . import dependencies, models, panel, runner
 from .panel import Action, Finished, Outcome, PanelState
 from .panel_session import CaseSession
+from .panel_warm import PanelEngines
 from .panel_view import PanelView, not_ready_sentence, segment_subject
 
 
@@ -38,7 +41,8 @@ class PanelController:
     """The panel's actions. ``parameters``: the parameter node (set by the widget; None while the scene closes)."""
 
     def __init__(self, scene: Any, logic: Any, view: PanelView, python_executable: str,
-                 ensure: Callable[[Action], bool], installed: list[str] | None = None) -> None:
+                 ensure: Callable[[Action], bool], installed: list[str] | None = None,
+                 engines: PanelEngines | None = None) -> None:
         self.scene, self.logic, self.view, self.python = scene, logic, view, python_executable
         self.ensure = ensure
         self.installed = installed if installed is not None else []  # what ensure installed, in words (the log)
@@ -47,6 +51,7 @@ class PanelController:
         self.session.segment = self.segment
         self.predictions: str | None = None  # this session's folder of the model's masks (removed at shutdown)
         self._polling = False
+        self.engines = engines  # the warm engine (None: every Segment click starts a cold child)
 
     @property
     def parameters(self) -> Any:
@@ -78,6 +83,7 @@ class PanelController:
             self.view.say("; ".join(self.installed))  # which torch build arrived, and nnU-Net
             self.installed.clear()
             self.state.dependencies_installed()  # torch may have arrived: probe the devices again
+            self._forget_engine_checks()
             self.view.devices_changed()
         if not ready:
             self.view.say(not_ready_sentence(dependencies.missing_modules(panel.modules_needed(action))))
@@ -107,7 +113,9 @@ class PanelController:
         def started() -> runner.SegmentationRun:
             if volume is None:
                 raise ValueError("Select a T2w volume first.")
-            return panel_jobs.start_segmentation(volume, run_options(self.parameters), self.python)
+            options = run_options(self.parameters)
+            engine = self.engines.for_click(options) if self.engines is not None else None
+            return panel_jobs.start_segmentation(volume, options, self.python, engine)
 
         self._start(Action.SEGMENT, "The segmentation could not be started.", "Starting...", started, fresh=True,
                     volume_id=volume.GetID() if volume is not None else None)
@@ -265,6 +273,7 @@ class PanelController:
             self._polling = False
 
     def _poll(self, probe: Callable[[], Any]) -> None:
+        self._keep_engine_warm()
         changed, lines = self.state.poll_probe(probe)
         self.view.log(lines)
         if changed:
@@ -277,6 +286,8 @@ class PanelController:
             if event.get("event") == "progress" and "fraction" in event:
                 self.view.progress(int(1000 * event["fraction"]))
                 self.view.say(event.get("message") or event.get("stage", ""))
+            elif event.get("event") == "warning" and event.get("message"):
+                self.view.log([str(event["message"])])
         for finished in ended:
             self.view.log(panel.new_log_lines(finished.job.run))
             try:
@@ -299,6 +310,8 @@ class PanelController:
                 self.view.show_log()
                 self.view.error(finished.message, job.run.log_tail(40) if hasattr(job.run, "log_tail") else getattr(job.run, "stderr", ""))
             else:
+                if finished.refresh_models:
+                    self._forget_engine_checks()  # a model arrived: its engine may start
                 from .panel_shown import SHOWN
 
                 failure, show = SHOWN[job.action]
@@ -306,6 +319,19 @@ class PanelController:
                     show(self, job)
         finally:
             panel.remove_job_files(job)
+
+    def _keep_engine_warm(self) -> None:
+        """The warm engine for what Segment would run now: started, or restarted, in the background."""
+        if self.engines is None or self.parameters is None:
+            return
+        try:
+            self.engines.want(run_options(self.parameters))
+        except Exception:  # noqa: BLE001 - Segment goes cold; the jobs are still polled
+            logging.exception("SCIseg: the warm engine could not be started")
+
+    def _forget_engine_checks(self) -> None:
+        if self.engines is not None:
+            self.engines.forget_checks()
 
     def row_clicked(self, table_node, selected_rows: list[int], current_row: int) -> None:
         """A lesion table view's selection changed: jump to the lesion on the selected row. The selected cell, not the
@@ -364,5 +390,7 @@ class PanelController:
         left = self.state.shutdown()
         if left:
             logging.warning("SCIseg: %s did not stop", ", ".join(job.action.value for job in left))
+        if self.engines is not None:
+            self.engines.close()  # Reload or exit: the warm engine ends with the module
         if self.predictions:
             shutil.rmtree(self.predictions, ignore_errors=True)

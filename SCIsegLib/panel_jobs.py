@@ -24,9 +24,17 @@ from . import mrml, panel, panel_case, panel_grey_matter, runner, volume
 MODEL_ATTRIBUTE = "SCIseg.Model"
 
 
-def start_segmentation(volume_node, options: runner.RunOptions, python_executable: str) -> runner.SegmentationRun:
-    """Write the volume to the run's private ``input.nii`` and start ``sciseg segment`` in a child."""
-    run = runner.SegmentationRun(options, python_executable=python_executable)
+def start_segmentation(volume_node, options: runner.RunOptions, python_executable: str,
+                       engine=None) -> runner.SegmentationRun:
+    """Write the volume to the run's private ``input.nii`` and start ``sciseg segment`` in a child, or send it to the
+    warm ``engine`` (a :class:`~SCIsegLib.warm_client.WarmEngine`; :class:`~SCIsegLib.warm_run.EngineRun`, which
+    runs it cold after a refusal or a crash)."""
+    if engine is None:
+        run = runner.SegmentationRun(options, python_executable=python_executable)
+    else:
+        from .warm_run import EngineRun
+
+        run = EngineRun(engine, options, python_executable=python_executable)
     # Written on the UI thread (MRML is not thread-safe): uncompressed, a 4.3-Mvoxel scan takes 13-35 ms instead
     # of 350-525 ms gzipped (benchmarks/ui_thread_mrml.txt). The child names its outputs input_*.nii.gz either way.
     run.input_path = run.work_dir / "input.nii"

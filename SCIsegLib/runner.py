@@ -393,14 +393,19 @@ class _EventChild(_Child):
 
     def wait(self, timeout_s: float | None = None) -> list[dict]:
         """Block until the child ends (tests and scripts only); returns every event."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        events: list[dict] = []
-        while not self.finished:
-            events += self.poll()
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"the child process did not finish within {timeout_s} s")
-            time.sleep(0.05)
-        return events + self.poll()
+        return wait_for_events(self, timeout_s)
+
+
+def wait_for_events(run, timeout_s: float | None = None) -> list[dict]:
+    """Poll ``run`` (``poll()`` -> events, ``finished``) until it ended; every event. Tests, scripts, a worker's exit."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    events: list[dict] = []
+    while not run.finished:
+        events += run.poll()
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the run did not finish within {timeout_s} s")
+        time.sleep(0.05)
+    return events + run.poll()
 
 
 def _log_path(log_dir: Path | None, kind: str, tag: str) -> Path:

@@ -161,6 +161,8 @@ class WarmServer:
         self.loads = 0
         self._requests: queue.Queue = queue.Queue()
         self._current: tuple[str, object] | None = None  # (request id, CancelToken)
+        self._waiting: set = set()  # ids of the requests queued, not started
+        self._skipped: set = set()  # ids cancelled while queued: answered at once, skipped when their turn comes
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.engine = None
@@ -180,14 +182,24 @@ class WarmServer:
             if request.get("op") == "cancel":
                 self.cancel(request.get("id"))
             else:
+                with self._lock:
+                    self._waiting.add(request.get("id"))
                 self._requests.put(request)
         self.stop("stdin closed")
 
     def cancel(self, request_id: object = None) -> None:
-        """Cancel the running request (``request_id`` None: whichever runs); it stops at its next tile."""
+        """Cancel the running request (``request_id`` None: whichever runs); it stops at its next tile. A request
+        still queued (sent while the engine loads or answers another) is answered ``cancelled`` now and never runs."""
         with self._lock:
             if self._current is not None and request_id in (None, self._current[0]):
                 self._current[1].cancel()  # type: ignore[attr-defined]
+                return
+            queued = request_id is not None and request_id in self._waiting
+            if queued:
+                self._waiting.discard(request_id)
+                self._skipped.add(request_id)
+        if queued:
+            self.emit({"event": "cancelled", "id": request_id, "message": "Cancelled before it started: nothing was written."})
 
     def stop(self, reason: str) -> None:
         """End the engine after the running request (cancelled now)."""
@@ -238,6 +250,11 @@ class WarmServer:
                 return request[1]
             if request.get("op") == "shutdown":
                 return "shutdown"
+            with self._lock:
+                if request.get("id") in self._skipped:  # cancelled while it waited, and answered then
+                    self._skipped.discard(request.get("id"))
+                    self._waiting.discard(request.get("id"))
+                    continue
             if self.stopping.is_set():
                 continue
             self.answer(request)
@@ -259,10 +276,16 @@ class WarmServer:
         assert self.held is not None
         sentence = refusal(self.held, self.settings, request, resolve_model)
         if sentence is not None:
+            with self._lock:
+                self._waiting.discard(request_id)
             emit({"event": "refused", "message": sentence})
             return
         token = CancelToken()
         with self._lock:
+            self._waiting.discard(request_id)
+            if request_id in self._skipped:  # cancelled since it left the queue: answered already
+                self._skipped.discard(request_id)
+                return
             self._current = (request_id, token)
         started = time.perf_counter()
         try:

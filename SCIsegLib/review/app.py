@@ -489,7 +489,7 @@ class ReviewApp(TrameApp):
 
     # ------------------------------------------------------------------ prediction in a child process
     def _start_segmentation(self, case_id: str) -> None:
-        self.run = start_segmentation(self.root, case_id, self.model)
+        self.run = start_segmentation(self.root, case_id, self.model, engines=self.session.engines)
         self.state.update({"running": True, "progress": 0, "progress_text": f"segmenting {case_id}...", "segmenting_id": case_id})
         create_task(self._watch_segmentation(case_id, self.run))
 

@@ -30,6 +30,8 @@ from ..provenance import describe_derivative, source_path
 from ..runner import RunOptions, SegmentationRun
 from ..training.export import latest_version
 from ..volume import load_image, write_image_atomic
+from ..warm_client import WarmEngines
+from ..warm_run import EngineRun, engine_settings
 from .cases import case_drafts
 from .grey_matter import (
     GreyMatterDrafts,
@@ -77,6 +79,7 @@ class ReviewSession:
         # a grey-matter segment in every case when a grey-matter model is installed (None: look for one)
         self.grey_matter = grey_matter_model() is not None if grey_matter is None else grey_matter
         self.grey_matter_drafts = GreyMatterDrafts()
+        self.engines: WarmEngines | None = None  # the worker's warm engines (None: every segmentation is a child)
         self.case: OpenCase | None = None
         self._draft_rater: str | None = None  # the name the open case's draft was last written under
         self.holder = new_holder()  # this session's lease id: other sessions see that it has its case open
@@ -371,9 +374,16 @@ def _rounded(value) -> float | None:
     return None if np.isnan(number) else round(number, 1)
 
 
-def start_segmentation(root: Path, case_id: str, model: str, log_dir: Path | None = None) -> SegmentationRun:
-    """Start ``sciseg segment`` on a case's image in a child process (poll it; :func:`publish_prediction` at the end)."""
-    run = SegmentationRun(RunOptions(model=model), log_dir=log_dir)  # device "auto": the server's GPU when it has one
+def start_segmentation(root: Path, case_id: str, model: str, log_dir: Path | None = None,
+                       engines: WarmEngines | None = None) -> SegmentationRun | EngineRun:
+    """Segment a case's image (poll the run; :func:`publish_prediction` at the end): on the worker's warm engine for
+    ``model`` when ``engines`` holds one that can take it (:class:`~SCIsegLib.warm_run.EngineRun`: cold after a
+    refusal or a crash), else ``sciseg segment`` in a child process."""
+    options = RunOptions(model=model)  # device "auto": the server's GPU when it has one
+    if engines is None:
+        run = SegmentationRun(options, log_dir=log_dir)
+    else:
+        run = EngineRun(engines.get(model, engine_settings(options)), options, log_dir=log_dir)
     shutil.copyfile(case_image_path(root, case_id), run.input_path)
     run.start()
     return run

@@ -3,7 +3,10 @@
 Started by the front (:mod:`front`), never by hand: it serves the trame app (:mod:`app`, its own MRML scene)
 on 127.0.0.1 and a port the system picks, prints ``READY_PREFIX<port>`` on stdout once it listens, and
 exits when its standard input closes (the front stopped, even by SIGKILL) or on SIGTERM, cancelling a
-running segmentation child first. The token, when there is one, comes in ``SCISEG_REVIEW_TOKEN``: wslink
+running segmentation first. It keeps one warm engine for its model (:mod:`SCIsegLib.warm_client`; started with
+the worker when a case of the dataset has no prediction, else by the first segmentation; idle exit after 10
+minutes): the engine ends with the worker, however it ends (its stdin is a pipe from
+the worker, and the worker's guardian, :mod:`SCIsegLib.lifetime`, ends the worker's process group). The token, when there is one, comes in ``SCISEG_REVIEW_TOKEN``: wslink
 refuses websockets without it, and ``STATUS_PATH`` (which the front asks before stopping an idle worker)
 answers only with it as ``Authorization: Bearer <token>``.
 """
@@ -40,6 +43,21 @@ def stop_segmentation(app) -> None:
         run.wait(timeout_s=5.0)
 
 
+def engine_wanted(cases: list[dict]) -> bool:
+    """Load the warm engine when the worker starts: a case of the list (``Case.as_dict()``) has no prediction."""
+    from .cases import NOT_PREDICTED
+
+    return any(case.get("status") == NOT_PREDICTED for case in cases)
+
+
+def stop_engines(app) -> None:
+    """End the worker's warm engine (it stops a running request; killed after 5 s)."""
+    engines = getattr(app.session, "engines", None)
+    if engines is not None:
+        for engine in engines.engines.values():
+            engine.close(timeout_s=5.0)
+
+
 def _status_route(app, token: str | None):
     from aiohttp import web
 
@@ -62,12 +80,16 @@ def _exit_when_stdin_closes(app) -> None:
         except OSError:
             pass
         stop_segmentation(app)
+        stop_engines(app)
         os._exit(0)  # the front is gone: nobody can reach this worker any more
 
     threading.Thread(target=watch, daemon=True, name="sciseg-front-watch").start()
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..lifetime import bind_descendants
+
+    bind_descendants()  # first, while this process has one thread: the warm engine ends with the worker, however
     parser = argparse.ArgumentParser(prog="python -m SCIsegLib.review.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--bids", type=Path, required=True)
     parser.add_argument("--queue", type=Path)
@@ -80,6 +102,13 @@ def main(argv: list[str] | None = None) -> None:
 
     headless_rendering()
     app = ReviewApp(args.bids, args.queue, args.model)
+    from ..runner import RunOptions
+    from ..warm_client import WarmEngines
+    from ..warm_run import engine_settings
+
+    app.session.engines = WarmEngines(idle_minutes=10.0)
+    if engine_wanted(app.state.cases):  # else the first segmentation starts it; the memory is not held for nothing
+        app.session.engines.get(args.model, engine_settings(RunOptions(model=args.model)))  # loads in the background
     app.server.controller.on_server_bind.add(_status_route(app, token))
     app.server.controller.on_server_ready.add(lambda **_: print(f"{READY_PREFIX}{app.server.port}", flush=True))
     _exit_when_stdin_closes(app)
@@ -93,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         traceback.print_exc()
     finally:
         stop_segmentation(app)
+        stop_engines(app)
         try:
             app.save_draft()  # SIGTERM (front stopping, idle): the strokes since the last draft go to disk too
         except Exception:  # noqa: BLE001 - the process ends either way; the last stroke's draft is already there
