@@ -411,12 +411,13 @@ class ReviewApp(TrameApp):
         self.update_measures()
 
     def undo(self) -> None:
+        """Undo the last edit; the views follow at once, the counts, draft and lesion table as after a stroke."""
         self.undo_stack.undo()
-        self.update_measures()
+        self._on_segmentation_modified()  # not update_measures(): its lesion table took seconds before the view
 
     def redo(self) -> None:
         self.undo_stack.redo()
-        self.update_measures()
+        self._on_segmentation_modified()
 
     def centre_on_lesion(self, label: int) -> None:
         if self.session.case is None:

@@ -38,6 +38,7 @@ VIEWS = {"axial": ViewLayoutDefinition.axial_view(), "sagittal": ViewLayoutDefin
          "coronal": ViewLayoutDefinition.coronal_view()}
 NAME_OF_TAG = {definition.singleton_tag: name for name, definition in VIEWS.items()}
 LAYOUT = "review"
+STILL_QUALITY = 90  # trame-rca's still JPEG quality (its default): every frame is sent at it, rendered once
 
 
 def review_layout() -> Layout:
@@ -71,7 +72,10 @@ class ReviewViews:
         self.volume_node = None
         self.state.update({"maximised": "", "pointer_text": "",
                            "views_info": {name: {"slice": "", "letters": {}} for name in VIEWS}})
-        register_rca_factories(slicer_app.view_manager, server, slice_view_ui_f=self._view_ui)
+        # Frames are JPEG at one quality: trame-rca renders a view a second time for a "still" frame when the
+        # interactive quality differs, and a render of the sagittal view costs far more than its encoding.
+        register_rca_factories(slicer_app.view_manager, server, slice_view_ui_f=self._view_ui,
+                               interactive_quality=STILL_QUALITY)
         self.layout_manager = LayoutManager(slicer_app.scene, slicer_app.view_manager, server)
         warnings_shown = vtkObject.GetGlobalWarningDisplay()
         vtkObject.GlobalWarningDisplayOff()  # VTK 9.6 warns once per view that WindowResizeEvent is deprecated

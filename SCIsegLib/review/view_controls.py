@@ -49,9 +49,12 @@ class OverlayControls:
         for segment in SEGMENTS:
             if segmentation.GetSegment(segment) is not None:
                 apply_overlay(self.display_node, segment, SegmentOverlay.from_state(dict(overlay or {}).get(segment, {})))
+        self.state.lesion_visible = SegmentOverlay.from_state(dict(overlay or {}).get("lesion", {})).visible  # for `l`
 
     def set_visible(self, segment: str, visible: bool) -> None:
-        """Show or hide one segment (the ``l`` key and the lesion's eye button for the lesion)."""
+        """Show or hide one segment (the ``l`` key for the lesion; the eye buttons change ``overlay`` in the page)."""
+        if SegmentOverlay.from_state(self.state.overlay[segment]).visible == bool(visible):
+            return
         overlay = dict(self.state.overlay)
         overlay[segment] = {**overlay[segment], "visible": bool(visible)}
         self.state.overlay = overlay
@@ -62,8 +65,7 @@ def overlay_controls_ui() -> None:
     html.Div("Overlay", classes="text-caption mt-2")
     for segment in SEGMENTS:
         title, state = TITLES[segment], f"overlay.{segment}"
-        toggle = ("lesion_visible = !lesion_visible" if segment == "lesion"
-                  else f"overlay = {{...overlay, {segment}: {{...overlay.{segment}, visible: !overlay.{segment}.visible}}}}")
+        toggle = f"overlay = {{...overlay, {segment}: {{...overlay.{segment}, visible: !overlay.{segment}.visible}}}}"
         label = (f"{state}.visible ? 'Hide the {title.lower()} overlay' : 'Show the {title.lower()} overlay'",)
         with html.Div(classes="d-flex align-center", id=f"overlay-{segment}"):
             with v3.VBtn(icon=True, size="small", variant="text", density="compact", click=toggle,
