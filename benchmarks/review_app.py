@@ -12,8 +12,10 @@ Usage (about 2 minutes on 2 shared CPU cores)::
 
 Since ``sciseg review`` gives each tab its own worker process behind a front, ``server_start_s`` is the front's
 start, ``page_to_case_list_s`` includes the tab's worker start, and the memory figures add the front and its
-workers (``benchmarks/review_sessions.py`` measures several raters). The JSON kept here starts with a quiet run
-through the front (``latest_quiet_run_through_the_front``); the older runs below it predate the front.
+workers (``benchmarks/review_sessions.py`` measures several raters). The JSON kept here starts with the latest run,
+on a loaded machine, with the sagittal view (``latest_loaded_run_sagittal_view``) and the speed steps before it,
+then the quiet run through the front with the axial view (``latest_quiet_run_through_the_front``); the older runs
+below it predate the front.
 
 Times are wall-clock seconds seen by the browser; "first image" ends when the axial view's pixels show
 the new case with its overlay (screenshots polled every ~0.1 s, so the figures include up to one
