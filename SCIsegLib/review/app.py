@@ -520,6 +520,7 @@ class ReviewApp(TrameApp):
                     id="voxel-counts", classes="mx-2 text-caption",
                 )
                 html.Span("{{ pointer_text }}", id="pointer-value", classes="mx-2 text-caption")
+                self.views.crosshair_toggle_ui()
                 theme_toggle_ui()
             with layout.drawer as drawer:
                 drawer.width = 330

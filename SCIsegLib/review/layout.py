@@ -5,7 +5,8 @@ left; any view can be maximised alone and restored. Each view shows its name, th
 edges (:func:`view_geometry.orientation_letters`), the slice it shows (``slice 27 / 52``), a slice slider and
 labelled buttons (reset, maximise). No "Show in 3D" control: trame-slicer's default gutter offers one, but the
 app has no 3D view, so it would do nothing visible. Slicer's crosshair (basic mode) marks the same point in every
-view; a click on a lesion row puts it on the lesion, and the toolbar shows the image value under the pointer.
+view (a toolbar button hides it); a click on a lesion row puts it on the lesion, and the toolbar shows the image
+value under the pointer.
 
 DOM order of the views: axial, coronal, sagittal (``.remote-controlled-area`` nth 0 is the axial view); each view's
 name carries ``data-view`` (``axial``, ``sagittal``, ``coronal``) for tests and assistive technology.
@@ -70,7 +71,7 @@ class ReviewViews:
     def __init__(self, server, slicer_app) -> None:
         self.server, self.app = server, slicer_app
         self.volume_node = None
-        self.state.update({"maximised": "", "pointer_text": "",
+        self.state.update({"maximised": "", "pointer_text": "", "crosshair": True,
                            "views_info": {name: {"slice": "", "letters": {}} for name in VIEWS}})
         # Frames are JPEG at one quality: trame-rca renders a view a second time for a "still" frame when the
         # interactive quality differs, and a render of the sagittal view costs far more than its encoding.
@@ -91,6 +92,8 @@ class ReviewViews:
         self.crosshair.SetCrosshairMode(vtkMRMLCrosshairNode.ShowBasic)
         self.crosshair.AddObserver(vtkMRMLCrosshairNode.CursorPositionModifiedEvent, lambda *_: self._update_pointer())
         self.state.change("maximised")(lambda maximised, **_: self.layout_manager.set_layout(layout_id(maximised)))
+        self.state.change("crosshair")(lambda crosshair, **_: self.crosshair.SetCrosshairMode(
+            vtkMRMLCrosshairNode.ShowBasic if crosshair else vtkMRMLCrosshairNode.NoCrosshair))
 
     @property
     def state(self):
@@ -169,6 +172,14 @@ class ReviewViews:
                 self.state.pointer_text = text
 
     # ------------------------------------------------------------------ UI
+    @staticmethod
+    def crosshair_toggle_ui() -> None:
+        """The toolbar's crosshair switch (shown by default)."""
+        label = ("crosshair ? 'Hide the crosshair' : 'Show the crosshair'",)
+        with v3.VBtn(icon=True, click="crosshair = !crosshair", id="crosshair-toggle", variant="text",
+                     **_attributes(aria_label=label, title=label)):
+            v3.VIcon(icon=("crosshair ? 'mdi-crosshairs-gps' : 'mdi-crosshairs-off'",))
+
     def _view_ui(self, server, view_id: str, view) -> None:
         """What each slice view shows around the image (trame-slicer's ``slice_view_ui_f``, called per view)."""
         name = NAME_OF_TAG.get(view.get_singleton_tag(), view.get_singleton_tag())
