@@ -222,6 +222,10 @@ def test_cord_outline_by_default_then_fill_opacity_and_hide(page) -> None:
     page.evaluate("window.trame.state.set('overlay', {...window.trame.state.get('overlay'),"
                   " spinal_cord: {...window.trame.state.get('overlay').spinal_cord, fill: 0.0}})")
     _wait(page, "sagittal", lambda rgb: 0.5 * outline.sum() < _cord(rgb).sum() < 2 * outline.sum() and _lesion_pixels(rgb).sum() > 0)
+    page.click("#overlay-outline-spinal_cord")  # no fill and no outline: nothing of the cord is drawn
+    _wait(page, "sagittal", lambda rgb: _cord(rgb).sum() < 0.02 * _cord(filled).sum() and _lesion_pixels(rgb).sum() > 0)
+    page.click("#overlay-outline-spinal_cord")
+    _wait(page, "sagittal", lambda rgb: 0.5 * outline.sum() < _cord(rgb).sum() < 2 * outline.sum())
 
 
 def test_pointer_value_is_the_image_value_under_the_pointer(page) -> None:
