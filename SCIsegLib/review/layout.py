@@ -71,6 +71,7 @@ class ReviewViews:
     def __init__(self, server, slicer_app) -> None:
         self.server, self.app = server, slicer_app
         self.volume_node = None
+        self._pointer_voxel: tuple[int, int, int] | None = None  # the voxel the toolbar's pointer value is for
         self.state.update({"maximised": "", "pointer_text": "", "crosshair": True,
                            "views_info": {name: {"slice": "", "letters": {}} for name in VIEWS}})
         # Frames are JPEG at one quality: trame-rca renders a view a second time for a "still" frame when the
@@ -116,6 +117,7 @@ class ReviewViews:
     def show_case(self, volume_node) -> None:
         """A case's image is in the views: slice numbers and pointer values refer to it."""
         self.volume_node = volume_node
+        self._pointer_voxel = None
         self.state.pointer_text = ""
         self._update_all()
 
@@ -156,12 +158,16 @@ class ReviewViews:
             self._update_view(view)
 
     def _update_pointer(self) -> None:
-        """The toolbar's "R a A b S c · voxel (i, j, k) · value" for the point under the pointer (RAS mm)."""
+        """The toolbar's "R a A b S c · voxel (i, j, k) · value" for the point under the pointer (RAS mm), updated when
+        the pointer enters another voxel."""
         geometry = self._volume_geometry()
         position = [0.0, 0.0, 0.0]
         if geometry is None or not self.crosshair.GetCursorPositionRAS(position):
             return
         voxel = voxel_at(tuple(position), *geometry)
+        if voxel == self._pointer_voxel:  # one message per voxel crossed, not per mouse move (strokes send many)
+            return
+        self._pointer_voxel = voxel
         if voxel is None:
             text = ""
         else:
