@@ -3,7 +3,8 @@
 Data: the full field-of-view sagittal T2w scans of ``../shared/data/sct_2014_errsm`` (384 x ~216 x 52 voxels,
 1 mm, about 4.3 M voxels, the realistic size) with their manual cord masks as the "prediction" and a 5x5x5
 lesion painted at the cord's centre. The server is the real command (``python -m SCIsegLib review``); the
-browser is Debian's chromium driven by Playwright, with the axial view about 800 x 600 pixels.
+browser is Debian's chromium driven by Playwright, with the large sagittal view about 800 x 600 pixels (the axial and
+coronal views beside it about 400 x 300 each).
 
 Usage (about 2 minutes on 2 shared CPU cores)::
 
@@ -11,12 +12,18 @@ Usage (about 2 minutes on 2 shared CPU cores)::
 
 Since ``sciseg review`` gives each tab its own worker process behind a front, ``server_start_s`` is the front's
 start, ``page_to_case_list_s`` includes the tab's worker start, and the memory figures add the front and its
-workers (``benchmarks/review_sessions.py`` measures several raters). The JSON kept here starts with a quiet run
-through the front (``latest_quiet_run_through_the_front``); the older runs below it predate the front.
+workers (``benchmarks/review_sessions.py`` measures several raters). The JSON kept here starts with the latest run,
+on a loaded machine, with the sagittal view (``latest_loaded_run_sagittal_view``) and the speed steps before it,
+then the quiet run through the front with the axial view (``latest_quiet_run_through_the_front``); the older runs
+below it predate the front.
 
 Times are wall-clock seconds seen by the browser; "first image" ends when the axial view's pixels show
 the new case with its overlay (screenshots polled every ~0.1 s, so the figures include up to one
-screenshot of latency); "stroke to view" ends when the painted lesion pixels appear after mouse-up.
+screenshot of latency); "stroke to view" ends when the painted lesion pixels appear in the sagittal view after
+mouse-up (:data:`STROKES` short strokes, p50 and p95); "undo to view" when they are gone again after a click on Undo.
+Both are timed in the page (:data:`WATCH_FRAMES_JS`: each new frame's lesion pixels counted on a canvas), so they
+carry no screenshot latency.
+The machine's load average is recorded at the start and the end: the figures of a loaded machine are not a quiet one's.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ import SimpleITK as sitk
 REPOSITORY = Path(__file__).resolve().parents[1]
 SHARED = REPOSITORY.parent / "shared" / "data" / "sct_2014_errsm"
 SUBJECTS = ("errsm_11", "errsm_18", "errsm_21")
-VIEWPORT = {"width": 1830, "height": 690}  # drawer 330 + views 1200 (axial 800 x 600) + tools 300
+VIEWPORT = {"width": 1830, "height": 690}  # drawer 330 + views 1200 (sagittal 800 x 600) + tools 300
 ROUNDS = 3  # each case opened three times: 9 openings
+STROKES = 12  # short paint strokes in the sagittal view, then as many undos
 
 
 def make_dataset(root: Path) -> list[str]:
@@ -88,15 +96,55 @@ def rss_mb(pid: int) -> float:
     return sum(process.memory_info().rss for process in processes) / 2**20
 
 
+def sagittal_view(page):
+    """The sagittal view's remote-rendered image (its name label and it share a parent)."""
+    return page.locator("div:has(> div > .sciseg-view-name[data-view='sagittal']) > .remote-controlled-area")
+
+
 def view_rgb(page) -> np.ndarray:
     from PIL import Image
 
-    png = page.locator(".remote-controlled-area").nth(0).screenshot()
+    png = sagittal_view(page).screenshot()
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
 def lesion_pixels(rgb: np.ndarray) -> int:
-    return int(((rgb[..., 0] - rgb[..., 1] > 50) & (rgb[..., 0] - rgb[..., 2] > 50)).sum())
+    """Pixels of the lesion's red over grey (not the crosshair's orange, whose green is above 150)."""
+    return int(((rgb[..., 0] - rgb[..., 1] > 50) & (rgb[..., 0] - rgb[..., 2] > 50) & (rgb[..., 1] < 150)).sum())
+
+
+#: In the page: every new frame of the sagittal view (its <img>) with its time and its lesion-red pixels (as
+#: :func:`lesion_pixels`), the frame shown at the last mouse press, the times of the last release and click (page clock).
+WATCH_FRAMES_JS = """(area) => {
+  window.scisegFrames = [];
+  const canvas = document.createElement('canvas');
+  const context = canvas.getContext('2d', {willReadFrequently: true});
+  const img = area.querySelector('img.image-display-area');
+  img.addEventListener('load', () => {
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    context.drawImage(img, 0, 0);
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let lesion = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      const r = data[i], g = data[i + 1], b = data[i + 2];
+      if (r - g > 50 && r - b > 50 && g < 150) lesion++;
+    }
+    window.scisegFrames.push({t: performance.now(), lesion: lesion});
+  });
+  window.addEventListener('mousedown', () => { window.scisegBefore = window.scisegFrames.at(-1); }, true);
+  window.addEventListener('mouseup', () => { window.scisegReleased = performance.now(); }, true);
+  window.addEventListener('click', () => { window.scisegClicked = performance.now(); }, true);
+}"""
+
+
+def frame_latency_s(page, since: str, sign: int, timeout_s: float = 30) -> float:
+    """Seconds from the page's last ``since`` event (``released``, ``clicked``) to the first frame after it whose
+    lesion pixels differ from the frame shown at the mouse press by more than 5 in the direction of ``sign``: what
+    the rater waits for, on the page's clock, without the cost of screenshots."""
+    wanted = f"""() => {{ const start = window.sciseg{since.capitalize()}, before = window.scisegBefore.lesion;
+        const frame = window.scisegFrames.find((f) => f.t > start && {sign} * (f.lesion - before) > 5);
+        return frame ? (frame.t - start) / 1000 : null; }}"""
+    return round(float(page.wait_for_function(wanted, timeout=timeout_s * 1000).json_value()), 3)
 
 
 def wait_view(page, predicate, timeout_s: float = 60) -> tuple[float, np.ndarray]:
@@ -124,6 +172,7 @@ def main() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    load_at_start = [round(v, 1) for v in os.getloadavg()]
     started = time.perf_counter()
     server = subprocess.Popen(
         [sys.executable, "-m", "SCIsegLib", "review", "--bids", str(root), "--port", str(port)],
@@ -160,10 +209,10 @@ def main() -> None:
             page.click("#segment-lesion")
             page.click("#effect-paint")
             stroke_to_view, stroke_to_counts = [], []
-            box = page.locator(".remote-controlled-area").nth(0).bounding_box()
-            for offset in (-20, -10, 10, 20):  # short strokes inside the scan (the whole 384 mm field of view is fitted)
-                rgb = view_rgb(page)
-                before_pixels = lesion_pixels(rgb)
+            box = sagittal_view(page).bounding_box()
+            sagittal_view(page).evaluate(WATCH_FRAMES_JS)
+            time.sleep(1.0)
+            for offset in np.linspace(-60, 60, STROKES):  # short strokes along the cord (the whole field of view is fitted)
                 before_counts = page.inner_text("#voxel-counts")
                 x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 + offset
                 page.mouse.move(x - 6, y)
@@ -171,13 +220,19 @@ def main() -> None:
                 page.mouse.move(x + 6, y, steps=4)
                 page.mouse.up()
                 released = time.perf_counter()
-                done, _ = wait_view(page, lambda rgb, b=before_pixels: lesion_pixels(rgb) > b + 5, timeout_s=20)
-                stroke_to_view.append(round(done - released, 2))
+                stroke_to_view.append(frame_latency_s(page, "released", +1))
                 while page.inner_text("#voxel-counts") == before_counts and time.perf_counter() - released < 20:
                     time.sleep(0.02)
                 stroke_to_counts.append(round(time.perf_counter() - released, 2))
             results["stroke_release_to_view_s"] = stroke_to_view
             results["stroke_release_to_counts_s"] = stroke_to_counts
+            time.sleep(3.0)  # the last stroke's lesion table
+            undo_to_view = []
+            for _stroke in range(STROKES):
+                page.click("#undo")
+                undo_to_view.append(frame_latency_s(page, "clicked", -1))
+                time.sleep(0.5)  # a rater looks before the next undo
+            results["undo_click_to_view_s"] = undo_to_view
             page.fill("#rater", "benchmark")
             exports = []
             for number in (1, 2, 3):
@@ -200,10 +255,15 @@ def main() -> None:
         results["summary"] = {
             "first_image_median_s": statistics.median(first_image),
             "stroke_to_view_median_s": statistics.median(stroke_to_view),
+            "stroke_to_view_p95_s": round(float(np.percentile(stroke_to_view, 95)), 2),
+            "stroke_to_counts_median_s": statistics.median(stroke_to_counts),
+            "undo_to_view_median_s": statistics.median(undo_to_view),
+            "undo_to_view_p95_s": round(float(np.percentile(undo_to_view, 95)), 2),
             "export_median_s": statistics.median(exports),
             "rss_growth_mb_per_open_after_first_round": round((rss[-1] - rss[len(cases) - 1]) / (len(rss) - len(cases)), 1),
             "rss_growth_mb_first_to_last_open": round(rss[-1] - rss[0], 1),
         }
+        results["load_average_1_5_15_min_at_start"] = load_at_start
         results["load_average_1_5_15_min_at_end"] = [round(v, 1) for v in os.getloadavg()]  # other jobs on the machine
     finally:
         server.terminate()

@@ -43,8 +43,7 @@ from trame.widgets import client, html
 from trame.widgets import vuetify3 as v3
 from trame_server.utils.asynchronous import create_task
 from trame_slicer import module as trame_slicer_module
-from trame_slicer.core import LayoutManager, SlicerApp, VolumeWindowLevel
-from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.core import SlicerApp, VolumeWindowLevel
 from trame_slicer.segmentation import (
     BrushDiameterMode,
     SegmentationEffectDraw,
@@ -57,16 +56,16 @@ from trame_slicer.segmentation import (
     SegmentationEffectThreshold,
     SegmentationIslandsMode,
 )
-from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from undo_stack import UndoStack
-from vtkmodules.vtkCommonCore import vtkObject
 
 from ..errors import SCIsegError
 from .case_notes import bind_case_notes, case_list_item_ui, case_notes_ui
 from .cases import list_cases, next_uncorrected
 from .grey_matter import bind_grey_matter
+from .layout import ReviewViews
 from .memory import release_freed_memory
 from .session import ReviewSession, measure_lesions, publish_prediction, start_segmentation
+from .view_controls import OverlayControls, label_element, overlay_controls_ui, theme_toggle_ui
 
 EFFECTS = {
     "none": SegmentationEffectNoTool,
@@ -105,18 +104,6 @@ OPEN_JS = (  # ?case=<case id> (the front's answer to a QC report's link): opene
 DRAFT = "draft"  # the version list's entry for the rater's own draft
 
 
-def review_layout() -> Layout:
-    """Axial view on the left, sagittal and coronal stacked on the right (labels Red/Yellow/Green, never "Main")."""
-    return Layout(
-        LayoutDirection.Horizontal,
-        [
-            ViewLayoutDefinition.axial_view(),
-            Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.sagittal_view(), ViewLayoutDefinition.coronal_view()]),
-        ],
-        flex_sizes=["2", "1"],
-    )
-
-
 class ReviewApp(TrameApp):
     """The rater web app on one BIDS root. ``token`` (None on loopback) is checked by wslink on every connection."""
 
@@ -134,15 +121,8 @@ class ReviewApp(TrameApp):
         self._counts_pending = False
         self._measuring, self._measure_next = False, None
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
-        register_rca_factories(self.slicer_app.view_manager, self.server)
-        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
-        warnings_shown = vtkObject.GetGlobalWarningDisplay()
-        vtkObject.GlobalWarningDisplayOff()  # VTK 9.6 warns once per view that WindowResizeEvent is deprecated
-        try:
-            self.layout_manager.register_layout("review", review_layout())
-            self.layout_manager.set_layout("review")
-        finally:
-            vtkObject.SetGlobalWarningDisplay(warnings_shown)
+        self.views = ReviewViews(self.server, self.slicer_app)  # layout, view overlays, crosshair (layout.py)
+        self.overlays = OverlayControls(self.state)  # per-segment overlay and theme (view_controls.py)
         self._initial_state()
         bind_case_notes(self)  # flags, note, who else has the case open
         bind_grey_matter(self)  # the grey-matter segment when a grey-matter model is installed
@@ -288,6 +268,8 @@ class ReviewApp(TrameApp):
         self._apply_window_level(window, level)
         self._set_segment("lesion")
         display.reset_views()
+        self.views.show_case(volume)
+        self.overlays.show_case(self.session.case.segmentation_node)
         labels = self.session.labels()
         self.state.counts = self.session.voxel_counts(labels)
         self.state.unsaved = self.session.unsaved(labels)
@@ -434,12 +416,13 @@ class ReviewApp(TrameApp):
         self.update_measures()
 
     def undo(self) -> None:
+        """Undo the last edit; the views follow at once, the counts, draft and lesion table as after a stroke."""
         self.undo_stack.undo()
-        self.update_measures()
+        self._on_segmentation_modified()  # not update_measures(): its lesion table took seconds before the view
 
     def redo(self) -> None:
         self.undo_stack.redo()
-        self.update_measures()
+        self._on_segmentation_modified()
 
     def centre_on_lesion(self, label: int) -> None:
         if self.session.case is None:
@@ -450,8 +433,7 @@ class ReviewApp(TrameApp):
             self.state.message = f"centred on lesion {label}"
 
     def _centre_views(self, centre_ras: tuple[float, float, float]) -> None:
-        for view in self.slicer_app.view_manager.get_slice_views():
-            view.get_view_node().JumpSliceByCentering(*centre_ras)
+        self.views.centre(centre_ras)
 
     def _set_segment(self, segment: str) -> None:
         if self.session.case is not None:
@@ -459,8 +441,7 @@ class ReviewApp(TrameApp):
             self._apply_brush()
 
     def _set_lesion_visible(self, visible: bool) -> None:
-        if self.session.case is not None:
-            self.slicer_app.segmentation_editor.set_segment_visibility("lesion", bool(visible))
+        self.overlays.set_visible("lesion", bool(visible))
 
     def _apply_window_level(self, window: float, level: float) -> None:
         if self.session.case is not None:
@@ -528,8 +509,9 @@ class ReviewApp(TrameApp):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        with SinglePageWithDrawerLayout(self.server, full_height=True) as layout:
+        with SinglePageWithDrawerLayout(self.server, full_height=True, theme=("dark ? 'dark' : 'light'",)) as layout:
             layout.title.set_text("SCIseg review")
+            label_element(layout.icon, "Show or hide the case list")
             client.Script(KEYBOARD_JS)
             client.Script(LEAVE_JS)
             client.Script(OPEN_JS)  # open_case validates the id, as for any string a browser sends
@@ -542,13 +524,16 @@ class ReviewApp(TrameApp):
                     "cord only {{ counts.cord_only }} · lesion {{ counts.lesion }} voxels",
                     id="voxel-counts", classes="mx-2 text-caption",
                 )
+                html.Span("{{ pointer_text }}", id="pointer-value", classes="mx-2 text-caption")
+                self.views.crosshair_toggle_ui()
+                theme_toggle_ui()
             with layout.drawer as drawer:
                 drawer.width = 330
                 self._case_list_ui()
             with layout.content:
                 with html.Div(classes="d-flex", style="height: calc(100vh - 88px); overflow: hidden;"):
                     with html.Div(style="flex: 1; position: relative; height: 100%;", id="views"):
-                        self.layout_manager.initialize_layout_grid(layout)
+                        self.views.layout_manager.initialize_layout_grid(layout)
                     with html.Div(style="width: 300px; height: 100%; overflow-y: auto;", classes="pa-2", id="tools"):
                         self._tools_ui()
 
@@ -620,7 +605,7 @@ class ReviewApp(TrameApp):
         v3.VRangeSlider(v_model=("threshold",), min=("level_min",), max=("level_max",), label="Threshold",
                         hide_details=True, density="compact")
         v3.VBtn("Apply threshold", click=self.apply_threshold, size="small", classes="ma-1")
-        v3.VCheckbox(v_model=("lesion_visible",), label="Lesion overlay (l)", hide_details=True, density="compact", id="lesion-visible")
+        overlay_controls_ui()  # eye (l for the lesion), fill opacity, outline per segment
         v3.VSlider(v_model=("wl_window",), min=1, max=("window_max",), label="Window", hide_details=True, density="compact")
         v3.VSlider(v_model=("wl_level",), min=("level_min",), max=("level_max",), label="Level", hide_details=True, density="compact")
         v3.VBtn("Update measures", click=self.update_measures, size="small", classes="ma-1", id="update-measures")
