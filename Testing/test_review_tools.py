@@ -27,7 +27,7 @@ def test_keys_are_slicers() -> None:
     assert keys.stepped_slice(19.5, 0.8, 3, 0.0, 20.0) == 20.0
     bound = {action for action in keys.PLAIN_KEYS.values()} | set(keys.CONTROL_KEYS.values())
     card = " ".join(shortcut.keys for shortcut in keys.SHORTCUTS)
-    for key, action in keys.PLAIN_KEYS.items():  # every key is on the card, every action has a key
+    for key in keys.PLAIN_KEYS:  # every key is on the card, every action has a key
         assert key.replace("Arrow", "").replace("Escape", "Esc") in card.replace("→", "Right").replace("←", "Left").replace(
             "↑", "Up").replace("↓", "Down") or key in ("=", "_", "N"), key
     assert "previous_case" in bound and "toggle_intensity_mask" in bound
