@@ -20,8 +20,9 @@ The rater's work (each decision in the case model, :mod:`SCIsegLib.cases`, or in
   another scan is refused by the case.
 * A case opens at its latest version (whose and when shown), or the rater's own draft when there is one; the
   version list offers the draft, every version, the prediction and empty masks.
-* After each stroke (once the strokes pause 0.3 s) the counts and lesion table follow, and a draft is written
-  (atomic) when the masks differ from what was opened or exported. Opening another case (list, ``n``, ``b``,
+* After each stroke (Paint applies at the release; the editor's signals of one stroke are gathered for
+  :data:`STROKE_SETTLE_S`) the counts and lesion table follow, and a draft is written
+  (atomic) when the masks differ from what was opened or exported. Opening another case (list, ``n``, Shift+N,
   the version list) with unsaved strokes asks: keep them as a draft, discard them, or stay. Closing or reloading the
   tab with unsaved strokes gets the browser's leave-page warning (the draft is on disk already).
 * A tab opened at the front's ``/?case=<case id>`` (a QC report's "Open in sciseg review") opens that case once
@@ -109,6 +110,7 @@ OPEN_JS = (  # ?case=<case id> (the front's answer to a QC report's link): opene
     " if (wanted) { address.searchParams.delete('case'); window.history.replaceState(null, '', address.toString());"
     " window.trame.trigger('open_case', [wanted]); } }"
 )
+STROKE_SETTLE_S = 0.05  # one stroke's signals (apply, segment modified) arrive together: counted once
 DRAFT = "draft"  # the version list's entry for the rater's own draft
 
 
@@ -153,7 +155,7 @@ class ReviewApp(TrameApp):
         finally:
             vtkObject.SetGlobalWarningDisplay(warnings_shown)
         for view in self.slicer_app.view_manager.get_slice_views():
-            view.interactor().AddObserver("MouseMoveEvent", lambda *_, view=view: setattr(self, "_pointer_view", view))
+            view.interactor().AddObserver("MouseMoveEvent", lambda *_, view=view: self._pointer_over(view), 100.0)
         self._initial_state()
         self._build_ui()
         self.refresh_cases()
@@ -165,7 +167,7 @@ class ReviewApp(TrameApp):
             "cases": [], "status_filter": "all", "case_id": "", "message": "", "error": "",
             "counts": {"cord_only": 0, "lesion": 0, "cord": 0}, "rater": "",
             "effect": "none", "brush_mm": 3.0, "shortcuts": False, "lesion_totals": "",
-            "threshold_region": "cord", "current_lesion": 0, "threshold_pending": None, "intensity_mask": False, "lesion_in_cord": True, "sphere": False, "segment": "lesion", "lesion_visible": True,
+            "threshold_region": "cord", "current_lesion": 0, "pointer_view": "", "threshold_pending": None, "intensity_mask": False, "lesion_in_cord": True, "sphere": False, "segment": "lesion", "lesion_visible": True,
             "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
             "lesions": [], "tabs": 0, "active_effect": "none", "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
             "segmenting_id": "", "unsaved": False, "pending": None, "bases": [], "base_choice": "", "resume": [],
@@ -361,14 +363,14 @@ class ReviewApp(TrameApp):
         create_task(self._measure_lesions_in_background(self.session.case.case_id, delay_s=0.0))
 
     def _on_segmentation_modified(self, *_args) -> None:
-        """After an edit, once the strokes pause (0.3 s): counts, draft, then the lesion table (not on every mouse move)."""
+        """After an edit (its signals gathered for STROKE_SETTLE_S): counts, draft, then the lesion table."""
         if self._counts_pending or self.session.case is None:
             return
         self._counts_pending = True
         create_task(self._after_strokes())
 
     async def _after_strokes(self) -> None:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(STROKE_SETTLE_S)
         self._counts_pending = False
         if self.session.case is None:
             return
@@ -583,6 +585,13 @@ class ReviewApp(TrameApp):
             (self.undo if action == "undo" else self.redo)()
         elif action in ("next_case", "previous_case"):
             self.next_case(1 if action == "next_case" else -1)
+
+    def _pointer_over(self, view) -> None:
+        """The pointer moved in a slice view: the slice keys step that one (its name in ``pointer_view``)."""
+        if view is not self._pointer_view:
+            self._pointer_view = view
+            with self.state:
+                self.state.pointer_view = view.get_singleton_tag()
 
     def step_slice(self, steps: int) -> None:
         """Move the slice view under the pointer (else the first) by ``steps`` slices of its volume."""
