@@ -124,7 +124,13 @@ def _wait_state(page, name: str, predicate: str, timeout_ms: int = 20_000) -> No
 
 
 def _lesion_in_row(page, index: int = 0) -> int:
+    """Lesion-red pixels of view ``index``, the pointer moved out of the views first (a brush outline is red too)."""
+    _pointer_away(page)
     return int(_lesion_pixels(_view_pixels(page, index)).sum())
+
+
+def _pointer_away(page) -> None:
+    page.mouse.move(20, VIEWPORT["height"] - 20)
 
 
 def _stroke(page, x0: float, y0: float, x1: float, y1: float, steps: int = 10) -> None:
@@ -175,6 +181,7 @@ def test_ctrl_z_and_ctrl_y_undo_and_redo_a_stroke(page) -> None:
     assert _lesion_in_row(page) > pixels_before
     page.keyboard.press("Control+z")
     assert _wait_counts_change(page, painted, settle_s=0.5) == before
+    _pointer_away(page)
     assert _lesion_pixels(_wait_pixels(page, lambda rgb: _lesion_pixels(rgb).sum() <= pixels_before)).sum() <= pixels_before
     page.keyboard.press("Control+y")
     assert _wait_counts_change(page, before, settle_s=0.5) == painted
@@ -218,6 +225,7 @@ def test_brush_keys_and_shift_wheel_move_the_slider_and_switching_segment_keeps_
     large_pixels = _lesion_in_row(page) - pixels_before
     page.keyboard.press("Control+z")
     _wait_counts_change(page, large_stroke, settle_s=0.5)
+    _pointer_away(page)
     _wait_pixels(page, lambda rgb: _lesion_pixels(rgb).sum() <= pixels_before)
     for _ in range(8):
         page.keyboard.press("-")
@@ -282,6 +290,7 @@ def test_draw_fills_on_double_click_right_click_and_enter(page) -> None:
                 page.keyboard.press("Enter")
         filled = _wait_counts_change(page, before, settle_s=1.0)
         assert filled[1] > before[1] + 50, finish
+        _pointer_away(page)
         pixels = _lesion_pixels(_wait_pixels(page, lambda rgb, p=pixels_before: _lesion_pixels(rgb).sum() > p + 200))
         rows, columns = np.nonzero(pixels)
         box = page.locator(".remote-controlled-area").nth(0).bounding_box()

@@ -556,15 +556,6 @@ class ReviewApp(TrameApp):
     def on_key(self, key: str, control: bool = False, alt: bool = False) -> None:
         """A key pressed in the page (not in a text field): the action :func:`keys.action_for` gives it."""
         action = keys.action_for(str(key), bool(control), bool(alt))
-        draw = self.slicer_app.segmentation_editor.active_effect
-        if isinstance(draw, SlicerDrawEffect) and not control:  # Slicer's Draw keys while an outline is open
-            if key in ("Enter", "a") and draw.finish():
-                return
-            if key == "x":
-                draw.remove_last_point()
-                return
-            if key == "Escape" and draw.cancel():
-                return
         if action is None:
             return
         if action.startswith("tool_"):

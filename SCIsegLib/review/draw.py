@@ -4,8 +4,9 @@
 trame-slicer 2.0.0's Draw fills at the release of one press-drag-release and ignores clicks, double-clicks,
 right-clicks and Enter. :class:`SlicerDrawEffect` keeps its filling (trame-slicer's scissors with "fill inside" on
 the slice in view) and gives it Slicer's interaction (``SegmentEditorDrawEffect.processInteractionEvents``).
-Keys come through the app's keyboard (:mod:`keys`: "finish_draw", "remove_draw_point"), not the view's.
-Positions are display pixels of the view.
+Keys come as the view's key events (in order with its clicks; the page's keyboard channel may overtake them):
+on their release, as trame-slicer's scissors do (a key's press reaches the view twice). Positions are display
+pixels of the view.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class SlicerDrawPipeline(SegmentationScissorsPipeline):
             int(vtkCommand.LeftButtonReleaseEvent): self._LeftButtonReleased,
             int(vtkCommand.LeftButtonDoubleClickEvent): lambda _event: self.finish(),
             int(vtkCommand.RightButtonPressEvent): self._RightButtonPressed,
+            int(vtkCommand.KeyReleaseEvent): self._KeyReleased,
         }
 
     def _LeftButtonPressed(self, event_data) -> bool:
@@ -76,6 +78,19 @@ class SlicerDrawPipeline(SegmentationScissorsPipeline):
     def _RightButtonPressed(self, _event_data) -> bool:
         return self.finish() if self.widget.is_painting() else False  # no outline: right-drag zooms as usual
 
+    def _KeyReleased(self, event_data) -> bool:
+        key = event_data.GetKeySym()  # the browser's name (Enter), or VTK's (Return)
+        if not self.widget.is_painting():
+            return False
+        if key in ("Enter", "Return", "a"):
+            return self.finish()
+        if key == "x":
+            self.remove_last_point()
+            return True
+        if key == "Escape":
+            return self.cancel()
+        return False
+
     def finish(self) -> bool:
         """Fill the outline drawn so far (nothing with fewer than 3 points); True when an outline was open."""
         if not self.widget.is_painting():
@@ -105,30 +120,5 @@ class SlicerDrawPipeline(SegmentationScissorsPipeline):
 class SlicerDrawEffect(SegmentationEffectDraw):
     """trame-slicer's Draw (fill inside, on the slice in view) with Slicer's clicks and keys (:class:`SlicerDrawPipeline`)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.draw_pipelines: list[SlicerDrawPipeline] = []
-
     def _create_pipeline(self, view_node, parameter):
-        pipeline = super()._create_pipeline(view_node, parameter)
-        if pipeline is None:
-            return None
-        pipeline = SlicerDrawPipeline()
-        self.draw_pipelines.append(pipeline)
-        return pipeline
-
-    def _clear(self) -> None:
-        super()._clear()
-        self.draw_pipelines.clear()
-
-    def finish(self) -> bool:
-        """Fill the open outline (Enter or ``a``); True when one was open."""
-        return any([pipeline.finish() for pipeline in self.draw_pipelines])
-
-    def remove_last_point(self) -> None:
-        for pipeline in self.draw_pipelines:
-            pipeline.remove_last_point()
-
-    def cancel(self) -> bool:
-        """Drop the open outline (Escape); True when one was open."""
-        return any([pipeline.cancel() for pipeline in self.draw_pipelines])
+        return SlicerDrawPipeline() if super()._create_pipeline(view_node, parameter) is not None else None
