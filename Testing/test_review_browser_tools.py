@@ -129,6 +129,11 @@ def _lesion_in_row(page, index: int = 0) -> int:
     return int(_lesion_pixels(_view_pixels(page, index)).sum())
 
 
+def _about(pixels: int) -> int:
+    """A pixel count give or take the views' image compression (an interaction's images are sent at lower quality)."""
+    return pixels + max(15, pixels // 10)
+
+
 def _pointer_away(page) -> None:
     page.mouse.move(20, VIEWPORT["height"] - 20)
 
@@ -177,12 +182,13 @@ def test_ctrl_z_and_ctrl_y_undo_and_redo_a_stroke(page) -> None:
     before, pixels_before = _counts(page), _lesion_in_row(page)
     _stroke(page, x - 40, y, x + 40, y)
     painted = _wait_counts_change(page, before, settle_s=1.0)
-    assert painted[1] > before[1]
-    assert _lesion_in_row(page) > pixels_before
+    assert painted[1] > before[1] + 10
+    assert _lesion_in_row(page) > _about(pixels_before)
     page.keyboard.press("Control+z")
     assert _wait_counts_change(page, painted, settle_s=0.5) == before
     _pointer_away(page)
-    assert _lesion_pixels(_wait_pixels(page, lambda rgb: _lesion_pixels(rgb).sum() <= pixels_before)).sum() <= pixels_before
+    undone = _wait_pixels(page, lambda rgb: _lesion_pixels(rgb).sum() <= _about(pixels_before))
+    assert _lesion_pixels(undone).sum() <= _about(pixels_before)
     page.keyboard.press("Control+y")
     assert _wait_counts_change(page, before, settle_s=0.5) == painted
     page.keyboard.press("Control+z")
@@ -226,7 +232,7 @@ def test_brush_keys_and_shift_wheel_move_the_slider_and_switching_segment_keeps_
     page.keyboard.press("Control+z")
     _wait_counts_change(page, large_stroke, settle_s=0.5)
     _pointer_away(page)
-    _wait_pixels(page, lambda rgb: _lesion_pixels(rgb).sum() <= pixels_before)
+    _wait_pixels(page, lambda rgb: _lesion_pixels(rgb).sum() <= _about(pixels_before))
     for _ in range(8):
         page.keyboard.press("-")
     _wait_state(page, "brush_mm", f"value < {large / 3}")
@@ -247,13 +253,13 @@ def _read(path: Path) -> np.ndarray:
 def _export(page, dataset: dict, subject: str) -> np.ndarray:
     """Export the open case (as rater "tools") and return the (z, y, x) label map the version wrote."""
     store = dataset["root"] / "derivatives" / "labels" / ".sciseg_versions" / subject / "anat" / f"{subject}_T2w"
-    before = set(store.iterdir()) if store.exists() else set()
+    number = len(list(store.glob("v[0-9][0-9][0-9]"))) + 1 if store.exists() else 1
     page.fill("#rater", "tools")
     page.click("#export")
-    page.wait_for_function("document.querySelector('#message').textContent.includes('saved version')", timeout=60_000)
-    (version,) = set(store.iterdir()) - before
+    page.wait_for_function(f"document.querySelector('#message').textContent.includes('saved version v{number:03d} ')",
+                           timeout=60_000)
     _keys_to_page(page)
-    return _read(version / f"{subject}_T2w_dseg.nii.gz")
+    return _read(store / f"v{number:03d}" / f"{subject}_T2w_dseg.nii.gz")
 
 
 def _prediction(dataset: dict, subject: str, kind: str) -> np.ndarray:
@@ -267,14 +273,13 @@ def _click_outline(page, points: list[tuple[float, float]]) -> None:
 
 def test_draw_fills_on_double_click_right_click_and_enter(page) -> None:
     _centre_on_first_lesion(page)
-    page.click("#lesion-in-cord")  # off: the outlines may leave the cord
-    _wait_state(page, "lesion_in_cord", "value === false")
     page.click("#segment-lesion")
     _tool(page, "draw")
     x, y = _view_centre(page, 0)
     square = [(x - 20, y - 20), (x + 20, y - 20), (x + 20, y + 20)]
+    baseline = _lesion_in_row(page)
     for finish in ("double-click", "right-click", "Enter", "drag then a"):
-        before, pixels_before = _counts(page), _lesion_in_row(page)
+        before = _counts(page)
         if finish == "drag then a":
             _stroke(page, x - 20, y - 20, x + 20, y + 20, steps=8)  # Slicer: a drag adds points, its release fills nothing
             page.mouse.click(x + 20, y - 20)
@@ -289,17 +294,17 @@ def test_draw_fills_on_double_click_right_click_and_enter(page) -> None:
                 page.mouse.click(x - 20, y + 20)
                 page.keyboard.press("Enter")
         filled = _wait_counts_change(page, before, settle_s=1.0)
-        assert filled[1] > before[1] + 50, finish
+        assert filled[1] > before[1] + 50, (finish, before, filled)
         _pointer_away(page)
-        pixels = _lesion_pixels(_wait_pixels(page, lambda rgb, p=pixels_before: _lesion_pixels(rgb).sum() > p + 200))
+        pixels = _lesion_pixels(_wait_pixels(page, lambda rgb: _lesion_pixels(rgb).sum() > baseline + 200))
         rows, columns = np.nonzero(pixels)
         box = page.locator(".remote-controlled-area").nth(0).bounding_box()
         inside = (np.abs(columns + box["x"] - x) <= 22) & (np.abs(rows + box["y"] - y) <= 22)
-        assert pixels.sum() - pixels_before > 200 and inside.sum() > 0.8 * (pixels.sum() - pixels_before), finish
+        assert pixels.sum() - baseline > 200 and inside.sum() > 0.8 * (pixels.sum() - baseline), (
+            finish, int(pixels.sum()), baseline, int(inside.sum()))
         page.keyboard.press("Control+z")
         assert _wait_counts_change(page, filled, settle_s=0.5) == before
-    page.click("#lesion-in-cord")
-    _wait_state(page, "lesion_in_cord", "value === true")
+        _wait_pixels(page, lambda rgb: _lesion_pixels(rgb).sum() <= _about(baseline))
 
 
 def test_threshold_adds_inside_the_cord_only_and_asks_first(page, dataset) -> None:
@@ -326,6 +331,8 @@ def test_masking_keeps_paint_inside_the_cord_and_the_intensity_range(page, datas
     _centre_on_first_lesion(page)
     image = _read(dataset["root"] / "sub-01" / "anat" / "sub-01_T2w.nii.gz")
     cord = _prediction(dataset, "sub-01", "sc")
+    page.click("#lesion-in-cord")  # Segment Editor's editable area: inside the segments (cord only + lesion)
+    _wait_state(page, "lesion_in_cord", "value === true")
     page.click("#segment-lesion")
     _tool(page, "paint")
     page.evaluate("window.trame.state.set('brush_mm', 12)")
@@ -352,6 +359,9 @@ def test_masking_keeps_paint_inside_the_cord_and_the_intensity_range(page, datas
     assert ranged[1] - before[1] < inside[1] - before[1]  # the range left some of the stroke's cord voxels out
     page.keyboard.press("i")
     _wait_state(page, "intensity_mask", "value === false")
+    page.click("#lesion-in-cord")
+    _wait_state(page, "lesion_in_cord", "value === false")
+    _keys_to_page(page)
     page.keyboard.press("Control+z")
     _wait_counts_change(page, ranged, settle_s=0.5)
     page.evaluate("window.trame.state.set('brush_mm', 3)")

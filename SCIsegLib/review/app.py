@@ -167,7 +167,7 @@ class ReviewApp(TrameApp):
             "cases": [], "status_filter": "all", "case_id": "", "message": "", "error": "",
             "counts": {"cord_only": 0, "lesion": 0, "cord": 0}, "rater": "",
             "effect": "none", "brush_mm": 3.0, "shortcuts": False, "lesion_totals": "",
-            "threshold_region": "cord", "current_lesion": 0, "pointer_view": "", "threshold_pending": None, "intensity_mask": False, "lesion_in_cord": True, "sphere": False, "segment": "lesion", "lesion_visible": True,
+            "threshold_region": "cord", "current_lesion": 0, "pointer_view": "", "threshold_pending": None, "intensity_mask": False, "lesion_in_cord": False, "sphere": False, "segment": "lesion", "lesion_visible": True,
             "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
             "lesions": [], "tabs": 0, "active_effect": "none", "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
             "segmenting_id": "", "unsaved": False, "pending": None, "bases": [], "base_choice": "", "resume": [],
@@ -451,12 +451,16 @@ class ReviewApp(TrameApp):
     def remove_small_islands(self) -> None:
         self._with_effect(SegmentationEffectIslands, lambda effect: effect.remove_small_islands(10))
 
-    def apply_threshold(self, confirmed: bool = False) -> None:
+    def apply_threshold(self, confirmed: bool = False, intensities=None) -> None:
         """Add the Threshold slider's range to the lesion inside the cord (and the slice in view with region "slice"),
-        asking first when that adds more than a few lesions' worth (:mod:`threshold`). Undoable, never removes."""
+        asking first when that adds more than a few lesions' worth (:mod:`threshold`). Undoable, never removes.
+
+        ``intensities``: the range the page shows, sent with the click (a slider's last move may still be on its way)."""
         self.state.threshold_pending = None
         if self.session.case is None:
             return
+        if intensities is not None:
+            self.state.threshold = [float(v) for v in intensities]
         labels = self.session.labels()
         image = sitk.GetArrayFromImage(self.session.reference_image())
         axis = index = None
@@ -740,11 +744,11 @@ class ReviewApp(TrameApp):
                      density="compact", id="intensity-mask")
         v3.VSelect(v_model=("threshold_region",), items=([{"value": k, "title": v} for k, v in REGIONS.items()],),
                    label="Threshold adds lesion", density="compact", hide_details=True, classes="mb-1", id="threshold-region")
-        v3.VBtn("Apply threshold", click=self.apply_threshold, size="small", classes="ma-1", id="apply-threshold")
+        v3.VBtn("Apply threshold", click=(self.apply_threshold, "[false, threshold]"), size="small", classes="ma-1", id="apply-threshold")
         with v3.VAlert(v_if=("threshold_pending",), type="warning", density="compact", id="threshold-pending",
                        classes="mb-2 text-caption"):
             html.Div("{{ threshold_pending.text }}")
-            v3.VBtn("Apply anyway", click=(self.apply_threshold, "[true]"), size="small", classes="ma-1", id="threshold-confirm")
+            v3.VBtn("Apply anyway", click=(self.apply_threshold, "[true, threshold]"), size="small", classes="ma-1", id="threshold-confirm")
             v3.VBtn("Cancel", click="threshold_pending = null", size="small", classes="ma-1", id="threshold-cancel")
         v3.VCheckbox(v_model=("lesion_visible",), label="Lesion overlay (l)", hide_details=True, density="compact", id="lesion-visible")
         v3.VSlider(v_model=("wl_window",), min=1, max=("window_max",), label="Window", hide_details=True, density="compact")
