@@ -180,6 +180,26 @@ def test_slice_keys_are_slicers_and_b_stays_on_the_case(page, dataset) -> None:
     assert page.evaluate("window.scrollY") == 0  # the browser did not scroll on arrows and PageDown
 
 
+def test_left_drag_with_no_tool_sets_window_level_and_the_sliders_follow(page) -> None:
+    _keys_to_page(page)
+    page.keyboard.press("Escape")  # no tool
+    page.wait_for_function("document.querySelector('#active-effect').textContent.includes('none')")
+    _pointer_away(page)
+    before, window, level = _view_pixels(page, 1), _state(page, "wl_window"), _state(page, "wl_level")
+    x, y = _view_centre(page, 1)
+    _stroke(page, x, y, x + 80, y + 60)  # right: wider window; down: lower level (brighter)
+    _wait_state(page, "wl_window", f"value > {window}")
+    _wait_state(page, "wl_level", f"value < {level}")
+    _pointer_away(page)
+    brighter = _wait_pixels(page, lambda rgb: rgb.mean() > before.mean() + 5, index=1)
+    assert brighter.mean() > before.mean() + 5
+    for name in ("window", "level"):  # the sliders show the values the view uses
+        shown = float(page.locator(f".v-input:has(input#{name}) [role='slider']").get_attribute("aria-valuenow"))
+        assert shown == pytest.approx(_state(page, f"wl_{name}"), abs=1.0)
+    page.evaluate(f"window.trame.state.set('wl_window', {window}); window.trame.state.set('wl_level', {level})")
+    _wait_pixels(page, lambda rgb: abs(rgb.mean() - before.mean()) < 1, index=1)
+
+
 def test_ctrl_z_and_ctrl_y_undo_and_redo_a_stroke(page) -> None:
     _centre_on_first_lesion(page)
     page.click("#segment-lesion")

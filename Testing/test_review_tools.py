@@ -85,6 +85,15 @@ def test_lesion_table_on_the_cord_box_equals_the_whole_scan() -> None:
     assert totals_text(rows) == f"2 lesions, {total:.1f} mm³" and totals_text([]) == "no lesion"
 
 
+def test_a_drag_sets_window_and_level_by_the_image_range() -> None:
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    from SCIsegLib.review.window_level import dragged_window_level
+
+    assert dragged_window_level((100.0, 50.0), (200.0, 0.0), (400.0, 300.0), (0.0, 1000.0)) == (600.0, 50.0)
+    assert dragged_window_level((100.0, 50.0), (0.0, -150.0), (400.0, 300.0), (0.0, 1000.0)) == (100.0, -450.0)
+    assert dragged_window_level((100.0, 50.0), (-400.0, 0.0), (400.0, 300.0), (0.0, 1000.0))[0] == 1.0  # never <= 0
+
+
 def test_draw_double_click_is_a_press_on_the_previous_one() -> None:
     pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
     from SCIsegLib.review.draw import is_double_click

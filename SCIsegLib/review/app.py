@@ -51,7 +51,6 @@ from trame_slicer.segmentation import (
     BrushDiameterMode,
     SegmentationEffectErase,
     SegmentationEffectIslands,
-    SegmentationEffectNoTool,
     SegmentationEffectPaint,
     SegmentationEffectScissors,
     SegmentationEffectSmoothing,
@@ -72,9 +71,10 @@ from .lesion_table import lesion_rows, totals_text
 from .memory import release_freed_memory
 from .session import ReviewSession, publish_prediction, start_segmentation
 from .threshold import REGIONS, plan_threshold, region_mask, slice_index_of
+from .window_level import WindowLevelNoTool
 
 EFFECTS = {
-    "none": SegmentationEffectNoTool,
+    "none": WindowLevelNoTool,  # a left-drag sets window/level, as in Slicer
     "paint": SegmentationEffectPaint,
     "erase": SegmentationEffectErase,
     "scissors": SegmentationEffectScissors,
@@ -156,6 +156,7 @@ class ReviewApp(TrameApp):
             vtkObject.SetGlobalWarningDisplay(warnings_shown)
         for view in self.slicer_app.view_manager.get_slice_views():
             view.interactor().AddObserver("MouseMoveEvent", lambda *_, view=view: self._pointer_over(view), 100.0)
+        self.slicer_app.segmentation_editor.get_effect(WindowLevelNoTool).on_change = self._window_level_dragged
         self._initial_state()
         self._build_ui()
         self.refresh_cases()
@@ -245,6 +246,7 @@ class ReviewApp(TrameApp):
             return
         self.state.case_id = case_id
         self.state.effect = "none"
+        self.set_effect("none")  # also when it was "none" already: the no-tool of this app (window/level drag)
         self._show_case()
         self.state.opened_text = opened.case.opening_sentence(case_id)
         self.state.message = self.state.opened_text
@@ -519,7 +521,7 @@ class ReviewApp(TrameApp):
         effect = editor.set_active_effect_type(effect_type)
         action(effect)
         self.state.effect = "none"
-        editor.deactivate_effect()
+        editor.set_active_effect_type(WindowLevelNoTool)
         self.update_measures()
 
     def undo(self) -> None:
@@ -552,6 +554,10 @@ class ReviewApp(TrameApp):
     def _set_lesion_visible(self, visible: bool) -> None:
         if self.session.case is not None:
             self.slicer_app.segmentation_editor.set_segment_visibility("lesion", bool(visible))
+
+    def _window_level_dragged(self, window: float, level: float) -> None:
+        with self.state:  # the sliders follow a drag in a view
+            self.state.update({"wl_window": round(float(window), 1), "wl_level": round(float(level), 1)})
 
     def _apply_window_level(self, window: float, level: float) -> None:
         if self.session.case is not None:
@@ -751,8 +757,8 @@ class ReviewApp(TrameApp):
             v3.VBtn("Apply anyway", click=(self.apply_threshold, "[true, threshold]"), size="small", classes="ma-1", id="threshold-confirm")
             v3.VBtn("Cancel", click="threshold_pending = null", size="small", classes="ma-1", id="threshold-cancel")
         v3.VCheckbox(v_model=("lesion_visible",), label="Lesion overlay (l)", hide_details=True, density="compact", id="lesion-visible")
-        v3.VSlider(v_model=("wl_window",), min=1, max=("window_max",), label="Window", hide_details=True, density="compact")
-        v3.VSlider(v_model=("wl_level",), min=("level_min",), max=("level_max",), label="Level", hide_details=True, density="compact")
+        v3.VSlider(v_model=("wl_window",), min=1, max=("window_max",), label="Window", hide_details=True, density="compact", id="window")
+        v3.VSlider(v_model=("wl_level",), min=("level_min",), max=("level_max",), label="Level", hide_details=True, density="compact", id="level")
         v3.VBtn("Update measures", click=self.update_measures, size="small", classes="ma-1", id="update-measures")
         with v3.VTable(density="compact", id="lesion-table"):
             with html.Thead(), html.Tr():
