@@ -356,7 +356,24 @@ class ReviewApp(TrameApp):
             self.state.lesion_totals = totals_text(rows)
 
     def update_measures(self) -> None:
-        """Counts and draft now; the lesion table right after, measured off the event loop (see _after_strokes)."""
+        """Counts, lesion table (on the cord's box, :mod:`lesion_table`) and draft, now ("Update measures")."""
+        if self.session.case is None:
+            return
+        labels = self.session.labels()
+        self.state.counts = self.session.voxel_counts(labels)
+        try:
+            rows, centres = lesion_rows(self.session.checked_labels("the segmentation to measure"),
+                                        self.session.reference_image())
+        except SCIsegError as error:
+            self.state.error = str(error)
+            return
+        self.session.case.lesion_centres_ras = centres
+        self.session.show_lesion_numbers(centres)
+        self.state.lesions, self.state.lesion_totals = rows, totals_text(rows)
+        self.save_draft(labels)
+
+    def _update_counts_then_table(self) -> None:
+        """Counts and draft now; the lesion table right after, measured off the event loop (undo, redo)."""
         if self.session.case is None:
             return
         labels = self.session.labels()
@@ -527,11 +544,11 @@ class ReviewApp(TrameApp):
 
     def undo(self) -> None:
         self.undo_stack.undo()
-        self.update_measures()
+        self._update_counts_then_table()
 
     def redo(self) -> None:
         self.undo_stack.redo()
-        self.update_measures()
+        self._update_counts_then_table()
 
     def centre_on_lesion(self, label: int) -> None:
         if self.session.case is None:
