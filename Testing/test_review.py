@@ -227,9 +227,23 @@ def test_app_actions_apply_slicer_effects(bids) -> None:
     app.apply_threshold()
     after = app.session.labels()
     inside = (image >= low) & (image <= high)
-    assert np.array_equal(after == 2, inside | (before == 2))  # threshold adds its range to the lesion...
-    assert not np.any((after == 1) & inside)  # ...taking those voxels from "cord only" (overwrite)
+    assert np.any(inside & (before == 0))  # the range holds voxels outside the cord...
+    assert np.array_equal(after == 2, (inside & (before > 0)) | (before == 2))  # ...but adds lesion inside it only
+    assert np.array_equal(after > 0, before > 0)  # taking the voxels from "cord only"
     app.undo()
+    assert np.array_equal(app.session.labels(), before)
+    app.state.threshold = [float(image.min()), float(image.max())]  # the whole cord: 4275 mm3, more than a few lesions
+    app.apply_threshold()
+    assert "Apply it anyway?" in app.state.threshold_pending["text"] and np.array_equal(app.session.labels(), before)
+    app.apply_threshold(confirmed=True)
+    assert app.state.threshold_pending is None and np.array_equal(app.session.labels() == 2, before > 0)
+    app.undo()
+    app.state.threshold_region = "slice"  # the first slice view (axial): its one slice of the cord only
+    app.apply_threshold(confirmed=True)
+    changed = np.argwhere(app.session.labels() != before)
+    assert len(changed) > 0 and min(len(np.unique(changed[:, axis])) for axis in range(3)) == 1
+    app.undo()
+    app.state.threshold_region = "cord"
     assert np.array_equal(app.session.labels(), before)
 
     modifier = app.slicer_app.segmentation_editor.active_segment_modifier

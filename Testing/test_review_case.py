@@ -114,7 +114,7 @@ def test_opening_another_case_with_unsaved_strokes_asks_and_keeps_a_draft(make_a
     app.resolve_pending("stay")
     np.testing.assert_array_equal(app.session.labels(), painted)
 
-    app.on_key("b")  # previous case in the list: sub-02
+    app.on_key("N")  # Shift+N, previous case in the list: sub-02 ("b" steps a slice, as in Slicer)
     assert app.state.pending["case_id"] == CASES["sub-02"]
     app.resolve_pending("keep")
     assert app.state.case_id == CASES["sub-02"] and not app.state.unsaved

@@ -9,8 +9,9 @@ process (:mod:`worker`) serving this app on 127.0.0.1, reached through the front
 (a duplicated tab): both are then warned. Exports of the same case by two sessions are ordered by the
 exporter's lock, and the second rater is told.
 
-Keyboard: p paint, e erase, c scissors, d draw, Escape no tool, 1 cord segment, 2 lesion segment,
-l lesion overlay, z undo, y redo, n next uncorrected case, b previous case.
+Keyboard: Slicer's keys where Slicer has one (:mod:`keys`; ``?`` shows the card). Apply threshold adds lesion
+inside the cord only and asks before a large change (:mod:`threshold`); the lesion table is measured on the cord's
+box (:mod:`lesion_table`); Draw closes as in Slicer (:mod:`draw`).
 
 The rater's work (each decision in the case model, :mod:`SCIsegLib.cases`, or in :mod:`session`):
 
@@ -19,8 +20,9 @@ The rater's work (each decision in the case model, :mod:`SCIsegLib.cases`, or in
   another scan is refused by the case.
 * A case opens at its latest version (whose and when shown), or the rater's own draft when there is one; the
   version list offers the draft, every version, the prediction and empty masks.
-* After each stroke (once the strokes pause 0.3 s) the counts and lesion table follow, and a draft is written
-  (atomic) when the masks differ from what was opened or exported. Opening another case (list, ``n``, ``b``,
+* After each stroke (Paint applies at the release; the editor's signals of one stroke are gathered for
+  :data:`STROKE_SETTLE_S`) the counts and lesion table follow, and a draft is written
+  (atomic) when the masks differ from what was opened or exported. Opening another case (list, ``n``, Shift+N,
   the version list) with unsaved strokes asks: keep them as a draft, discard them, or stay. Closing or reloading the
   tab with unsaved strokes gets the browser's leave-page warning (the draft is on disk already).
 * A tab opened at the front's ``/?case=<case id>`` (a QC report's "Open in sciseg review") opens that case once
@@ -46,44 +48,52 @@ from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import SlicerApp, VolumeWindowLevel
 from trame_slicer.segmentation import (
     BrushDiameterMode,
-    SegmentationEffectDraw,
     SegmentationEffectErase,
     SegmentationEffectIslands,
-    SegmentationEffectNoTool,
     SegmentationEffectPaint,
     SegmentationEffectScissors,
     SegmentationEffectSmoothing,
+    SegmentationEditableAreaMode,
     SegmentationEffectThreshold,
     SegmentationIslandsMode,
 )
 from undo_stack import UndoStack
+import SimpleITK as sitk
 
 from ..errors import SCIsegError
+from . import keys
 from .case_notes import bind_case_notes, case_list_item_ui, case_notes_ui
 from .cases import list_cases, next_uncorrected
+from .draw import SlicerDrawEffect
 from .grey_matter import bind_grey_matter
 from .layout import ReviewViews
+from .lesion_table import lesion_rows, totals_text
 from .memory import release_freed_memory
-from .session import ReviewSession, measure_lesions, publish_prediction, start_segmentation
+from .session import ReviewSession, publish_prediction, start_segmentation
+from .threshold import REGIONS, plan_threshold, region_mask, slice_index_of
 from .view_controls import OverlayControls, label_element, overlay_controls_ui, theme_toggle_ui
+from .window_level import WindowLevelNoTool
 
 EFFECTS = {
-    "none": SegmentationEffectNoTool,
+    "none": WindowLevelNoTool,  # a left-drag sets window/level, as in Slicer
     "paint": SegmentationEffectPaint,
     "erase": SegmentationEffectErase,
     "scissors": SegmentationEffectScissors,
-    "draw": SegmentationEffectDraw,
+    "draw": SlicerDrawEffect,  # Slicer's clicks: points, then double-click, right-click or Enter fills
     "islands": SegmentationEffectIslands,
     "threshold": SegmentationEffectThreshold,
     "smoothing": SegmentationEffectSmoothing,
 }
-KEYS = {"p": "paint", "e": "erase", "c": "scissors", "d": "draw", "Escape": "none"}
-KEYBOARD_JS = (
+KEYBOARD_JS = (  # every key goes to the server (keys.action_for decides); slice and undo keys are not the browser's
     "if (!window.scisegKeys) { window.scisegKeys = true;"
     " window.addEventListener('keydown', (e) => {"
     " const tag = (e.target && e.target.tagName) || '';"
-    " if (tag === 'INPUT' || tag === 'TEXTAREA' || e.ctrlKey || e.metaKey || e.altKey) return;"
-    " window.trame.trigger('review_key', [e.key]); }); }"
+    " const role = (e.target && e.target.getAttribute && e.target.getAttribute('role')) || '';"
+    " if (tag === 'INPUT' || tag === 'TEXTAREA' || role === 'slider' || e.repeat && e.key.length === 1) return;"
+    " const control = e.ctrlKey || e.metaKey;"
+    f" if ({list(keys.KEYS_THE_BROWSER_MUST_NOT_HANDLE)}.includes(e.key) || control && 'zyZ'.includes(e.key))"
+    " e.preventDefault();"
+    " window.trame.trigger('review_key', [e.key, control, e.altKey]); }); }"
 )
 RATER_STORAGE, CASE_STORAGE = "sciseg_review_rater", "sciseg_review_case"
 LEAVE_JS = (  # the rater's name and last case come back from this browser; leaving with unsaved strokes asks first
@@ -101,6 +111,7 @@ OPEN_JS = (  # ?case=<case id> (the front's answer to a QC report's link): opene
     " if (wanted) { address.searchParams.delete('case'); window.history.replaceState(null, '', address.toString());"
     " window.trame.trigger('open_case', [wanted]); } }"
 )
+STROKE_SETTLE_S = 0.05  # one stroke's signals (apply, segment modified) arrive together: counted once
 DRAFT = "draft"  # the version list's entry for the rater's own draft
 
 
@@ -121,8 +132,13 @@ class ReviewApp(TrameApp):
         self._counts_pending = False
         self._measuring, self._measure_next = False, None
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
+        self._brush_effects: set[int] = set()  # effects whose brush size changes are shown on the slider
+        self._pointer_view = None  # the slice view the pointer was last over: the slice keys step it
         self.views = ReviewViews(self.server, self.slicer_app)  # layout, view overlays, crosshair (layout.py)
         self.overlays = OverlayControls(self.state)  # per-segment overlay and theme (view_controls.py)
+        for view in self.slicer_app.view_manager.get_slice_views():
+            view.interactor().AddObserver("MouseMoveEvent", lambda *_, view=view: self._pointer_over(view), 100.0)
+        self.slicer_app.segmentation_editor.get_effect(WindowLevelNoTool).on_change = self._window_level_dragged
         self._initial_state()
         bind_case_notes(self)  # flags, note, who else has the case open
         bind_grey_matter(self)  # the grey-matter segment when a grey-matter model is installed
@@ -136,15 +152,19 @@ class ReviewApp(TrameApp):
             "cases": [], "status_filter": "all", "case_id": "", "message": "", "error": "",
             "counts": {"cord_only": 0, "lesion": 0, "cord": 0}, "rater": "",
             "effect": "none", "brush_mm": 3.0, "sphere": False, "segment": "lesion", "lesion_visible": True,
+            "shortcuts": False, "lesion_totals": "", "current_lesion": 0, "pointer_view": "",
+            "threshold_region": "cord", "threshold_pending": None, "intensity_mask": False, "lesion_in_cord": False,
             "wl_window": 1.0, "wl_level": 0.5, "window_max": 2.0, "level_min": 0.0, "level_max": 1.0,
             "lesions": [], "tabs": 0, "active_effect": "none", "running": False, "progress": 0, "progress_text": "", "threshold": [0.0, 1.0],
             "segmenting_id": "", "unsaved": False, "pending": None, "bases": [], "base_choice": "", "resume": [],
             "opened_text": "", "last_case": "",
         })
+        self.state.change("error")(lambda error, **_: error and self.state.update({"message": ""}))  # no stale "saved"
         self.state.change("status_filter")(lambda **_: self.refresh_cases())
         self.state.change("effect")(lambda effect, **_: self.set_effect(effect))
         self.state.change("brush_mm", "sphere")(lambda **_: self._apply_brush())
         self.state.change("segment")(lambda segment, **_: self._set_segment(segment))
+        self.state.change("intensity_mask", "lesion_in_cord", "threshold")(lambda **_: self._apply_masking())
         self.state.change("lesion_visible")(lambda lesion_visible, **_: self._set_lesion_visible(lesion_visible))
         self.state.change("wl_window", "wl_level")(lambda wl_window, wl_level, **_: self._apply_window_level(wl_window, wl_level))
         self.server.trigger("review_key")(self.on_key)
@@ -212,6 +232,7 @@ class ReviewApp(TrameApp):
             return
         self.state.case_id = case_id
         self.state.effect = "none"
+        self.set_effect("none")  # also when it was "none" already: the no-tool of this app (window/level drag)
         self._show_case()
         self.state.opened_text = opened.case.opening_sentence(case_id)
         self.state.message = self.state.opened_text
@@ -275,6 +296,8 @@ class ReviewApp(TrameApp):
         self.state.unsaved = self.session.unsaved(labels)
         del labels
         self.state.lesions = []
+        self.state.lesion_totals = ""
+        self.state.current_lesion = 0
         self.state.pending = None
         self._show_bases()
         centre = self.session.largest_lesion_centre_ras()
@@ -308,7 +331,7 @@ class ReviewApp(TrameApp):
             with self.state:
                 self.state.error = str(error)
             return
-        rows, centres = await asyncio.to_thread(measure_lesions, labels, reference)
+        rows, centres = await asyncio.to_thread(lesion_rows, labels, reference)
         del labels, reference
         release_freed_memory()  # the measurement's arrays (in its thread's arena) go back too
         if self.session.case is None or self.session.case.case_id != case_id:
@@ -317,23 +340,44 @@ class ReviewApp(TrameApp):
         self.session.show_lesion_numbers(centres)
         with self.state:
             self.state.lesions = rows
+            self.state.lesion_totals = totals_text(rows)
 
     def update_measures(self) -> None:
+        """Counts, lesion table (on the cord's box, :mod:`lesion_table`) and draft, now ("Update measures")."""
         if self.session.case is None:
             return
-        self.state.counts = self.session.voxel_counts()
-        self.state.lesions = self.session.lesion_table()
-        self.save_draft()
+        labels = self.session.labels()
+        self.state.counts = self.session.voxel_counts(labels)
+        try:
+            rows, centres = lesion_rows(self.session.checked_labels("the segmentation to measure"),
+                                        self.session.reference_image())
+        except SCIsegError as error:
+            self.state.error = str(error)
+            return
+        self.session.case.lesion_centres_ras = centres
+        self.session.show_lesion_numbers(centres)
+        self.state.lesions, self.state.lesion_totals = rows, totals_text(rows)
+        self.save_draft(labels)
+
+    def _update_counts_then_table(self) -> None:
+        """Counts and draft now; the lesion table right after, measured off the event loop (undo, redo)."""
+        if self.session.case is None:
+            return
+        labels = self.session.labels()
+        self.state.counts = self.session.voxel_counts(labels)
+        self.save_draft(labels)
+        del labels
+        create_task(self._measure_lesions_in_background(self.session.case.case_id, delay_s=0.0))
 
     def _on_segmentation_modified(self, *_args) -> None:
-        """After an edit, once the strokes pause (0.3 s): counts, draft, then the lesion table (not on every mouse move)."""
+        """After an edit (its signals gathered for STROKE_SETTLE_S): counts, draft, then the lesion table."""
         if self._counts_pending or self.session.case is None:
             return
         self._counts_pending = True
         create_task(self._after_strokes())
 
     async def _after_strokes(self) -> None:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(STROKE_SETTLE_S)
         self._counts_pending = False
         if self.session.case is None:
             return
@@ -353,7 +397,7 @@ class ReviewApp(TrameApp):
             return
         following = next_uncorrected(cases, self.state.case_id or None)
         if following is None:
-            self.state.message = "every case is corrected"
+            self.state.message = "end of the queue: every case is corrected"
             return
         self.open_case(following.case_id)
 
@@ -384,8 +428,29 @@ class ReviewApp(TrameApp):
     def _apply_brush(self) -> None:
         effect = self.slicer_app.segmentation_editor.active_effect
         if hasattr(effect, "set_brush_diameter"):
+            if id(effect) not in self._brush_effects:  # Shift+wheel in a view changes the effect's size: the slider follows
+                self._brush_effects.add(id(effect))
+                effect.parameters_changed.connect(lambda effect=effect: self._brush_changed_in_view(effect))
             effect.set_brush_diameter(float(self.state.brush_mm), BrushDiameterMode.Absolute)
             effect.set_use_sphere_brush(bool(self.state.sphere))
+
+    def _brush_changed_in_view(self, effect) -> None:
+        shown = keys.clamp_brush(effect.get_brush_diameter())
+        if effect is self.slicer_app.segmentation_editor.active_effect and shown != float(self.state.brush_mm):
+            with self.state:
+                self.state.brush_mm = shown
+
+    def _apply_masking(self) -> None:
+        """Segment Editor's masking on its editor node: "lesion only inside the cord" (editable area inside the
+        segments, cord only + lesion, while the lesion is edited) and the intensity range (the Threshold slider)."""
+        editor = self.slicer_app.segmentation_editor
+        if self.session.case is None or editor.editor_node is None:
+            return
+        inside = bool(self.state.lesion_in_cord) and self.state.segment == "lesion"
+        editor.set_editable_area(SegmentationEditableAreaMode.INSIDE_ALL_SEGMENTS if inside else SegmentationEditableAreaMode.EVERYWHERE)
+        low, high = (float(v) for v in self.state.threshold)
+        editor.editor_node.SetSourceVolumeIntensityMaskRange(low, high)
+        editor.editor_node.SetSourceVolumeIntensityMask(bool(self.state.intensity_mask))
 
     def keep_largest_island(self) -> None:
         self._with_effect(SegmentationEffectIslands, lambda effect: effect.apply(SegmentationIslandsMode.KEEP_LARGEST_ISLAND))
@@ -393,14 +458,63 @@ class ReviewApp(TrameApp):
     def remove_small_islands(self) -> None:
         self._with_effect(SegmentationEffectIslands, lambda effect: effect.remove_small_islands(10))
 
-    def apply_threshold(self) -> None:
+    def apply_threshold(self, confirmed: bool = False, intensities=None) -> None:
+        """Add the Threshold slider's range to the lesion inside the cord (and the slice in view with region "slice"),
+        asking first when that adds more than a few lesions' worth (:mod:`threshold`). Undoable, never removes.
+
+        ``intensities``: the range the page shows, sent with the click (a slider's last move may still be on its way)."""
+        self.state.threshold_pending = None
+        if self.session.case is None:
+            return
+        if intensities is not None:
+            self.state.threshold = [float(v) for v in intensities]
+        labels = self.session.labels()
+        image = sitk.GetArrayFromImage(self.session.reference_image())
+        axis = index = None
+        if self.state.threshold_region == "slice":
+            view = self._pointer_view or self.slicer_app.view_manager.get_slice_views()[0]
+            axis, index = self._slice_of(view)
         low, high = (float(v) for v in self.state.threshold)
+        spacing = self.session.case.volume_node.GetSpacing()
+        plan = plan_threshold(image, labels, low, high, region_mask(labels, self.state.threshold_region, axis, index),
+                              float(spacing[0] * spacing[1] * spacing[2]))
+        if plan.voxels == 0:
+            self.state.message = f"no voxel in {low:g}-{high:g} {REGIONS[self.state.threshold_region]} to add"
+            return
+        if plan.needs_confirmation and not confirmed:
+            self.state.threshold_pending = {"text": plan.question()}
+            return
+        self._add_lesion_voxels(plan.added)
+        self.state.message = f"threshold added {plan.voxels} lesion voxels ({plan.volume_mm3:.0f} mm3)"
 
-        def apply(effect):
-            effect.set_threshold_min_max_values((low, high))
-            effect.apply()
+    def _slice_of(self, view) -> tuple[int, int]:
+        """(array axis, index) of the image slice a slice view shows."""
+        import numpy as np
+        from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-        self._with_effect(SegmentationEffectThreshold, apply)
+        matrix = vtkMatrix4x4()
+        self.session.case.volume_node.GetRASToIJKMatrix(matrix)
+        ras_to_ijk = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        slice_to_ras = view.get_view_node().GetSliceToRAS()
+        centre = [slice_to_ras.GetElement(r, 3) for r in range(3)]
+        normal = [slice_to_ras.GetElement(r, 2) for r in range(3)]
+        return slice_index_of(ras_to_ijk, np.array(centre), np.array(normal))
+
+    def _add_lesion_voxels(self, added) -> None:
+        """Add a (z, y, x) bool array to the lesion through the editor (one undoable step, its masking bypassed)."""
+        from trame_slicer.segmentation.segment_modifier import ModificationMode
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+
+        editor = self.slicer_app.segmentation_editor
+        editor.set_active_segment_id("lesion")
+        modifier = editor.active_segment_modifier
+        stroke = modifier.create_modifier_labelmap()
+        dims = stroke.GetDimensions()
+        voxels = vtk_to_numpy(stroke.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+        voxels[:] = added
+        stroke.Modified()
+        modifier.apply_labelmap(stroke, modification_mode=ModificationMode.Add, do_bypass_masking=True)
+        editor.set_active_segment_id(self.state.segment)
 
     def apply_smoothing(self) -> None:
         self._with_effect(SegmentationEffectSmoothing, lambda effect: effect.apply_smoothing())
@@ -412,17 +526,17 @@ class ReviewApp(TrameApp):
         effect = editor.set_active_effect_type(effect_type)
         action(effect)
         self.state.effect = "none"
-        editor.deactivate_effect()
+        editor.set_active_effect_type(WindowLevelNoTool)
         self.update_measures()
 
     def undo(self) -> None:
         """Undo the last edit; the views follow at once, the counts, draft and lesion table as after a stroke."""
         self.undo_stack.undo()
-        self._on_segmentation_modified()  # not update_measures(): its lesion table took seconds before the view
+        self._update_counts_then_table()
 
     def redo(self) -> None:
         self.undo_stack.redo()
-        self._on_segmentation_modified()
+        self._update_counts_then_table()
 
     def centre_on_lesion(self, label: int) -> None:
         if self.session.case is None:
@@ -431,6 +545,7 @@ class ReviewApp(TrameApp):
         if centre is not None:
             self._centre_views(centre)
             self.state.message = f"centred on lesion {label}"
+            self.state.current_lesion = int(label)
 
     def _centre_views(self, centre_ras: tuple[float, float, float]) -> None:
         self.views.centre(centre_ras)
@@ -439,29 +554,58 @@ class ReviewApp(TrameApp):
         if self.session.case is not None:
             self.slicer_app.segmentation_editor.set_active_segment_id(segment)
             self._apply_brush()
+            self._apply_masking()
 
     def _set_lesion_visible(self, visible: bool) -> None:
         self.overlays.set_visible("lesion", bool(visible))
+
+    def _window_level_dragged(self, window: float, level: float) -> None:
+        with self.state:  # the sliders follow a drag in a view
+            self.state.update({"wl_window": round(float(window), 1), "wl_level": round(float(level), 1)})
 
     def _apply_window_level(self, window: float, level: float) -> None:
         if self.session.case is not None:
             VolumeWindowLevel.set_volume_node_window_level(self.session.case.volume_node, float(window), float(level))
 
-    def on_key(self, key: str) -> None:
-        if key in KEYS:
-            self.state.effect = KEYS[key]
-        elif key in ("1", "2"):
-            self.state.segment = "spinal_cord" if key == "1" else "lesion"
-        elif key == "l":
+    def on_key(self, key: str, control: bool = False, alt: bool = False) -> None:
+        """A key pressed in the page (not in a text field): the action :func:`keys.action_for` gives it."""
+        action = keys.action_for(str(key), bool(control), bool(alt))
+        if action is None:
+            return
+        if action.startswith("tool_"):
+            self.state.effect = action.removeprefix("tool_")
+        elif action in ("segment_cord", "segment_lesion"):
+            self.state.segment = "spinal_cord" if action == "segment_cord" else "lesion"
+        elif action in ("next_slice", "previous_slice"):
+            self.step_slice(+1 if action == "next_slice" else -1)
+        elif action in ("brush_larger", "brush_smaller"):
+            self.state.brush_mm = keys.scaled_brush(float(self.state.brush_mm), action == "brush_larger")
+        elif action == "toggle_lesion":
             self.state.lesion_visible = not self.state.lesion_visible
-        elif key == "z":
-            self.undo()
-        elif key == "y":
-            self.redo()
-        elif key == "n":
-            self.next_case()
-        elif key == "b":
-            self.next_case(-1)
+        elif action == "toggle_intensity_mask":
+            self.state.intensity_mask = not self.state.intensity_mask
+        elif action == "shortcuts":
+            self.state.shortcuts = not self.state.shortcuts
+        elif action in ("undo", "redo"):
+            (self.undo if action == "undo" else self.redo)()
+        elif action in ("next_case", "previous_case"):
+            self.next_case(1 if action == "next_case" else -1)
+
+    def _pointer_over(self, view) -> None:
+        """The pointer moved in a slice view: the slice keys step that one (its name in ``pointer_view``)."""
+        if view is not self._pointer_view:
+            self._pointer_view = view
+            with self.state:
+                self.state.pointer_view = view.get_singleton_tag()
+
+    def step_slice(self, steps: int) -> None:
+        """Move the slice view under the pointer (else the first) by ``steps`` slices of its volume."""
+        views = self.slicer_app.view_manager.get_slice_views()
+        view = self._pointer_view if self._pointer_view in views else (views[0] if views else None)
+        if view is None or self.session.case is None:
+            return
+        low, high = view.get_slice_range()
+        view.set_slice_value(keys.stepped_slice(view.get_slice_value(), view.get_slice_step(), steps, low, high))
 
     def _count_tabs(self, change: int) -> None:
         """Browser tabs connected now (a tab closed without notice is counted until the server restarts)."""
@@ -527,6 +671,9 @@ class ReviewApp(TrameApp):
                 html.Span("{{ pointer_text }}", id="pointer-value", classes="mx-2 text-caption")
                 self.views.crosshair_toggle_ui()
                 theme_toggle_ui()
+                html.Span("{{ lesion_totals }}", id="lesion-totals", classes="mx-2 text-caption")
+                v3.VBtn("?", click="shortcuts = !shortcuts", size="small", variant="text", id="show-shortcuts",
+                        title="Keyboard shortcuts (?)", aria_label="Keyboard shortcuts")
             with layout.drawer as drawer:
                 drawer.width = 330
                 self._case_list_ui()
@@ -534,8 +681,12 @@ class ReviewApp(TrameApp):
                 with html.Div(classes="d-flex", style="height: calc(100vh - 88px); overflow: hidden;"):
                     with html.Div(style="flex: 1; position: relative; height: 100%;", id="views"):
                         self.views.layout_manager.initialize_layout_grid(layout)
-                    with html.Div(style="width: 300px; height: 100%; overflow-y: auto;", classes="pa-2", id="tools"):
-                        self._tools_ui()
+                    with html.Div(style="width: 300px; height: 100%; display: flex; flex-direction: column;", id="tools"):
+                        with html.Div(style="flex: 1; overflow-y: auto; min-height: 0;", classes="pa-2", id="tools-scroll"):
+                            self._tools_ui()
+                        with html.Div(classes="pa-2", id="tools-footer", style="border-top: 1px solid rgba(128,128,128,.3)"):
+                            self._export_ui()  # never pushed below the fold by a long lesion table
+            self._shortcuts_ui()
 
     def _case_list_ui(self) -> None:
         v3.VSelect(v_model=("status_filter",), items=(["all", "not predicted", "predicted", "corrected"],),
@@ -593,8 +744,8 @@ class ReviewApp(TrameApp):
                 v3.VBtn(label, click=f"effect = '{name}'", size="small", classes="ma-1", id=f"effect-{name}",
                         color=(f"effect === '{name}' ? 'primary' : undefined",))
         html.Div("Active tool: {{ active_effect }}", id="active-effect", classes="text-caption")
-        v3.VSlider(v_model=("brush_mm",), min=0.5, max=20, step=0.5, label="Brush mm", hide_details=True,
-                   thumb_label=True, density="compact", id="brush-size")
+        v3.VSlider(v_model=("brush_mm",), min=keys.BRUSH_MIN_MM, max=keys.BRUSH_MAX_MM, step=0.1, label="Brush mm",
+                   hide_details=True, thumb_label=True, density="compact", id="brush-size")
         v3.VCheckbox(v_model=("sphere",), label="Sphere brush", hide_details=True, density="compact")
         with html.Div(classes="d-flex flex-wrap"):
             v3.VBtn("Undo (z)", click=self.undo, size="small", classes="ma-1", id="undo")
@@ -602,12 +753,23 @@ class ReviewApp(TrameApp):
             v3.VBtn("Keep largest island", click=self.keep_largest_island, size="small", classes="ma-1")
             v3.VBtn("Remove small islands", click=self.remove_small_islands, size="small", classes="ma-1")
             v3.VBtn("Smooth segment", click=self.apply_smoothing, size="small", classes="ma-1")
-        v3.VRangeSlider(v_model=("threshold",), min=("level_min",), max=("level_max",), label="Threshold",
-                        hide_details=True, density="compact")
-        v3.VBtn("Apply threshold", click=self.apply_threshold, size="small", classes="ma-1")
+        v3.VCheckbox(v_model=("lesion_in_cord",), label="Lesion only inside the cord", hide_details=True, density="compact",
+                     id="lesion-in-cord")
+        v3.VRangeSlider(v_model=("threshold",), min=("level_min",), max=("level_max",), label="Intensity",
+                        hide_details=True, density="compact", thumb_label=True, id="threshold-range")
+        v3.VCheckbox(v_model=("intensity_mask",), label="Paint only within this range (i)", hide_details=True,
+                     density="compact", id="intensity-mask")
+        v3.VSelect(v_model=("threshold_region",), items=([{"value": k, "title": v} for k, v in REGIONS.items()],),
+                   label="Threshold adds lesion", density="compact", hide_details=True, classes="mb-1", id="threshold-region")
+        v3.VBtn("Apply threshold", click=(self.apply_threshold, "[false, threshold]"), size="small", classes="ma-1", id="apply-threshold")
+        with v3.VAlert(v_if=("threshold_pending",), type="warning", density="compact", id="threshold-pending",
+                       classes="mb-2 text-caption"):
+            html.Div("{{ threshold_pending.text }}")
+            v3.VBtn("Apply anyway", click=(self.apply_threshold, "[true, threshold]"), size="small", classes="ma-1", id="threshold-confirm")
+            v3.VBtn("Cancel", click="threshold_pending = null", size="small", classes="ma-1", id="threshold-cancel")
         overlay_controls_ui()  # eye (l for the lesion), fill opacity, outline per segment
-        v3.VSlider(v_model=("wl_window",), min=1, max=("window_max",), label="Window", hide_details=True, density="compact")
-        v3.VSlider(v_model=("wl_level",), min=("level_min",), max=("level_max",), label="Level", hide_details=True, density="compact")
+        v3.VSlider(v_model=("wl_window",), min=1, max=("window_max",), label="Window", hide_details=True, density="compact", id="window")
+        v3.VSlider(v_model=("wl_level",), min=("level_min",), max=("level_max",), label="Level", hide_details=True, density="compact", id="level")
         v3.VBtn("Update measures", click=self.update_measures, size="small", classes="ma-1", id="update-measures")
         with v3.VTable(density="compact", id="lesion-table"):
             with html.Thead(), html.Tr():
@@ -615,11 +777,15 @@ class ReviewApp(TrameApp):
                     html.Th(title)
             with html.Tbody():
                 with html.Tr(v_for="row in lesions", key="row.label", click=(self.centre_on_lesion, "[row.label]"),
-                             style="cursor: pointer", classes="lesion-row"):
+                             style=("row.label === current_lesion ? 'cursor: pointer; background: rgba(255, 200, 0, .35)'"
+                                    " : 'cursor: pointer'",),
+                             classes=("row.label === current_lesion ? 'lesion-row current-lesion' : 'lesion-row'",)):
                     html.Td("{{ row.label }}")
                     html.Td("{{ row.volume_mm3 }}")
                     html.Td("{{ row.length_mm }}")
                     html.Td("{{ row.width_mm }}")
+
+    def _export_ui(self) -> None:
         v3.VTextField(v_model=("rater",), label="Rater", density="compact", hide_details=True, classes="mt-2", id="rater",
                       update_modelValue=f"window.localStorage.setItem('{RATER_STORAGE}', $event)")
         v3.VBtn("Export and next", click=self._export_and_next, color="primary", block=True, classes="mt-2", id="export-next")
@@ -627,10 +793,26 @@ class ReviewApp(TrameApp):
         html.Div("{{ message }}", id="message", classes="text-caption mt-2")
         html.Div("{{ error }}", id="error", classes="text-caption text-error")
 
+    def _shortcuts_ui(self) -> None:
+        """The shortcut card ("?"): :data:`keys.SHORTCUTS`."""
+        with v3.VDialog(v_model=("shortcuts",), max_width=560), v3.VCard(id="shortcuts-card"):
+            v3.VCardTitle("Keyboard and mouse (as in 3D Slicer)")
+            with v3.VCardText(), v3.VTable(density="compact"), html.Tbody():
+                for shortcut in keys.SHORTCUTS:
+                    with html.Tr():
+                        html.Td(shortcut.keys, style="white-space: nowrap")
+                        html.Td(shortcut.action)
+            with v3.VCardActions():
+                v3.VBtn("Close", click="shortcuts = false", id="close-shortcuts")
+
     def _export_and_next(self) -> None:
         self.export()
         if not self.state.error:
             message = self.state.message
+            following = next_uncorrected(list_cases(self.root, self.queue), self.state.case_id or None)
+            if following is None:
+                self.state.message = f"{message}; end of the queue: every case is corrected"
+                return
             self.next_case()
             self.state.message = message
 
