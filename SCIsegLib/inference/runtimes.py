@@ -6,7 +6,8 @@ nnU-Net's sliding window calls ``predictor.network(tile)`` with a float32 tensor
 weighting, mirroring and fold averaging stay exactly as in the reference:
 
 - :class:`AutocastNetwork`: torch with bf16 (CPU, channels-last) or fp16/bf16 (CUDA) autocast.
-- :class:`OpenVINONetwork`: one OpenVINO compiled model per fold, bf16 or fp32, from the cache.
+- :class:`OpenVINONetwork`: one OpenVINO compiled model per fold, bf16 or fp32, from the cache; with the
+  network's strides also any other tile size (the fast crop's fitted first-pass tile), compiled on first use.
 """
 
 from __future__ import annotations
