@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -22,12 +23,15 @@ from SCIsegLib.inference.cropped import (
     central_window,
     cord_pieces,
     first_pass_shape,
+    fitted_tile,
     foreground_bounds,
     locate_cord,
+    network_strides,
     plan_box,
     superior_inferior_axis,
     tile_count,
     tile_plan,
+    tile_size,
     touched_faces,
     weighing_tiles,
     touches_inner_face,
@@ -126,9 +130,11 @@ def test_cropped_run_on_a_full_field_of_view_scan_agrees_with_the_reference(demo
     output = engine.predict(array, spacing)
     assert output.run["crop_note"] == "cropped" and output.run["crop"] == crop, output.run
     whole = tile_count((215, 382, 52), tuple(demo_patch(demo)), 0.5)  # the preprocessed grid of this scan
-    # pass 1: the central window (2 tiles; not trusted on this sagittal scan of neck and brain, whose cord does not
-    # run along 90 % of it), then the whole shrunk image (8 tiles); pass 2: the tiles around the cord
-    assert planned[:2] == [2, 8] and len(planned) == 3 and sum(planned) < whole / 2, (planned, whole)
+    # pass 1: the central window (not trusted on this sagittal scan of neck and brain, whose cord does not run along
+    # 90 % of it), then the whole shrunk image: "fast" runs each as one tile fitted to it, "exact" the plan's tiles
+    # (2, then 8); pass 2: the plan's tiles around the cord
+    first = [1, 1] if crop == "fast" else [2, 8]
+    assert planned[:2] == first and len(planned) == 3 and sum(planned) < whole / 2, (planned, whole)
     cord = keep_largest_component(expected >= 1)
     assert cord.sum() > 10000 and (expected == 2).sum() > 300
     assert dice(keep_largest_component(output.label_map >= 1), cord) >= 0.99
@@ -282,6 +288,50 @@ def test_fast_crop_drops_the_reference_tiles_that_weigh_nothing_on_the_cord():
     assert plan == [[0], [0], [45, 68]]
     assert tile_plan(((0, 51), (80, 110), (73, 91)), (51, 191, 161), (192, 256, 48), 0.5, (10, 10, 10),
                      single_tile_axes=False)[2] == [23, 45, 68, 90]  # exact: every reference tile that meets them
+
+
+def test_the_first_pass_runs_one_tile_fitted_to_the_shrunk_image():
+    """SCIseg's plan (strides 32, 32, 8): errsm_21's 215x382x52 grid shrunk 1.5x is one 160x256x40 tile, not 192x256x48."""
+    assert first_pass_shape((215, 382, 52), (192, 256, 48)) == (192, 256, 48)  # the plan's tiles: shrunk to the tile only
+    small = first_pass_shape((215, 382, 52), (192, 256, 48), fitted=True)
+    assert small == (144, 255, 35) and fitted_tile(small, (32, 32, 8)) == (160, 256, 40)
+    assert math.prod(fitted_tile(small, (32, 32, 8))) < 0.7 * 192 * 256 * 48
+    assert fitted_tile((1, 33, 0), (32, 32, 8)) == (32, 64, 8)
+
+
+def test_network_strides_and_the_tile_size_override(demo):
+    """The demo plan's strides multiply to 8 per axis; within ``tile_size`` nnU-Net's sliding window uses the given tile."""
+    from SCIsegLib.inference.predictor import build_predictor
+
+    predictor, _ = build_predictor(demo, InferenceSettings(), torch.device("cpu"), on_device=False)
+    assert network_strides(predictor) == (8, 8, 8)
+    planned = list(predictor.configuration_manager.patch_size)
+    shapes: list[tuple] = []
+    predictor.network.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    with tile_size(predictor, (24, 16, 16)):
+        logits = predictor.predict_logits_from_preprocessed_data(torch.zeros(1, 20, 16, 16))
+    assert shapes == [(1, 1, 24, 16, 16)] and tuple(logits.shape[1:]) == (20, 16, 16)  # padded to the tile, cut back
+    assert list(predictor.configuration_manager.patch_size) == planned
+    predictor.configuration_manager.configuration.pop("architecture")
+    assert network_strides(predictor) is None  # an old plan that does not say: the plan's tiles only
+
+
+def test_openvino_runs_tiles_of_any_size_from_one_cached_conversion(demo, reference, tmp_path: Path):
+    """The converted network keeps its tile size free: a fitted tile gives torch fp32's logits; the IR is reused."""
+    cache = CompiledModelCache(tmp_path / "cache")
+    engine = FastEngine(demo, InferenceSettings(), "openvino", "fp32", cache)
+    network = engine._predictor.network
+    assert network.any_shape and network.free_status == ["built"] and network.cache_status == ["built"]
+    assert engine.strides == (8, 8, 8)
+    x = torch.randn(1, 1, 40, 24, 16)
+    with torch.no_grad():
+        expected = reference._predictor.network(x).numpy()
+    assert np.abs(network(x).numpy() - expected).max() < 0.01
+    again = FastEngine(demo, InferenceSettings(), "openvino", "fp32", cache)._predictor.network
+    assert again.free_status == ["cached"] and again.cache_status == ["cached"]
+    assert np.abs(again(x).numpy() - expected).max() < 0.01
+    exact = FastEngine(demo, InferenceSettings(crop="exact"), "openvino", "fp32", cache)
+    assert exact.strides is None and not exact._predictor.network.any_shape  # --crop exact: the plan's tiles, as before
 
 
 def test_crop_falls_back_to_the_whole_image_when_the_first_pass_finds_nothing():

@@ -129,7 +129,7 @@ def demo_cord_bounds(demo_engine: FastEngine, array: np.ndarray, spacing: tuple[
     predictor = demo_engine._predictor
     data, _ = preprocess(predictor, array, spacing)
     report: dict = {}
-    bounds = locate_cord(predictor, data, demo_engine.along_axis, report=report)
+    bounds = locate_cord(predictor, data, demo_engine.along_axis, report=report, strides=demo_engine.strides)
     return tuple(int(s) for s in data.shape[1:]), bounds, tuple(report["windows"])
 
 
@@ -144,7 +144,8 @@ def borrow_box(engine, shape: tuple[int, ...], bounds, windows: tuple[str, ...])
 
     def locate(predictor, data):
         # the random network's pass 1: its time counts, its answer cannot
-        locate_cord(predictor, data, fast.along_axis, windows=windows)
+        locate_cord(predictor, data, fast.along_axis, windows=windows,
+                    strides=fast.strides if fast.settings.crop == "fast" else None)
         if tuple(int(s) for s in data.shape[1:]) != shape:
             raise RuntimeError(f"the demo model's grid {shape} is not this network's {tuple(data.shape[1:])}")
         return bounds

@@ -7,7 +7,12 @@ Where that shrunk image still needs several tiles across the body (an axial slab
 a 48 mm tile), pass 1 first runs only the central window (one tile across, the whole length along
 the body): the cord of a centred patient lies there, and the window's answer is kept when its cord
 runs along at least 90 % of the image's length and touches no side of the window; else the whole shrunk
-image runs too. Of what pass 1 finds, only the cord's pieces count (:func:`cord_pieces`: the largest
+image runs too. Where the runtime runs a tile of any size (OpenVINO's model converted with its tile size
+free, torch), every axis is shrunk by :data:`FITTED_FIRST_PASS_ZOOM` and each window runs as one tile fitted
+to it (a multiple of the network's strides: :func:`fitted_tile`), which holds fewer voxels than the plan's
+tiles on a full field of view (SCIseg's plan on errsm_21: 160x256x40 against 192x256x48). Pass 2 always runs
+the plan's tile size: one tile fitted to the cord and its margin was measured to change the demo model's
+cord (main-cord Dice 0.93 against SCT's call; ``benchmarks/inference_speed.md``). Of what pass 1 finds, only the cord's pieces count (:func:`cord_pieces`: the largest
 piece and the big pieces in line with it along the body). Pass 2 runs at full resolution only the tiles
 of a per-axis plan (:func:`tile_plan`) around that cord plus a margin in mm:
 
@@ -38,6 +43,7 @@ the sidecar says why) when:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,6 +70,8 @@ MIN_TILE_SHARE = 0.01
 TOUCH_BAND_MM = 4.0
 #: Logit magnitude meaning "certainly background" outside the box (fits fp16).
 _CERTAIN = 50.0
+#: Fitted tiles: the first pass shrinks every axis by this factor (not only those longer than the tile).
+FITTED_FIRST_PASS_ZOOM = 1.5
 
 
 def foreground_bounds(mask: np.ndarray) -> Box | None:
@@ -118,9 +126,49 @@ def tile_count(shape: tuple[int, ...], patch: tuple[int, ...], step: float) -> i
     return int(np.prod([len(steps) for steps in compute_steps_for_sliding_window(padded, patch, step)]))
 
 
-def first_pass_shape(shape: tuple[int, ...], patch: tuple[int, ...], max_zoom: float = MAX_FIRST_PASS_ZOOM) -> tuple[int, ...]:
-    """The grid (voxels) of the first pass: each axis longer than the tile shrunk towards the tile, by at most ``max_zoom``."""
+def first_pass_shape(shape: tuple[int, ...], patch: tuple[int, ...], max_zoom: float = MAX_FIRST_PASS_ZOOM,
+                     fitted: bool = False) -> tuple[int, ...]:
+    """The grid (voxels) of the first pass: each axis longer than the tile shrunk towards the tile, by at most ``max_zoom``.
+
+    ``fitted`` (the runtime runs a tile of any size): every axis is shrunk by :data:`FITTED_FIRST_PASS_ZOOM`.
+    """
+    if fitted:
+        return tuple(max(1, math.ceil(s / FITTED_FIRST_PASS_ZOOM)) for s in shape)
     return tuple(s if s <= p else max(p, math.ceil(s / max_zoom)) for s, p in zip(shape, patch, strict=True))
+
+
+def network_strides(predictor) -> tuple[int, ...] | None:
+    """The network's total downsampling per axis (product of its stages' strides), voxels; None when the plan does not say.
+
+    A tile whose length along each axis is a multiple of it gives the network the same grid alignment as its own tile.
+    """
+    try:
+        strides = predictor.configuration_manager.network_arch_init_kwargs.get("strides")
+    except (AttributeError, KeyError, TypeError):  # an older plan (no "architecture" entry)
+        return None
+    if not strides:
+        return None
+    return tuple(int(np.prod([stage[axis] for stage in strides])) for axis in range(len(strides[0])))
+
+
+def fitted_tile(extent: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, ...]:
+    """The smallest tile (voxels per axis) that holds ``extent`` and is a multiple of ``strides`` along each axis."""
+    return tuple(max(stride, math.ceil(size / stride) * stride) for size, stride in zip(extent, strides, strict=True))
+
+
+@contextmanager
+def tile_size(predictor, size: tuple[int, ...] | None):
+    """Within the block, nnU-Net's sliding window (padding, tiles, gaussian) uses tiles of ``size`` voxels (None: the plan's)."""
+    if size is None:
+        yield
+        return
+    configuration = predictor.configuration_manager.configuration
+    saved = configuration["patch_size"]
+    configuration["patch_size"] = [int(s) for s in size]
+    try:
+        yield
+    finally:
+        configuration["patch_size"] = saved
 
 
 def superior_inferior_axis(orientation: str, transpose_forward) -> int | None:
@@ -192,19 +240,32 @@ def _fill_background(predictor, logits: torch.Tensor) -> None:
         logits[0] = _CERTAIN
 
 
-def _coarse_foreground(predictor, data: torch.Tensor) -> np.ndarray:
-    """The network's foreground on ``data`` with non-overlapping tiles (step 1.0)."""
+def _coarse_foreground(predictor, data: torch.Tensor, strides: tuple[int, ...] | None = None) -> np.ndarray:
+    """The network's foreground on ``data`` with non-overlapping tiles (step 1.0).
+
+    ``strides`` (:func:`network_strides`, given when the runtime runs a tile of any size): one tile fitted to
+    ``data`` (:func:`fitted_tile`) when it holds fewer voxels than the plan's tiles would.
+    """
+    patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
+    shape = tuple(int(s) for s in data.shape[1:])
+    size = None
+    if strides is not None:
+        fitted = fitted_tile(shape, strides)
+        if math.prod(fitted) < tile_count(shape, patch, 1.0) * math.prod(patch):
+            size = fitted
     fine_step = predictor.tile_step_size
     predictor.tile_step_size = 1.0
     try:
-        return _foreground(predictor, predictor.predict_logits_from_preprocessed_data(data))
+        with tile_size(predictor, size):
+            return _foreground(predictor, predictor.predict_logits_from_preprocessed_data(data))
     finally:
         predictor.tile_step_size = fine_step
 
 
 @torch.inference_mode()
 def locate_cord(predictor, data: torch.Tensor, along_axis: int | None = None, *,
-                windows: tuple[str, ...] = ("centre", "whole"), report: dict | None = None) -> Box | None:
+                windows: tuple[str, ...] = ("centre", "whole"), report: dict | None = None,
+                strides: tuple[int, ...] | None = None) -> Box | None:
     """Pass 1: the tight box (full-grid voxels) around what the network calls cord on the shrunk image; None if nothing.
 
     Only the pieces of :func:`cord_pieces` count: a speck the reference would also find far from the cord
@@ -219,10 +280,13 @@ def locate_cord(predictor, data: torch.Tensor, along_axis: int | None = None, *,
             cord runs along >= :data:`MIN_CORD_LENGTH_SHARE` of the image and touches none of its sides) and
             "whole" (the whole shrunk image). A benchmark replays another model's choice with it.
         report: if given, receives "windows" (what ran), for the tests and the benchmark.
+        strides: the network's total strides (:func:`network_strides`) when the runtime runs tiles of any size:
+            the shrunk image is :func:`first_pass_shape` with ``fitted`` and each window runs as one fitted tile
+            where that is cheaper (:func:`_coarse_foreground`); None: the plan's tiles.
     """
     shape = tuple(int(s) for s in data.shape[1:])
     patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
-    small_shape = first_pass_shape(shape, patch)
+    small_shape = first_pass_shape(shape, patch, fitted=strides is not None)
     small = data
     if small_shape != shape:
         small = torch.nn.functional.interpolate(data[None].float(), size=small_shape, mode="trilinear",
@@ -236,7 +300,7 @@ def locate_cord(predictor, data: torch.Tensor, along_axis: int | None = None, *,
         region = window or tuple((0, size) for size in small_shape)  # no central window: the centre is the whole image
         ran.append(name if window is not None else "whole")
         inside = small[(slice(None), *(slice(a, b) for a, b in region))].contiguous()
-        pieces = cord_pieces(_coarse_foreground(predictor, inside), along_axis=along_axis, spacing_mm=tuple(spacing))
+        pieces = cord_pieces(_coarse_foreground(predictor, inside, strides), along_axis=along_axis, spacing_mm=tuple(spacing))
         found = foreground_bounds(pieces)
         if window is not None and (found is None or touches_inner_face(pieces, region, small_shape)
                                    or found[along_axis][1] - found[along_axis][0] < MIN_CORD_LENGTH_SHARE * small_shape[along_axis]):

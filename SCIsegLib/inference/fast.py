@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import CancelledError, InputError
 from ..models import ModelInfo
 from .base import CancelToken, InferenceSettings, NetworkOutput, choose_device
-from .cropped import Locator, locate_cord, superior_inferior_axis, two_pass_logits
+from .cropped import Locator, locate_cord, network_strides, superior_inferior_axis, two_pass_logits
 from .openvino_cache import CompiledModelCache, default_cache_root
 from .predictor import NnUNetEngine, TileProgress, build_predictor, preprocess, structure_probabilities
 
@@ -51,7 +51,8 @@ class FastEngine:
                 predictor.network, predictor.list_of_parameters, [str(f) for f in folds],
                 [model.results_folder / f"fold_{f}" / model.checkpoint_name for f in folds],
                 (1, channels, *predictor.configuration_manager.patch_size), precision,
-                cache or CompiledModelCache(default_cache_root()), settings.threads, str(model.results_folder.resolve()))
+                cache or CompiledModelCache(default_cache_root()), settings.threads, str(model.results_folder.resolve()),
+                strides=network_strides(predictor) if settings.crop == "fast" else None)
             self.cache_status = network.cache_status
         elif runtime == "torch" and precision == "fp32":
             network = predictor.network  # SCT's runtime: only the crop or the label resampling differ
@@ -68,8 +69,11 @@ class FastEngine:
         predictor.slicers_hook = lambda n: self._progress.add_planned(n)
         #: The preprocessed grid's S-I axis (None if the model orientation has no S/I letter): pass 1's central window.
         self.along_axis = superior_inferior_axis(model.orientation, predictor.plans_manager.transpose_forward)
+        #: The network's total strides when the runtime runs tiles of any size (the fast crop's fitted tiles), else None.
+        self.strides = network_strides(predictor) if getattr(network, "any_shape", True) else None
         #: Pass 1 of the crop (:func:`~.cropped.locate_cord`); a benchmark may swap it to time random weights on a real box.
-        self.locate: Locator = functools.partial(locate_cord, along_axis=self.along_axis)
+        self.locate: Locator = functools.partial(locate_cord, along_axis=self.along_axis,
+                                                 strides=self.strides if settings.crop == "fast" else None)
         #: False only to time random weights (see :func:`~.cropped.two_pass_logits`).
         self.check_crop_edges = True
 

@@ -112,6 +112,45 @@ class CompiledModelCache:
             log.warning("could not save the compiled model in %s (%s); it will be compiled again next time.", self.root, error)
         return compiled, status
 
+    def load_or_build_model(self, key: CacheKey, core, build: Callable[[], Any]) -> tuple[Any, str]:
+        """The converted ``openvino.Model`` for ``key`` (kept as OpenVINO IR, ``.xml`` + ``.bin``): "cached", "built" or "rebuilt".
+
+        For a model whose tile size is left free (compiled per tile size in memory): converting takes seconds to
+        a minute, reading the IR a fraction of that. Same checks and same all-or-nothing publishing as the blobs.
+        """
+        folder = self._folder(key).with_name(self._folder(key).name + "-ir")
+        xml, weights, manifest = (folder / f"{key.digest()}{suffix}" for suffix in (".xml", ".bin", ".json"))
+        status = "built"
+        if manifest.exists():
+            try:
+                fields = json.loads(manifest.read_text())
+                if fields.get("key") != key.fields() or fields.get("xml_sha256") != file_sha256(xml) \
+                        or fields.get("bin_sha256") != file_sha256(weights):
+                    raise ValueError("the IR does not match its manifest")
+                return core.read_model(str(xml)), "cached"
+            except (OSError, ValueError, RuntimeError) as error:
+                log.warning("the cached converted model %s is unusable (%s); converting again.", xml, error)
+                status = "rebuilt"
+        model = build()
+        try:
+            import openvino as ov
+
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.iterdir():  # older weights or versions of this fold: never used again
+                if stale.suffix in (".xml", ".bin", ".json") and stale.stem != key.digest():
+                    stale.unlink(missing_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".ir-") as temporary:
+                ov.save_model(model, str(Path(temporary) / "model.xml"), compress_to_fp16=False)
+                manifest_text = json.dumps({"key": key.fields(), "xml_sha256": file_sha256(Path(temporary) / "model.xml"),
+                                            "bin_sha256": file_sha256(Path(temporary) / "model.bin")}, indent=2)
+                manifest.unlink(missing_ok=True)  # the manifest goes last: a half-written pair is never read
+                os.replace(Path(temporary) / "model.bin", weights)
+                os.replace(Path(temporary) / "model.xml", xml)
+            _write_atomically(manifest, manifest_text.encode())
+        except OSError as error:
+            log.warning("could not save the converted model in %s (%s); it will be converted again next time.", self.root, error)
+        return model, status
+
     def _load(self, key: CacheKey, core, config: dict):
         blob_path, manifest_path = self.paths(key)
         try:

@@ -6,7 +6,8 @@ nnU-Net's sliding window calls ``predictor.network(tile)`` with a float32 tensor
 weighting, mirroring and fold averaging stay exactly as in the reference:
 
 - :class:`AutocastNetwork`: torch with bf16 (CPU, channels-last) or fp16/bf16 (CUDA) autocast.
-- :class:`OpenVINONetwork`: one OpenVINO compiled model per fold, bf16 or fp32, from the cache.
+- :class:`OpenVINONetwork`: one OpenVINO compiled model per fold, bf16 or fp32, from the cache; with the
+  network's strides also any other tile size (the fast crop's fitted first-pass tile), compiled on first use.
 """
 
 from __future__ import annotations
@@ -46,16 +47,25 @@ class AutocastNetwork(torch.nn.Module):
             return self.inner(x).float().contiguous()
 
 
-def convert_network(ov, network: torch.nn.Module, input_shape: tuple[int, ...]):
-    """An ``openvino.Model`` of ``network`` (eval mode) for a fixed input shape (batch, channels, z, y, x) in voxels.
+def convert_network(ov, network: torch.nn.Module, input_shape: tuple[int, ...], strides: tuple[int, ...] | None = None):
+    """An ``openvino.Model`` of ``network`` (eval mode) for the input shape (batch, channels, z, y, x) in voxels.
 
     Through ``torch.export.export`` (the path torch keeps; ``ov.convert_model(network, example_input=...)``
     traces with ``torch.jit.trace``, which torch deprecates). OpenVINO's reader of the exported program
     still calls a pytree check that torch marks deprecated (one ``FutureWarning`` per conversion, not ours
     to fix): that one message is silenced here, nothing else.
+
+    ``strides`` (the network's total downsampling per spatial axis): the spatial sizes are left free, any
+    multiple of them (``torch.export.Dim``), so that the model can be reshaped to any such tile and compiled.
     """
+    dynamic = None
+    if strides is not None:
+        from torch.export import Dim
+
+        dynamic = {"x": {2 + axis: stride * Dim(f"tiles_{axis}", min=1, max=max(2, 4096 // stride))
+                         for axis, stride in enumerate(strides)}}
     with torch.no_grad():
-        program = torch.export.export(network, (torch.zeros(input_shape),))
+        program = torch.export.export(network, (torch.zeros(input_shape),), dynamic_shapes=dynamic)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
         return ov.convert_model(program)
@@ -74,7 +84,15 @@ class OpenVINONetwork(torch.nn.Module):
         cache: where compiled models are kept.
         threads: OpenVINO inference threads (None = all cores).
         model_folder: the model's results folder (names the cache entries).
+        strides: the network's total strides per spatial axis (:func:`~.cropped.network_strides`): the model is
+            also kept with its tile size free (converted once, cached as IR), and a tile of another size (a
+            multiple of them: the fast crop's fitted tiles) is compiled for that size on first use, in memory
+            (the last :data:`SHAPES_KEPT` sizes). None, or a network that cannot be converted so: the plan's tile
+            only (``any_shape`` False).
     """
+
+    #: Compiled models of other tile sizes kept in memory (each holds its own buffers).
+    SHAPES_KEPT = 4
 
     def __init__(
         self,
@@ -87,6 +105,7 @@ class OpenVINONetwork(torch.nn.Module):
         cache: CompiledModelCache,
         threads: int | None = None,
         model_folder: str = "",
+        strides: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         from .openvino_quiet import import_openvino
@@ -99,19 +118,46 @@ class OpenVINONetwork(torch.nn.Module):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.cache_status: list[str] = []
         self._compiled: list = []
+        self._free: list = []  # per fold: the model with its tile size free, or None
+        #: Per fold, how the model with a free tile size was obtained: "cached", "built", "rebuilt" or "none".
+        self.free_status: list[str] = []
+        self._by_shape: dict[tuple, object] = {}
+        self._core, self._config, self._input_shape = core, config, tuple(int(s) for s in input_shape)
         self._fold_parameters = fold_parameters
         network = network.float().eval()
         for parameters, fold, checkpoint in zip(fold_parameters, fold_names, checkpoint_files, strict=True):
-            key = CacheKey(model_folder, file_sha256(checkpoint), str(fold), tuple(input_shape), precision,
-                           cpu_identity(), ov.__version__)
+            weights = file_sha256(checkpoint)
+            free, free_status = None, "none"
+            if strides is not None:
+                free_key = CacheKey(model_folder, weights, str(fold), (*input_shape[:2], *(-s for s in strides)), "fp32",
+                                    cpu_identity(), ov.__version__, "torch.export, free tile size")
 
-            def build(parameters: dict = parameters) -> Callable:
+                def convert(parameters: dict = parameters):
+                    network.load_state_dict(parameters)
+                    return convert_network(ov, network, tuple(input_shape), tuple(strides))
+
+                try:
+                    free, free_status = cache.load_or_build_model(free_key, core, convert)
+                except Exception as error:  # noqa: BLE001 - e.g. a custom network torch.export cannot free: the plan's tile only
+                    warnings.warn(f"the network cannot run tiles of other sizes in OpenVINO ({error}); "
+                                  "the fast crop runs the plan's tiles.", RuntimeWarning, stacklevel=2)
+            self._free.append(free)
+            self.free_status.append(free_status)
+            key = CacheKey(model_folder, weights, str(fold), tuple(input_shape), precision, cpu_identity(), ov.__version__)
+
+            def build(parameters: dict = parameters, free=free) -> Callable:
+                if free is not None:  # the same conversion, fixed to the plan's tile
+                    fixed = free.clone()
+                    fixed.reshape(list(input_shape))
+                    return fixed
                 network.load_state_dict(parameters)
                 return convert_network(ov, network, tuple(input_shape))
 
             compiled, status = cache.load_or_build(key, core, config, build)
             self._compiled.append(compiled)
             self.cache_status.append(status)
+        #: True when tiles of any size (multiples of the strides) can run.
+        self.any_shape = strides is not None and all(free is not None for free in self._free)
         network.load_state_dict(fold_parameters[0])
         self._current = 0
 
@@ -122,6 +168,21 @@ class OpenVINONetwork(torch.nn.Module):
                 return None
         raise ValueError("these weights were not compiled for OpenVINO")
 
+    def _compiled_for(self, shape: tuple[int, ...]):
+        """The compiled model of the current fold for an input of ``shape`` (batch, channels, z, y, x)."""
+        if shape == self._input_shape or not self.any_shape:
+            return self._compiled[self._current]
+        key = (self._current, shape)
+        compiled = self._by_shape.pop(key, None)
+        if compiled is None:
+            model = self._free[self._current].clone()
+            model.reshape(list(shape))
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            while len(self._by_shape) >= self.SHAPES_KEPT:
+                self._by_shape.pop(next(iter(self._by_shape)))  # the least recently used
+        self._by_shape[key] = compiled
+        return compiled
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self._compiled[self._current](x.detach().cpu().numpy())[0]
+        result = self._compiled_for(tuple(int(s) for s in x.shape))(x.detach().cpu().numpy())[0]
         return torch.from_numpy(result.copy())
