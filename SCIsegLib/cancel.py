@@ -82,16 +82,58 @@ def _watch(path: str) -> None:
 
 
 def install() -> None:
-    """Route SIGINT, SIGTERM and ``$SCISEG_CANCEL_FILE`` to the cancel flag (idempotent; main thread only)."""
+    """Route SIGINT, SIGTERM and ``$SCISEG_CANCEL_FILE`` to the cancel flag (idempotent; main thread only).
+
+    Processes forked from this one afterwards start with Python's own signal handling (see :func:`_forked_child`).
+    """
     global _installed
     if _installed:
         return
     _installed = True
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _handler)
+    if hasattr(os, "register_at_fork") and hasattr(signal, "pthread_sigmask"):
+        os.register_at_fork(before=_before_fork, after_in_parent=_restore_mask, after_in_child=_forked_child)
     path = os.environ.get(CANCEL_FILE_VARIABLE)
     if path:
         threading.Thread(target=_watch, args=(path,), name="sciseg-cancel-file", daemon=True).start()
+
+
+_CANCEL_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_fork = threading.local()  # the forking thread's signal mask before the fork
+
+
+def _before_fork() -> None:
+    """SIGINT and SIGTERM wait (blocked) in the forking thread until the child has its own handling again."""
+    _fork.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CANCEL_SIGNALS)
+
+
+def _restore_mask() -> None:
+    mask = getattr(_fork, "mask", None)
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _forked_child() -> None:
+    """In a process forked from the command (a ``fork`` multiprocessing pool: nnU-Net lists its dataset's files with
+    one): SIGTERM ends it at once again and SIGINT raises ``KeyboardInterrupt``, as in any Python process.
+
+    With the command's handler a forked worker would run Python code on SIGTERM, not end: ``Pool.terminate`` sends
+    SIGTERM and waits for each worker, and a worker that gets it just before it blocks in C (waiting for the pool's
+    task queue) never runs that code, and ``sciseg finetune`` waited for it forever. A SIGTERM that came during the
+    fork was held blocked until now, so it ends the child too. The cancel flag is the command's.
+    """
+    global _installed
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _installed = False
+        _modes.clear()
+        _callbacks.clear()
+    except ValueError:  # not the main thread of the main interpreter: nothing of ours was installed there
+        pass
+    finally:
+        _restore_mask()
 
 
 @contextlib.contextmanager

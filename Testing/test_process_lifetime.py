@@ -157,6 +157,44 @@ def test_in_a_terminals_job_the_command_keeps_its_group_and_its_descendants_stil
         os.close(controller)
 
 
+FORKED_WORKERS = textwrap.dedent("""
+    import multiprocessing, sys, time
+    sys.path.insert(0, {repository!r})
+    from SCIsegLib import cancel
+    cancel.install()  # as `python -m SCIsegLib` does
+    fork = multiprocessing.get_context("fork")
+
+    def waiting_in_c(pid):
+        with open(f"/proc/{{pid}}/wchan") as wchan:
+            return "futex" in wchan.read()
+
+    with cancel.checked():  # every command runs in this mode
+        semaphore = fork.Semaphore(0)
+        for wait in (False, True):  # SIGTERM at once (during the fork's aftermath), then while it waits
+            worker = fork.Process(target=semaphore.acquire)  # waits in C, as an idle pool worker waits for a task
+            worker.start()
+            deadline = time.monotonic() + 30  # a safety net only
+            while wait and not waiting_in_c(worker.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            worker.terminate()  # what Pool.terminate does to each worker
+            worker.join(30)
+            print(worker.exitcode)  # None: it did not end
+            if worker.exitcode is None:
+                worker.kill()
+                worker.join()
+""")
+
+
+def test_forked_workers_of_a_command_end_on_sigterm() -> None:
+    """nnU-Net's file-listing pool forks workers; ``Pool.terminate`` SIGTERMs and waits for them. With the command's
+    handler a worker raised CancelledError (a traceback) or, signalled just before its wait, never ended: finetune hung."""
+    result = subprocess.run([sys.executable, "-c", FORKED_WORKERS.format(repository=str(REPOSITORY))], capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [str(-signal.SIGTERM)] * 2, result.stdout + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 # --- every long command, killed while it has descendants -------------------------------------------------
 
 def sciseg(*arguments: str, mark: str = "", **options) -> subprocess.Popen:
@@ -172,13 +210,22 @@ def wait_for_descendant(command: subprocess.Popen, words: str, timeout_s: float 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert command.poll() is None, f"the command ended (exit {command.returncode}) before starting {words!r}"
-        try:
-            if any(words in " ".join(p.cmdline()) for p in psutil.Process(command.pid).children(recursive=True)):
-                return
-        except psutil.Error:
-            pass
+        if descendants_running(command, words):
+            return
         time.sleep(0.05)
     pytest.fail(f"no descendant running {words!r} after {timeout_s} s")
+
+
+def descendants_running(command: subprocess.Popen, words: str) -> list[psutil.Process]:
+    """The command's descendants whose command line contains ``words`` (those that end while listed are left out)."""
+    found = []
+    for process in psutil.Process(command.pid).children(recursive=True):
+        try:
+            if words in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
 
 
 def kill_and_check(command: subprocess.Popen, mark: str, signum: int = signal.SIGKILL) -> None:
@@ -227,10 +274,16 @@ def test_finetune_killed_while_training_leaves_no_data_augmentation_worker(datas
     mark = new_mark()
     command = start_finetune(dataset, tmp_path / "work", 2, mark)  # batchgenerators' worker processes feed the trainer
     fold = tmp_path / "work" / "results" / dataset.name / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all"
-    deadline = time.monotonic() + 300
-    while not (fold / "checkpoint_latest.pth").is_file():  # at least one epoch trained
-        assert command.poll() is None and time.monotonic() < deadline, "training did not reach its first checkpoint"
+    deadline = time.monotonic() + 600  # a safety net only
+
+    def training() -> bool:  # nnU-Net logs "Epoch 0" once its data augmentation workers gave their first batches
+        return any("Epoch 0" in log.read_text() for log in fold.glob("training_log_*.txt"))
+
+    while not training():
+        assert command.poll() is None and time.monotonic() < deadline, "training did not start"
         time.sleep(0.1)
+    workers = descendants_running(command, "spawn_main")
+    assert len(workers) >= 2, describe(workers)  # the nnUNet_n_proc_DA=2 augmentation workers, alive while it trains
     kill_and_check(command, mark)
 
 

@@ -20,7 +20,6 @@ Usage (about 15 minutes on 2 shared CPU cores)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "scripts"))
 
-from train_demo_model import crop_around_cord  # noqa: E402
+from train_demo_model import crop_around_cord, recipe_parser, shrink_plans, use_work_folder  # noqa: E402
 from train_demo_model import package_results as package_3d_recipe_results  # noqa: E402
 
 from SCIsegLib.training import nnunet_raw  # noqa: E402
@@ -97,27 +96,6 @@ def build_raw_dataset(raw_root: Path, margin_mm: float) -> Path:
     return folder
 
 
-def shrink_plans(plans_file: Path, patch_size: list[int], features: list[int], batch_size: int) -> None:
-    """Reduce the 2d network so that it trains on a CPU in minutes; keep nnU-Net's plans format."""
-    plans = json.loads(plans_file.read_text())
-    configuration = plans["configurations"][CONFIGURATION]
-    n_stages = len(features)
-    configuration["spacing"] = [0.5, 0.5]
-    configuration["patch_size"] = patch_size
-    configuration["batch_size"] = batch_size
-    architecture = configuration["architecture"]["arch_kwargs"]
-    architecture["n_stages"] = n_stages
-    architecture["features_per_stage"] = features
-    architecture["kernel_sizes"] = [[3, 3]] * n_stages
-    architecture["strides"] = [[1, 1]] + [[2, 2]] * (n_stages - 1)
-    architecture["n_conv_per_stage"] = [2] * n_stages
-    architecture["n_conv_per_stage_decoder"] = [2] * (n_stages - 1)
-    for name in list(plans["configurations"]):
-        if name != CONFIGURATION:
-            del plans["configurations"][name]
-    plans_file.write_text(json.dumps(plans, indent=2))
-
-
 def package_results(results: Path, output: Path, staging: Path) -> Path:
     """The SCIseg demo recipe's packaging (weights-only checkpoint, packaged as an nnUNetTrainer model), moved to
     ``output/nnUNetTrainer__nnUNetPlans__2d`` without the training curve (keeps the model small)."""
@@ -132,24 +110,15 @@ def package_results(results: Path, output: Path, staging: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=REPOSITORY / ".work" / "gm_training")
-    parser.add_argument("--output", type=Path, default=REPOSITORY / "Resources" / "Models" / "sciseg-gm-demo")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--iterations", type=int, default=50, help="training steps per epoch")
+    parser = recipe_parser(__doc__, "sciseg-gm-demo", "gm_training", epochs=60, iterations=50, oversample=0.6,
+                           oversample_help="share of patches centred on grey matter", seed=11, threads=1)
     parser.add_argument("--margin", type=float, default=60.0,
                         help="mm kept around the cord (neck and back muscles teach the model what is not GM)")
-    parser.add_argument("--oversample", type=float, default=0.6, help="share of patches centred on grey matter")
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
     arguments = parser.parse_args()
 
     work = arguments.work.resolve()
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[name] = str(work / name)
-        (work / name).mkdir(parents=True, exist_ok=True)
+    use_work_folder(work)
     os.environ["nnUNet_n_proc_DA"] = "1"
-    os.environ["nnUNet_compile"] = "false"
     os.environ["OMP_NUM_THREADS"] = str(arguments.threads)
 
     import torch
@@ -165,7 +134,7 @@ def main() -> None:
     extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
     plan_experiments([DATASET_ID])
     preprocessed = work / "nnUNet_preprocessed" / folder.name
-    shrink_plans(preprocessed / "nnUNetPlans.json", [64, 64], [8, 16, 32, 64], 12)
+    shrink_plans(preprocessed / "nnUNetPlans.json", CONFIGURATION, [0.5, 0.5], [64, 64], [8, 16, 32, 64], 12)
     preprocess([DATASET_ID], configurations=(CONFIGURATION,), num_processes=(1,))
     print(f"preprocessed in {time.time() - started:.0f} s")
 

@@ -134,40 +134,66 @@ def build_raw_dataset(raw_root: Path, n_phantoms: int, seed: int, uncropped_copi
     return folder
 
 
-def shrink_plans(plans_file: Path, patch_size: list[int], features: list[int], batch_size: int) -> None:
-    """Reduce the 3d_fullres network so that it trains on a CPU; keep nnU-Net's plans format."""
+def shrink_plans(plans_file: Path, configuration_name: str, spacing_mm: list[float], patch_size: list[int],
+                 features: list[int], batch_size: int, batch_dice: bool | None = None) -> None:
+    """Reduce one configuration's network so that it trains on a CPU, and drop the other configurations; keep
+    nnU-Net's plans format (both demo recipes).
+
+    ``spacing_mm`` and ``patch_size`` (voxels) are in nnU-Net's axis order; their length (3 or 2) is the network's:
+    one stage per entry of ``features``, kernels of 3 voxels, stride 1 at the first stage and 2 after it, two
+    convolutions per stage. ``batch_dice`` is set when given (else the planner's choice is kept).
+    """
     plans = json.loads(plans_file.read_text())
-    configuration = plans["configurations"]["3d_fullres"]
-    n_stages = len(features)
-    configuration["spacing"] = [1.0, 1.0, 1.0]
+    configuration = plans["configurations"][configuration_name]
+    n_stages, axes = len(features), len(patch_size)
+    configuration["spacing"] = spacing_mm
     configuration["patch_size"] = patch_size
     configuration["batch_size"] = batch_size
-    configuration["batch_dice"] = True  # Dice over the batch: steadier for the small lesion region
+    if batch_dice is not None:
+        configuration["batch_dice"] = batch_dice
     architecture = configuration["architecture"]["arch_kwargs"]
     architecture["n_stages"] = n_stages
     architecture["features_per_stage"] = features
-    architecture["kernel_sizes"] = [[3, 3, 3]] * n_stages
-    architecture["strides"] = [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1)
+    architecture["kernel_sizes"] = [[3] * axes] * n_stages
+    architecture["strides"] = [[1] * axes] + [[2] * axes] * (n_stages - 1)
     architecture["n_conv_per_stage"] = [2] * n_stages
     architecture["n_conv_per_stage_decoder"] = [2] * (n_stages - 1)
     for name in list(plans["configurations"]):
-        if name != "3d_fullres":
+        if name != configuration_name:
             del plans["configurations"][name]
     plans_file.write_text(json.dumps(plans, indent=2))
 
 
+def recipe_parser(description: str, model: str, work: str, *, epochs: int, iterations: int, oversample: float,
+                  oversample_help: str, seed: int, threads: int) -> argparse.ArgumentParser:
+    """The options both demo recipes take (work folder, output model folder, training length, sampling, seed, threads),
+    with each recipe's defaults; a recipe adds its own after them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=REPOSITORY / ".work" / work)
+    parser.add_argument("--output", type=Path, default=REPOSITORY / "Resources" / "Models" / model)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--iterations", type=int, default=iterations, help="training steps per epoch")
+    parser.add_argument("--oversample", type=float, default=oversample, help=oversample_help)
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--threads", type=int, default=threads)
+    return parser
+
+
+def use_work_folder(work: Path) -> None:
+    """Point nnU-Net at ``work/nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` (made if missing), and
+    train without ``torch.compile`` (slow on a CPU)."""
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[name] = str(work / name)
+        (work / name).mkdir(parents=True, exist_ok=True)
+    os.environ["nnUNet_compile"] = "false"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=REPOSITORY / ".work" / "demo_training")
-    parser.add_argument("--output", type=Path, default=REPOSITORY / "Resources" / "Models" / "sciseg-demo")
+    parser = recipe_parser(__doc__, "sciseg-demo", "demo_training", epochs=35, iterations=45, oversample=0.8,
+                           oversample_help="share of patches centred on cord or lesion (nnU-Net's default 0.33 starves the "
+                                           "small lesion class)", seed=7, threads=2)
     parser.add_argument("--phantoms", type=int, default=36)
-    parser.add_argument("--epochs", type=int, default=35)
-    parser.add_argument("--iterations", type=int, default=45, help="training steps per epoch")
-    parser.add_argument("--oversample", type=float, default=0.8,
-                        help="share of patches centred on cord or lesion (nnU-Net's default 0.33 starves the small lesion class)")
     parser.add_argument("--lesion-weight", type=float, default=10.0, help="BCE weight of lesion voxels (region 2)")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--uncropped-copies", type=int, choices=(0, 1, 2), default=0,
                         help="painted copies of each real scan (of 2) that keep the whole field of view")
     parser.add_argument("--initial-checkpoint", type=Path, default=None,
@@ -182,11 +208,8 @@ def main() -> None:
         results = work / "nnUNet_results" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}" / "nnUNetTrainerDemo__nnUNetPlans__3d_fullres"
         print(f"packaged {package_results(results, arguments.output)}")
         return
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[name] = str(work / name)
-        (work / name).mkdir(parents=True, exist_ok=True)
+    use_work_folder(work)
     os.environ.setdefault("nnUNet_n_proc_DA", "2")
-    os.environ["nnUNet_compile"] = "false"
 
     import torch
 
@@ -221,7 +244,9 @@ def main() -> None:
     extract_fingerprints([DATASET_ID], num_processes=arguments.threads, check_dataset_integrity=True)
     plan_experiments([DATASET_ID])
     preprocessed = work / "nnUNet_preprocessed" / folder.name
-    shrink_plans(preprocessed / "nnUNetPlans.json", [80, 64, 48], [16, 32, 64, 96], 2)  # also sets batch_dice
+    # Dice over the batch: steadier for the small lesion region
+    shrink_plans(preprocessed / "nnUNetPlans.json", "3d_fullres", [1.0, 1.0, 1.0], [80, 64, 48], [16, 32, 64, 96], 2,
+                 batch_dice=True)
     preprocess([DATASET_ID], configurations=("3d_fullres",), num_processes=(arguments.threads,))
     print(f"preprocessed in {time.time() - started:.0f} s")
 
