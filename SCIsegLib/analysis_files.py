@@ -12,15 +12,7 @@ import pandas as pd
 from .lesions import LesionAnalysis
 from .provenance import command_path, describe_derivative, source_path
 from .table_cells import escape_formulas
-from .volume import image_stem, publish_file, write_image_atomic
-
-
-def write_text_atomic(text: str, path: Path) -> Path:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    publish_file(temporary, path)
-    return path
+from .volume import image_stem, publish_file, write_image_atomic, write_text_atomic  # noqa: F401 - write_text_atomic re-exported
 
 
 def write_table(table: pd.DataFrame, path: Path, sheet: str = "measures") -> list[Path]:

@@ -27,7 +27,8 @@ NNUNET_REQUIREMENT = "nnunetv2==2.8.1"
 #: (numpy: the CLI imports it for every command.)
 ACTION_MODULES: dict[str, tuple[str, ...]] = {
     "segment": ("torch", "nnunetv2", "batchgenerators", "openvino", "numpy", "SimpleITK", "scipy", "nibabel"),
-    "grey_matter": ("torch", "nnunetv2", "batchgenerators", "openvino", "numpy", "SimpleITK", "scipy", "nibabel"),
+    # a 2D grey-matter model runs on nnU-Net's own predictor (no OpenVINO); its sidecars and WM come from the tables' code
+    "grey_matter": ("torch", "nnunetv2", "batchgenerators", "numpy", "SimpleITK", "scipy", "nibabel", "pandas", "skimage"),
     "devices": ("torch", "numpy"),
     "measure": ("numpy", "SimpleITK", "scipy", "pandas", "skimage"),
     "export": ("numpy", "SimpleITK", "scipy", "filelock"),

@@ -72,7 +72,7 @@ def derivative_folder_of(folder: Path) -> Path | None:
 def describe_derivative(folder: Path, description: str) -> Path | None:
     """Give the derivative folder holding ``folder`` its ``dataset_description.json`` when it has none (atomic);
     returns its path, None when ``folder`` is not in a ``derivatives/<name>`` folder."""
-    from .analysis_files import write_text_atomic
+    from .volume import write_text_atomic  # not analysis_files: it imports pandas, which segment does not need
 
     derivative = derivative_folder_of(folder)
     if derivative is None:

@@ -19,6 +19,7 @@ Axis order and orientation conventions used in this package:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -459,6 +460,15 @@ def publish_file(temporary: str | os.PathLike[str], final: str | os.PathLike[str
     """Give a temporary file the usual permissions (0666 minus umask) and rename it atomically."""
     os.chmod(temporary, 0o666 & ~_current_umask())
     os.replace(temporary, final)
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` through a temporary in the same folder and an atomic rename (whole or not at all)."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    publish_file(temporary, path)
+    return path
 
 
 def write_image_atomic(

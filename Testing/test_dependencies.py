@@ -66,6 +66,8 @@ def child_commands(tmp_path: Path, demo_model_path: Path) -> dict[str, list[str]
     return {
         "segment": ["segment", str(image), "-o", str(tmp_path / "seg"), "--model", str(demo_model_path),
                     "--device", "cpu", "--progress", "jsonl"],
+        "grey_matter": ["segment", str(image), "-o", str(tmp_path / "gm"), "--model", "sciseg-gm-demo", "--device", "cpu",
+                        "--progress", "jsonl"],  # the panel's Grey matter button: the bundled GM model by name
         "devices": ["devices"],
         "measure": ["analyze", "--lesion", str(lesion), "--cord", str(cord), "-o", str(tmp_path / "measures")],
         "export": ["export", "--root", str(tmp_path / "bids"), "--source", str(image), "--labels", str(labels),
