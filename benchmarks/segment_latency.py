@@ -146,7 +146,9 @@ def panel_series(scans: dict[str, Path], model: str, repeats: int, warm: bool) -
     scene = slicer.vtkMRMLScene()
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
     logic.SetMRMLScene(scene)
-    volumes = {name: _load_volume(scene, scan) for name, scan in scans.items()}
+    from Testing.slicer_scene import load_with_slicer  # File > Add Data's way, as the panel's tests load scans
+
+    volumes = {name: load_with_slicer(scene, scan) for name, scan in scans.items()}
     engines = WarmEngines(idle_minutes=10.0) if warm else None
     controller = PanelController(scene, logic, QuietView(), sys.executable, lambda action: True,
                                  engines=PanelEngines(sys.executable, engines=engines) if warm else None)
@@ -175,22 +177,6 @@ def panel_series(scans: dict[str, Path], model: str, repeats: int, warm: bool) -
             report["engine_gone_after_shutdown"] = all(e.process is None or e.process.poll() is not None
                                                       for e in engines.engines.values())
     return report
-
-
-def _load_volume(scene, path: Path):
-    """A scan into the scene as Slicer's File > Add Data does (archetype storage node)."""
-    import slicer
-
-    node = slicer.vtkMRMLScalarVolumeNode()
-    node.SetName(path.name.split(".")[0])
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    scene.AddNode(node)
-    scene.AddNode(storage)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    if not storage.ReadData(node):
-        raise RuntimeError(f"cannot read {path}")
-    return node
 
 
 def review_series(scans: dict[str, Path], model: str, repeats: int, work: Path) -> dict:
