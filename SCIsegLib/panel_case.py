@@ -21,7 +21,7 @@ from . import mrml
 from .cases import Case, Draft
 from .cases.scan import CaseRefused
 from .errors import InputError
-from .panel_grey_matter_case import add_base_grey_matter, keep_draft
+from .panel_grey_matter_case import add_base_grey_matter, grey_matter_unsaved, keep_draft
 from .panel_results import export_result
 
 #: Segmentation node attributes: the case's scan key it was made for, and the base it started from.
@@ -134,10 +134,9 @@ def labels_zyx(scene, logic, case: Case, segmentation_node, volume_node) -> np.n
         return None
 
 
-def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, rater: str) -> str | None:
-    """Before the rater leaves a case (Next case, another volume, scene close, Reload, exit): unsaved edits are
-    written to the rater's draft (grey matter: its grey-matter draft). Returns a sentence saying so, None when
-    nothing was unsaved."""
+def draft_unsaved(scene, logic, case: Case | None, segmentation_node, volume_node, rater: str) -> str | None:
+    """Unsaved edits of the case's segmentation not drafted yet are written to the rater's draft (grey matter: its
+    grey-matter draft). Returns what was written (``"draft by alice of ..."``), None when nothing was."""
     if case is None or segmentation_node is None or volume_node is None:
         return None
     labels = labels_zyx(scene, logic, case, segmentation_node, volume_node)
@@ -145,8 +144,24 @@ def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, r
     grey_matter = keep_draft(scene, logic, case, segmentation_node, volume_node, rater)  # after the label map's
     if draft is None and grey_matter is None:
         return None
-    kept = draft.describe() if draft is not None else "grey-matter " + grey_matter.describe()
-    return f"Your unsaved edits of {case.scan.stem} are kept as a {kept}: open the case again to continue."
+    return draft.describe() if draft is not None else "grey-matter " + grey_matter.describe()
+
+
+def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, rater: str) -> str | None:
+    """Before the rater leaves a case (Next case, another volume, scene close, Reload, exit): unsaved edits are
+    written to the rater's draft (:func:`draft_unsaved`). Returns a sentence saying so, None when nothing was
+    unsaved."""
+    kept = draft_unsaved(scene, logic, case, segmentation_node, volume_node, rater)
+    return None if kept is None else f"Your unsaved edits of {case.scan.stem} are kept as a {kept}: open the case again to continue."
+
+
+def has_unsaved_edits(scene, logic, case: Case | None, segmentation_node, volume_node) -> bool:
+    """True when the case's segmentation holds edits no version has: its cord and lesion differ from what it was
+    opened from or last exported as, or its grey matter from what was saved (a draft does not count as saved)."""
+    if case is None or segmentation_node is None or volume_node is None:
+        return False
+    labels = labels_zyx(scene, logic, case, segmentation_node, volume_node)
+    return (labels is not None and case.unsaved(labels)) or grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node)
 
 
 def draft_to_offer(case: Case, rater: str) -> Draft | None:

@@ -20,7 +20,7 @@ from . import dependencies, models, panel, runner
 from .panel import Action, Finished, Outcome, PanelState
 from .panel_session import CaseSession
 from .panel_warm import PanelEngines
-from .panel_view import PanelView, not_ready_sentence, segment_subject
+from .panel_view import PanelView, not_ready_sentence, segment_again_question, segment_subject
 
 
 def run_options(parameters: Any) -> runner.RunOptions:
@@ -105,10 +105,14 @@ class PanelController:
     def segment(self, *unused: Any) -> None:
         if not self.ready(Action.SEGMENT):
             return
-        self.session.keep_work()  # the new result becomes the case's segmentation: the corrected one's edits first
+        volume = self.parameters.inputVolume
+        corrected = self.session.unsaved_segmentation(volume)  # the new result would take over the case and its draft
+        if corrected is not None and not self.view.ask(segment_again_question(self.session.case.scan.stem, corrected.GetName())):
+            self.view.say("Not segmented: export your corrections first.")
+            return
+        self.session.keep_work()  # drafted before anything else can replace them
         from . import panel_jobs
 
-        volume = self.parameters.inputVolume
 
         def started() -> runner.SegmentationRun:
             if volume is None:

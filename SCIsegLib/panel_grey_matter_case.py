@@ -58,6 +58,15 @@ def _segment_zyx(scene, logic, segmentation_node, volume_node) -> np.ndarray | N
     return None if segment_id is None else mrml.segment_mask(logic, scene, segmentation_node, segment_id, volume_node)
 
 
+def grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node) -> bool:
+    """True when the case's own segmentation has a grey-matter segment that differs from what was saved (the
+    model's mask, the version's, the last export)."""
+    if case is None or segmentation_node is None or segmentation_node.GetAttribute(_DRAWN_ON) != case.scan.key:
+        return False
+    mask = _segment_zyx(scene, logic, segmentation_node, volume_node)
+    return mask is not None and digest(mask) != segmentation_node.GetAttribute(SAVED_ATTRIBUTE)
+
+
 def keep_draft(scene, logic, case, segmentation_node, volume_node, rater: str) -> Draft | None:
     """Unsaved grey-matter edits of the case's own segmentation go to the rater's grey-matter draft (atomic); back to
     what is saved, the draft goes. Returns the draft written, None when nothing was written."""

@@ -67,6 +67,30 @@ class CaseSession:
             self.view.say(sentence)
             self.view.log([sentence])
 
+    def unsaved_segmentation(self, volume_node) -> Any:
+        """The open case's segmentation when ``volume_node`` is the case's scan and the segmentation holds edits no
+        version has (Segment again would make another segmentation the case's, and the rater's one draft would
+        follow that one); None otherwise."""
+        if self.case_of(volume_node) is None:
+            return None
+        from . import panel_case
+
+        selected = self.parameters.segmentation if self.parameters is not None else None
+        segmentation = panel_case.case_segmentation(self.scene, self.case, selected)
+        unsaved = panel_case.has_unsaved_edits(self.scene, self.logic, self.case, segmentation, volume_node)
+        return segmentation if unsaved else None
+
+    def keep_after_export(self, volume_node, segmentation_node) -> str | None:
+        """An export of ``segmentation_node`` finished: its child removed the rater's draft, so strokes made while it
+        ran (in no version) are drafted again at once. Returns what was written, None when nothing was unsaved."""
+        from . import panel_case
+
+        inputs = self.view.inputs()
+        case = self.case if self.case_of(volume_node) is not None else None
+        if case is None or not panel_case.is_bound(segmentation_node, case):
+            case = panel_case.case_of(inputs.export_folder, volume_node, segmentation_node)
+        return panel_case.draft_unsaved(self.scene, self.logic, case, segmentation_node, volume_node, inputs.rater)
+
     def open_selected(self) -> None:
         """Another volume: draft the previous case's edits, open this one's (its segmentation, a draft to restore,
         its latest version), never keep the previous volume's segmentation selected."""

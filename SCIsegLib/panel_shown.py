@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import panel
 from .panel import Action
-from .panel_view import measurement_sentence, segmented_sentence
+from .panel_view import exported_sentence, measurement_sentence, segmented_sentence
 
 if TYPE_CHECKING:
     from .panel_controller import PanelController
@@ -69,16 +69,20 @@ def show_measurement(controller: PanelController, job: panel.Job) -> None:
 
 
 def show_export(controller: PanelController, job: panel.Job) -> None:
-    """The version written; the segmentation's base becomes it, so the case has nothing unsaved."""
+    """The version written; the segmentation's base becomes it. Edits made while the export ran are in no version and
+    the child removed the rater's draft: they are drafted again at once."""
     from . import panel_case, panel_grey_matter_case
     from .panel_results import export_summary
 
-    controller.view.say(export_summary(job.run.stdout))
+    summary = export_summary(job.run.stdout)
+    controller.view.say(summary)
     segmentation = controller.scene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
     volume = controller.scene.GetNodeByID(job.volume_id) if job.volume_id else None
     if panel_case.after_export(segmentation, job.run.stdout):
         panel_grey_matter_case.after_export(segmentation, volume, job.run.stdout)
         controller.session.rebind(volume, segmentation)
+        if volume is not None:
+            controller.view.say(exported_sentence(summary, controller.session.keep_after_export(volume, segmentation)))
     controller.view.log(job.run.stdout.splitlines())
 
 

@@ -101,6 +101,18 @@ def draft_question(scan: str, draft: str) -> str:
             "(If not, it stays until your next edits of this case replace it.)")
 
 
+def segment_again_question(scan: str, segmentation: str) -> str:
+    """Asked before Segment makes a new segmentation of a case whose segmentation has edits in no version."""
+    return (f"Your corrections of {scan} in '{segmentation}' are not exported. Segment again anyway? The new "
+            f"segmentation becomes the case's and your draft follows it once you edit it: these corrections then stay "
+            f"only in '{segmentation}', until the scene is closed. (No: export them first.)")
+
+
+def exported_sentence(summary: str, kept: str | None) -> str:
+    """The status line after an export; ``kept``: the draft of strokes made while it ran (not in the version)."""
+    return summary if kept is None else f"{summary} Your edits made while it ran are not in it: they are kept as a {kept}."
+
+
 def not_ready_sentence(missing: list[str]) -> str:
     """The status line when an action did not start because modules are missing."""
     return f"Not started: {', '.join(missing) or 'a dependency'} must be installed first."

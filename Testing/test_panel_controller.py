@@ -5,6 +5,8 @@ Every decision SCIseg.py used to make is asserted here on its outcome."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
 
-from SCIsegLib import mrml, panel, panel_controller, panel_view  # noqa: E402
+from SCIsegLib import mrml, panel, panel_case, panel_controller, panel_view  # noqa: E402
 from SCIsegLib.panel import Action, PanelInputs  # noqa: E402
 from slicer_scene import PanelParameters, RecordingView, load_with_slicer  # noqa: E402
 from test_panel import PythonChild  # noqa: E402
@@ -99,6 +101,7 @@ def test_a_selected_volume_opens_its_case_edits_are_drafted_and_segment_again_dr
     drafted = draft_file.stat().st_mtime_ns
     paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[40:42, 25:27, 28:30])
     controller.parameters.model = "no-such-model"  # the child refuses it; the draft is what counts here
+    view.answers.append(True)  # "Segment again anyway?" (test_segment_again_on_corrections_not_exported_asks_first)
     controller.segment()
     assert view.said[-2].startswith("Your unsaved edits of sub-01_T2w are kept as a draft by alice")
     assert draft_file.stat().st_mtime_ns != drafted and view.said[-1] == "Starting..."
@@ -261,3 +264,94 @@ def test_scene_close_and_exit_draft_the_open_cases_edits_and_forget_the_scene(sc
     controller.state.start(Action.COMPARE, PythonChild("import time; time.sleep(30)"))
     controller.shutdown()
     assert not controller.state.jobs and not Path(controller.predictions).exists()
+
+
+def opened_and_corrected(scene, logic, tmp_path: Path, rater: str = "alice"):
+    """sub-01's case opened in the panel (the model's prediction), a lesion painted and drafted after a pause."""
+    root = dataset(tmp_path)
+    first = load_with_slicer(scene, scan_path(root, "01"))
+    view = RecordingView(scene, PanelInputs(rater=rater, export_folder=str(root)))
+    controller = controller_for(scene, logic, view)
+    now = [100.0]
+    controller.session.clock = lambda: now[0]
+    controller.parameters.inputVolume = first
+    controller.session.selection_changed()
+    assert view.run_later() == 1
+    segmentation = controller.parameters.segmentation
+    controller.session.selection_changed()
+    edited = paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[40:43, 26:29, 29:32])
+    now[0] += 1.5
+    controller.session.tick()
+    [draft_file] = (root / "derivatives" / "labels" / ".drafts").rglob("*.nrrd")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), edited)
+    return root, first, view, controller, now, segmentation, draft_file
+
+
+def test_segment_again_on_corrections_not_exported_asks_first(scene, tmp_path: Path) -> None:
+    """Segment again made a new segmentation the case's: the first autosave of its edits replaced the draft of the
+    corrections, which then lived only in the old node and were lost with the scene, without a word. Now Segment
+    asks; No starts nothing and leaves the corrections and their draft as they were."""
+    scene, logic = scene
+    root, first, view, controller, now, segmentation, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    drafted = draft_file.read_bytes()
+    view.answers.append(False)
+    controller.segment()
+    [question] = view.questions
+    assert question.startswith("Your corrections of sub-01_T2w in 'sub-01_T2w prediction' are not exported.")
+    assert Action.SEGMENT not in controller.state.jobs and view.said[-1] == "Not segmented: export your corrections first."
+    assert draft_file.read_bytes() == drafted and controller.parameters.segmentation is segmentation
+
+    # Grey matter the rater edited counts as unsaved too; back to what was opened, nothing is asked.
+    assert controller.session.unsaved_segmentation(first) is segmentation
+    case, reference = controller.session.case, mrml.image_from_volume_node(first)
+    opened = sitk.GetArrayFromImage(mrml.on_grid_of(case.scan.grid.image_of(case.labels), reference))  # the volume's grid
+    for spec, mask in ((mrml.CORD, opened == 1), (mrml.LESION, opened == 2)):
+        mrml.set_segment_from_mask(logic, scene, segmentation, spec, mrml.image_from_array_zyx(mask.astype(np.uint8), reference), first)
+    assert controller.session.unsaved_segmentation(first) is None
+    gm = np.zeros_like(opened)
+    gm[30:33, 26:29, 29:32] = 1
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.GREY_MATTER, mrml.image_from_array_zyx(gm, reference), first)
+    assert controller.session.unsaved_segmentation(first) is segmentation
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.GREY_MATTER, mrml.image_from_array_zyx(gm * 0, reference), first)
+    from SCIsegLib import panel_grey_matter_case
+
+    panel_grey_matter_case.mark_saved(segmentation, gm * 0)
+    controller.parameters.model = "no-such-model"  # the child refuses it: only the question matters here
+    controller.segment()
+    assert len(view.questions) == 1 and Action.SEGMENT in controller.state.jobs
+    wait_for_jobs(controller)
+    controller.shutdown()
+
+
+def test_edits_made_while_an_export_runs_are_drafted_again_when_it_ends(scene, tmp_path: Path) -> None:
+    """The export child removes the rater's draft once its version is written; strokes painted after the click
+    (drafted after a pause meanwhile) are in no version and their draft was gone: a kill -9 then lost them. Now the
+    panel drafts them again when it shows the finished export, and says so."""
+    scene, logic = scene
+    root, first, view, controller, now, segmentation, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    exported = panel_case.labels_zyx(scene, logic, controller.session.case, segmentation, first)
+    controller.export()
+    child = controller.state.jobs[Action.EXPORT].run
+    os.kill(child.process.pid, signal.SIGSTOP)  # held until the later strokes are drafted: no race with its discard
+    try:
+        later = paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[46:49, 26:29, 29:32])
+        now[0] += 1.5
+        controller.session.tick()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), later)
+    finally:
+        os.kill(child.process.pid, signal.SIGCONT)
+    wait_for_jobs(controller)
+    [version] = (root / "derivatives" / "labels" / ".sciseg_versions").rglob("v001")
+    [dseg] = version.glob("*_dseg.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(dseg))), exported)
+    assert draft_file.is_file(), "the edits made while the export ran have no draft"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), later)
+    assert view.said[-1].startswith("Exported version v001 (from prediction)")
+    assert "Your edits made while it ran are not in it: they are kept as a draft by alice" in view.said[-1]
+
+    # An export with nothing painted meanwhile leaves no draft and says only what it wrote.
+    controller.export()
+    wait_for_jobs(controller)
+    assert not draft_file.exists() and view.said[-1].startswith("Exported version v002 (from v001)")
+    assert "while it ran" not in view.said[-1]
+    controller.shutdown()
