@@ -525,14 +525,22 @@ def first_scan(scene):
     return None
 
 
-def observe_edits(segmentation_node, callback) -> int:
-    """Call ``callback(node, event)`` after each change of the segments' voxels (every stroke); returns the tag
-    for :func:`stop_observing_edits`. The node forwards its segmentation's ``SourceRepresentationModified``."""
-    return segmentation_node.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, callback)
+#: The segmentation events after which the segments' voxels may have changed: a stroke modifies the source
+#: representation; Segment Editor's Undo and Redo (``vtkSegmentationHistory::RestoreState``, which
+#: ``vtkSlicerSegmentEditorLogic::Undo`` calls; Slicer 5.10) copy whole segments back and fire only ``SegmentModified``.
+EDIT_EVENTS = (slicer.vtkSegmentation.SourceRepresentationModified, slicer.vtkSegmentation.SegmentModified)
 
 
-def stop_observing_edits(segmentation_node, tag: int) -> None:
-    segmentation_node.RemoveObserver(tag)
+def observe_edits(segmentation_node, callback) -> tuple[int, ...]:
+    """Call ``callback(node, event)`` after each change of the segments' voxels (every stroke, an undo, a redo; also
+    a segment renamed or recoloured); returns the tags for :func:`stop_observing_edits`. The node forwards its
+    segmentation's events (:data:`EDIT_EVENTS`)."""
+    return tuple(segmentation_node.AddObserver(event, callback) for event in EDIT_EVENTS)
+
+
+def stop_observing_edits(segmentation_node, tags: tuple[int, ...]) -> None:
+    for tag in tags:
+        segmentation_node.RemoveObserver(tag)
 
 
 def lesion_to_select(segmentation_node) -> str | None:

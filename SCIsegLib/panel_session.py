@@ -32,7 +32,7 @@ class CaseSession:
         self.segment_when_opened = False  # Next case: segment the new scan when its case has nothing yet
         self.volume_pending = False  # a volume change is queued (opened once the current slot returned)
         self.observed: Any = None  # the segmentation whose strokes drive drafts and the live lesion list
-        self._tag: int | None = None
+        self._tags: tuple[int, ...] = ()  # its observers (mrml.observe_edits)
         self.edits: Any = None  # panel_lesions.EditDebounce, made with the first observed segmentation
         self.live: tuple[Any, Any] = (None, None)  # live lesion table and lesion-number point list
         self.lesion_tables: dict[str, dict[int, tuple[float, float, float]]] = {}  # table id -> {lesion: RAS mm}
@@ -128,14 +128,14 @@ class CaseSession:
             return
         from . import mrml
 
-        if self.observed is not None and self._tag is not None:
-            mrml.stop_observing_edits(self.observed, self._tag)
-        self.observed, self._tag = segmentation_node, None
+        if self.observed is not None:
+            mrml.stop_observing_edits(self.observed, self._tags)
+        self.observed, self._tags = segmentation_node, ()
         if segmentation_node is not None:
             from .panel_lesions import EditDebounce
 
             self.edits = self.edits or EditDebounce()
-            self._tag = mrml.observe_edits(segmentation_node, self.edited)
+            self._tags = mrml.observe_edits(segmentation_node, self.edited)
             self.edits.touch(self.clock())
 
     def edited(self, *unused: Any) -> None:

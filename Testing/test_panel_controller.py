@@ -355,3 +355,30 @@ def test_edits_made_while_an_export_runs_are_drafted_again_when_it_ends(scene, t
     assert not draft_file.exists() and view.said[-1].startswith("Exported version v002 (from v001)")
     assert "while it ran" not in view.said[-1]
     controller.shutdown()
+
+
+def test_undo_in_segment_editor_is_drafted_like_a_stroke(scene, tmp_path: Path) -> None:
+    """Segment Editor's Undo restores whole segments (vtkSegmentationHistory::RestoreState, called by
+    vtkSlicerSegmentEditorLogic::Undo in a modify block, Slicer 5.10) and fires SegmentModified, not the stroke
+    event: the undone stroke stayed in the draft (a crash brought it back) and in the live lesion list."""
+    scene, logic = scene
+    root, first, view, controller, now, segmentation, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file)))
+    history = slicer.vtkSegmentationHistory()
+    history.SetSegmentation(segmentation.GetSegmentation())
+    history.SaveState()  # Segment Editor saves the state before each stroke
+    stroke = paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[46:49, 26:29, 29:32])
+    now[0] += 1.5
+    controller.session.tick()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), stroke)
+    rows = controller.session.live[0].GetNumberOfRows()
+
+    was_modifying = segmentation.StartModify()  # vtkSlicerSegmentEditorLogic::Undo: MRMLNodeModifyBlocker around it
+    assert history.RestorePreviousState()
+    segmentation.EndModify(was_modifying)
+    assert controller.session.edits.pending, "the undo is not seen"
+    now[0] += 1.5
+    controller.session.tick()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), before)
+    assert controller.session.live[0].GetNumberOfRows() == rows - 1  # the undone lesion left the live list
+    controller.shutdown()
