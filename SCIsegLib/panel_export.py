@@ -6,7 +6,8 @@ starts this child, so Slicer's UI never waits on the export. A grey-matter segme
 opens the case on the base the segmentation started from (``--base``: ``v002``, ``prediction`` or ``empty``; a prediction made in Slicer is
 passed as ``--prediction-cord/--prediction-lesion``) and calls :meth:`SCIsegLib.cases.Case.export`: refused with
 one sentence (exit 2, nothing written) when the label map was drawn on another scan (``--drawn-on``, the case
-key the segmentation carries) or grid; else a new version recording its parent, and the rater's draft removed.
+key the segmentation carries) or grid; else a new version recording its parent, and the rater's draft removed
+(unless it was written after ``--labels`` and holds other labels: edits made while the export ran).
 
 Prints one JSON line: ``{"version": 3, "folder": ".../v003", "parent": "v002", "warning": null | sentence}``.
 Exit codes: 0 done, 2 refused or bad input (the sentence on stderr, ``sciseg: ...``), 130 cancelled, 1 a bug.
@@ -54,10 +55,15 @@ def run(args: argparse.Namespace) -> dict:
         prediction = (args.prediction_cord, args.prediction_lesion)
     case = Case.open(args.root, args.image, choice=args.base, prediction=prediction, subject=args.subject)
     parent = case.base.name
+    taken = args.labels.stat().st_mtime  # the panel wrote them as it started this child: later drafts are later edits
+    masks = export_masks(args.grey_matter, args.predicted_grey_matter, args.grey_matter_model)
     outcome = case.export(sitk.ReadImage(str(args.labels)), args.rater, drawn_on=args.drawn_on, model=args.model,
-                          draft_rater=args.draft_rater,
-                          extra_masks=export_masks(args.grey_matter, args.predicted_grey_matter, args.grey_matter_model))
-    discard_drafts(case, {args.rater, args.draft_rater or args.rater})  # the grey matter's too
+                          draft_rater=args.draft_rater, extra_masks=masks, labels_taken=taken)
+    grey_matter = None
+    if masks:
+        [(mask, _fields)] = masks.values()
+        grey_matter = sitk.GetArrayFromImage(case.check(mask, args.drawn_on, "the grey matter"))
+    discard_drafts(case, {args.rater, args.draft_rater or args.rater}, grey_matter, taken)  # the grey matter's too
     return {"version": outcome.result.version, "folder": str(outcome.result.version_folder), "parent": parent,
             "warning": outcome.warning}
 

@@ -153,10 +153,17 @@ def draft_path(case, rater: str) -> Path:
     return folder / f"{rater_key(rater)}.nrrd"
 
 
-def discard_drafts(case, raters: set[str]) -> None:
-    """Remove these raters' grey-matter drafts of the case (the export child, once the version is written)."""
+def discard_drafts(case, raters: set[str], exported_zyx=None, labels_taken: float | None = None) -> None:
+    """Remove these raters' grey-matter drafts of the case (the export child, once the version is written), except
+    one written after the exported masks were taken (``labels_taken``, a file time in s) that holds other grey matter
+    than ``exported_zyx`` (0/1 on the case's grid; None: none was exported): edits made while the export ran."""
+    from .cases.drafts import draft_holds_more
+
     for rater in raters:
-        draft_path(case, rater).unlink(missing_ok=True)
+        path = draft_path(case, rater)
+        held = None if exported_zyx is None else (exported_zyx > 0).astype("uint8")
+        if not draft_holds_more(path, case.scan, held, labels_taken):
+            path.unlink(missing_ok=True)
 
 
 def export_masks(mask_path: Path | None, predicted_path: Path | None, model: str | None) -> dict:

@@ -76,6 +76,9 @@ def show_export(controller: PanelController, job: panel.Job) -> None:
 
     summary = export_summary(job.run.stdout)
     controller.view.say(summary)
+    controller.view.log(job.run.stdout.splitlines())
+    if job.abandoned:  # the scene closed meanwhile: its node ids now name the new scene's nodes, another case's
+        return
     segmentation = controller.scene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
     volume = controller.scene.GetNodeByID(job.volume_id) if job.volume_id else None
     if panel_case.after_export(segmentation, job.run.stdout):
@@ -83,7 +86,6 @@ def show_export(controller: PanelController, job: panel.Job) -> None:
         controller.session.rebind(volume, segmentation)
         if volume is not None:
             controller.view.say(exported_sentence(summary, controller.session.keep_after_export(volume, segmentation)))
-    controller.view.log(job.run.stdout.splitlines())
 
 
 def show_comparison(controller: PanelController, job: panel.Job) -> None:

@@ -282,3 +282,35 @@ def test_a_kill_9_mid_edit_loses_at_most_the_strokes_since_the_last_pause(scene,
     np.testing.assert_array_equal(restored.labels, np.load(first_path))
     # No partial file was left beside the draft (each is written to a temporary name, then renamed).
     assert [p.name for p in (root / "derivatives" / "labels" / ".drafts").rglob("*") if p.is_file()] == [reopened.offer.path.name]
+
+
+def test_an_export_removes_only_the_drafts_its_version_holds(tmp_path: Path) -> None:
+    """The export child removed the rater's draft whatever it held; a draft written after the exported labels were
+    taken (edits made while the export ran, or drafted as the scene closed) and holding other labels now stays."""
+    import os
+
+    from SCIsegLib.cases import Case
+    from SCIsegLib.cases.drafts import draft_folder, draft_holds_more, write_draft
+
+    root = dataset(tmp_path)
+    case = Case.open(root, scan_path(root, "01"))
+    exported = case.labels.copy()
+    exported[20:23, 26:29, 29:32] = 2
+    later = exported.copy()
+    later[30:33, 26:29, 29:32] = 2
+    taken = 1_000_000.0  # a file time (s); the drafts' times are set around it
+    outcomes = {}
+    for name, labels, delta in (("before", later, -5), ("same", exported, 5), ("later", later, 5)):
+        draft = write_draft(draft_folder(root, case.scan), case.scan, name, labels, case.base.name)
+        os.utime(draft.path, (taken + delta, taken + delta))
+        outcomes[name] = draft_holds_more(draft.path, case.scan, exported, taken)
+    assert outcomes == {"before": False, "same": False, "later": True}
+    assert not draft_holds_more(case.drafts()[0].path, case.scan, exported, None)  # no time given: every draft goes
+
+    later_draft = write_draft(draft_folder(root, case.scan), case.scan, "alice", later, case.base.name)
+    outcome = case.export(case.scan.grid.image_of(exported), "alice", drawn_on=None,
+                          labels_taken=later_draft.path.stat().st_mtime - 1)
+    assert outcome.result.version == 1 and later_draft.path.is_file()
+    earlier = write_draft(draft_folder(root, case.scan), case.scan, "bob", later, case.base.name)
+    case.export(case.scan.grid.image_of(later), "bob", drawn_on=None, labels_taken=earlier.path.stat().st_mtime + 1)
+    assert not earlier.path.exists()

@@ -382,3 +382,46 @@ def test_undo_in_segment_editor_is_drafted_like_a_stroke(scene, tmp_path: Path) 
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), before)
     assert controller.session.live[0].GetNumberOfRows() == rows - 1  # the undone lesion left the live list
     controller.shutdown()
+
+
+def test_an_export_that_ends_after_the_scene_closed_keeps_later_edits_and_leaves_the_new_scene_alone(scene, tmp_path: Path) -> None:
+    """The scene closes (or Slicer exits) while an export runs: the close drafts the edits made since the click, then
+    the export child removed that draft (they were lost), and the finished export set its version as the base of the
+    new scene's segmentation that reuses the old node id (another opening's lineage)."""
+    scene, logic = scene
+    root, first, view, controller, now, segmentation, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    exported = panel_case.labels_zyx(scene, logic, controller.session.case, segmentation, first)
+    old_id = segmentation.GetID()
+    controller.export()
+    child = controller.state.jobs[Action.EXPORT].run
+    os.kill(child.process.pid, signal.SIGSTOP)  # the export is still running when the scene closes
+    try:
+        later = paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[46:49, 26:29, 29:32])
+
+        def start_close(*unused) -> None:  # SCIseg.py's onSceneStartClose
+            controller.scene_closing()
+            controller.parameters = None
+
+        tag = scene.AddObserver(scene.StartCloseEvent, start_close)
+        scene.Clear(0)
+        scene.RemoveObserver(tag)
+        assert view.said[-1].startswith("Your unsaved edits of sub-01_T2w are kept as a draft by alice")
+        controller.parameters = PanelParameters()  # onSceneEndClose with the module shown
+        again = load_with_slicer(scene, scan_path(root, "01"))
+        controller.parameters.inputVolume = again
+        controller.session.selection_changed()
+        view.answers.append(False)  # the draft of the closed scene is offered; not restored now
+        assert view.run_later() == 1 and "was never exported" in view.questions[-1]
+        reopened = controller.parameters.segmentation
+        assert reopened.GetID() == old_id and reopened.GetAttribute(panel_case.BASE_ATTRIBUTE) == "prediction"
+    finally:
+        os.kill(child.process.pid, signal.SIGCONT)
+    wait_for_jobs(controller)
+    assert view.said[-1].startswith("Exported version v001 (from prediction)")
+    [version] = (root / "derivatives" / "labels" / ".sciseg_versions").rglob("v001")
+    [dseg] = version.glob("*_dseg.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(dseg))), exported)
+    assert draft_file.is_file(), "the export removed the draft of the edits made after its click"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), later)
+    assert reopened.GetAttribute(panel_case.BASE_ATTRIBUTE) == "prediction", "the old scene's export rebased a new node"
+    controller.shutdown()

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..training.export import ExportResult, export_correction, labels_folder, version_store
 from .bases import EMPTY, Base, base_labels, prediction_of, versions_of
-from .drafts import Draft, draft_folder, draft_labels, drafts_in, rater_key, write_draft
+from .drafts import Draft, draft_folder, draft_holds_more, draft_labels, drafts_in, rater_key, write_draft
 from .leases import Lease, lease_folder, live_leases, remove_lease, write_lease
 from .notes import CaseNote, checked_flags, checked_note, notes_folder, notes_in, read_note, write_note
 from .scan import CaseRefused, Scan, scan_of
@@ -190,6 +190,14 @@ class Case:
         (self._draft_folder(self.root, self.scan) / f"{rater_key(rater)}.nrrd").unlink(missing_ok=True)
         self._drafted = None
 
+    def discard_exported_draft(self, rater: str, exported_zyx: np.ndarray, labels_taken: float | None) -> None:
+        """After an export of ``exported_zyx``: remove the rater's draft, unless it was written after the exported
+        labels were taken (``labels_taken``, a file time in s; None: never) and holds other labels -- edits made while
+        the export ran, which no version has (:func:`draft_holds_more`)."""
+        path = self._draft_folder(self.root, self.scan) / f"{rater_key(rater)}.nrrd"
+        if not draft_holds_more(path, self.scan, exported_zyx, labels_taken):
+            self.discard_draft(rater)
+
     # ------------------------------------------------------------------ note and flags; who else has it open
     def _notes_folder(self) -> Path:
         return inside_derivatives(self.root, notes_folder(self.root, self.scan), "the notes folder")
@@ -224,13 +232,16 @@ class Case:
     # ------------------------------------------------------------------ export
     def export(self, labels: sitk.Image, rater: str, *, drawn_on: str | None, model: str | None = None,
                note: str | None = None, flags=None, draft_rater: str | None = None,
-               extra_masks: dict[str, tuple[sitk.Image, dict]] | None = None) -> ExportOutcome:
+               extra_masks: dict[str, tuple[sitk.Image, dict]] | None = None,
+               labels_taken: float | None = None) -> ExportOutcome:
         """A new version of the case's masks with lineage (parent = :attr:`base`); the draft goes, the base becomes it.
 
         Refuses (:class:`CaseRefused`, nothing written) a label map drawn on another scan or grid. ``draft_rater``
         names the draft to remove when it is not ``rater``'s (a name typed after the draft was written). ``note``
         and ``flags`` (None: the rater's kept ones, :meth:`note_of`) go into every sidecar of the version.
         ``extra_masks``: further masks of the version (the grey matter), checked against the case like the labels.
+        ``labels_taken``: when ``labels`` were taken from the editor (a file time, s): a draft written later that holds
+        other labels stays (:meth:`discard_exported_draft`); None: the drafts go.
         """
         kept = self.note_of(rater) if rater.strip() else CaseNote(rater)
         note = kept.note if note is None else note
@@ -254,7 +265,7 @@ class Case:
             warning = (f"your correction started from {self.base.name} while {newer} existed; yours is "
                        f"v{result.version:03d} and now the latest, all are kept: check that it has what {newer} corrected.")
         for name in {rater, draft_rater or rater}:
-            self.discard_draft(name)
+            self.discard_exported_draft(name, array, labels_taken)
         self.bases = versions_of(self.root, self.scan) + [b for b in self.bases if b.kind != "version"]
         self.base = next(b for b in self.bases if b.version == result.version)
         self.labels, self.draft = array, None

@@ -105,6 +105,21 @@ def drafts_in(folder: Path) -> list[Draft]:
     return sorted((d for d in found if d is not None), key=lambda d: d.date, reverse=True)
 
 
+def draft_holds_more(path: Path, scan: Scan, exported_zyx: np.ndarray | None, taken: float | None,
+                     key: str = _KEY) -> bool:
+    """True when the draft at ``path`` must outlive an export of ``exported_zyx`` (None: nothing of that kind was
+    exported): it was written after the exported labels were taken (``taken``, a file time in s; None: no draft
+    does) and holds other labels, or cannot be read to tell (kept, never guessed away)."""
+    if taken is None or not path.is_file() or path.stat().st_mtime <= taken:
+        return False
+    record = read_record(path, key)
+    try:
+        held = draft_labels(record, scan) if record is not None else None
+    except CaseRefused:
+        return True
+    return held is None or exported_zyx is None or not np.array_equal(held, exported_zyx)
+
+
 def draft_labels(draft: Draft, scan: Scan) -> np.ndarray:
     """The draft's (z, y, x) label map; :class:`CaseRefused` when it was drawn on another scan or grid."""
     if draft.scan_sha256 != scan.sha256:
