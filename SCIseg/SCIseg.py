@@ -60,7 +60,7 @@ class SCIseg(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SCIseg")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = ["Segmentations", "SegmentEditor", "Terminologies"]
+        self.parent.dependencies = ["Segmentations", "SegmentEditor", "Terminologies", "Markups", "Tables", "Plots"]
         self.parent.contributors = ["SCIseg developers"]
         self.parent.helpText = _(
             "Segments the spinal cord and intramedullary T2w lesions in spinal cord injury MRI with the SCIseg "

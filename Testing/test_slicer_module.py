@@ -584,3 +584,14 @@ def test_the_tests_parameter_node_has_the_modules_fields() -> None:
     fields = {name: "sciseg-demo" if name == "model" else None if value is None else ast.literal_eval(value)
               for name, value in fields.items()}
     assert {f.name: f.default for f in dataclasses.fields(PanelParameters)} == fields
+
+
+def test_every_slicer_module_the_panel_calls_is_a_declared_dependency() -> None:
+    """``slicer.modules.<name>`` exists only when that module is loaded (a user may disable one in the application
+    settings): declared in ``parent.dependencies``, Slicer does not load SCIseg without it (qSlicerAbstractCoreModule
+    dependencies) instead of failing at a click. Markups, Tables and Plots were used and not declared."""
+    source = MODULE.read_text()
+    used = set(re.findall(r"slicer\.modules\.(\w+)\.", source)) - {"SCIsegWidget"}
+    [declared] = re.findall(r"self\.parent\.dependencies = (\[.*?\])", source)
+    assert used == {"terminologies", "segmentations", "segmenteditor", "tables", "plots", "markups"}
+    assert used <= {name.lower() for name in ast.literal_eval(declared)}
