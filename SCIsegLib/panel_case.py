@@ -197,7 +197,7 @@ def opening(scene, root: str | Path, volume_node, rater: str = "", draft: Draft 
     try:
         case = open_case(root, volume_node, draft_of=draft.rater if draft is not None else None)
         if case is None:
-            return Opening(None)
+            return Opening(None, sentence=no_case_sentence(volume_node))
         existing = bound_segmentation(scene, case) if draft is None else None
         if existing is not None:
             case = case_of(root, volume_node, existing) or case
@@ -208,6 +208,16 @@ def opening(scene, root: str | Path, volume_node, rater: str = "", draft: Draft 
     empty = case.base.kind == "empty" and case.draft is None
     return Opening(case, None, None if empty else case.labels, case.opening_sentence(), empty and offer is None, offer,
                    rater)
+
+
+def no_case_sentence(volume_node) -> str:
+    """Why a selected volume opened no case (:func:`open_case`): nothing of it is drafted, which the rater must know."""
+    name = volume_node.GetName()
+    if image_path(volume_node) is None:
+        return (f"'{name}' was not loaded from a file, so it has no case: its edits are not drafted (save it, then load "
+                "the saved file to have them drafted).")
+    return (f"No export folder (BIDS dataset) is set: '{name}' has no case, so its edits are not drafted and no version "
+            "opens. Choose the export folder, then select the volume again.")
 
 
 def paired_segmentation(scene, volume_node):

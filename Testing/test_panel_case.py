@@ -224,7 +224,12 @@ def test_without_a_case_the_previous_volumes_segmentation_is_never_selected_for_
     root = dataset(tmp_path)
     first = load_with_slicer(scene, scan_path(root, "01"))
     second = load_with_slicer(scene, scan_path(root, "02"))
-    assert panel_case.opening(scene, "", first).case is None
+    nothing = panel_case.opening(scene, "", first)
+    assert nothing.case is None and nothing.sentence.startswith("No export folder (BIDS dataset) is set: 'sub-01_T2w' has")
+    assert "not drafted" in nothing.sentence  # before, nothing said that edits of this scan are not kept anywhere
+    unsaved = mrml.add_volume_node(scene, mrml.image_from_volume_node(second), "made in Slicer")
+    made_here = panel_case.opening(scene, root, unsaved)
+    assert made_here.case is None and made_here.sentence.startswith("'made in Slicer' was not loaded from a file")
     made = mrml.import_sciseg_masks(logic, scene, first, *(mrml.image_from_volume_node(first) * 0,) * 2)
     assert panel_case.paired_segmentation(scene, first) is made
     assert panel_case.paired_segmentation(scene, second) is None
