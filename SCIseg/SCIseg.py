@@ -330,7 +330,7 @@ class SCIsegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             dialog.deleteLater()  # parented to the main window: without this, one dialog per question stays alive
 
     def trying(self, failure: str):
-        return slicer.util.tryWithErrorDisplay(failure, waitCursor=True)
+        return slicer.util.tryWithErrorDisplay(failure)  # no wait cursor: such a block may ask (a draft to restore)
 
     def later(self, slot) -> None:
         qt.QTimer.singleShot(0, slot)

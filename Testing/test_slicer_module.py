@@ -595,3 +595,18 @@ def test_every_slicer_module_the_panel_calls_is_a_declared_dependency() -> None:
     [declared] = re.findall(r"self\.parent\.dependencies = (\[.*?\])", source)
     assert used == {"terminologies", "segmentations", "segmenteditor", "tables", "plots", "markups"}
     assert used <= {name.lower() for name in ast.literal_eval(declared)}
+
+
+def test_the_views_error_block_sets_no_wait_cursor_over_its_questions() -> None:
+    """``PanelView.trying`` blocks may ask (``CaseSession.open_selected`` asks whether to restore a draft inside one);
+    ``slicer.util.tryWithErrorDisplay(waitCursor=True)`` sets the application's override cursor for the whole block
+    (Slicer 5.10 ``Base/Python/slicer/util.py`` l. 3367-3394), so the question showed a busy cursor."""
+    widget = [n for n in ast.parse(MODULE.read_text()).body if isinstance(n, ast.ClassDef) and n.name == "SCIsegWidget"]
+    [trying] = [n for n in widget[0].body if isinstance(n, ast.FunctionDef) and n.name == "trying"]
+    assert "tryWithErrorDisplay" in ast.unparse(trying) and "waitCursor=True" not in ast.unparse(trying)
+    import inspect
+
+    from SCIsegLib.panel_session import CaseSession
+
+    opening = inspect.getsource(CaseSession.open_selected)
+    assert opening.index("self.view.trying(") < opening.index("self.view.ask(")  # the question this is about
