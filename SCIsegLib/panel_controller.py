@@ -135,8 +135,11 @@ class PanelController:
             return
         if not self.paired(segmentation, volume) or not gm.may_replace(segmentation, self.view.ask) or not self.ready(Action.GREY_MATTER):
             return
+        from .panel_grey_matter_case import grey_matter_digest
+
+        at_click = grey_matter_digest(self.scene, self.logic, segmentation, volume)  # edits during the run are asked about
         self._start(Action.GREY_MATTER, "The grey matter could not be segmented.", gm.model_sentence(model),
-                    lambda: gm.start(volume, model, self.parameters.device, self.python), fresh=True,
+                    lambda: gm.start(volume, model, self.parameters.device, self.python, at_click), fresh=True,
                     volume_id=volume.GetID(), segmentation_id=segmentation.GetID())
 
     def install_model(self, source: str) -> None:

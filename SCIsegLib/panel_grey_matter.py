@@ -32,6 +32,9 @@ DRAFTS = "grey_matter"
 #: The exported grey matter's file suffix (``<stem>_label-GM_seg.nii.gz``).
 GM_FILE_SUFFIX = f"{GREY_MATTER.export_suffix}.nii.gz"
 NO_MODEL = "No grey-matter model is installed: install SCT's with `sciseg models install graymatter`."
+EDITED_DURING_RUN = ("The grey-matter segment of '{name}' was edited while the grey matter was being segmented. Replace "
+                     "it with the model's grey matter (those edits are lost)?")
+NOT_IMPORTED = "The model's grey matter was not imported: your edits of the grey-matter segment are kept."
 REPLACE_QUESTION = ("'{name}' already has a grey-matter segment. Segment the grey matter again and replace it "
                     "(your edits of the grey matter are lost)?")
 
@@ -58,11 +61,14 @@ def model_sentence(name: str) -> str:
     return f"Segmenting the grey matter with {name}..."
 
 
-def start(volume_node, model: str, device: str, python_executable: str):
-    """Write the volume to the run's private ``input.nii`` and start ``sciseg segment --model <model>`` in a child."""
+def start(volume_node, model: str, device: str, python_executable: str, segment_at_click: str | None = None):
+    """Write the volume to the run's private ``input.nii`` and start ``sciseg segment --model <model>`` in a child.
+    ``segment_at_click``: the digest of the grey-matter segment when the rater clicked (None: none), kept on the run
+    as ``grey_matter_at_click`` (:func:`may_import`)."""
     from . import mrml, runner
 
     run = runner.SegmentationRun(runner.RunOptions(model=model, device=device), python_executable=python_executable)
+    run.grey_matter_at_click = segment_at_click
     run.input_path = run.work_dir / "input.nii"
     try:
         mrml.save_volume_node_as_nifti(volume_node, run.input_path)
@@ -142,6 +148,16 @@ def may_replace(segmentation_node, ask: Any) -> bool:
     except ValueError:
         existing = "several"
     return existing is None or ask(REPLACE_QUESTION.format(name=segmentation_node.GetName()))
+
+
+def may_import(scene, logic, run, segmentation_node, volume_node, ask: Any) -> bool:
+    """True when a finished run's grey matter may replace the segmentation's grey-matter segment: it is as it was at
+    the click (the rater agreed then, :func:`may_replace`), or ``ask`` says so after the rater edited it during the run."""
+    from .panel_grey_matter_case import grey_matter_digest
+
+    now = grey_matter_digest(scene, logic, segmentation_node, volume_node)
+    return now is None or now == getattr(run, "grey_matter_at_click", None) or ask(
+        EDITED_DURING_RUN.format(name=segmentation_node.GetName()))
 
 
 def draft_path(case, rater: str) -> Path:

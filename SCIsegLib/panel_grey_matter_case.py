@@ -58,6 +58,12 @@ def _segment_zyx(scene, logic, segmentation_node, volume_node) -> np.ndarray | N
     return None if segment_id is None else mrml.segment_mask(logic, scene, segmentation_node, segment_id, volume_node)
 
 
+def grey_matter_digest(scene, logic, segmentation_node, volume_node) -> str | None:
+    """The digest of the segmentation's grey-matter segment on the volume's grid; None without one (or with several)."""
+    mask = _segment_zyx(scene, logic, segmentation_node, volume_node)
+    return None if mask is None else digest(mask)
+
+
 def grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node) -> bool:
     """True when the case's own segmentation has a grey-matter segment that differs from what was saved (the
     model's mask, the version's, the last export)."""

@@ -38,13 +38,18 @@ def show_segmentation(controller: PanelController, job: panel.Job) -> None:
 
 
 def show_grey_matter(controller: PanelController, job: panel.Job) -> None:
-    """The grey-matter mask into the segmentation it was started for, on the volume that was segmented."""
-    from .panel_grey_matter import import_run
+    """The grey-matter mask into the segmentation it was started for, on the volume that was segmented; grey matter
+    the rater edited during the run is replaced only when the rater says so."""
+    from .panel_grey_matter import NOT_IMPORTED, import_run, may_import
 
     volume = panel.result_volume(controller.scene, job)
     segmentation = controller.scene.GetNodeByID(job.segmentation_id) if job.segmentation_id else None
     if segmentation is None:
         raise ValueError("The segmentation was removed from the scene during the run: the grey matter was not imported.")
+    if not may_import(controller.scene, controller.logic, job.run, segmentation, volume, controller.view.ask):
+        controller.view.progress(0)
+        controller.view.say(NOT_IMPORTED)
+        return
     if not controller.predictions or not os.path.isdir(controller.predictions):
         controller.predictions = tempfile.mkdtemp(prefix="sciseg-predictions-")
     import_run(controller.scene, controller.logic, job.run, segmentation, volume, controller.predictions)

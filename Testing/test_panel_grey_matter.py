@@ -67,7 +67,15 @@ def test_grey_matter_button_segments_edits_and_exports_label_gm_seg(scene, tmp_p
     job = controller.state.jobs[Action.GREY_MATTER]
     assert job.run.options.model == "sciseg-gm-demo" and "demonstration model" in view.said[-1]
     assert job.segmentation_id == segmentation.GetID() and job.volume_id == volume.GetID()
+    # The rater paints a grey-matter segment while the model runs (there was none at the click, so nothing was
+    # asked then): the import asks before replacing it. Before, it was replaced without a word.
+    reference = mrml.image_from_volume_node(volume)
+    during = np.zeros_like(cord_segment_before)
+    during[np.argwhere(cord_segment_before)[0][0]] = cord_segment_before[np.argwhere(cord_segment_before)[0][0]]
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.GREY_MATTER, mrml.image_from_array_zyx(during.astype(np.uint8), reference), volume)
+    view.answers.append(True)
     wait_for_jobs(controller, timeout_s=300)
+    assert view.questions == [panel_grey_matter.EDITED_DURING_RUN.format(name=segmentation.GetName())]
     assert view.said[-1].startswith(f"Done: grey matter added to '{segmentation.GetName()}'"), (view.said, view.errors)
     assert not job.run.work_dir.exists()  # the child's work folder went with the job
 
@@ -98,9 +106,20 @@ def test_grey_matter_button_segments_edits_and_exports_label_gm_seg(scene, tmp_p
     np.testing.assert_array_equal(after, expected)
     assert mrml.lesion_to_select(segmentation) == "lesion"
 
+    # A "No" keeps the rater's grey matter: nothing of the run is imported (the finished job shown again, after an edit).
+    edited = gm.copy()
+    edited[np.argwhere(gm)[0][0]] = False
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.GREY_MATTER, mrml.image_from_array_zyx(edited.astype(np.uint8), reference), volume)
+    view.answers.append(False)
+    from SCIsegLib import panel_shown
+
+    panel_shown.show_grey_matter(controller, job)
+    assert view.said[-1] == panel_grey_matter.NOT_IMPORTED and len(view.questions) == 2
+    np.testing.assert_array_equal(mrml.segment_mask(logic, scene, segmentation, "grey_matter", volume), edited)
+    mrml.set_segment_from_mask(logic, scene, segmentation, mrml.GREY_MATTER, mrml.image_from_array_zyx(gm.astype(np.uint8), reference), volume)
+
     # The rater paints grey matter with "overwrite all segments": Segment Editor takes the voxels from the cord segment.
     # The cord region stays whole, the lesion list still finds the one lesion.
-    reference = mrml.image_from_volume_node(volume)
     painted = gm.copy()
     z = int(np.argwhere(gm)[:, 0].max())
     box = np.zeros_like(gm)
