@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .panel import PanelState
-from .panel_view import PanelView, draft_kept_sentence, draft_question
+from .panel_view import PanelView, draft_kept_sentence, draft_question, not_drafted_sentence
 
 
 class CaseSession:
@@ -132,11 +132,14 @@ class CaseSession:
             mrml.stop_observing_edits(self.observed, self._tags)
         self.observed, self._tags = segmentation_node, ()
         if segmentation_node is not None:
+            from . import panel_case
             from .panel_lesions import EditDebounce
 
             self.edits = self.edits or EditDebounce()
             self._tags = mrml.observe_edits(segmentation_node, self.edited)
             self.edits.touch(self.clock())
+            if self.case is not None and not panel_case.is_bound(segmentation_node, self.case):
+                self.view.say(not_drafted_sentence(segmentation_node.GetName(), self.case.scan.stem))
 
     def edited(self, *unused: Any) -> None:
         self.edits.touch(self.clock())

@@ -130,6 +130,12 @@ def segment_subject(is_lesion: bool) -> str:
     return "lesion" if is_lesion else "spinal cord"
 
 
+def not_drafted_sentence(segmentation: str, scan: str) -> str:
+    """Said when the selected segmentation was not made for the open case (made in Segment Editor, or imported)."""
+    return (f"'{segmentation}' was not made for the case {scan}: its edits are not drafted (Export still checks and "
+            "writes it). Select the case's own segmentation to have them drafted.")
+
+
 def draft_kept_sentence(draft: str) -> str:
     return f"Unsaved edits kept as a {draft}."
 

@@ -425,3 +425,25 @@ def test_an_export_that_ends_after_the_scene_closed_keeps_later_edits_and_leaves
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), later)
     assert reopened.GetAttribute(panel_case.BASE_ATTRIBUTE) == "prediction", "the old scene's export rebased a new node"
     controller.shutdown()
+
+
+def test_a_selected_segmentation_not_made_for_the_case_says_its_edits_are_not_drafted(scene, tmp_path: Path) -> None:
+    """Drafts are written only for a segmentation bound to the open case; one made in Segment Editor (or imported)
+    and selected in the panel was edited with no draft and no word about it."""
+    scene, logic = scene
+    root, first, view, controller, now, segmentation, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    reference = mrml.image_from_volume_node(first)
+    own = mrml.import_sciseg_masks(logic, scene, first, *(reference * 0,) * 2, name="made in Segment Editor")
+    controller.parameters.segmentation = own
+    controller.session.selection_changed()
+    assert view.said[-1].startswith("'made in Segment Editor' was not made for the case sub-01_T2w: its edits are not drafted")
+    drafted = draft_file.read_bytes()
+    paint_lesion(scene, logic, None, own, first, np.s_[46:49, 26:29, 29:32])
+    now[0] += 1.5
+    controller.session.tick()
+    assert draft_file.read_bytes() == drafted  # as said: the case's draft is not this segmentation's
+    controller.parameters.segmentation = segmentation  # the case's own: nothing to say
+    said = len(view.said)
+    controller.session.selection_changed()
+    assert len(view.said) == said
+    controller.shutdown()
