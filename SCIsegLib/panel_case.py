@@ -85,18 +85,36 @@ def is_bound(segmentation_node, case: Case) -> bool:
     return segmentation_node is not None and segmentation_node.GetAttribute(DRAWN_ON_ATTRIBUTE) == case.scan.key
 
 
-def case_segmentation(scene, case: Case, selected):
+def case_segmentation(scene, case: Case, selected, volume_node=None):
     """The segmentation whose edits are the case's: the selected one when it belongs to the case (the rater may
-    have several), else the newest one made for it."""
-    return selected if is_bound(selected, case) else bound_segmentation(scene, case)
+    have several), else the newest one made for it; with ``volume_node``, only one made on that node
+    (:func:`bound_segmentation`)."""
+    return selected if _made_for(selected, case, volume_node) else bound_segmentation(scene, case, volume_node)
 
 
-def bound_segmentation(scene, case: Case):
-    """The segmentation node of the scene made for ``case`` (the newest one), None when there is none."""
+def _made_for(segmentation_node, case: Case, volume_node) -> bool:
+    return is_bound(segmentation_node, case) and (volume_node is None or mrml.pairing_problem(segmentation_node, volume_node) is None)
+
+
+def bound_segmentation(scene, case: Case, volume_node=None):
+    """The segmentation node of the scene made for ``case`` (the newest one), None when there is none. With
+    ``volume_node``, only one made on that very node: the same file loaded twice is two nodes, and a segmentation of
+    the other one is refused by every action on this one (:func:`mrml.pairing_problem`)."""
     nodes = [scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
              for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
-    mine = [node for node in nodes if is_bound(node, case)]
+    mine = [node for node in nodes if _made_for(node, case, volume_node)]
     return mine[-1] if mine else None
+
+
+def volume_of_file(scene, path: str | Path):
+    """The scene's scalar volume (not a label map) read from the file ``path``, None when none was."""
+    wanted = Path(path).resolve()
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        read = image_path(node) if not node.IsA("vtkMRMLLabelMapVolumeNode") else None
+        if read is not None and read.resolve() == wanted:
+            return node
+    return None
 
 
 def segmentation_from_labels(scene, logic, case: Case, volume_node, labels_zyx: np.ndarray, name: str, rater: str = ""):
@@ -198,7 +216,7 @@ def opening(scene, root: str | Path, volume_node, rater: str = "", draft: Draft 
         case = open_case(root, volume_node, draft_of=draft.rater if draft is not None else None)
         if case is None:
             return Opening(None, sentence=no_case_sentence(volume_node))
-        existing = bound_segmentation(scene, case) if draft is None else None
+        existing = bound_segmentation(scene, case, volume_node) if draft is None else None
         if existing is not None:
             case = case_of(root, volume_node, existing) or case
             return Opening(case, existing, None, case.opening_sentence())

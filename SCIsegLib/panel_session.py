@@ -61,7 +61,7 @@ class CaseSession:
 
         volume = self.scene.GetNodeByID(self.state.case_volume_id) if self.state.case_volume_id else None
         selected = self.parameters.segmentation if self.parameters is not None else None
-        segmentation = panel_case.case_segmentation(self.scene, self.case, selected)
+        segmentation = panel_case.case_segmentation(self.scene, self.case, selected, volume)
         sentence = panel_case.keep_work(self.scene, self.logic, self.case, segmentation, volume, self.view.inputs().rater)
         if sentence:
             self.view.say(sentence)
@@ -76,7 +76,7 @@ class CaseSession:
         from . import panel_case
 
         selected = self.parameters.segmentation if self.parameters is not None else None
-        segmentation = panel_case.case_segmentation(self.scene, self.case, selected)
+        segmentation = panel_case.case_segmentation(self.scene, self.case, selected, volume_node)
         unsaved = panel_case.has_unsaved_edits(self.scene, self.logic, self.case, segmentation, volume_node)
         return segmentation if unsaved else None
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import panel
 from .panel import Action
-from .panel_view import exported_sentence, measurement_sentence, segmented_sentence
+from .panel_view import exported_sentence, measurement_sentence, segmented_sentence, still_next_sentence
 
 if TYPE_CHECKING:
     from .panel_controller import PanelController
@@ -107,7 +107,13 @@ def open_next_case(controller: PanelController, job: panel.Job) -> None:
     if path is None:
         controller.view.say(job.run.stdout.strip() or "The queue is empty.")
         return
-    volume = controller.view.load_volume(path)
+    from . import panel_case
+
+    loaded = panel_case.volume_of_file(controller.scene, path)  # never a second node of a scan in the scene
+    if loaded is not None and controller.parameters is not None and loaded is controller.parameters.inputVolume:
+        controller.view.say(still_next_sentence(loaded.GetName()))
+        return
+    volume = loaded or controller.view.load_volume(path)
     if controller.parameters is None:  # the scene was closed and the module not entered since
         return
     controller.session.segment_when_opened = True

@@ -140,5 +140,10 @@ def draft_kept_sentence(draft: str) -> str:
     return f"Unsaved edits kept as a {draft}."
 
 
+def still_next_sentence(name: str) -> str:
+    """Next case found the open scan again: the queue's next case is the first one without an exported version."""
+    return f"{name} is still the queue's next case (no version of it is exported yet): export your corrections first."
+
+
 def segmented_sentence(name: str) -> str:
     return f"Done: '{name}'. Correct it with Edit."

@@ -447,3 +447,53 @@ def test_a_selected_segmentation_not_made_for_the_case_says_its_edits_are_not_dr
     controller.session.selection_changed()
     assert len(view.said) == said
     controller.shutdown()
+
+
+def test_next_case_finds_the_open_scan_again_and_loads_no_second_copy(scene, tmp_path: Path) -> None:
+    """The queue's next case is the first scan without an exported version: Next case before exporting gave the open
+    scan again, which was loaded as a second volume node; the case's segmentation (made on the first node) was then
+    selected for it, refused by Export, and its strokes were no longer drafted."""
+    scene, logic = scene
+    root = dataset(tmp_path)
+    queue = tmp_path / "queue.json"
+    scans = {str(scan_path(root, s)): {"path": str(scan_path(root, s)), "score": score} for s, score in (("01", 0.9), ("02", 0.2))}
+    queue.write_text(json.dumps({"scans": scans}))
+    view = RecordingView(scene, PanelInputs(rater="alice", export_folder=str(root), queue_path=str(queue)))
+    controller = controller_for(scene, logic, view)
+    controller.next_case()
+    wait_for_jobs(controller)
+    volume = controller.parameters.inputVolume
+    controller.session.selection_changed()
+    assert view.run_later() == 1 and volume.GetName() == "sub-01_T2w"
+    segmentation = controller.parameters.segmentation
+    paint_lesion(scene, logic, controller.session.case, segmentation, volume, np.s_[40:43, 26:29, 29:32])
+
+    controller.next_case()
+    wait_for_jobs(controller)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1, "the open scan was loaded a second time"
+    assert controller.parameters.inputVolume is volume and controller.parameters.segmentation is segmentation
+    assert view.said[-1] == panel_view.still_next_sentence("sub-01_T2w")
+    controller.shutdown()
+
+
+def test_the_same_scan_loaded_twice_never_gets_the_other_nodes_segmentation(scene, tmp_path: Path) -> None:
+    """Two volume nodes of one file (File > Add Data twice) are one case: the second opened with the first node's
+    segmentation, which every action refuses on it and which was then never drafted. Now it opens its own, from the
+    draft of the first node's edits when the rater restores it."""
+    scene, logic = scene
+    root = dataset(tmp_path)
+    first, second = (load_with_slicer(scene, scan_path(root, "01")) for _ in range(2))
+    view = RecordingView(scene, PanelInputs(rater="alice", export_folder=str(root)))
+    controller = controller_for(scene, logic, view)
+    controller.parameters.inputVolume = first
+    controller.session.selection_changed()
+    view.run_later()
+    edited = paint_lesion(scene, logic, controller.session.case, controller.parameters.segmentation, first, np.s_[40:43, 26:29, 29:32])
+    controller.parameters.inputVolume = second
+    controller.session.selection_changed()
+    view.answers.append(True)  # restore the draft of the first node's edits (kept as the first node was left)
+    assert view.run_later() == 1 and "was never exported" in view.questions[-1]
+    segmentation = controller.parameters.segmentation
+    assert mrml.pairing_problem(segmentation, second) is None
+    np.testing.assert_array_equal(panel_case.labels_zyx(scene, logic, controller.session.case, segmentation, second), edited)
+    controller.shutdown()
