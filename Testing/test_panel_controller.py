@@ -117,14 +117,19 @@ def test_a_selected_volume_opens_its_case_edits_are_drafted_and_segment_again_dr
     controller.shutdown()
 
 
-def test_next_case_loads_the_queues_scan_and_segments_it_when_its_case_has_nothing(scene, tmp_path: Path) -> None:
-    scene, logic = scene
+def queued_panel(scene, logic, tmp_path: Path, scores: dict[str, float]):
+    """The test dataset, a review queue of its scans (subject -> uncertainty score) and a panel with both set."""
     root = dataset(tmp_path)
     queue = tmp_path / "queue.json"
-    scans = {str(scan_path(root, s)): {"path": str(scan_path(root, s)), "score": score} for s, score in (("01", 0.2), ("02", 0.9))}
+    scans = {str(scan_path(root, s)): {"path": str(scan_path(root, s)), "score": score} for s, score in scores.items()}
     queue.write_text(json.dumps({"scans": scans}))
     view = RecordingView(scene, PanelInputs(rater="alice", export_folder=str(root), queue_path=str(queue)))
-    controller = controller_for(scene, logic, view)
+    return queue, view, controller_for(scene, logic, view)
+
+
+def test_next_case_loads_the_queues_scan_and_segments_it_when_its_case_has_nothing(scene, tmp_path: Path) -> None:
+    scene, logic = scene
+    queue, view, controller = queued_panel(scene, logic, tmp_path, {"01": 0.2, "02": 0.9})
     controller.next_case()
     assert view.settings == {"SCIseg/Queue": str(queue)} and view.said[-1] == "Looking for the next case..."
     wait_for_jobs(controller)
@@ -454,12 +459,7 @@ def test_next_case_finds_the_open_scan_again_and_loads_no_second_copy(scene, tmp
     scan again, which was loaded as a second volume node; the case's segmentation (made on the first node) was then
     selected for it, refused by Export, and its strokes were no longer drafted."""
     scene, logic = scene
-    root = dataset(tmp_path)
-    queue = tmp_path / "queue.json"
-    scans = {str(scan_path(root, s)): {"path": str(scan_path(root, s)), "score": score} for s, score in (("01", 0.9), ("02", 0.2))}
-    queue.write_text(json.dumps({"scans": scans}))
-    view = RecordingView(scene, PanelInputs(rater="alice", export_folder=str(root), queue_path=str(queue)))
-    controller = controller_for(scene, logic, view)
+    _queue, view, controller = queued_panel(scene, logic, tmp_path, {"01": 0.9, "02": 0.2})
     controller.next_case()
     wait_for_jobs(controller)
     volume = controller.parameters.inputVolume
