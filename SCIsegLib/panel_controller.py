@@ -113,7 +113,6 @@ class PanelController:
         self.session.keep_work()  # drafted before anything else can replace them
         from . import panel_jobs
 
-
         def started() -> runner.SegmentationRun:
             if volume is None:
                 raise ValueError("Select a T2w volume first.")

@@ -81,8 +81,9 @@ class CaseSession:
         return segmentation if unsaved else None
 
     def keep_after_export(self, volume_node, segmentation_node) -> str | None:
-        """An export of ``segmentation_node`` finished: its child removed the rater's draft, so strokes made while it
-        ran (in no version) are drafted again at once. Returns what was written, None when nothing was unsaved."""
+        """An export of ``segmentation_node`` finished and its version is the base now: strokes made while it ran (in
+        no version; their draft, written before, still names the old base) are drafted against it at once. Returns
+        what was written, None when nothing was unsaved."""
         from . import panel_case
 
         inputs = self.view.inputs()

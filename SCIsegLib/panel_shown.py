@@ -74,8 +74,8 @@ def show_measurement(controller: PanelController, job: panel.Job) -> None:
 
 
 def show_export(controller: PanelController, job: panel.Job) -> None:
-    """The version written; the segmentation's base becomes it. Edits made while the export ran are in no version and
-    the child removed the rater's draft: they are drafted again at once."""
+    """The version written; the segmentation's base becomes it. Edits made while the export ran are in no version:
+    they are drafted again at once, against it. An export that ends after its scene closed only says what it wrote."""
     from . import panel_case, panel_grey_matter_case
     from .panel_results import export_summary
 
