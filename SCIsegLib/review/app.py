@@ -20,9 +20,8 @@ The rater's work (each decision in the case model, :mod:`SCIsegLib.cases`, or in
   another scan is refused by the case.
 * A case opens at its latest version (whose and when shown), or the rater's own draft when there is one; the
   version list offers the draft, every version, the prediction and empty masks.
-* After each stroke (Paint applies at the release; the editor's signals of one stroke are gathered for
-  :data:`STROKE_SETTLE_S`) the counts and lesion table follow, and a draft is written
-  (atomic) when the masks differ from what was opened or exported. Opening another case (list, ``n``, Shift+N,
+* After each stroke (Paint applies at the release) the counts, the lesion table and a draft (atomic, written in
+  the background in order, when the masks differ from what was opened or exported) follow (:mod:`measures`). Opening another case (list, ``n``, Shift+N,
   the version list) with unsaved strokes asks: keep them as a draft, discard them, or stay. Closing or reloading the
   tab with unsaved strokes gets the browser's leave-page warning (the draft is on disk already).
 * A tab opened at the front's ``/?case=<case id>`` (a QC report's "Open in sciseg review") opens that case once
@@ -67,8 +66,7 @@ from .cases import list_cases, next_uncorrected
 from .draw import SlicerDrawEffect
 from .grey_matter import bind_grey_matter
 from .layout import ReviewViews
-from .lesion_table import lesion_rows, totals_text
-from .memory import release_freed_memory
+from .measures import MeasuresMixin
 from .session import ReviewSession, publish_prediction, start_segmentation
 from .threshold import REGIONS, plan_threshold, region_mask, slice_index_of
 from .view_controls import OverlayControls, label_element, overlay_controls_ui, theme_toggle_ui
@@ -111,11 +109,10 @@ OPEN_JS = (  # ?case=<case id> (the front's answer to a QC report's link): opene
     " if (wanted) { address.searchParams.delete('case'); window.history.replaceState(null, '', address.toString());"
     " window.trame.trigger('open_case', [wanted]); } }"
 )
-STROKE_SETTLE_S = 0.05  # one stroke's signals (apply, segment modified) arrive together: counted once
 DRAFT = "draft"  # the version list's entry for the rater's own draft
 
 
-class ReviewApp(TrameApp):
+class ReviewApp(MeasuresMixin, TrameApp):
     """The rater web app on one BIDS root. ``token`` (None on loopback) is checked by wslink on every connection."""
 
     def __init__(self, root: Path, queue: Path | None = None, model: str = "sciseg-v2", server=None) -> None:
@@ -129,9 +126,7 @@ class ReviewApp(TrameApp):
         self.undo_stack = UndoStack(undo_limit=20)
         self.slicer_app.segmentation_editor.set_undo_stack(self.undo_stack)
         self.run = None
-        self._counts_pending = False
-        self._measuring, self._measure_next = False, None
-        self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
+        self._init_measures()  # counts, draft and lesion table after each edit (measures.py)
         self._brush_effects: set[int] = set()  # effects whose brush size changes are shown on the slider
         self._pointer_view = None  # the slice view the pointer was last over: the slice keys step it
         self.views = ReviewViews(self.server, self.slicer_app)  # layout, view overlays, crosshair (layout.py)
@@ -259,20 +254,6 @@ class ReviewApp(TrameApp):
         self._open(self.session.case.case_id, self.session.case.case.base.name)
         self.refresh_cases()
 
-    def save_draft(self, labels=None) -> bool:
-        """Write the rater's draft when the masks changed (atomic); True when the open case has unsaved strokes.
-
-        ``labels``: the current (z, y, x) label array when the caller has it already."""
-        if self.session.case is None:
-            return False
-        labels = self.session.labels() if labels is None else labels
-        try:
-            self.session.save_draft(str(self.state.rater or ""), labels)
-        except (SCIsegError, OSError) as error:
-            self.state.error = f"the draft could not be written ({error}); export to keep your strokes."
-        self.state.unsaved = self.session.unsaved(labels)
-        return bool(self.state.unsaved)
-
     def _show_case(self) -> None:
         volume = self.session.case.volume_node
         display = self.slicer_app.display_manager
@@ -291,96 +272,12 @@ class ReviewApp(TrameApp):
         display.reset_views()
         self.views.show_case(volume)
         self.overlays.show_case(self.session.case.segmentation_node)
-        labels = self.session.labels()
-        self.state.counts = self.session.voxel_counts(labels)
-        self.state.unsaved = self.session.unsaved(labels)
-        del labels
-        self.state.lesions = []
-        self.state.lesion_totals = ""
-        self.state.current_lesion = 0
         self.state.pending = None
         self._show_bases()
         centre = self.session.largest_lesion_centre_ras()
         if centre is not None:  # start on the largest lesion: what the rater has to check first
             self._centre_views(centre)
-        create_task(self._measure_lesions_in_background(self.session.case.case_id))
-
-    async def _measure_lesions_in_background(self, case_id: str, delay_s: float = 0.2) -> None:
-        """The lesion table after the first image or a stroke: morphometrics take seconds on a 4 M voxel scan.
-
-        One measurement at a time: strokes (or a case opened) while one runs ask for one more afterwards, of the masks
-        and the case then."""
-        await asyncio.sleep(delay_s)
-        self._measure_next = case_id  # the latest request wins (a case opened meanwhile included)
-        if self._measuring:
-            return
-        self._measuring = True
-        try:
-            while self._measure_next is not None:
-                requested, self._measure_next = self._measure_next, None
-                await self._measure_lesions(requested)
-        finally:
-            self._measuring = False
-
-    async def _measure_lesions(self, case_id: str) -> None:
-        if self.session.case is None or self.session.case.case_id != case_id:
-            return
-        try:  # what is measured must be the case's own segmentation (scan and grid)
-            labels, reference = self.session.checked_labels("the segmentation to measure"), self.session.reference_image()
-        except SCIsegError as error:
-            with self.state:
-                self.state.error = str(error)
-            return
-        rows, centres = await asyncio.to_thread(lesion_rows, labels, reference)
-        del labels, reference
-        release_freed_memory()  # the measurement's arrays (in its thread's arena) go back too
-        if self.session.case is None or self.session.case.case_id != case_id:
-            return
-        self.session.case.lesion_centres_ras = centres
-        self.session.show_lesion_numbers(centres)
-        with self.state:
-            self.state.lesions = rows
-            self.state.lesion_totals = totals_text(rows)
-
-    def update_measures(self) -> None:
-        """Counts, lesion table (on the cord's box, :mod:`lesion_table`) and draft, now ("Update measures")."""
-        if self.session.case is None:
-            return
-        labels = self.session.labels()
-        self.state.counts = self.session.voxel_counts(labels)
-        try:
-            rows, centres = lesion_rows(self.session.checked_labels("the segmentation to measure"),
-                                        self.session.reference_image())
-        except SCIsegError as error:
-            self.state.error = str(error)
-            return
-        self.session.case.lesion_centres_ras = centres
-        self.session.show_lesion_numbers(centres)
-        self.state.lesions, self.state.lesion_totals = rows, totals_text(rows)
-        self.save_draft(labels)
-
-    def _on_segmentation_modified(self, *_args) -> None:
-        """After an edit (its signals gathered for STROKE_SETTLE_S): counts, draft, then the lesion table."""
-        if self._counts_pending or self.session.case is None:
-            return
-        self._counts_pending = True
-        create_task(self._after_strokes())
-
-    async def _after_strokes(self) -> None:
-        await asyncio.sleep(STROKE_SETTLE_S)
-        self._counts_pending = False
-        if self.session.case is None:
-            return
-        case, labels = self.session.case, self.session.labels()
-        with self.state:  # the counts reach the page before the draft is written (0.2 s on a full field of view)
-            self.state.counts = self.session.voxel_counts(labels)
-        await asyncio.sleep(0)
-        if self.session.case is not case:  # another case was opened meanwhile: these labels are not its draft
-            return
-        with self.state:
-            self.save_draft(labels)
-        del labels
-        create_task(self._measure_lesions_in_background(self.session.case.case_id, delay_s=0.0))
+        self._show_measures_of_opened_case()
 
     def next_case(self, step: int = 1) -> None:
         cases = list_cases(self.root, self.queue)
