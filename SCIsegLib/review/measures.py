@@ -9,7 +9,8 @@ it wrote the draft (20-40 ms) and exported the masks again for the lesion table 
 Now, after each edit (a stroke, undo, redo, an effect):
 
 * its signals ask for one count in the next turn of the event loop (``loop.call_soon``: the signals of one edit
-  come within one turn, so the masks are whole by then; a later edit asks again);
+  come within one turn, so the masks are whole by then; a later edit asks again), or just before a view starts
+  rendering the edit's frame, whichever comes first (:meth:`MeasuresMixin.count_before_each_frame`);
 * the masks are read from the segments' layers (:mod:`.segment_arrays`: a few ms), counted and sent at once;
 * the draft is written in the background, in order, from those arrays (:mod:`.draft_writer`); the "unsaved"
   mark follows when it is written;
@@ -87,8 +88,17 @@ class MeasuresMixin:
         self._counts_pending = True
         get_event_loop().call_soon(self._count_after_edit)
 
+    def count_before_each_frame(self, views) -> None:
+        """A count waiting when a view starts rendering goes first: the view's frame (0.1-0.3 s of the event loop for
+        the large sagittal view) was asked for by the same edit, before the count. Should a view render in the middle
+        of an edit, its later signals ask for another count: the last count is always of the whole edit."""
+        for view in views:
+            view.render_window().AddObserver("StartEvent", lambda *_: self._counts_pending and self._count_after_edit())
+
     def _count_after_edit(self) -> None:
         """Counts to the page now; the draft and the lesion table from the same arrays in the background."""
+        if not self._counts_pending:
+            return  # counted already, before a frame
         self._counts_pending = False
         if self.session.case is None:
             return
