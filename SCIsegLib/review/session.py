@@ -12,8 +12,6 @@ Arrays are (z, y, x).
 
 from __future__ import annotations
 
-import json
-import shutil
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +22,9 @@ import SimpleITK as sitk
 from .. import mrml
 from ..cases import Case, CaseNote, CaseRefused, Draft, ExportOutcome, Lease, new_holder
 from ..cases.notes import checked_flags, checked_note
-from ..analysis_files import write_text_atomic
-from ..hashing import file_sha256
-from ..lesions import analyze_lesions
-from ..provenance import describe_derivative, source_path
-from ..runner import RunOptions, SegmentationRun
 from ..training.export import latest_version
-from ..volume import load_image, write_image_atomic
+from ..volume import load_image
 from ..warm_client import WarmEngines
-from ..warm_run import EngineRun, engine_settings
 from .cases import case_drafts
 from .grey_matter import (
     SCENE,
@@ -43,7 +35,9 @@ from .grey_matter import (
     grey_matter_model,
 )
 from .memory import release_freed_memory
+from .lesion_table import measure_lesions
 from .paths import case_image_path, prediction_paths
+from .predictions import prediction_sidecar, publish_prediction, start_segmentation  # noqa: F401 - re-exported
 from .segment_arrays import sciseg_labels_zyx
 from .draft_writer import DraftWriter
 
@@ -380,85 +374,3 @@ class ReviewSession:
         self.grey_matter_drafts.exported(self, rater, self._draft_rater)
         self._draft_rater = None
         return outcome
-
-
-def measure_lesions(labels: np.ndarray, reference: sitk.Image) -> tuple[list[dict], dict[int, tuple[float, float, float]]]:
-    """Lesion rows (label, volume mm3, length mm, width mm, centre RAS mm) and centres from a (z, y, x) label array.
-
-    Pure numpy/SimpleITK (no scene), so the app runs it in a worker thread while the views stay live.
-    """
-
-    def image_of(mask: np.ndarray) -> sitk.Image:
-        result = sitk.GetImageFromArray(mask.astype(np.uint8))
-        result.CopyInformation(reference)
-        return result
-
-    analysis = analyze_lesions(image_of(labels == 2), image_of(labels > 0))
-    centres = mrml.lesion_centroids_ras(analysis.labels)
-    rows = []
-    for record in analysis.table.to_dict("records"):
-        label = int(record["label"])
-        rows.append({
-            "label": label,
-            "volume_mm3": round(float(record["volume [mm3]"]), 1),
-            "length_mm": _rounded(record.get("length [mm]")),
-            "width_mm": _rounded(record.get("width [mm]")),
-            "centre_ras": list(centres.get(label, (0.0, 0.0, 0.0))),
-        })
-    return rows, centres
-
-
-def _rounded(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if np.isnan(number) else round(number, 1)
-
-
-def start_segmentation(root: Path, case_id: str, model: str, log_dir: Path | None = None,
-                       engines: WarmEngines | None = None) -> SegmentationRun | EngineRun:
-    """Segment a case's image (poll the run; :func:`publish_prediction` at the end): on the worker's warm engine for
-    ``model`` when ``engines`` holds one that can take it (:class:`~SCIsegLib.warm_run.EngineRun`: cold after a
-    refusal or a crash), else ``sciseg segment`` in a child process."""
-    options = RunOptions(model=model)  # device "auto": the server's GPU when it has one
-    if engines is None:
-        run = SegmentationRun(options, log_dir=log_dir)
-    else:
-        run = EngineRun(engines.get(model, engine_settings(options)), options, log_dir=log_dir)
-    shutil.copyfile(case_image_path(root, case_id), run.input_path)
-    run.start()
-    return run
-
-
-def publish_prediction(root: Path, case_id: str, run: SegmentationRun) -> dict[str, Path]:
-    """Move a finished run's masks to the case's prediction paths with ``sciseg segment``'s sidecars (each file written
-    atomically; the sidecar first, so a mask never sits beside another run's sidecar), then clean the run.
-
-    The run segmented a copy of the case's image: its sidecars name that copy; they are published naming the case's
-    image (relative to the BIDS root) once its sha256 is checked to be the copy's. ``derivatives/sciseg`` gets its
-    ``dataset_description.json``.
-    """
-    outputs = run.outputs()
-    targets = prediction_paths(root, case_id)
-    image = case_image_path(root, case_id)
-    try:
-        sidecars = {key: prediction_sidecar(outputs[key], image) for key in targets}
-        describe_derivative(targets["sc"].parent, "spinal cord and lesion segmentation (nnU-Net v2)")
-        for key, target in targets.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(json.dumps(sidecars[key], indent=2), target.with_name(target.name.removesuffix(".nii.gz") + ".json"))
-            write_image_atomic(sitk.ReadImage(str(outputs[key])), target, geometry_from=image)
-    finally:
-        run.cleanup()
-    return targets
-
-
-def prediction_sidecar(mask: Path, image: Path) -> dict:
-    """The sidecar ``sciseg segment`` wrote beside ``mask`` (segmenting a copy of ``image``), naming ``image`` instead;
-    :class:`CaseRefused` when the copy's sha256 (its ``SourceSha256``) is not the image's (it changed meanwhile)."""
-    content = json.loads(Path(str(mask).removesuffix(".nii.gz") + ".json").read_text())
-    if content.get("SourceSha256") != file_sha256(image):
-        raise CaseRefused(f"{image.name} changed while it was segmented; open the case again to segment it anew.")
-    content["Sources"] = [source_path(image)]
-    return content
