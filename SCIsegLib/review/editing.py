@@ -38,6 +38,8 @@ EFFECTS = {
     "threshold": SegmentationEffectThreshold,
     "smoothing": SegmentationEffectSmoothing,
 }
+BRUSH_EFFECTS = ("paint", "erase")  # their brush and stroke are drawn as model nodes (every view renders them)
+
 
 class EditingMixin:
     """The editing actions of :class:`~.app.ReviewApp` (``self.slicer_app``'s editor, ``self.session``, ``self.state``)."""
@@ -45,6 +47,7 @@ class EditingMixin:
     def set_effect(self, name: str) -> None:
         if self.session.case is None or name not in EFFECTS:
             return
+        self.render_every_view()
         self.slicer_app.segmentation_editor.set_active_effect_type(EFFECTS[name])
         self._apply_brush()
         self.state.active_effect = name  # shown once the server has switched: strokes before it use the old tool
@@ -57,6 +60,31 @@ class EditingMixin:
                 effect.parameters_changed.connect(lambda effect=effect: self._brush_changed_in_view(effect))
             effect.set_brush_diameter(float(self.state.brush_mm), BrushDiameterMode.Absolute)
             effect.set_use_sphere_brush(bool(self.state.sphere))
+
+    def render_only_the_stroked_view(self, views) -> None:
+        """While a Paint or Erase stroke is drawn (press to release in one slice view), the other views do not render.
+
+        trame-slicer draws the brush and the stroke as model nodes, and Slicer's model displayable manager asks every
+        slice view to render when they move, even a view they are hidden in: each mouse move of a stroke rendered all
+        three views (the two others 0.05-0.2 s of the event loop each on a loaded 2-core machine), and the release,
+        with the stroke's counts, waited behind those frames. The other views render once the stroke ends: at its
+        release, or at the count of any edit (:mod:`measures`), whichever comes first."""
+        self._stroke_views = list(views)
+        for view in self._stroke_views:
+            interactor = view.interactor()
+            interactor.AddObserver("LeftButtonPressEvent", lambda *_, view=view: self._stroke_starts_in(view), 100.0)
+            interactor.AddObserver("LeftButtonReleaseEvent", lambda *_: self.render_every_view(), 100.0)
+
+    def _stroke_starts_in(self, stroked) -> None:
+        if self.state.active_effect in BRUSH_EFFECTS and self.session.case is not None:
+            for view in self._stroke_views:
+                view.set_render_blocked(view is not stroked)
+
+    def render_every_view(self) -> None:
+        """End of a stroke: every view renders again (each renders once, when the event loop is free)."""
+        for view in getattr(self, "_stroke_views", ()):
+            if view.is_render_blocked:
+                view.set_render_blocked(False)
 
     def _brush_changed_in_view(self, effect) -> None:
         shown = keys.clamp_brush(effect.get_brush_diameter())

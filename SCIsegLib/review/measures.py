@@ -100,6 +100,7 @@ class MeasuresMixin:
         if not self._counts_pending:
             return  # counted already, before a frame
         self._counts_pending = False
+        self.render_every_view()  # editing.py: a stroke's other views render again once it is applied
         if self.session.case is None:
             return
         opening = self.session.case.opening
