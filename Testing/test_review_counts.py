@@ -285,7 +285,7 @@ def test_during_a_paint_stroke_only_its_view_renders_and_every_view_renders_afte
         interactor.MouseMoveEvent()
     moved = {key: asked[key] - before[key] for key in asked}
     assert moved[stroked.get_view_node().GetID()] > 0 and sum(moved.values()) == moved[stroked.get_view_node().GetID()]
-    interactor.LeftButtonReleaseEvent()
-    assert not any(view.is_render_blocked for view in views)
+    interactor.LeftButtonReleaseEvent()  # the stroke is applied: every view waits for its counts, then renders
     _settle(app)
+    assert not any(view.is_render_blocked for view in views)
     assert app.state.counts["lesion"] > lesion_before and app.state.unsaved  # the stroke was painted and counted

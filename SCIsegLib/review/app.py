@@ -84,7 +84,6 @@ class ReviewApp(MeasuresMixin, EditingMixin, NavigationMixin, SegmentingMixin, R
         self.overlays = OverlayControls(self.state)  # per-segment overlay and theme (view_controls.py)
         for view in self.slicer_app.view_manager.get_slice_views():
             view.interactor().AddObserver("MouseMoveEvent", lambda *_, view=view: self._pointer_over(view), 100.0)
-        self.count_before_each_frame(self.slicer_app.view_manager.get_slice_views())
         self.render_only_the_stroked_view(self.slicer_app.view_manager.get_slice_views())
         self.slicer_app.segmentation_editor.get_effect(WindowLevelNoTool).on_change = self._window_level_dragged
         self._initial_state()

@@ -23,6 +23,8 @@ from trame_slicer.segmentation import (
     SegmentationIslandsMode,
 )
 
+from trame_server.utils.asynchronous import get_event_loop
+
 from . import keys
 from .draw import SlicerDrawEffect
 from .threshold import REGIONS, plan_threshold, region_mask, slice_index_of
@@ -67,21 +69,33 @@ class EditingMixin:
         trame-slicer draws the brush and the stroke as model nodes, and Slicer's model displayable manager asks every
         slice view to render when they move, even a view they are hidden in: each mouse move of a stroke rendered all
         three views (the two others 0.05-0.2 s of the event loop each on a loaded 2-core machine), and the release,
-        with the stroke's counts, waited behind those frames. The other views render once the stroke ends: at its
-        release, or at the count of any edit (:mod:`measures`), whichever comes first."""
+        with the stroke's counts, waited behind those frames. The other views render once the stroke ends, at its
+        release (after its counts, :mod:`measures`)."""
         self._stroke_views = list(views)
         for view in self._stroke_views:
             interactor = view.interactor()
             interactor.AddObserver("LeftButtonPressEvent", lambda *_, view=view: self._stroke_starts_in(view), 100.0)
-            interactor.AddObserver("LeftButtonReleaseEvent", lambda *_: self.render_every_view(), 100.0)
+            interactor.AddObserver("LeftButtonReleaseEvent", lambda *_: self._stroke_ends(), 100.0)
 
     def _stroke_starts_in(self, stroked) -> None:
         if self.state.active_effect in BRUSH_EFFECTS and self.session.case is not None:
             for view in self._stroke_views:
                 view.set_render_blocked(view is not stroked)
 
+    def _stroke_ends(self) -> None:
+        """The release, seen before the effect applies the stroke: the views render after the stroke's counts
+        (:mod:`measures`), or in the next turn of the event loop when the release changed nothing."""
+        get_event_loop().call_soon(lambda: self._counts_pending or self.render_every_view())
+
+    def hold_every_view(self) -> None:
+        """The views' frames wait (an edit's counts go first, :mod:`measures`); :meth:`render_every_view` ends it."""
+        self.views_held = True
+        for view in getattr(self, "_stroke_views", ()):
+            view.set_render_blocked(True)
+
     def render_every_view(self) -> None:
         """End of a stroke: every view renders again (each renders once, when the event loop is free)."""
+        self.views_held = False
         for view in getattr(self, "_stroke_views", ()):
             if view.is_render_blocked:
                 view.set_render_blocked(False)

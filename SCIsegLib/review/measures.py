@@ -9,9 +9,10 @@ it wrote the draft (20-40 ms) and exported the masks again for the lesion table 
 Now, after each edit (a stroke, undo, redo, an effect):
 
 * its signals ask for one count in the next turn of the event loop (``loop.call_soon``: the signals of one edit
-  come within one turn, so the masks are whole by then; a later edit asks again), or just before a view starts
-  rendering the edit's frame, whichever comes first (:meth:`MeasuresMixin.count_before_each_frame`);
+  come within one turn, so the masks are whole by then; a later edit asks again);
 * the masks are read from the segments' layers (:mod:`.segment_arrays`: a few ms), counted and sent at once;
+  the views hold their frames of the edit until the counts are on the wire (a frame of the large sagittal view
+  takes 0.1-0.3 s of the event loop, and the three views' frames, asked for by the edit itself, went first);
 * the draft is written in the background, in order, from those arrays (:mod:`.draft_writer`); the "unsaved"
   mark follows when it is written;
 * the lesion table is measured on the cord's box (:mod:`.lesion_table`) in a thread from the same arrays, one
@@ -34,6 +35,7 @@ from .lesion_table import lesion_rows, totals_text
 from .memory import release_freed_memory
 
 OPENING_TABLE_DELAY_S = 0.2  # after opening a case, the first image goes before the lesion table's measurement
+COUNTS_FIRST_S = 0.1  # the longest the views' frames of an edit wait for its counts to be sent
 
 
 class MeasuresMixin:
@@ -49,7 +51,8 @@ class MeasuresMixin:
     @property
     def measures_idle(self) -> bool:
         """True when no count, draft or lesion table is waiting or running (tests wait on it)."""
-        return not (self._counts_pending or self._measuring or self._measure_next or self.session.drafts.busy)
+        return not (self._counts_pending or self._measuring or self._measure_next or self.session.drafts.busy
+                    or getattr(self, "views_held", False))
 
     def save_draft(self, labels=None) -> bool:
         """Write the rater's draft now when the masks changed (atomic; after the drafts asked for before); True when
@@ -86,31 +89,36 @@ class MeasuresMixin:
         if self._counts_pending or self.session.case is None:
             return
         self._counts_pending = True
+        self.hold_every_view()  # editing.py: their frames of this edit wait for its counts
         get_event_loop().call_soon(self._count_after_edit)
 
-    def count_before_each_frame(self, views) -> None:
-        """A count waiting when a view starts rendering goes first: the view's frame (0.1-0.3 s of the event loop for
-        the large sagittal view) was asked for by the same edit, before the count. Should a view render in the middle
-        of an edit, its later signals ask for another count: the last count is always of the whole edit."""
-        for view in views:
-            view.render_window().AddObserver("StartEvent", lambda *_: self._counts_pending and self._count_after_edit())
-
     def _count_after_edit(self) -> None:
-        """Counts to the page now; the draft and the lesion table from the same arrays in the background."""
-        if not self._counts_pending:
-            return  # counted already, before a frame
+        """Counts to the page now, then the views' frames; the draft and the lesion table from the same arrays in the
+        background."""
         self._counts_pending = False
-        self.render_every_view()  # editing.py: a stroke's other views render again once it is applied
-        if self.session.case is None:
-            return
-        opening = self.session.case.opening
-        labels, grey_matter = self.session.labels(), grey_matter_mask(self.session)
-        with self.state:
-            self.state.counts = self.session.voxel_counts(labels, grey_matter)
+        try:
+            if self.session.case is None:
+                return
+            opening = self.session.case.opening
+            labels, grey_matter = self.session.labels(), grey_matter_mask(self.session)
+            with self.state:
+                self.state.counts = self.session.voxel_counts(labels, grey_matter)
+        finally:
+            create_task(self._render_once_sent())
         self._draft_shown += 1
         drafted = self.session.save_draft_later(str(self.state.rater or ""), labels, grey_matter)
         create_task(self._show_draft_outcome(opening, drafted, self._draft_shown))
         self._ask_lesion_table(opening, labels)
+
+    async def _render_once_sent(self) -> None:
+        """The views render once the counts have left (the websocket's pending messages sent; at most
+        :data:`COUNTS_FIRST_S` later)."""
+        try:
+            await asyncio.wait_for(self.server.network_completion, COUNTS_FIRST_S)
+        except Exception:  # noqa: BLE001 - no connection, or a timeout: the frames go anyway
+            pass
+        finally:
+            self.render_every_view()
 
     async def _show_draft_outcome(self, opening: int, drafted: Future, number: int) -> None:
         try:
