@@ -131,6 +131,12 @@ WATCH_FRAMES_JS = """(area) => {
     }
     window.scisegFrames.push({t: performance.now(), lesion: lesion});
   });
+  window.scisegText = {counts: [], table: []};  // each change of the counts' and the lesion totals' text (page clock)
+  for (const [name, selector] of [['counts', '#voxel-counts'], ['table', '#lesion-totals']]) {
+    const element = document.querySelector(selector);
+    new MutationObserver(() => window.scisegText[name].push({t: performance.now(), text: element.textContent}))
+      .observe(element, {subtree: true, childList: true, characterData: true});
+  }
   window.addEventListener('mousedown', () => { window.scisegBefore = window.scisegFrames.at(-1); }, true);
   window.addEventListener('mouseup', () => { window.scisegReleased = performance.now(); }, true);
   window.addEventListener('click', () => { window.scisegClicked = performance.now(); }, true);
@@ -144,6 +150,15 @@ def frame_latency_s(page, since: str, sign: int, timeout_s: float = 30) -> float
     wanted = f"""() => {{ const start = window.sciseg{since.capitalize()}, before = window.scisegBefore.lesion;
         const frame = window.scisegFrames.find((f) => f.t > start && {sign} * (f.lesion - before) > 5);
         return frame ? (frame.t - start) / 1000 : null; }}"""
+    return round(float(page.wait_for_function(wanted, timeout=timeout_s * 1000).json_value()), 3)
+
+
+def text_latency_s(page, name: str, timeout_s: float = 30) -> float:
+    """Seconds from the page's last mouse release to the first change of the ``name`` text (``counts``: the voxel
+    counts, ``table``: the lesion table's totals) after it, on the page's clock (a MutationObserver)."""
+    wanted = f"""() => {{ const start = window.scisegReleased;
+        const change = window.scisegText.{name}.find((c) => c.t > start);
+        return change ? (change.t - start) / 1000 : null; }}"""
     return round(float(page.wait_for_function(wanted, timeout=timeout_s * 1000).json_value()), 3)
 
 
@@ -162,6 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--screenshot", type=Path, help="save a PNG of the app with a case open (README)")
+    parser.add_argument("--code", type=Path, default=REPOSITORY,
+                        help="the checkout whose SCIsegLib the server runs (default: this one), to compare two")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -171,7 +188,7 @@ def main() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    environment = dict(os.environ, PYTHONPATH=str(args.code.resolve()))
     load_at_start = [round(v, 1) for v in os.getloadavg()]
     started = time.perf_counter()
     server = subprocess.Popen(
@@ -179,6 +196,7 @@ def main() -> None:
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     results: dict = {"command": "PYTHONPATH=$PWD .venv/bin/python benchmarks/review_app.py --work /tmp/review_bench",
+                     "code": str(args.code.resolve()),
                      "cpu_count": os.cpu_count(), "scan_size_voxels": list(sitk.ReadImage(str(root / f"{cases[0]}.nii.gz")).GetSize()), "viewport": VIEWPORT}
     try:
         wait_until_serving(port)
@@ -208,7 +226,7 @@ def main() -> None:
             time.sleep(1.0)
             page.click("#segment-lesion")
             page.click("#effect-paint")
-            stroke_to_view, stroke_to_counts = [], []
+            stroke_to_view, stroke_to_counts, stroke_to_table = [], [], []
             box = sagittal_view(page).bounding_box()
             sagittal_view(page).evaluate(WATCH_FRAMES_JS)
             time.sleep(1.0)
@@ -219,13 +237,14 @@ def main() -> None:
                 page.mouse.down()
                 page.mouse.move(x + 6, y, steps=4)
                 page.mouse.up()
-                released = time.perf_counter()
                 stroke_to_view.append(frame_latency_s(page, "released", +1))
-                while page.inner_text("#voxel-counts") == before_counts and time.perf_counter() - released < 20:
-                    time.sleep(0.02)
-                stroke_to_counts.append(round(time.perf_counter() - released, 2))
+                stroke_to_counts.append(text_latency_s(page, "counts"))
+                stroke_to_table.append(text_latency_s(page, "table"))
+                assert page.inner_text("#voxel-counts") != before_counts
+                time.sleep(0.3)  # a rater looks before the next stroke
             results["stroke_release_to_view_s"] = stroke_to_view
             results["stroke_release_to_counts_s"] = stroke_to_counts
+            results["stroke_release_to_lesion_table_s"] = stroke_to_table
             time.sleep(3.0)  # the last stroke's lesion table
             undo_to_view = []
             for _stroke in range(STROKES):
@@ -257,6 +276,9 @@ def main() -> None:
             "stroke_to_view_median_s": statistics.median(stroke_to_view),
             "stroke_to_view_p95_s": round(float(np.percentile(stroke_to_view, 95)), 2),
             "stroke_to_counts_median_s": statistics.median(stroke_to_counts),
+            "stroke_to_counts_p95_s": round(float(np.percentile(stroke_to_counts, 95)), 2),
+            "stroke_to_lesion_table_median_s": statistics.median(stroke_to_table),
+            "stroke_to_lesion_table_p95_s": round(float(np.percentile(stroke_to_table, 95)), 2),
             "undo_to_view_median_s": statistics.median(undo_to_view),
             "undo_to_view_p95_s": round(float(np.percentile(undo_to_view, 95)), 2),
             "export_median_s": statistics.median(exports),

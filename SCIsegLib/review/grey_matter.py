@@ -30,6 +30,7 @@ from ..cases import Case, draft_folder, inside_derivatives, rater_key
 from ..cases.drafts import GREY_MATTER_KEY, GREY_MATTER_SUFFIX, draft_labels, read_record, write_draft
 from ..compartments_segments import GREY_MATTER, gm_output_names, has_grey_matter
 from ..models import list_models
+from .segment_arrays import segment_array_zyx
 
 GM_SUFFIX = f"{GREY_MATTER.export_suffix}.nii.gz"  # _label-GM_seg.nii.gz
 GM_SEGMENT = mrml.SegmentSpec(GREY_MATTER.segment_id, GREY_MATTER.name, GREY_MATTER.color, GREY_MATTER.terminology,
@@ -80,7 +81,10 @@ def grey_matter_mask(session) -> np.ndarray | None:
     case = session.case
     if case is None or not has_grey_matter_segment(case.segmentation_node):
         return None
-    return mrml.segment_mask(session.logic, session.scene, case.segmentation_node, GM_SEGMENT.segment_id, case.volume_node)
+    mask = segment_array_zyx(case.segmentation_node, GM_SEGMENT.segment_id, case.volume_node)  # milliseconds
+    if mask is None:  # not on the volume's grid: Slicer's export resamples it
+        mask = mrml.segment_mask(session.logic, session.scene, case.segmentation_node, GM_SEGMENT.segment_id, case.volume_node)
+    return mask
 
 
 def grey_matter_export(session) -> dict[str, tuple[sitk.Image, dict]]:
@@ -119,6 +123,9 @@ def bind_grey_matter(app) -> None:
 GM_DRAFT_KEY, GM_DRAFT_SUFFIX = GREY_MATTER_KEY, GREY_MATTER_SUFFIX
 
 
+SCENE = object()  # "read the grey matter from the scene now" (the default of GreyMatterDrafts' methods)
+
+
 def _digest(mask: np.ndarray | None) -> str | None:
     return None if mask is None else hashlib.sha256(np.packbits(mask.astype(bool)).tobytes()).hexdigest()
 
@@ -154,20 +161,22 @@ class GreyMatterDrafts:
                                    case.scan.grid.image_of(drafted.astype(np.uint8)), session.case.volume_node)
         self.drafted = _digest(drafted)
 
-    def unsaved(self, session) -> bool:
-        """True when the grey matter differs from what was opened or last exported."""
-        mask = grey_matter_mask(session)
+    def unsaved(self, session, mask=SCENE) -> bool:
+        """True when the grey matter (``mask``: a copy read before, else the scene's now) differs from what was opened
+        or last exported."""
+        mask = grey_matter_mask(session) if mask is SCENE else mask
         return mask is not None and _digest(mask) != self.saved
 
-    def safe(self, session) -> bool:
+    def safe(self, session, mask=SCENE) -> bool:
         """True when nothing of the grey matter exists only in memory (as saved, or in the last draft written)."""
-        digest = _digest(grey_matter_mask(session))
+        digest = _digest(grey_matter_mask(session) if mask is SCENE else mask)
         return digest is None or digest in (self.saved, self.drafted)
 
-    def save(self, session, rater: str, previous: str | None = None) -> None:
+    def save(self, session, rater: str, previous: str | None = None, mask=SCENE) -> None:
         """Write the grey matter's draft (atomic) when it changed since the last one; remove it when saved again.
-        ``previous``: the name the drafts were written under before (the draft moves to the new name)."""
-        mask = grey_matter_mask(session)
+        ``previous``: the name the drafts were written under before (the draft moves to the new name); ``mask``: the
+        grey matter read before (a background write never reads the scene), else the scene's now."""
+        mask = grey_matter_mask(session) if mask is SCENE else mask
         if mask is None:
             return
         case = session.case.case

@@ -11,7 +11,42 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .session import measure_lesions
+from .. import mrml
+from ..lesions import analyze_lesions
+
+
+def measure_lesions(labels: np.ndarray, reference: sitk.Image) -> tuple[list[dict], dict[int, tuple[float, float, float]]]:
+    """Lesion rows (label, volume mm3, length mm, width mm, centre RAS mm) and centres from a (z, y, x) label array.
+
+    Pure numpy/SimpleITK (no scene), so the app runs it in a worker thread while the views stay live.
+    """
+
+    def image_of(mask: np.ndarray) -> sitk.Image:
+        result = sitk.GetImageFromArray(mask.astype(np.uint8))
+        result.CopyInformation(reference)
+        return result
+
+    analysis = analyze_lesions(image_of(labels == 2), image_of(labels > 0))
+    centres = mrml.lesion_centroids_ras(analysis.labels)
+    rows = []
+    for record in analysis.table.to_dict("records"):
+        label = int(record["label"])
+        rows.append({
+            "label": label,
+            "volume_mm3": round(float(record["volume [mm3]"]), 1),
+            "length_mm": _rounded(record.get("length [mm]")),
+            "width_mm": _rounded(record.get("width [mm]")),
+            "centre_ras": list(centres.get(label, (0.0, 0.0, 0.0))),
+        })
+    return rows, centres
+
+
+def _rounded(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(number) else round(number, 1)
 
 
 def labelled_box(labels: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice] | None:
@@ -24,7 +59,7 @@ def labelled_box(labels: np.ndarray, margin: int = 1) -> tuple[slice, slice, sli
 
 
 def lesion_rows(labels: np.ndarray, reference: sitk.Image) -> tuple[list[dict], dict[int, tuple[float, float, float]]]:
-    """The lesion table (rows and centres, as :func:`session.measure_lesions`) measured on :func:`labelled_box`."""
+    """The lesion table (rows and centres, as :func:`measure_lesions`) measured on :func:`labelled_box`."""
     box = labelled_box(labels)
     if box is None:
         return [], {}

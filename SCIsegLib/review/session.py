@@ -12,8 +12,7 @@ Arrays are (z, y, x).
 
 from __future__ import annotations
 
-import json
-import shutil
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,17 +22,12 @@ import SimpleITK as sitk
 from .. import mrml
 from ..cases import Case, CaseNote, CaseRefused, Draft, ExportOutcome, Lease, new_holder
 from ..cases.notes import checked_flags, checked_note
-from ..analysis_files import write_text_atomic
-from ..hashing import file_sha256
-from ..lesions import analyze_lesions
-from ..provenance import describe_derivative, source_path
-from ..runner import RunOptions, SegmentationRun
 from ..training.export import latest_version
-from ..volume import load_image, write_image_atomic
+from ..volume import load_image
 from ..warm_client import WarmEngines
-from ..warm_run import EngineRun, engine_settings
 from .cases import case_drafts
 from .grey_matter import (
+    SCENE,
     GreyMatterDrafts,
     add_grey_matter_segment,
     grey_matter_export,
@@ -41,7 +35,11 @@ from .grey_matter import (
     grey_matter_model,
 )
 from .memory import release_freed_memory
+from .lesion_table import measure_lesions
 from .paths import case_image_path, prediction_paths
+from .predictions import prediction_sidecar, publish_prediction, start_segmentation  # noqa: F401 - re-exported
+from .segment_arrays import sciseg_labels_zyx
+from .draft_writer import DraftWriter
 
 CASE_ATTRIBUTE = "SCIseg.Case"  # the segmentation node's attribute: the Scan.key of the case it was made for
 LESION_NUMBERS = "lesion numbers"  # the locked point list that shows the lesion table's numbers in the views
@@ -58,6 +56,7 @@ class OpenCase:
     volume_node: object
     segmentation_node: object
     lesion_centres_ras: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    opening: int = 0  # which opening of the session this is: what waits for a case names it so, holding no node
 
     @property
     def image_path(self) -> Path:
@@ -85,6 +84,8 @@ class ReviewSession:
         self.holder = new_holder()  # this session's lease id: other sessions see that it has its case open
         self._opened_at: float | None = None
         self.lesion_numbers = self._lesion_numbers_node()
+        self.drafts = DraftWriter()  # drafts after strokes, written in the background in order
+        self.openings = 0
 
     def _lesion_numbers_node(self):
         """One locked point list for the session (kept across cases): label ``k`` at lesion ``k``'s centre."""
@@ -122,6 +123,7 @@ class ReviewSession:
         """Remove the case's nodes (with their display and storage nodes) and its undo history; free the memory."""
         if self.case is None:
             return
+        self.drafts.wait()  # every draft asked for lands under this case before it closes
         case, self.case = self.case, None
         self._draft_rater = None
         try:
@@ -172,6 +174,7 @@ class ReviewSession:
         The files are read and checked before the scene changes: a case that cannot be opened leaves the
         open one as it was, and a failure while adding the nodes leaves none of them behind.
         """
+        self.drafts.wait()  # the drafts asked for are on disk before a case (perhaps this one, from its draft) opens
         image_path = case_image_path(self.root, case_id)
         paths = prediction_paths(self.root, case_id)
         try:
@@ -196,7 +199,8 @@ class ReviewSession:
         except BaseException:
             self._discard(segmentation, volume)
             raise
-        self.case = OpenCase(case_id, case, volume, segmentation)
+        self.openings += 1
+        self.case = OpenCase(case_id, case, volume, segmentation, opening=self.openings)
         self._draft_rater = case.draft.rater if case.draft is not None else None
         self.grey_matter_drafts.opened(self, draft_of)
         self.heartbeat(rater if rater is not None else draft_of or "")
@@ -246,58 +250,89 @@ class ReviewSession:
         return mrml.export_sciseg_label_map(self.logic, self.scene, self.case.segmentation_node, self.case.volume_node)
 
     def labels(self) -> np.ndarray:
-        """The current masks as a (z, y, x) uint8 array on the image grid: 0, 1 cord only, 2 lesion."""
-        return sitk.GetArrayFromImage(self.label_image())
-
-    def checked_labels(self, what: str) -> np.ndarray:
-        """The current (z, y, x) labels once the case accepts them (its scan, its grid), else :class:`CaseRefused`."""
+        """The current masks as a (z, y, x) uint8 array on the image grid: 0, 1 cord only, 2 lesion (read from the
+        segments' layers in milliseconds, :mod:`.segment_arrays`; else Slicer's export, :meth:`label_image`)."""
         assert self.case is not None
-        return sitk.GetArrayFromImage(self.case.case.check(self.label_image(), self.drawn_on(), what))
+        labels = sciseg_labels_zyx(self.case.segmentation_node, self.case.volume_node)
+        return sitk.GetArrayFromImage(self.label_image()) if labels is None else labels
+
+    def checked_labels(self, what: str, labels: np.ndarray | None = None) -> np.ndarray:
+        """The current (z, y, x) labels (or ``labels``, read from the scene just before) once the case accepts them
+        (its scan, its grid: the volume node's), else :class:`CaseRefused`."""
+        assert self.case is not None
+        image = self.label_image() if labels is None else self._image_on(self.reference_image(), labels)
+        return sitk.GetArrayFromImage(self.case.case.check(image, self.drawn_on(), what))
 
     def drawn_on(self) -> str | None:
         """The scan key the segmentation in the scene was made for (None when it carries none)."""
         assert self.case is not None
         return self.case.segmentation_node.GetAttribute(CASE_ATTRIBUTE)
 
-    def voxel_counts(self, labels: np.ndarray | None = None) -> dict[str, int]:
-        """Voxels of each segment now: ``cord_only`` (label 1), ``lesion`` (label 2), ``cord`` (their union)."""
+    def voxel_counts(self, labels: np.ndarray | None = None, grey_matter=SCENE) -> dict[str, int]:
+        """Voxels of each segment now (or in ``labels`` and ``grey_matter``, read before): ``cord_only`` (label 1),
+        ``lesion`` (label 2), ``cord`` (their union), ``grey_matter`` when the case has that segment."""
         labels = self.labels() if labels is None else labels
         cord_only, lesion = int(np.count_nonzero(labels == 1)), int(np.count_nonzero(labels == 2))
         counts = {"cord_only": cord_only, "lesion": lesion, "cord": cord_only + lesion}
-        grey_matter = grey_matter_mask(self)
+        grey_matter = grey_matter_mask(self) if grey_matter is SCENE else grey_matter
         if grey_matter is not None:  # and the grey matter's, when the case has that segment
             counts["grey_matter"] = int(np.count_nonzero(grey_matter))
         return counts
 
-    def unsaved(self, labels: np.ndarray | None = None) -> bool:
-        """True when the masks differ from what was opened or last exported (a draft does not make them saved)."""
+    def unsaved(self, labels: np.ndarray | None = None, grey_matter=SCENE) -> bool:
+        """True when the masks (or ``labels`` and ``grey_matter``, read before) differ from what was opened or last
+        exported (a draft does not make them saved)."""
         if self.case is None:
             return False
-        return self.case.case.unsaved(self.labels() if labels is None else labels) or self.grey_matter_drafts.unsaved(self)
+        self.drafts.wait()  # what is saved includes every draft asked for
+        return self.case.case.unsaved(self.labels() if labels is None else labels) \
+            or self.grey_matter_drafts.unsaved(self, grey_matter)
 
     def safe(self, labels: np.ndarray | None = None) -> bool:
         """True when nothing of the masks exists only in memory: exported, as opened, or held by the last draft."""
         if self.case is None:
             return True
+        self.drafts.wait()
         return self.case.case.safe(self.labels() if labels is None else labels) and self.grey_matter_drafts.safe(self)
 
     def save_draft(self, rater: str, labels: np.ndarray | None = None) -> Draft | None:
-        """Write the rater's draft of the open case when its masks changed since (atomic); after a change of name the
-        draft moves to the new name. Returns the draft written, None when nothing needed writing."""
+        """Write the rater's draft of the open case now when its masks changed since (atomic), after every draft asked
+        for before (:meth:`save_draft_later`); after a change of name the draft moves to the new name. Returns the
+        draft written, None when nothing needed writing."""
         if self.case is None:
             return None
-        case = self.case.case
+        self.drafts.wait()
         labels = self.labels() if labels is None else labels
+        return self._write_draft(self.case.case, self.case.opening, rater, labels, grey_matter_mask(self))[0]
+
+    def save_draft_later(self, rater: str, labels: np.ndarray, grey_matter) -> Future[tuple[Draft | None, bool]]:
+        """:meth:`save_draft` in the background (:class:`.draft_writer.DraftWriter`: in order, off the event loop) with
+        ``labels`` and ``grey_matter`` (:func:`.grey_matter.grey_matter_mask`) just read from the scene, which it
+        never reads itself. Its future: (draft written or None, unsaved strokes left). Nothing is written when
+        another case is open by then (each opening waits for the drafts asked before it, so that cannot happen)."""
+        assert self.case is not None
+        case, opening = self.case.case, self.case.opening
+        return self.drafts.submit(lambda: self._write_draft(case, opening, rater, labels, grey_matter))
+
+    def is_open(self, opening: int) -> bool:
+        """True when the case in the scene is the one of opening number ``opening`` (:attr:`OpenCase.opening`)."""
+        return self.case is not None and self.case.opening == opening
+
+    def _write_draft(self, case: Case, opening: int, rater: str, labels: np.ndarray, grey_matter) -> tuple[Draft | None, bool]:
+        if not self.is_open(opening):
+            return None, False
         previous = self._draft_rater
         if previous is not None and previous.strip() != rater.strip():
             case.discard_draft(previous)  # forgets what it wrote: the draft is written again under the new name
         draft = case.save_draft(labels, rater)
-        self.grey_matter_drafts.save(self, rater, previous)
-        self._draft_rater = rater if self.unsaved(labels) else None
-        return draft
+        self.grey_matter_drafts.save(self, rater, previous, grey_matter)
+        unsaved = case.unsaved(labels) or self.grey_matter_drafts.unsaved(self, grey_matter)
+        self._draft_rater = rater if unsaved else None
+        return draft, unsaved
 
     def discard_draft(self) -> None:
         """Remove the draft this session wrote for the open case."""
+        self.drafts.wait()
         if self.case is not None and self._draft_rater is not None:
             self.case.case.discard_draft(self._draft_rater)
             self.grey_matter_drafts.discard(self, self._draft_rater)
@@ -332,91 +367,10 @@ class ReviewSession:
         The rater's flags and note (:meth:`set_note`; ``note`` given: that text instead) go into the sidecars.
         """
         assert self.case is not None
+        self.drafts.wait()  # the export removes the draft: none may land after it
         outcome = self.case.case.export(self.label_image(), rater, drawn_on=self.drawn_on(), model=self.model,
                                         note=note, draft_rater=self._draft_rater,
                                         extra_masks=grey_matter_export(self))
         self.grey_matter_drafts.exported(self, rater, self._draft_rater)
         self._draft_rater = None
         return outcome
-
-
-def measure_lesions(labels: np.ndarray, reference: sitk.Image) -> tuple[list[dict], dict[int, tuple[float, float, float]]]:
-    """Lesion rows (label, volume mm3, length mm, width mm, centre RAS mm) and centres from a (z, y, x) label array.
-
-    Pure numpy/SimpleITK (no scene), so the app runs it in a worker thread while the views stay live.
-    """
-
-    def image_of(mask: np.ndarray) -> sitk.Image:
-        result = sitk.GetImageFromArray(mask.astype(np.uint8))
-        result.CopyInformation(reference)
-        return result
-
-    analysis = analyze_lesions(image_of(labels == 2), image_of(labels > 0))
-    centres = mrml.lesion_centroids_ras(analysis.labels)
-    rows = []
-    for record in analysis.table.to_dict("records"):
-        label = int(record["label"])
-        rows.append({
-            "label": label,
-            "volume_mm3": round(float(record["volume [mm3]"]), 1),
-            "length_mm": _rounded(record.get("length [mm]")),
-            "width_mm": _rounded(record.get("width [mm]")),
-            "centre_ras": list(centres.get(label, (0.0, 0.0, 0.0))),
-        })
-    return rows, centres
-
-
-def _rounded(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if np.isnan(number) else round(number, 1)
-
-
-def start_segmentation(root: Path, case_id: str, model: str, log_dir: Path | None = None,
-                       engines: WarmEngines | None = None) -> SegmentationRun | EngineRun:
-    """Segment a case's image (poll the run; :func:`publish_prediction` at the end): on the worker's warm engine for
-    ``model`` when ``engines`` holds one that can take it (:class:`~SCIsegLib.warm_run.EngineRun`: cold after a
-    refusal or a crash), else ``sciseg segment`` in a child process."""
-    options = RunOptions(model=model)  # device "auto": the server's GPU when it has one
-    if engines is None:
-        run = SegmentationRun(options, log_dir=log_dir)
-    else:
-        run = EngineRun(engines.get(model, engine_settings(options)), options, log_dir=log_dir)
-    shutil.copyfile(case_image_path(root, case_id), run.input_path)
-    run.start()
-    return run
-
-
-def publish_prediction(root: Path, case_id: str, run: SegmentationRun) -> dict[str, Path]:
-    """Move a finished run's masks to the case's prediction paths with ``sciseg segment``'s sidecars (each file written
-    atomically; the sidecar first, so a mask never sits beside another run's sidecar), then clean the run.
-
-    The run segmented a copy of the case's image: its sidecars name that copy; they are published naming the case's
-    image (relative to the BIDS root) once its sha256 is checked to be the copy's. ``derivatives/sciseg`` gets its
-    ``dataset_description.json``.
-    """
-    outputs = run.outputs()
-    targets = prediction_paths(root, case_id)
-    image = case_image_path(root, case_id)
-    try:
-        sidecars = {key: prediction_sidecar(outputs[key], image) for key in targets}
-        describe_derivative(targets["sc"].parent, "spinal cord and lesion segmentation (nnU-Net v2)")
-        for key, target in targets.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(json.dumps(sidecars[key], indent=2), target.with_name(target.name.removesuffix(".nii.gz") + ".json"))
-            write_image_atomic(sitk.ReadImage(str(outputs[key])), target, geometry_from=image)
-    finally:
-        run.cleanup()
-    return targets
-
-
-def prediction_sidecar(mask: Path, image: Path) -> dict:
-    """The sidecar ``sciseg segment`` wrote beside ``mask`` (segmenting a copy of ``image``), naming ``image`` instead;
-    :class:`CaseRefused` when the copy's sha256 (its ``SourceSha256``) is not the image's (it changed meanwhile)."""
-    content = json.loads(Path(str(mask).removesuffix(".nii.gz") + ".json").read_text())
-    if content.get("SourceSha256") != file_sha256(image):
-        raise CaseRefused(f"{image.name} changed while it was segmented; open the case again to segment it anew.")
-    content["Sources"] = [source_path(image)]
-    return content
