@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,15 +246,6 @@ def bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def dataset(bids: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = tmp_path_factory.mktemp("raw")
-    build = sciseg("dataset", "build", "--bids", str(bids), "-o", str(raw), "--id", "613", "--name", "Kill",
-                   "--test-fraction", "0", stdout=subprocess.DEVNULL)
-    assert build.wait(timeout=300) == 0
-    return raw / "Dataset613_Kill"
-
-
 def start_finetune(dataset: Path, work: Path, data_augmentation_processes: int, mark: str) -> subprocess.Popen:
     return sciseg("finetune", "--base", str(DEMO_MODEL), "--dataset", str(dataset), "--name", "killed", "--work",
                   str(work), "--epochs", "3", "--iterations", "2", "--device", "cpu",
@@ -262,15 +254,19 @@ def start_finetune(dataset: Path, work: Path, data_augmentation_processes: int, 
 
 
 @pytest.mark.slow
-def test_finetune_killed_in_nnunets_pool_leaves_no_pool_worker(dataset: Path, tmp_path: Path) -> None:
+def test_finetune_killed_in_nnunets_pool_leaves_no_pool_worker(learning_loop, tmp_path: Path) -> None:
     mark = new_mark()
-    command = start_finetune(dataset, tmp_path / "work", 0, mark)
+    command = start_finetune(learning_loop.dataset, tmp_path / "work", 0, mark)  # a new work folder: nnU-Net preprocesses
     wait_for_descendant(command, "spawn_main")  # nnU-Net's fingerprint pool is running
     kill_and_check(command, mark)
 
 
 @pytest.mark.slow
-def test_finetune_killed_while_training_leaves_no_data_augmentation_worker(dataset: Path, tmp_path: Path) -> None:
+def test_finetune_killed_while_training_leaves_no_data_augmentation_worker(learning_loop, tmp_path: Path) -> None:
+    dataset = learning_loop.dataset
+    # the loop's dataset as nnU-Net preprocessed it: training starts without the fingerprint and preprocessing pools,
+    # so the command's only spawned processes are the data augmentation workers
+    shutil.copytree(learning_loop.preprocessed, tmp_path / "work" / "preprocessed" / dataset.name)
     mark = new_mark()
     command = start_finetune(dataset, tmp_path / "work", 2, mark)  # batchgenerators' worker processes feed the trainer
     fold = tmp_path / "work" / "results" / dataset.name / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all"
