@@ -72,7 +72,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     from process_tree import MARK_VARIABLE, new_mark
 
+    from SCIsegLib.exit_collection import skip_collections_at_exit
+
     _SESSION_MARK = os.environ[MARK_VARIABLE] = new_mark()
+    skip_collections_at_exit()  # pytest's own end, with torch, VTK and Slicer loaded, skips the last collections
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -196,6 +196,40 @@ def test_forked_workers_of_a_command_end_on_sigterm() -> None:
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
+# --- the end of a command -----------------------------------------------------------------------------------
+
+ENDING = textwrap.dedent("""
+    import atexit, gc, logging, sys
+    sys.path.insert(0, {repository!r})
+    atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0, flush=True))  # runs after the command's
+    logging.basicConfig(filename={log!r}, level=logging.INFO)
+    unclosed = open({unclosed!r}, "w")  # never closed by this code: flushed when it is freed at exit
+    unclosed.write("x" * 100_000)
+    cycle = []
+    cycle.append(cycle)
+    sys.argv = ["sciseg", *{arguments!r}]
+    logging.info("the command starts")
+    from SCIsegLib.cli import console_main
+    console_main()
+""")
+
+
+@pytest.mark.parametrize(("arguments", "code"), [(["models", "list"], 0), (["models", "info", "no-such-model"], 2)])
+def test_a_command_ends_without_the_last_collections_and_otherwise_as_usual(tmp_path: Path, arguments: list[str],
+                                                                             code: int) -> None:
+    """With torch and nnU-Net loaded, the interpreter's last garbage collections took seconds of each command's end
+    (and a Dask worker's nanny kills its process after 4 s): every object is frozen at exit instead, and the rest of
+    the exit happens as before: the exit code, the other atexit handlers, logging and unclosed files flushed."""
+    log, unclosed = tmp_path / "command.log", tmp_path / "unclosed.txt"
+    script = ENDING.format(repository=str(REPOSITORY), log=str(log), unclosed=str(unclosed), arguments=arguments)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SCISEG_MODELS_DIR": str(tmp_path / "store")})
+    assert result.returncode == code, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "frozen at exit: True", result.stdout
+    assert "the command starts" in log.read_text()
+    assert unclosed.read_text() == "x" * 100_000
+
+
 # --- every long command, killed while it has descendants -------------------------------------------------
 
 def sciseg(*arguments: str, mark: str = "", **options) -> subprocess.Popen:
