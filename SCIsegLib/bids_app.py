@@ -103,10 +103,12 @@ def console_main() -> None:
     """Entry point of the ``sciseg-bids`` script (pyproject.toml), with ``sciseg``'s process and cancel handling."""
     from .cancel import install
     from .errors import CancelledError
+    from .exit_collection import skip_collections_at_exit
     from .lifetime import bind_descendants
 
     bind_descendants()  # first, while this process has one thread: every descendant ends with this command
     install()
+    skip_collections_at_exit()
     try:
         code = main()
     except CancelledError as error:

@@ -52,6 +52,14 @@ def demo_model_path() -> Path:
     return DEMO_MODEL
 
 
+@pytest.fixture(scope="session")
+def learning_loop(tmp_path_factory: pytest.TempPathFactory, demo_model_path: Path):
+    """The active-learning loop run once (Testing/learning_loop.py); its folders are read-only for the tests."""
+    from learning_loop import run_learning_loop
+
+    return run_learning_loop(tmp_path_factory.mktemp("learning_loop"), demo_model_path)
+
+
 # The suite ends with no process it started still alive: every process a test starts inherits the session's
 # mark (an environment variable); after the last test, the processes that carry it must end; any left is
 # listed, killed, and fails the run.
@@ -64,7 +72,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     from process_tree import MARK_VARIABLE, new_mark
 
+    from SCIsegLib.exit_collection import skip_collections_at_exit
+
     _SESSION_MARK = os.environ[MARK_VARIABLE] = new_mark()
+    skip_collections_at_exit()  # pytest's own end, with torch, VTK and Slicer loaded, skips the last collections
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

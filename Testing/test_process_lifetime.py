@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,6 +196,40 @@ def test_forked_workers_of_a_command_end_on_sigterm() -> None:
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
+# --- the end of a command -----------------------------------------------------------------------------------
+
+ENDING = textwrap.dedent("""
+    import atexit, gc, logging, sys
+    sys.path.insert(0, {repository!r})
+    atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0, flush=True))  # runs after the command's
+    logging.basicConfig(filename={log!r}, level=logging.INFO)
+    unclosed = open({unclosed!r}, "w")  # never closed by this code: flushed when it is freed at exit
+    unclosed.write("x" * 100_000)
+    cycle = []
+    cycle.append(cycle)
+    sys.argv = ["sciseg", *{arguments!r}]
+    logging.info("the command starts")
+    from SCIsegLib.cli import console_main
+    console_main()
+""")
+
+
+@pytest.mark.parametrize(("arguments", "code"), [(["models", "list"], 0), (["models", "info", "no-such-model"], 2)])
+def test_a_command_ends_without_the_last_collections_and_otherwise_as_usual(tmp_path: Path, arguments: list[str],
+                                                                             code: int) -> None:
+    """With torch and nnU-Net loaded, the interpreter's last garbage collections took seconds of each command's end
+    (and a Dask worker's nanny kills its process after 4 s): every object is frozen at exit instead, and the rest of
+    the exit happens as before: the exit code, the other atexit handlers, logging and unclosed files flushed."""
+    log, unclosed = tmp_path / "command.log", tmp_path / "unclosed.txt"
+    script = ENDING.format(repository=str(REPOSITORY), log=str(log), unclosed=str(unclosed), arguments=arguments)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SCISEG_MODELS_DIR": str(tmp_path / "store")})
+    assert result.returncode == code, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "frozen at exit: True", result.stdout
+    assert "the command starts" in log.read_text()
+    assert unclosed.read_text() == "x" * 100_000
+
+
 # --- every long command, killed while it has descendants -------------------------------------------------
 
 def sciseg(*arguments: str, mark: str = "", **options) -> subprocess.Popen:
@@ -245,15 +280,6 @@ def bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def dataset(bids: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = tmp_path_factory.mktemp("raw")
-    build = sciseg("dataset", "build", "--bids", str(bids), "-o", str(raw), "--id", "613", "--name", "Kill",
-                   "--test-fraction", "0", stdout=subprocess.DEVNULL)
-    assert build.wait(timeout=300) == 0
-    return raw / "Dataset613_Kill"
-
-
 def start_finetune(dataset: Path, work: Path, data_augmentation_processes: int, mark: str) -> subprocess.Popen:
     return sciseg("finetune", "--base", str(DEMO_MODEL), "--dataset", str(dataset), "--name", "killed", "--work",
                   str(work), "--epochs", "3", "--iterations", "2", "--device", "cpu",
@@ -262,15 +288,19 @@ def start_finetune(dataset: Path, work: Path, data_augmentation_processes: int, 
 
 
 @pytest.mark.slow
-def test_finetune_killed_in_nnunets_pool_leaves_no_pool_worker(dataset: Path, tmp_path: Path) -> None:
+def test_finetune_killed_in_nnunets_pool_leaves_no_pool_worker(learning_loop, tmp_path: Path) -> None:
     mark = new_mark()
-    command = start_finetune(dataset, tmp_path / "work", 0, mark)
+    command = start_finetune(learning_loop.dataset, tmp_path / "work", 0, mark)  # a new work folder: nnU-Net preprocesses
     wait_for_descendant(command, "spawn_main")  # nnU-Net's fingerprint pool is running
     kill_and_check(command, mark)
 
 
 @pytest.mark.slow
-def test_finetune_killed_while_training_leaves_no_data_augmentation_worker(dataset: Path, tmp_path: Path) -> None:
+def test_finetune_killed_while_training_leaves_no_data_augmentation_worker(learning_loop, tmp_path: Path) -> None:
+    dataset = learning_loop.dataset
+    # the loop's dataset as nnU-Net preprocessed it: training starts without the fingerprint and preprocessing pools,
+    # so the command's only spawned processes are the data augmentation workers
+    shutil.copytree(learning_loop.preprocessed, tmp_path / "work" / "preprocessed" / dataset.name)
     mark = new_mark()
     command = start_finetune(dataset, tmp_path / "work", 2, mark)  # batchgenerators' worker processes feed the trainer
     fold = tmp_path / "work" / "results" / dataset.name / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_all"

@@ -9,6 +9,7 @@ import sys
 import traceback
 
 from .. import cancel
+from ..exit_collection import skip_collections_at_exit
 from ..errors import CancelledError, DownloadError, InputError, SCIsegError
 from . import cohort, learn, measure, review, segment
 from .common import EXIT_CANCELLED, EXIT_INPUT, EXIT_INTERNAL, JsonLines
@@ -96,8 +97,10 @@ def console_main() -> None:
     so after a cancel the process ends at once, its outputs flushed (nothing else is pending: every
     file is written atomically and temporary files are removed before this point).
     SIGINT, SIGTERM and ``$SCISEG_CANCEL_FILE`` are routed by :mod:`SCIsegLib.cancel` (exit code 130).
+    Any other end skips the interpreter's last garbage collections (:mod:`SCIsegLib.exit_collection`).
     """
     cancel.install()
+    skip_collections_at_exit()
     try:
         code = main()
     except CancelledError as error:  # cancelled before main's own handling (start-up, argument parsing)

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import SCIsegError
+from ..exit_collection import skip_collections_at_exit
 from ..hashing import file_sha256
 from ..provenance import source_path
 from ..inference import InferenceSettings
@@ -79,6 +80,7 @@ def worker_engine(job: ScanJob):
     key = (str(job.model_path), job.inference)
     with _ENGINES_LOCK:
         if key not in _ENGINES:
+            skip_collections_at_exit()  # this worker process ends within its nanny's 4 s, torch loaded or not
             _pin_gpu(job.inference.device)
             _ENGINES.clear()  # one model per worker at a time
             _ENGINES[key] = _make_engine(read_model(job.model_path, job.model_name), job.inference)
