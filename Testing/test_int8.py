@@ -198,3 +198,16 @@ def test_agreement_counts_lesions_only_at_the_reference_main_cord():
     figures = agreement(reference, labels)
     assert figures["lesion_in_cord_dice"] == 1.0 and figures["lesion_dice"] == pytest.approx(2 * 2 / 5)
     assert figures["main_cord_dice"] == pytest.approx(2 * 143 / (144 + 143), abs=1e-5)
+
+
+def test_engine_candidates_put_int8_first_only_when_its_gate_passed():
+    from SCIsegLib.inference.choice import EngineChoice, engine_candidates
+
+    common = dict(device="auto", cpu_flags=WITH_BF16, cuda=False, cuda_bf16=False, mps=False, openvino=True)
+    assert engine_candidates("auto", **common)[0] == EngineChoice("openvino", "bf16")
+    assert engine_candidates("auto", **common, int8=True)[:2] == [EngineChoice("openvino", "int8"), EngineChoice("openvino", "bf16")]
+    assert engine_candidates("auto", **dict(common, cuda=True), int8=True)[0].runtime == "cuda"  # a GPU first
+    assert engine_candidates("openvino", **common, int8=True)[0] == EngineChoice("openvino", "bf16")
+    assert engine_candidates("openvino-int8", **common) == [EngineChoice("openvino", "int8"), EngineChoice("reference", "fp32")]
+    with pytest.raises(InputError, match="needs OpenVINO"):
+        engine_candidates("openvino-int8", **dict(common, openvino=False))

@@ -154,16 +154,18 @@ class FastEngine:
 
 def stored_int8(model: ModelInfo, folds, root):
     """The model's published int8 entry for ``folds``; refused (one sentence) when absent or of other weights."""
-    from .int8 import int8_gate, read_entry, weights_by_fold
+    from .int8 import int8_gate, read_entry, weights_by_fold, weights_mismatch
 
     entry = read_entry(root, model)
     if entry is None:
         raise InputError(f"model '{model.name}' has no int8 version; make one with `sciseg models quantize {model.name} "
                          "--scans SCAN ...` (it measures its agreement with the reference).")
-    usable, why = int8_gate(entry.report, weights_by_fold(model, folds))
-    if not usable and "agreement" not in why:  # other weights or folds: these int8 files are not this model
-        raise InputError(f"the int8 version of model '{model.name}' cannot run: {why}")
-    if not usable:
+    weights = weights_by_fold(model, folds)
+    mismatch = weights_mismatch(entry.report, weights)
+    if mismatch:  # other weights or folds: these int8 files are not this model's
+        raise InputError(f"the int8 version of model '{model.name}' cannot run: {mismatch}")
+    usable, why = int8_gate(entry.report, weights)
+    if not usable:  # failed or unmeasured agreement: run by name, said loudly
         warnings.warn(f"int8 engine of model '{model.name}': {why}", RuntimeWarning, stacklevel=3)
     return entry
 

@@ -100,6 +100,18 @@ def read_entry(root: Path, model: ModelInfo) -> Int8Entry | None:
     return Int8Entry(folder, report) if isinstance(report, dict) else None
 
 
+def weights_mismatch(report: dict, weights: dict[str, str]) -> str | None:
+    """One sentence when the entry of ``report`` was not made from ``weights`` ({fold name: checkpoint sha256 now}), else None."""
+    folds = report.get("folds", {})
+    for fold, sha256 in weights.items():
+        if fold not in folds:
+            return f"the stored int8 model has no fold {fold}."
+        if folds[fold].get("weights_sha256") != sha256:
+            return (f"the stored int8 model was quantized from other weights (fold {fold}: sha256 "
+                    f"{str(folds[fold].get('weights_sha256'))[:12]}, now {sha256[:12]}); quantize it again.")
+    return None
+
+
 def int8_gate(report: dict | None, weights: dict[str, str], gate: float = AGREEMENT_GATE) -> tuple[bool, str]:
     """(True, "") when ``auto`` may run this int8 model, else (False, one sentence why).
 
@@ -109,13 +121,9 @@ def int8_gate(report: dict | None, weights: dict[str, str], gate: float = AGREEM
     """
     if report is None:
         return False, "no int8 model is stored for this model (`sciseg models quantize` makes one)."
-    folds = report.get("folds", {})
-    for fold, sha256 in weights.items():
-        if fold not in folds:
-            return False, f"the stored int8 model has no fold {fold}."
-        if folds[fold].get("weights_sha256") != sha256:
-            return False, (f"the stored int8 model was quantized from other weights (fold {fold}: sha256 "
-                           f"{str(folds[fold].get('weights_sha256'))[:12]}, now {sha256[:12]}); quantize it again.")
+    mismatch = weights_mismatch(report, weights)
+    if mismatch:
+        return False, mismatch
     figures = report.get("agreement", {}).get("worst")
     if not report.get("agreement", {}).get("scans") or not figures:
         return False, "the stored int8 model's agreement with the reference was not measured."
