@@ -49,6 +49,7 @@ def set_worst(cache: CompiledModelCache, model, **figures) -> None:
     path.write_text(json.dumps(report))
 
 
+@pytest.mark.filterwarnings("ignore:int8 engine of model:RuntimeWarning")  # when this quantization failed the gate
 def test_quantization_stores_an_int8_ir_the_engine_runs_and_a_report_of_what_it_measured(quantized):
     model, cache, report = quantized
     folder = entry_folder(cache.root, model)
@@ -211,3 +212,8 @@ def test_engine_candidates_put_int8_first_only_when_its_gate_passed():
     assert engine_candidates("openvino-int8", **common) == [EngineChoice("openvino", "int8"), EngineChoice("reference", "fp32")]
     with pytest.raises(InputError, match="needs OpenVINO"):
         engine_candidates("openvino-int8", **dict(common, openvino=False))
+
+
+def test_auto_says_why_when_no_int8_version_is_stored(demo_model_path: Path, tmp_path: Path):
+    usable, notes = _int8_decision(read_model(demo_model_path), InferenceSettings(engine="auto"), CompiledModelCache(tmp_path))
+    assert not usable and notes["int8_note"].startswith("not used: no int8 model is stored")

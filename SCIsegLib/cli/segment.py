@@ -90,6 +90,8 @@ def _add_models(commands) -> None:
                                "fairer test). The reference runs on each: about a minute per full field-of-view scan")
     quantize.add_argument("--folds", type=_folds, default=None, help="folds to quantize (default: all present)")
     quantize.add_argument("--threads", type=int, default=None, help="CPU threads")
+    quantize.add_argument("--progress", choices=("auto", "jsonl", "none"), default="auto",
+                          help="progress: one line per step on stderr (auto), one JSON event per line on stdout (jsonl), or none")
 
 
 def _add_devices(commands) -> None:
@@ -316,7 +318,7 @@ def _run_models_quantize(args: argparse.Namespace, events: JsonLines | None) -> 
         cancel.raise_if_cancelled("quantization cancelled; nothing was stored.")
         if events is not None:
             events({"event": "progress", "stage": "quantize", "message": message})
-        else:
+        elif args.progress == "auto":
             sys.stderr.write(f"{message}\n")
 
     from ..inference.openvino_cache import CompiledModelCache, default_cache_root

@@ -127,8 +127,10 @@ def _int8_decision(model: ModelInfo, settings: InferenceSettings, cache: Compile
     from .int8 import int8_gate, read_entry, weights_by_fold
 
     entry = read_entry(cache.root, model)
+    if entry is None:  # the common case: nothing to check (no checkpoint is hashed)
+        return False, {"int8_note": f"not used: {int8_gate(None, {})[1]}"}
     try:
-        usable, why = int8_gate(entry.report if entry else None, weights_by_fold(model, settings.folds))
+        usable, why = int8_gate(entry.report, weights_by_fold(model, settings.folds))
     except OSError as error:
         usable, why = False, f"the checkpoints cannot be read ({error})."
     if not usable:
