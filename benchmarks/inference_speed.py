@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from SCIsegLib.inference import InferenceSettings, NnUNetEngine, make_engine  # noqa: E402
+from SCIsegLib.inference.agreement import agreement  # noqa: E402
 from SCIsegLib.inference.cpu import cpu_identity, read_cpu_flags  # noqa: E402
 from SCIsegLib.inference.cropped import locate_cord  # noqa: E402
 from SCIsegLib.inference.fast import FallbackEngine, FastEngine  # noqa: E402
@@ -155,8 +155,33 @@ def borrow_box(engine, shape: tuple[int, ...], bounds, windows: tuple[str, ...])
         fast.check_crop_edges = False  # random weights' noise touches every face of any box
 
 
+def quantize_for_benchmark(model, names: list[str], work: Path, threads: int | None) -> dict:
+    """Quantize ``model`` to int8 (stored in the default compiled-model cache) on the scans ``names`` (as ``--scans``).
+
+    The agreement is not measured here (the benchmark's own rows measure it against the reference on the timed scans);
+    so ``auto`` never picks this entry (its report says "not measured").
+    """
+    from SCIsegLib.inference.openvino_cache import CompiledModelCache, default_cache_root
+    from SCIsegLib.inference.quantize import quantize_model
+
+    paths = []
+    for index, name in enumerate(names):
+        load_scan(name, model.orientation)
+        paths.append(work / f"calibration_{index}.nii.gz")
+        sitk.WriteImage(GRIDS[name], str(paths[-1]))  # the scan (painted or not) in the model orientation
+    started = time.perf_counter()
+    report = quantize_model(model, paths, CompiledModelCache(default_cache_root()), threads=threads, measure=False,
+                            progress=lambda message: print(message, flush=True))
+    fold = next(iter(report["folds"].values()))
+    return {"scans": names, "seconds": round(time.perf_counter() - started, 1), "tiles": fold["calibration_tiles"],
+            "tile_shapes": fold["tile_shapes"], "nncf": report["versions"]["nncf"]}
+
+
 def build_engine(spec: str, model, threads: int | None):
-    """``reference``, ``auto`` or ``<runtime>-<precision>[+crop|+exact]`` (runtime torch/openvino/cuda; +crop = fast crop)."""
+    """``reference``, ``auto`` or ``<runtime>-<precision>[+crop|+exact]`` (runtime torch/openvino/cuda; +crop = fast crop).
+
+    ``openvino-int8[+crop]``: the int8 version made by ``--quantize-scans`` (or ``sciseg models quantize``).
+    """
     if spec == "reference":
         return NnUNetEngine(model, InferenceSettings(threads=threads))
     if spec == "auto":
@@ -194,11 +219,6 @@ class PeakMemory:
         self.mib = (self.peak - self.start) / 2**20
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def analyze_change(reference: np.ndarray, labels: np.ndarray, grid: sitk.Image) -> float | None:
     """Largest absolute difference of any ``sciseg analyze`` summary measure (mm, mm3, count) between two label maps."""
     from SCIsegLib.lesions import analyze_lesions
@@ -231,6 +251,12 @@ def run(args: argparse.Namespace) -> dict:
         plan = {k: configuration[k] for k in ("patch_size", "spacing", "batch_size")}
         plan["architecture"] = configuration["architecture"]["arch_kwargs"]
     engines, setup = {}, {}
+    quantization = None
+    if any("int8" in spec for spec in args.engines):
+        if not args.quantize_scans:
+            raise SystemExit("the int8 engine needs --quantize-scans (the scans to calibrate it on).")
+        quantization = quantize_for_benchmark(model, args.quantize_scans, work, args.threads)
+        print(f"quantized: {quantization}", flush=True)
     for spec in args.engines:
         started = time.perf_counter()
         engines[spec] = build_engine(spec, model, args.threads)
@@ -242,7 +268,7 @@ def run(args: argparse.Namespace) -> dict:
         network = engines["reference"]._predictor.network if "reference" in engines else None
         if isinstance(network, torch.nn.Module):
             plan["parameters_millions"] = round(sum(p.numel() for p in network.parameters()) / 1e6, 2)
-    results: dict = {"scans": {}, "engine_setup_seconds": setup, "plan": plan}
+    results: dict = {"scans": {}, "engine_setup_seconds": setup, "plan": plan, "int8_quantization": quantization}
     demo_engine = None
     if args.network == "sciseg" and args.box_from == "demo":
         demo = resolve_model(str(ROOT / "Resources" / "Models" / "sciseg-demo"))
@@ -278,14 +304,7 @@ def run(args: argparse.Namespace) -> dict:
             row["peak_mib_max"] = max(row["peak_mib"])
             if "reference" in labels and spec != "reference":
                 reference, mine = labels["reference"], labels[spec]
-                row["cord_dice"] = round(dice(reference >= 1, mine >= 1), 5)
-                row["lesion_dice"] = round(dice(reference == 2, mine == 2), 5)
-                from SCIsegLib.postprocess import keep_largest_component
-
-                main_cord = keep_largest_component(reference >= 1)
-                row["main_cord_dice"] = round(dice(main_cord, keep_largest_component(mine >= 1)), 5)
-                near = ndimage.binary_dilation(main_cord, iterations=3)  # lesions in or at the reference's main cord piece
-                row["lesion_in_cord_dice"] = round(dice((reference == 2) & near, (mine == 2) & near), 5)
+                row.update(agreement(reference, mine))
                 if args.analyze:
                     change = analyze_change(reference, mine, GRIDS[name])
                     row["largest_analyze_change"] = None if change is None else round(change, 4)
@@ -355,6 +374,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--box-from", choices=("demo", "own"), default="demo",
                         help="sciseg network: the crop box from the demo model's first pass (default) or its own (random)")
+    parser.add_argument("--quantize-scans", nargs="+", default=None,
+                        help="with an openvino-int8 engine: the scans (as --scans) to calibrate the int8 network on")
     parser.add_argument("--analyze", action="store_true", help="also the largest change of any sciseg analyze measure")
     parser.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "inference_speed.md", help="appended to")
     parser.add_argument("--json", type=Path, default=None)

@@ -15,7 +15,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   {
     .venv/bin/python -m pip install --upgrade pip &&
     .venv/bin/python -m pip install -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)" &&
-    .venv/bin/python -m pip install -c constraints.txt -e ".[test,web]"
+    .venv/bin/python -m pip install -c constraints.txt -e ".[test,web,int8]"
   } > .venv/install.log 2>&1 || { tail -n 40 .venv/install.log; echo "Installation failed; the full log is .venv/install.log"; exit 1; }
   echo "$wanted" > "$stamp"
 fi

@@ -33,7 +33,7 @@ def _add_run_parser(commands) -> None:
     run.add_argument("-o", "--output", type=Path, required=True, help="derivatives folder (outside the sub-* folders)")
     run.add_argument("--model", default="sciseg-v2", help="installed model name or model folder (default: sciseg-v2)")
     run.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (on the workers)")
-    run.add_argument("--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
+    run.add_argument("--engine", choices=("auto", "reference", "openvino", "openvino-int8", "torch-bf16", "cuda"), default="auto",
                      help="as for `sciseg segment` (auto: the fastest that works on the workers; reference: SCT's exact call)")
     run.add_argument("--crop", choices=CROP_MODES, default="fast", help="as for `sciseg segment` (fast engines)")
     run.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")

@@ -32,9 +32,10 @@ def _add_segment(commands) -> None:
     segment.add_argument("--folds", type=_folds, default=None, help="folds to use, e.g. '0 1 2' (default: all present)")
     segment.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     segment.add_argument(
-        "--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto",
-        help="auto (fastest that works here: CUDA, else OpenVINO bf16/fp32; cropped to the cord where that saves tiles), "
-             "reference (SCT's exact nnU-Net call), openvino, torch-bf16 or cuda",
+        "--engine", choices=("auto", "reference", "openvino", "openvino-int8", "torch-bf16", "cuda"), default="auto",
+        help="auto (fastest that works here: CUDA, else OpenVINO int8 if the model's int8 version passed its agreement "
+             "check, else OpenVINO bf16/fp32; cropped to the cord where that saves tiles), reference (SCT's exact nnU-Net "
+             "call), openvino, openvino-int8 (needs `sciseg models quantize`), torch-bf16 or cuda",
     )
     segment.add_argument("--crop", choices=CROP_MODES, default="fast",
                          help="fast engines: fast (tiles around the cord; one tile where a reference tile holds it), exact "
@@ -78,6 +79,19 @@ def _add_models(commands) -> None:
     )
     remove = model_commands.add_parser("remove", help="delete an installed model")
     remove.add_argument("name")
+    quantize = model_commands.add_parser(
+        "quantize", help="make an int8 version of a model (OpenVINO NNCF) calibrated on your scans, measure its agreement "
+                         "with the reference and store both; `--engine auto` uses it only if both Dice >= 0.99")
+    quantize.add_argument("name", help="installed model name or model folder")
+    quantize.add_argument("--scans", nargs="+", type=Path, required=True, metavar="SCAN",
+                          help="scans to calibrate on (NIfTI/NRRD, the kind the model will segment)")
+    quantize.add_argument("--check-scans", nargs="+", type=Path, default=None, metavar="SCAN",
+                          help="scans to measure the agreement on (default: the calibration scans; other scans are a "
+                               "fairer test). The reference runs on each: about a minute per full field-of-view scan")
+    quantize.add_argument("--folds", type=_folds, default=None, help="folds to quantize (default: all present)")
+    quantize.add_argument("--threads", type=int, default=None, help="CPU threads")
+    quantize.add_argument("--progress", choices=("auto", "jsonl", "none"), default="auto",
+                          help="progress: one line per step on stderr (auto), one JSON event per line on stdout (jsonl), or none")
 
 
 def _add_devices(commands) -> None:
@@ -96,7 +110,7 @@ def _add_engine_parser(commands) -> None:
     serve = engine_commands.add_parser("serve", help="load the model once, then answer requests until stdin closes or it is idle")
     serve.add_argument("--model", default="sciseg-v2", help="installed model name or model folder")
     serve.add_argument("--device", default="auto")
-    serve.add_argument("--engine", choices=("auto", "reference", "openvino", "torch-bf16", "cuda"), default="auto")
+    serve.add_argument("--engine", choices=("auto", "reference", "openvino", "openvino-int8", "torch-bf16", "cuda"), default="auto")
     serve.add_argument("--crop", choices=CROP_MODES, default="fast")
     serve.add_argument("--step", type=float, default=0.5)
     serve.add_argument("--tta", action="store_true")
@@ -238,6 +252,8 @@ def _run_models(args: argparse.Namespace, events: JsonLines | None = None) -> in
         return EXIT_OK
     if args.models_command == "install":
         return _run_models_install(args, events)
+    if args.models_command == "quantize":
+        return _run_models_quantize(args, events)
     removed = models.remove(args.name)
     print(f"removed {removed}")
     return EXIT_OK
@@ -279,6 +295,51 @@ def _run_models_install(args: argparse.Namespace, events: JsonLines | None) -> i
     if events is not None:
         events({"event": "result", "name": info.name, "path": str(info.path), "sha256": digest})
     print(f"installed '{info.name}' in {info.path} (sha256 {digest})")
+    return EXIT_OK
+
+
+def _run_models_quantize(args: argparse.Namespace, events: JsonLines | None) -> int:
+    """``models quantize``: calibrate, measure, store; a cancel (Ctrl-C) between steps stores nothing."""
+    import importlib.util
+
+    from .. import models
+
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}.")
+    for scan in [*args.scans, *(args.check_scans or [])]:
+        if not scan.is_file():
+            raise InputError(f"scan '{scan}' does not exist or is not a file.")
+    if importlib.util.find_spec("nncf") is None:
+        raise InputError("int8 quantization needs NNCF, which is not installed; install it with "
+                         "`pip install 'sciseg[int8]'` (or `pip install nncf`).")
+    model = models.resolve_model(args.name)
+
+    def show(message: str) -> None:
+        cancel.raise_if_cancelled("quantization cancelled; nothing was stored.")
+        if events is not None:
+            events({"event": "progress", "stage": "quantize", "message": message})
+        elif args.progress == "auto":
+            sys.stderr.write(f"{message}\n")
+
+    from ..inference.openvino_cache import CompiledModelCache, default_cache_root
+    from ..inference.quantize import quantize_model
+
+    cache = CompiledModelCache(default_cache_root())
+    with cancel.cooperative():
+        report = quantize_model(model, list(args.scans), cache, check_scans=args.check_scans, folds=args.folds,
+                                threads=args.threads, progress=show)
+    agreement = report["agreement"]
+    worst = agreement["worst"]
+    verdict = ("passed: `--engine auto` will use it" if agreement["passed"] else
+               f"FAILED the gate (both must be >= {report['gate']}): `--engine auto` stays on bf16; "
+               "`--engine openvino-int8` still runs it, with a warning")
+    from ..inference.int8 import entry_folder
+
+    if events is not None:
+        events({"event": "result", "model": model.name, "report": report, "path": str(entry_folder(cache.root, model))})
+    print(f"int8 version of '{model.name}' stored in {entry_folder(cache.root, model)}; against the reference on "
+          f"{len(agreement['scans'])} scan(s): main-cord Dice >= {worst['main_cord_dice']}, lesions-in-cord Dice >= "
+          f"{worst['lesion_in_cord_dice']}; {verdict}.")
     return EXIT_OK
 
 

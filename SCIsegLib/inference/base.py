@@ -77,7 +77,8 @@ class InferenceSettings:
         use_gaussian: gaussian weighting of overlapping tiles.
         engine: "reference" (SCT's exact call: torch fp32, nnU-Net's predictor as is), "auto" (the fastest
             that works here: CUDA autocast, OpenVINO bf16/fp32 on a CPU, cropped to the cord), "openvino",
-            "torch-bf16" or "cuda" (each cropped to the cord unless ``crop`` is "off").
+            "openvino-int8" (the int8 version made by ``sciseg models quantize``), "torch-bf16" or "cuda" (each
+            cropped to the cord unless ``crop`` is "off").
         crop: fast engines only (the reference never crops): "fast" runs the full-resolution pass only on
             tiles around the cord found by a cheap first pass, one tile along an axis where a reference tile holds it;
             "exact" only on the reference's own tiles around the cord (the logits within 10 mm of the cord

@@ -30,12 +30,14 @@ class FastEngine:
         model: the model.
         settings: step, folds, threads, crop (``settings.engine`` is not read here).
         runtime: "openvino", "torch" (CPU: bf16 autocast, or fp32 as the reference) or "cuda" (autocast on the GPU).
-        precision: "bf16", "fp32" (OpenVINO, torch) or "fp16" (CUDA only).
+        precision: "bf16", "fp32" (OpenVINO, torch), "int8" (OpenVINO: the model's int8 entry) or "fp16" (CUDA only).
         cache: compiled-model cache for OpenVINO (default :func:`default_cache_root`).
+        int8: with "int8", the entry to run (:class:`~.int8.Int8Entry`; default: the model's published entry, which
+            must have been quantized from the weights the model has now).
     """
 
     def __init__(self, model: ModelInfo, settings: InferenceSettings, runtime: str, precision: str,
-                 cache: CompiledModelCache | None = None) -> None:
+                 cache: CompiledModelCache | None = None, int8=None) -> None:
         import torch
 
         from .runtimes import AutocastNetwork, OpenVINONetwork
@@ -45,15 +47,22 @@ class FastEngine:
         self._predictor, folds = build_predictor(model, settings, self.device, on_device=runtime == "cuda")
         predictor = self._predictor
         self.cache_status: list[str] = []
+        cache = cache or CompiledModelCache(default_cache_root())
+        if precision == "int8":
+            if runtime != "openvino":
+                raise ValueError("int8 runs only in OpenVINO")
+            int8 = int8 or stored_int8(model, folds, cache.root)
+        self.floating_precision: str | None = None
         if runtime == "openvino":
             channels = len(predictor.dataset_json["channel_names"])
             network = OpenVINONetwork(
                 predictor.network, predictor.list_of_parameters, [str(f) for f in folds],
                 [model.results_folder / f"fold_{f}" / model.checkpoint_name for f in folds],
                 (1, channels, *predictor.configuration_manager.patch_size), precision,
-                cache or CompiledModelCache(default_cache_root()), settings.threads, str(model.results_folder.resolve()),
-                strides=network_strides(predictor) if settings.crop == "fast" else None)
+                cache, settings.threads, str(model.results_folder.resolve()),
+                strides=network_strides(predictor) if settings.crop == "fast" else None, int8=int8)
             self.cache_status = network.cache_status
+            self.floating_precision = network.floating_precision
         elif runtime == "torch" and precision == "fp32":
             network = predictor.network  # SCT's runtime: only the crop or the label resampling differ
         elif runtime == "torch":
@@ -79,8 +88,11 @@ class FastEngine:
 
     @property
     def run_info(self) -> dict:
-        return {"engine": self.runtime, "runtime": self.runtime, "precision": self.precision, "device": self.device.type,
+        info = {"engine": self.runtime, "runtime": self.runtime, "precision": self.precision, "device": self.device.type,
                 "crop": self.settings.crop}
+        if self.precision == "int8":
+            info["int8_floating_layers"] = self.floating_precision
+        return info
 
     def predict(
         self,
@@ -140,13 +152,33 @@ class FastEngine:
                 "grid": "model-orientation input array, voxels (z, y, x), stop exclusive"}
 
 
+def stored_int8(model: ModelInfo, folds, root):
+    """The model's published int8 entry for ``folds``; refused (one sentence) when absent or of other weights."""
+    from .int8 import int8_gate, read_entry, weights_by_fold, weights_mismatch
+
+    entry = read_entry(root, model)
+    if entry is None:
+        raise InputError(f"model '{model.name}' has no int8 version; make one with `sciseg models quantize {model.name} "
+                         "--scans SCAN ...` (it measures its agreement with the reference).")
+    weights = weights_by_fold(model, folds)
+    mismatch = weights_mismatch(entry.report, weights)
+    if mismatch:  # other weights or folds: these int8 files are not this model's
+        raise InputError(f"the int8 version of model '{model.name}' cannot run: {mismatch}")
+    usable, why = int8_gate(entry.report, weights)
+    if not usable:  # failed or unmeasured agreement: run by name, said loudly
+        warnings.warn(f"int8 engine of model '{model.name}': {why}", RuntimeWarning, stacklevel=3)
+    return entry
+
+
 class FallbackEngine:
     """A fast engine that falls back to the reference (with a warning) when it fails on an image."""
 
-    def __init__(self, fast: FastEngine, fallbacks: list[str]) -> None:
+    def __init__(self, fast: FastEngine, fallbacks: list[str], notes: dict | None = None) -> None:
         self.model = fast.model
         self.fast: FastEngine | None = fast
         self.fallbacks = list(fallbacks)
+        #: Recorded with every output's ``run`` (e.g. ``int8_note``: why ``auto`` did or did not run int8).
+        self.notes = dict(notes or {})
         self._reference: NnUNetEngine | None = None
 
     @property
@@ -159,6 +191,7 @@ class FallbackEngine:
                 output = self.fast.predict(image_zyx, spacing_zyx_mm, want_probabilities=want_probabilities,
                                            on_progress=on_progress, cancel=cancel)
                 output.run["fallbacks"] = list(self.fallbacks)
+                output.run.update(self.notes)
                 return output
             except (CancelledError, InputError, MemoryError):
                 raise
@@ -175,4 +208,5 @@ class FallbackEngine:
         output = self._reference.predict(image_zyx, spacing_zyx_mm, want_probabilities=want_probabilities,
                                          on_progress=on_progress, cancel=cancel)
         output.run["fallbacks"] = list(self.fallbacks)
+        output.run.update(self.notes)
         return output

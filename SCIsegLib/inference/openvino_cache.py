@@ -118,8 +118,8 @@ class CompiledModelCache:
         For a model whose tile size is left free (compiled per tile size in memory): converting takes seconds to
         a minute, reading the IR a fraction of that. Same checks and same all-or-nothing publishing as the blobs.
         """
-        folder = self._folder(key).with_name(self._folder(key).name + "-ir")
-        xml, weights, manifest = (folder / f"{key.digest()}{suffix}" for suffix in (".xml", ".bin", ".json"))
+        xml, weights, manifest = self.ir_paths(key)
+        folder = xml.parent
         status = "built"
         if manifest.exists():
             try:
@@ -150,6 +150,19 @@ class CompiledModelCache:
         except OSError as error:
             log.warning("could not save the converted model in %s (%s); it will be converted again next time.", self.root, error)
         return model, status
+
+    def ir_paths(self, key: CacheKey) -> tuple[Path, Path, Path]:
+        """The ``.xml``, ``.bin`` and manifest ``.json`` of a converted model kept as IR (:meth:`load_or_build_model`)."""
+        folder = self._folder(key).with_name(self._folder(key).name + "-ir")
+        return tuple(folder / f"{key.digest()}{suffix}" for suffix in (".xml", ".bin", ".json"))  # type: ignore[return-value]
+
+    def ir_identity(self, key: CacheKey) -> dict | None:
+        """The stored IR's manifest (its key's fields, the sha256 of its ``.xml`` and ``.bin``), or None when not stored."""
+        try:
+            manifest = json.loads(self.ir_paths(key)[2].read_text())
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
 
     def _load(self, key: CacheKey, core, config: dict):
         blob_path, manifest_path = self.paths(key)

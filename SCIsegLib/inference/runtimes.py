@@ -6,8 +6,9 @@ nnU-Net's sliding window calls ``predictor.network(tile)`` with a float32 tensor
 weighting, mirroring and fold averaging stay exactly as in the reference:
 
 - :class:`AutocastNetwork`: torch with bf16 (CPU, channels-last) or fp16/bf16 (CUDA) autocast.
-- :class:`OpenVINONetwork`: one OpenVINO compiled model per fold, bf16 or fp32, from the cache; with the
-  network's strides also any other tile size (the fast crop's fitted first-pass tile), compiled on first use.
+- :class:`OpenVINONetwork`: one OpenVINO compiled model per fold, bf16 or fp32, from the cache, or int8 from
+  the int8 store (:mod:`.int8`); with the network's strides also any other tile size (the fast crop's fitted
+  first-pass tile), compiled on first use.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class OpenVINONetwork(torch.nn.Module):
         fold_names: the fold names, same order.
         checkpoint_files: the checkpoint file of each fold (its sha256 keys the cache).
         input_shape: (1, channels, z, y, x), the patch in voxels.
-        precision: "bf16" or "fp32".
+        precision: "bf16", "fp32" or "int8" (the quantized network of ``int8``; its layers left in floating
+            point run in bf16 where the CPU has native bf16, else fp32).
         cache: where compiled models are kept.
         threads: OpenVINO inference threads (None = all cores).
         model_folder: the model's results folder (names the cache entries).
@@ -89,6 +91,7 @@ class OpenVINONetwork(torch.nn.Module):
             multiple of them: the fast crop's fitted tiles) is compiled for that size on first use, in memory
             (the last :data:`SHAPES_KEPT` sizes). None, or a network that cannot be converted so: the plan's tile
             only (``any_shape`` False).
+        int8: the int8 entry (:class:`~.int8.Int8Entry`) when ``precision`` is "int8".
     """
 
     #: Compiled models of other tile sizes kept in memory (each holds its own buffers).
@@ -106,6 +109,7 @@ class OpenVINONetwork(torch.nn.Module):
         threads: int | None = None,
         model_folder: str = "",
         strides: tuple[int, ...] | None = None,
+        int8=None,
     ) -> None:
         super().__init__()
         from .openvino_quiet import import_openvino
@@ -113,7 +117,14 @@ class OpenVINONetwork(torch.nn.Module):
         ov = import_openvino()  # the converter's telemetry off: nothing leaves the machine
 
         core = ov.Core()
-        config: dict = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if precision == "int8" and int8 is None:
+            raise ValueError("the int8 precision needs an int8 entry")
+        floating = precision
+        if precision == "int8":
+            from .cpu import has_native_bf16, read_cpu_flags
+
+            floating = "bf16" if has_native_bf16(read_cpu_flags()) else "fp32"
+        config: dict = {"INFERENCE_PRECISION_HINT": "bf16" if floating == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.cache_status: list[str] = []
@@ -121,14 +132,21 @@ class OpenVINONetwork(torch.nn.Module):
         self._free: list = []  # per fold: the model with its tile size free, or None
         #: Per fold, how the model with a free tile size was obtained: "cached", "built", "rebuilt" or "none".
         self.free_status: list[str] = []
+        #: Per fold, the identity of the fp32 IR with a free tile size (:meth:`~.openvino_cache.CompiledModelCache.ir_identity`).
+        self.free_identity: list[dict | None] = []
         self._by_shape: dict[tuple, object] = {}
         self._core, self._config, self._input_shape = core, config, tuple(int(s) for s in input_shape)
         self._fold_parameters = fold_parameters
         network = network.float().eval()
-        for parameters, fold, checkpoint in zip(fold_parameters, fold_names, checkpoint_files, strict=True):
+        quantized = int8.read_models(core, fold_names) if precision == "int8" else [None] * len(fold_names)
+        for parameters, fold, checkpoint, fold_int8 in zip(fold_parameters, fold_names, checkpoint_files, quantized, strict=True):
             weights = file_sha256(checkpoint)
-            free, free_status = None, "none"
-            if strides is not None:
+            free, free_status, identity = None, "none", None
+            converter = "torch.export"
+            if fold_int8 is not None:  # the quantized network, its tile size free: reshaped to each tile
+                free, free_status = fold_int8, "int8"
+                converter = f"nncf int8 {int8.identity(fold)}"
+            elif strides is not None:
                 free_key = CacheKey(model_folder, weights, str(fold), (*input_shape[:2], *(-s for s in strides)), "fp32",
                                     cpu_identity(), ov.__version__, "torch.export, free tile size")
 
@@ -138,12 +156,14 @@ class OpenVINONetwork(torch.nn.Module):
 
                 try:
                     free, free_status = cache.load_or_build_model(free_key, core, convert)
+                    identity = cache.ir_identity(free_key)
                 except Exception as error:  # noqa: BLE001 - e.g. a custom network torch.export cannot free: the plan's tile only
                     warnings.warn(f"the network cannot run tiles of other sizes in OpenVINO ({error}); "
                                   "the fast crop runs the plan's tiles.", RuntimeWarning, stacklevel=2)
             self._free.append(free)
+            self.free_identity.append(identity)
             self.free_status.append(free_status)
-            key = CacheKey(model_folder, weights, str(fold), tuple(input_shape), precision, cpu_identity(), ov.__version__)
+            key = CacheKey(model_folder, weights, str(fold), tuple(input_shape), precision, cpu_identity(), ov.__version__, converter)
 
             def build(parameters: dict = parameters, free=free) -> Callable:
                 if free is not None:  # the same conversion, fixed to the plan's tile
@@ -158,6 +178,8 @@ class OpenVINONetwork(torch.nn.Module):
             self.cache_status.append(status)
         #: True when tiles of any size (multiples of the strides) can run.
         self.any_shape = strides is not None and all(free is not None for free in self._free)
+        #: The OpenVINO precision hint of the layers in floating point ("bf16" or "fp32").
+        self.floating_precision = floating
         network.load_state_dict(fold_parameters[0])
         self._current = 0
 
