@@ -101,12 +101,25 @@ def image_from_volume_node(node) -> sitk.Image:
     dimensions = image_data.GetDimensions()
     array = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars())
     array = array.reshape(dimensions[2], dimensions[1], dimensions[0]).copy()
+    return _with_geometry_of(sitk.GetImageFromArray(array), node)
+
+
+def grid_of_volume_node(node) -> sitk.Image:
+    """An all-zero uint8 image on a volume node's grid (size, spacing, origin, direction; parent transforms ignored):
+    its geometry without copying its voxels (a full field-of-view scan's copy took 20-40 ms on every measurement)."""
+    image_data = node.GetImageData()
+    if image_data is None:
+        raise ValueError(f"volume node '{node.GetName()}' has no voxels")
+    return _with_geometry_of(sitk.Image([int(v) for v in image_data.GetDimensions()], sitk.sitkUInt8), node)
+
+
+def _with_geometry_of(image: sitk.Image, node) -> sitk.Image:
+    """``image`` (the node's size, x, y, z) given the node's spacing (mm), origin and direction in LPS, as ITK has them."""
     ijk_to_ras = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(ijk_to_ras)
     matrix = _numpy_matrix(ijk_to_ras)
     spacing = np.array(node.GetSpacing())
     direction_lps = _RAS_FROM_LPS @ matrix[:3, :3] @ np.diag(1.0 / spacing)
-    image = sitk.GetImageFromArray(array)
     image.SetSpacing([float(s) for s in spacing])
     image.SetDirection([float(v) for v in direction_lps.ravel()])
     image.SetOrigin([float(v) for v in _RAS_FROM_LPS @ matrix[:3, 3]])

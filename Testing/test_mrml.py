@@ -51,6 +51,9 @@ def test_volume_node_round_trip_and_segments_on_real_scans(scene, tmp_path: Path
     expected = sitk.ReadImage(str(image_path))
     as_image = mrml.image_from_volume_node(volume)
     assert_same_physical_image(as_image, expected)
+    grid = mrml.grid_of_volume_node(volume)  # the geometry alone, no voxels copied
+    assert_same_geometry(grid, as_image, atol=0.0)
+    assert grid.GetPixelID() == sitk.sitkUInt8 and not sitk.GetArrayViewFromImage(grid).any()
 
     # The temporary NIfTI the module hands to the child process is the same scan.
     written = sitk.ReadImage(str(mrml.save_volume_node_as_nifti(volume, tmp_path / "input.nii.gz")))

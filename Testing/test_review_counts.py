@@ -289,3 +289,92 @@ def test_during_a_paint_stroke_only_its_view_renders_and_every_view_renders_afte
     _settle(app)
     assert not any(view.is_render_blocked for view in views)
     assert app.state.counts["lesion"] > lesion_before and app.state.unsaved  # the stroke was painted and counted
+
+
+def _review_app(bids, name: str):
+    import ctypes.util
+
+    if ctypes.util.find_library("EGL") is None:
+        pytest.skip("EGL is not installed (apt-get install libegl1): the app's views need offscreen rendering")
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from trame.app import get_server
+
+    from SCIsegLib.review.app import ReviewApp
+
+    app = ReviewApp(bids["root"], bids["queue"], "sciseg-demo", server=get_server(name, client_type="vue3"))
+    app.state.rater = "tabler"
+    app.open_case(CASES["sub-01"])
+    _settle(app)
+    return app
+
+
+def test_a_quick_lesion_table_is_sent_before_the_views_render_a_slow_one_after(bids) -> None:
+    """Measured in a thread after the counts, the table waited for the views' frames (0.2 s after the counts in the
+    page); a table whose last measurement was quick is now measured at once, before the frames; a slow one still goes
+    to a thread, and its rows arrive after the frames, right."""
+    from SCIsegLib.review import measures
+
+    app = _review_app(bids, "review_table_first")
+    session = app.session
+    cord = np.argwhere(_reference(session)[0] == 1)
+    table_when_rendered = []
+    render = app.render_every_view
+    app.render_every_view = lambda: (table_when_rendered.append(_table(app.state.lesions)), render())
+    for step, slow in enumerate((False, False, True)):
+        if slow:
+            app._last_table_cpu_s = measures.INLINE_TABLE_S + 1.0  # as after a measurement of many lesions
+        table_when_rendered.clear()
+        centre = tuple(int(v) for v in cord[(step + 1) * len(cord) // 5])
+        _apply(session.editor, "lesion", _box(_reference(session)[0].shape, centre, 0))
+        _settle(app)
+        expected = _reference_table(_reference(session)[0], session)
+        assert _table(app.state.lesions) == expected and len(expected) == step + 2
+        assert table_when_rendered, "the views did not render after the stroke"
+        if slow:
+            assert table_when_rendered[0] != expected  # measured in the thread: after the frames
+        else:
+            assert table_when_rendered[0] == expected  # before the frames
+
+
+def _run_until(app, condition, timeout_s: float = 60.0) -> None:
+    async def wait() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, "the condition was not reached"
+            await asyncio.sleep(0.01)
+
+    from trame_server.utils.asynchronous import get_event_loop
+
+    get_event_loop().run_until_complete(wait())
+
+
+def test_a_table_measured_in_a_thread_never_replaces_a_newer_one(bids, monkeypatch) -> None:
+    """The opening's table still measuring in its thread when a quick stroke's table is shown at once: the older
+    rows, arriving last, are dropped."""
+    import threading
+
+    from SCIsegLib.review import measures
+
+    app = _review_app(bids, "review_table_order")
+    session = app.session
+    before = session.labels()
+    cord = np.argwhere(before == 1)
+    entered, release = threading.Event(), threading.Event()
+    measure = measures.lesion_rows
+
+    def held_first(labels, grid):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(60)
+        return measure(labels, grid)
+
+    monkeypatch.setattr(measures, "lesion_rows", held_first)
+    app._ask_lesion_table(session.case.opening, before)  # the older table, held in its thread
+    _run_until(app, entered.is_set)
+    _apply(session.editor, "lesion", _box(before.shape, tuple(int(v) for v in cord[len(cord) // 3]), 0))
+    _run_until(app, lambda: not app._counts_pending)  # the stroke counted, its table shown at once
+    newer = _table(app.state.lesions)
+    assert len(newer) == 2
+    release.set()
+    _settle(app)
+    assert _table(app.state.lesions) == newer == _reference_table(_reference(session)[0], session)

@@ -193,8 +193,8 @@ def main() -> None:
     started = time.perf_counter()
     server = subprocess.Popen(
         [sys.executable, "-m", "SCIsegLib", "review", "--bids", str(root), "--port", str(port)],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+        env=environment, cwd=args.code.resolve(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # cwd too: ``-m`` puts the working folder first on sys.path, before PYTHONPATH
     results: dict = {"command": "PYTHONPATH=$PWD .venv/bin/python benchmarks/review_app.py --work /tmp/review_bench",
                      "code": str(args.code.resolve()),
                      "cpu_count": os.cpu_count(), "scan_size_voxels": list(sitk.ReadImage(str(root / f"{cases[0]}.nii.gz")).GetSize()), "viewport": VIEWPORT}

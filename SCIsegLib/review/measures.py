@@ -15,8 +15,11 @@ Now, after each edit (a stroke, undo, redo, an effect):
   takes 0.1-0.3 s of the event loop, and the three views' frames, asked for by the edit itself, went first);
 * the draft is written in the background, in order, from those arrays (:mod:`.draft_writer`); the "unsaved"
   mark follows when it is written;
-* the lesion table is measured on the cord's box (:mod:`.lesion_table`) in a thread from the same arrays, one
-  measurement at a time, the latest request winning.
+* the lesion table is measured on the cord's box (:mod:`.lesion_table`) from the same arrays: at once, before the
+  views' frames, while its last measurement took under :data:`INLINE_TABLE_S` of CPU (35-70 ms for 1 to 12 lesions
+  along errsm_21's whole cord); else in a thread, one measurement at a time, the latest request winning. Measured
+  in a thread after the counts, it waited 0.1-0.2 s for the views' frames (they hold the interpreter), and the table
+  came 0.2-0.25 s after the counts in the page (quiet machine, ``benchmarks/review_app.py``).
 
 :meth:`MeasuresMixin.update_measures` ("Update measures", after an effect button) does all three at once.
 """
@@ -24,6 +27,7 @@ Now, after each edit (a stroke, undo, redo, an effect):
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Future
 
 import numpy as np
@@ -36,6 +40,7 @@ from .memory import release_freed_memory
 
 OPENING_TABLE_DELAY_S = 0.2  # after opening a case, the first image goes before the lesion table's measurement
 COUNTS_FIRST_S = 0.1  # the longest the views' frames of an edit wait for its counts to be sent
+INLINE_TABLE_S = 0.15  # CPU seconds: a lesion table whose last measurement took less is measured before the frames
 
 
 class MeasuresMixin:
@@ -44,7 +49,9 @@ class MeasuresMixin:
     def _init_measures(self) -> None:
         self._counts_pending = False
         self._measuring = False
-        self._measure_next: tuple[int, np.ndarray | None] | None = None  # (opening, labels)
+        self._measure_next: tuple[int, np.ndarray | None, int] | None = None  # (opening, labels, request)
+        self._table_requests = 0  # the latest table asked for; an older measurement's rows are not shown
+        self._last_table_cpu_s = 0.0
         self._draft_shown = 0  # the latest draft whose outcome may still set "unsaved" (a newer action wins)
         self.slicer_app.segmentation_editor.segmentation_modified.connect(self._on_segmentation_modified)
 
@@ -93,8 +100,8 @@ class MeasuresMixin:
         get_event_loop().call_soon(self._count_after_edit)
 
     def _count_after_edit(self) -> None:
-        """Counts to the page now, then the views' frames; the draft and the lesion table from the same arrays in the
-        background."""
+        """Counts to the page now, then (a quick one) the lesion table, then the views' frames; the draft from the same
+        arrays in the background, and a slow lesion table in a thread."""
         self._counts_pending = False
         try:
             if self.session.case is None:
@@ -108,7 +115,37 @@ class MeasuresMixin:
         self._draft_shown += 1
         drafted = self.session.save_draft_later(str(self.state.rater or ""), labels, grey_matter)
         create_task(self._show_draft_outcome(opening, drafted, self._draft_shown))
-        self._ask_lesion_table(opening, labels)
+        if self._last_table_cpu_s < INLINE_TABLE_S:
+            self._measure_table_now(labels)
+        else:
+            self._ask_lesion_table(opening, labels)
+
+    def _measure_table_now(self, labels: np.ndarray) -> None:
+        """The lesion table of ``labels`` measured and sent in this turn of the event loop (a quick one: the views'
+        frames wait for it); a measurement still running in a thread will not replace it."""
+        self._table_requests += 1
+        checked = self._checked_for_table(labels)
+        if checked is not None:
+            self._show_lesion_table(*self._timed_lesion_rows(*checked))
+
+    def _checked_for_table(self, labels: np.ndarray | None):
+        """(labels on the case's grid, that grid) of the open case (``labels``: read just before; None: read now),
+        or None with the reason shown when the case refuses them (another scan's or grid's segmentation)."""
+        try:
+            return self.session.checked_labels("the segmentation to measure", labels), self.session.case_grid()
+        except SCIsegError as error:
+            with self.state:
+                self.state.error = str(error)
+            return None
+
+    def _timed_lesion_rows(self, labels: np.ndarray, grid):
+        """:func:`.lesion_table.lesion_rows`, its CPU time kept (it decides where the next table is measured); runs in
+        any thread (no scene access)."""
+        started = time.thread_time()
+        try:
+            return lesion_rows(labels, grid)
+        finally:
+            self._last_table_cpu_s = time.thread_time() - started
 
     async def _render_once_sent(self) -> None:
         """The views render once the counts have left (the websocket's pending messages sent; at most
@@ -132,9 +169,10 @@ class MeasuresMixin:
                 self.state.unsaved = unsaved
 
     def _ask_lesion_table(self, opening: int, labels: np.ndarray | None = None) -> None:
-        """Measure the lesion table of the case of opening ``opening`` (``labels``: its masks read just before, else
-        read when measured). One measurement at a time: a request made meanwhile replaces the waiting one."""
-        self._measure_next = (opening, labels)
+        """Measure the lesion table of the case of opening ``opening`` in a thread (``labels``: its masks read just
+        before, else read when measured). One measurement at a time: a request made meanwhile replaces the waiting one."""
+        self._table_requests += 1
+        self._measure_next = (opening, labels, self._table_requests)
         if not self._measuring:
             self._measuring = True
             create_task(self._measure_in_turn())
@@ -142,28 +180,24 @@ class MeasuresMixin:
     async def _measure_in_turn(self) -> None:
         try:
             while self._measure_next is not None:
-                (opening, labels), self._measure_next = self._measure_next, None
-                await self._measure_lesions(opening, labels)
+                (opening, labels, request), self._measure_next = self._measure_next, None
+                await self._measure_lesions(opening, labels, request)
                 del labels
         finally:
             self._measuring = False
 
-    async def _measure_lesions(self, opening: int, labels: np.ndarray | None) -> None:
-        if not self.session.is_open(opening):
+    async def _measure_lesions(self, opening: int, labels: np.ndarray | None, request: int) -> None:
+        if not self.session.is_open(opening) or request != self._table_requests:
             return
-        try:  # what is measured must be the case's own segmentation (scan and grid)
-            labels = self.session.checked_labels("the segmentation to measure", labels)
-            reference = self.session.reference_image()
-        except SCIsegError as error:
-            with self.state:
-                self.state.error = str(error)
+        checked = self._checked_for_table(labels)
+        if checked is None:
             return
-        rows, centres = await asyncio.to_thread(lesion_rows, labels, reference)
-        del labels, reference
+        del labels
+        rows, centres = await asyncio.to_thread(self._timed_lesion_rows, *checked)
+        del checked
         release_freed_memory()  # the measurement's arrays (in its thread's arena) go back too
-        if not self.session.is_open(opening):
-            return
-        self._show_lesion_table(rows, centres)
+        if self.session.is_open(opening) and request == self._table_requests:  # else a newer table was asked for
+            self._show_lesion_table(rows, centres)
 
     def _show_lesion_table(self, rows: list[dict], centres: dict) -> None:
         self.session.case.lesion_centres_ras = centres
@@ -178,11 +212,9 @@ class MeasuresMixin:
             return
         labels = self.session.labels()
         self.state.counts = self.session.voxel_counts(labels)
-        try:
-            rows, centres = lesion_rows(self.session.checked_labels("the segmentation to measure", labels),
-                                        self.session.reference_image())
-        except SCIsegError as error:
-            self.state.error = str(error)
+        self._table_requests += 1  # a table measuring in a thread is older than this one
+        checked = self._checked_for_table(labels)
+        if checked is None:
             return
-        self._show_lesion_table(rows, centres)
+        self._show_lesion_table(*self._timed_lesion_rows(*checked))
         self.save_draft(labels)

@@ -260,7 +260,7 @@ class ReviewSession:
         """The current (z, y, x) labels (or ``labels``, read from the scene just before) once the case accepts them
         (its scan, its grid: the volume node's), else :class:`CaseRefused`."""
         assert self.case is not None
-        image = self.label_image() if labels is None else self._image_on(self.reference_image(), labels)
+        image = self.label_image() if labels is None else self._image_on(self.volume_grid(), labels)
         return sitk.GetArrayFromImage(self.case.case.check(image, self.drawn_on(), what))
 
     def drawn_on(self) -> str | None:
@@ -339,13 +339,23 @@ class ReviewSession:
             self._draft_rater = None
 
     def reference_image(self) -> sitk.Image:
-        """The open case's image grid (geometry only matters) as SimpleITK reads it from the volume node."""
+        """The open case's scan (voxels and geometry) as SimpleITK reads it from the volume node."""
         assert self.case is not None
         return mrml.image_from_volume_node(self.case.volume_node)
 
+    def volume_grid(self) -> sitk.Image:
+        """The volume node's grid (geometry only: an empty uint8 image), on which :meth:`labels` lie."""
+        assert self.case is not None
+        return mrml.grid_of_volume_node(self.case.volume_node)
+
+    def case_grid(self) -> sitk.Image:
+        """The case's scan grid (geometry only), on which :meth:`checked_labels` lie: what the lesions are measured on."""
+        assert self.case is not None
+        return self.case.case.scan.grid.blank()
+
     def lesion_table(self) -> list[dict]:
         """``sciseg analyze``'s lesion measures of the current masks, one dict per lesion, with its centre (RAS mm)."""
-        rows, centres = measure_lesions(self.checked_labels("the segmentation to measure"), self.reference_image())
+        rows, centres = measure_lesions(self.checked_labels("the segmentation to measure"), self.case_grid())
         self.case.lesion_centres_ras = centres
         self.show_lesion_numbers(centres)
         return rows
@@ -354,7 +364,7 @@ class ReviewSession:
         """Centre (RAS mm) of the largest 26-connected lesion of the current masks (quick: no morphometrics)."""
         assert self.case is not None
         lesion = sitk.GetImageFromArray((self.labels() == 2).astype(np.uint8))
-        lesion.CopyInformation(self.reference_image())
+        lesion.CopyInformation(self.volume_grid())
         components = sitk.RelabelComponent(sitk.ConnectedComponent(lesion, True))  # 1 = largest
         centres = mrml.lesion_centroids_ras(components)
         return centres.get(1)
