@@ -132,8 +132,13 @@ def segmentation_from_labels(scene, logic, case: Case, volume_node, labels_zyx: 
 
 def labels_of(scene, logic, case: Case | None, segmentation_node, volume_node, chosen=None) -> sitk.Image:
     """The segmentation as SCIseg labels on the volume's grid, refused with one sentence (ValueError) when it was
-    made on another volume (:func:`mrml.require_pairing`) or, with a case, for another case or grid (``Case.check``)."""
-    mrml.require_pairing(segmentation_node, volume_node)
+    made on another volume (:func:`mrml.require_pairing`) or, with a case, for another case or grid (``Case.check``).
+    With a case and ``volume_node`` None (the volume left the scene), on the segmentation's own reference geometry,
+    which the case's check then puts on the case's grid or refuses."""
+    if volume_node is None and case is None:
+        raise ValueError("Select the segmentation's volume first.")
+    if volume_node is not None:
+        mrml.require_pairing(segmentation_node, volume_node)
     labels = mrml.export_sciseg_label_map(logic, scene, segmentation_node, volume_node, chosen)
     if case is not None:
         try:
@@ -154,8 +159,9 @@ def labels_zyx(scene, logic, case: Case, segmentation_node, volume_node) -> np.n
 
 def draft_unsaved(scene, logic, case: Case | None, segmentation_node, volume_node, rater: str) -> str | None:
     """Unsaved edits of the case's segmentation not drafted yet are written to the rater's draft (grey matter: its
-    grey-matter draft). Returns what was written (``"draft by alice of ..."``), None when nothing was."""
-    if case is None or segmentation_node is None or volume_node is None:
+    grey-matter draft). Returns what was written (``"draft by alice of ..."``), None when nothing was. ``volume_node``
+    None: the volume left the scene, the segmentation is read on its reference geometry and drafted on the case's grid."""
+    if case is None or segmentation_node is None:
         return None
     labels = labels_zyx(scene, logic, case, segmentation_node, volume_node)
     draft = None if labels is None or case.safe(labels) else case.save_draft(labels, rater)
@@ -170,6 +176,11 @@ def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, r
     written to the rater's draft (:func:`draft_unsaved`). Returns a sentence saying so, None when nothing was
     unsaved."""
     kept = draft_unsaved(scene, logic, case, segmentation_node, volume_node, rater)
+    if kept is None and volume_node is None and case is not None and is_bound(segmentation_node, case):
+        if labels_zyx(scene, logic, case, segmentation_node, None) is None:  # nothing to draft it on: say so
+            return (f"The volume of {case.scan.stem} left the scene and '{segmentation_node.GetName()}' could not be read "
+                    "on the case's grid: its edits since the last pause are only in that segmentation. Load the scan "
+                    "again and select it to have them drafted.")
     return None if kept is None else f"Your unsaved edits of {case.scan.stem} are kept as a {kept}: open the case again to continue."
 
 

@@ -75,8 +75,9 @@ def grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node) -> b
 
 def keep_draft(scene, logic, case, segmentation_node, volume_node, rater: str) -> Draft | None:
     """Unsaved grey-matter edits of the case's own segmentation go to the rater's grey-matter draft (atomic); back to
-    what is saved, the draft goes. Returns the draft written, None when nothing was written."""
-    if case is None or segmentation_node is None or volume_node is None:
+    what is saved, the draft goes. Returns the draft written, None when nothing was written. ``volume_node`` None:
+    the volume left the scene; the segmentation is read on its own reference geometry."""
+    if case is None or segmentation_node is None:
         return None
     if segmentation_node.GetAttribute(_DRAWN_ON) != case.scan.key:
         return None
@@ -89,14 +90,22 @@ def keep_draft(scene, logic, case, segmentation_node, volume_node, rater: str) -
         return None
     if current == segmentation_node.GetAttribute(DRAFTED_ATTRIBUTE) and path.is_file():
         return None
-    image = mrml.image_from_array_zyx(mask.astype(np.uint8), mrml.image_from_volume_node(volume_node))
-    try:
-        on_case_grid = sitk.GetArrayFromImage(case.check(image, case.scan.key, "the grey matter")).astype(np.uint8)
-    except CaseRefused:
+    on_case_grid = _on_case_grid(case, mask, segmentation_node, volume_node)
+    if on_case_grid is None:
         return None
     draft = write_draft(path.parent, case.scan, rater, on_case_grid, case.base.name)
     segmentation_node.SetAttribute(DRAFTED_ATTRIBUTE, current)
     return draft
+
+
+def _on_case_grid(case, mask_zyx: np.ndarray, segmentation_node, volume_node) -> np.ndarray | None:
+    """A grey-matter mask read on the volume's grid (None: the segmentation's reference geometry) on the case's grid;
+    None when it lies on another grid."""
+    image = mrml.image_from_array_zyx(mask_zyx.astype(np.uint8), mrml.reference_grid(segmentation_node, volume_node))
+    try:
+        return sitk.GetArrayFromImage(case.check(image, case.scan.key, "the grey matter")).astype(np.uint8)
+    except CaseRefused:
+        return None
 
 
 def _read_base(case) -> tuple[np.ndarray, str | None] | None:

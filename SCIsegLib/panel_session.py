@@ -54,7 +54,7 @@ class CaseSession:
 
     def keep_work(self) -> None:
         """The open case's unsaved edits go to the rater's draft (Next case, another volume, Segment again, scene
-        close, exit)."""
+        close, exit); when its volume left the scene, on the case's grid (the segmentation's reference geometry)."""
         if self.case is None:
             return
         from . import panel_case

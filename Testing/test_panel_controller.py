@@ -497,3 +497,19 @@ def test_the_same_scan_loaded_twice_never_gets_the_other_nodes_segmentation(scen
     assert mrml.pairing_problem(segmentation, second) is None
     np.testing.assert_array_equal(panel_case.labels_zyx(scene, logic, controller.session.case, segmentation, second), edited)
     controller.shutdown()
+
+
+def test_strokes_of_a_case_whose_volume_was_removed_are_drafted_on_the_cases_grid(scene, tmp_path: Path) -> None:
+    """The rater deletes the open case's volume (Data module): the selector moves to another volume and keep_work
+    found no volume, so the strokes since the last autosave (up to ~1 s) stayed only in the segmentation node."""
+    scene, logic = scene
+    root, first, view, controller, now, segmentation, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    second = load_with_slicer(scene, scan_path(root, "02"))
+    latest = paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[46:49, 26:29, 29:32])
+    scene.RemoveNode(first)  # no pause since the strokes: not autosaved yet
+    controller.parameters.inputVolume = second  # the selector moves to another volume
+    controller.session.selection_changed()
+    assert view.run_later() == 1 and controller.session.case.scan.stem == "sub-02_T2w"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), latest)
+    assert any(said.startswith("Your unsaved edits of sub-01_T2w are kept as a draft by alice") for said in view.said)
+    controller.shutdown()
