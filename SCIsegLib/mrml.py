@@ -203,6 +203,25 @@ def segmentation_geometry(segmentation_node) -> tuple[np.ndarray, tuple[int, ...
     return _geometry(matrix, extent)
 
 
+def grid_of_segmentation(segmentation_node) -> sitk.Image | None:
+    """An all-zero uint8 image on the segmentation's reference image geometry (size, spacing, origin and direction
+    in LPS, as ITK has them), None when it has none: the grid its segments are exported on without a volume node
+    (the volume it was made on was removed from the scene)."""
+    geometry = segmentation_geometry(segmentation_node)
+    if geometry is None:
+        return None
+    matrix, extent = geometry
+    size = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+    if min(size) < 1:
+        return None
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    image = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetDirection([float(v) for v in (_RAS_FROM_LPS @ matrix[:3, :3] @ np.diag(1.0 / spacing)).ravel()])
+    image.SetOrigin([float(v) for v in _RAS_FROM_LPS @ (matrix @ [extent[0], extent[2], extent[4], 1.0])[:3]])
+    return image
+
+
 def volume_geometry(volume_node) -> tuple[np.ndarray, tuple[int, ...]]:
     """A volume's grid as (4x4 IJK-to-RAS in mm, IJK extent), the form of :func:`segmentation_geometry`."""
     matrix = vtk.vtkMatrix4x4()
@@ -289,7 +308,8 @@ def segment_mask(logic, scene, segmentation_node, segment_id: str, reference_vol
 
 
 def export_label_array(logic, scene, segmentation_node, reference_volume, segment_ids: vtk.vtkStringArray) -> np.ndarray:
-    """Export segments to a (z, y, x) label array on the reference grid; segment n gets value n+1, later wins.
+    """Export segments to a (z, y, x) label array on the reference grid (``reference_volume`` None: the segmentation's
+    reference geometry); segment n gets value n+1, later wins.
 
     The temporary label map, and the display and colour-table nodes Slicer creates for it, leave the scene.
     """
@@ -297,7 +317,9 @@ def export_label_array(logic, scene, segmentation_node, reference_volume, segmen
         labelmap = slicer.vtkMRMLLabelMapVolumeNode()
         labelmap.SetName("__sciseg_export__")
         scene.AddNode(labelmap)
-        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, segment_ids, labelmap, reference_volume):
+        # No reference volume: the segmentation's whole reference geometry, not the segments' bounding box.
+        extent = slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, segment_ids, labelmap, reference_volume, extent):
             raise RuntimeError(f"Slicer could not export the segments of '{segmentation_node.GetName()}'")
         return sitk.GetArrayFromImage(image_from_volume_node(labelmap))
 
@@ -407,8 +429,21 @@ def resolve_sciseg_segments(segmentation_node, chosen: dict[str, str | None] | N
     return resolved
 
 
+def reference_grid(segmentation_node, reference_volume) -> sitk.Image:
+    """The grid segments are exported on: the reference volume's (:func:`grid_of_volume_node`), or, with
+    ``reference_volume`` None, the segmentation's own reference geometry (:func:`grid_of_segmentation`; ValueError
+    when it has none)."""
+    if reference_volume is not None:
+        return grid_of_volume_node(reference_volume)
+    grid = grid_of_segmentation(segmentation_node)
+    if grid is None:
+        raise ValueError(f"Segmentation '{segmentation_node.GetName()}' has no reference geometry and no volume.")
+    return grid
+
+
 def export_sciseg_label_map(logic, scene, segmentation_node, reference_volume, chosen: dict[str, str | None] | None = None) -> sitk.Image:
     """The corrected segments as one uint8 image on the reference grid: 0 background, 1 cord only, 2 lesion.
+    ``reference_volume`` None: on the segmentation's own reference geometry (:func:`reference_grid`).
 
     Segments are found by :func:`resolve_sciseg_segments` (terminology, then name, then id; ``chosen`` holds a
     rater's answers); when the cord or lesion cannot be told, it raises :class:`SegmentChoiceError` instead of
@@ -421,7 +456,7 @@ def export_sciseg_label_map(logic, scene, segmentation_node, reference_volume, c
     """
     resolved = resolve_sciseg_segments(segmentation_node, chosen)
     grey_matter = grey_matter_segment(segmentation_node) if resolved[CORD.segment_id] is not None else None
-    reference = image_from_volume_node(reference_volume)
+    reference = reference_grid(segmentation_node, reference_volume)
     labels = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
     for segment_id, value in ((grey_matter, CORD.label_value),
                               *((resolved[spec.segment_id], spec.label_value) for spec in SCISEG_SEGMENTS)):

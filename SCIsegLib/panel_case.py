@@ -6,12 +6,22 @@ dataset its versions and drafts live in) and a volume read from a file (the scan
 sha256). A segmentation made for a case carries the case's :attr:`Scan.key` (:data:`DRAWN_ON_ATTRIBUTE`) and
 the base it started from (:data:`BASE_ATTRIBUTE`); export, measure and compare refuse it on any other case.
 
+One segmentation per case and volume node is the case's (its edits are drafted, in the rater's one draft, recording
+its own base). When another one becomes the case's -- Segment again, or the rater makes an older one the case's again
+-- the previous one is **superseded** (:func:`supersede`), never left sharing the draft: its edits no version has are
+first written to a file of their own (``.drafts/.../<stem>/superseded/<rater key>.<UTC time>.nrrd``, the draft format,
+recording its base; its grey matter beside it, ``.gm.nrrd``), then it is marked (:data:`SUPERSEDED_ATTRIBUTE`) and
+renamed "... (superseded)", and the status line says where its edits are. A superseded segmentation is no longer
+drafted and Export refuses it; Compare and Measure still take it; selecting it asks whether it becomes the case's
+again (the panel's session, :mod:`SCIsegLib.panel_session`).
+
 Label maps are (z, y, x) uint8 on the volume's grid: 0 background, 1 cord only, 2 lesion.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +29,22 @@ import SimpleITK as sitk
 
 from . import mrml
 from .cases import Case, Draft
+from .cases.drafts import write_draft
 from .cases.scan import CaseRefused
 from .errors import InputError
-from .panel_grey_matter_case import add_base_grey_matter, grey_matter_unsaved, keep_draft
+from .panel_grey_matter_case import SUPERSEDED, add_base_grey_matter, grey_matter_unsaved, keep_draft, keep_superseded
 from .panel_results import export_result
+from .panel_view import superseded_now_sentence
 
 #: Segmentation node attributes: the case's scan key it was made for, and the base it started from.
 DRAWN_ON_ATTRIBUTE = "SCIseg.DrawnOn"
 BASE_ATTRIBUTE = "SCIseg.Base"
 #: Segmentation node attribute: the folder holding the model's masks of a Slicer segmentation (SCT's names).
 PREDICTION_FOLDER_ATTRIBUTE = "SCIseg.PredictionFolder"
+#: Segmentation node attribute: a newer segmentation became its case's (:func:`supersede`); the value is the file
+#: its unexported edits were kept in, or "" when it had none.
+SUPERSEDED_ATTRIBUTE = SUPERSEDED
+SUPERSEDED_SUFFIX = " (superseded)"
 
 
 def image_path(volume_node) -> Path | None:
@@ -81,8 +97,60 @@ def case_of(root: str | Path, volume_node, segmentation_node) -> Case | None:
 
 
 def is_bound(segmentation_node, case: Case) -> bool:
-    """True when the segmentation was made for ``case`` (it carries the case's scan key)."""
+    """True when the segmentation is the case's: made for ``case`` (it carries the case's scan key) and not
+    superseded since (:func:`supersede`)."""
+    return made_for_scan(segmentation_node, case) and not is_superseded(segmentation_node)
+
+
+def made_for_scan(segmentation_node, case: Case) -> bool:
+    """True when the segmentation was made for ``case``'s scan, superseded or not."""
     return segmentation_node is not None and segmentation_node.GetAttribute(DRAWN_ON_ATTRIBUTE) == case.scan.key
+
+
+def is_superseded(segmentation_node) -> bool:
+    return segmentation_node is not None and segmentation_node.GetAttribute(SUPERSEDED_ATTRIBUTE) is not None
+
+
+def superseded_folder(case: Case) -> Path:
+    """Where superseded segmentations' unexported edits are kept: ``superseded/`` in the case's drafts folder (not a
+    draft: never offered, never replaced)."""
+    from .cases import draft_folder, inside_derivatives
+
+    return inside_derivatives(case.root, draft_folder(case.root, case.scan) / "superseded", "the superseded folder")
+
+
+def supersede(scene, logic, root: str | Path, segmentation_node, volume_node, rater: str) -> str:
+    """Another segmentation became the case's: ``segmentation_node``'s edits no version has (cord and lesion, grey
+    matter) are written to files of their own first (:func:`superseded_folder`; recording the base it started
+    from), then it is marked superseded and renamed. Returns the sentence for the status line."""
+    own = case_of(root, volume_node, segmentation_node)  # opened on its own base: what is unsaved of it
+    kept = []
+    if own is not None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        folder = superseded_folder(own)
+        labels = labels_zyx(scene, logic, own, segmentation_node, volume_node)
+        if labels is not None and own.unsaved(labels):
+            kept.append(write_draft(folder, own.scan, rater, labels, own.base.name, suffix=f".{stamp}.nrrd").path)
+        grey_matter = keep_superseded(scene, logic, own, segmentation_node, volume_node, rater, folder, f".{stamp}.gm.nrrd")
+        kept += [grey_matter.path] if grey_matter is not None else []
+    name = segmentation_node.GetName()
+    segmentation_node.SetAttribute(SUPERSEDED_ATTRIBUTE, str(kept[0]) if kept else "")
+    segmentation_node.SetName(name if name.endswith(SUPERSEDED_SUFFIX) else name + SUPERSEDED_SUFFIX)
+    return superseded_now_sentence(name, segmentation_node.GetName(), [str(path) for path in kept])
+
+
+def reclaim(segmentation_node) -> None:
+    """A superseded segmentation becomes its case's again (the caller supersedes the other one first)."""
+    segmentation_node.RemoveAttribute(SUPERSEDED_ATTRIBUTE)
+    segmentation_node.SetName(segmentation_node.GetName().removesuffix(SUPERSEDED_SUFFIX))
+
+
+def live_segmentations(scene, case: Case, volume_node) -> list:
+    """Every segmentation of the scene that is the case's on ``volume_node`` (:func:`is_bound`, made on that node),
+    oldest first."""
+    nodes = [scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
+    return [node for node in nodes if _made_for(node, case, volume_node)]
 
 
 def case_segmentation(scene, case: Case, selected, volume_node=None):
@@ -100,9 +168,7 @@ def bound_segmentation(scene, case: Case, volume_node=None):
     """The segmentation node of the scene made for ``case`` (the newest one), None when there is none. With
     ``volume_node``, only one made on that very node: the same file loaded twice is two nodes, and a segmentation of
     the other one is refused by every action on this one (:func:`mrml.pairing_problem`)."""
-    nodes = [scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
-             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
-    mine = [node for node in nodes if _made_for(node, case, volume_node)]
+    mine = live_segmentations(scene, case, volume_node)
     return mine[-1] if mine else None
 
 
@@ -132,8 +198,13 @@ def segmentation_from_labels(scene, logic, case: Case, volume_node, labels_zyx: 
 
 def labels_of(scene, logic, case: Case | None, segmentation_node, volume_node, chosen=None) -> sitk.Image:
     """The segmentation as SCIseg labels on the volume's grid, refused with one sentence (ValueError) when it was
-    made on another volume (:func:`mrml.require_pairing`) or, with a case, for another case or grid (``Case.check``)."""
-    mrml.require_pairing(segmentation_node, volume_node)
+    made on another volume (:func:`mrml.require_pairing`) or, with a case, for another case or grid (``Case.check``).
+    With a case and ``volume_node`` None (the volume left the scene), on the segmentation's own reference geometry,
+    which the case's check then puts on the case's grid or refuses."""
+    if volume_node is None and case is None:
+        raise ValueError("Select the segmentation's volume first.")
+    if volume_node is not None:
+        mrml.require_pairing(segmentation_node, volume_node)
     labels = mrml.export_sciseg_label_map(logic, scene, segmentation_node, volume_node, chosen)
     if case is not None:
         try:
@@ -154,8 +225,10 @@ def labels_zyx(scene, logic, case: Case, segmentation_node, volume_node) -> np.n
 
 def draft_unsaved(scene, logic, case: Case | None, segmentation_node, volume_node, rater: str) -> str | None:
     """Unsaved edits of the case's segmentation not drafted yet are written to the rater's draft (grey matter: its
-    grey-matter draft). Returns what was written (``"draft by alice of ..."``), None when nothing was."""
-    if case is None or segmentation_node is None or volume_node is None:
+    grey-matter draft). Returns what was written (``"draft by alice of ..."``), None when nothing was. Only the case's
+    own segmentation (:func:`is_bound`) is drafted; ``volume_node`` None: the volume left the scene, the segmentation
+    is read on its reference geometry and drafted on the case's grid."""
+    if case is None or not is_bound(segmentation_node, case):
         return None
     labels = labels_zyx(scene, logic, case, segmentation_node, volume_node)
     draft = None if labels is None or case.safe(labels) else case.save_draft(labels, rater)
@@ -170,6 +243,11 @@ def keep_work(scene, logic, case: Case | None, segmentation_node, volume_node, r
     written to the rater's draft (:func:`draft_unsaved`). Returns a sentence saying so, None when nothing was
     unsaved."""
     kept = draft_unsaved(scene, logic, case, segmentation_node, volume_node, rater)
+    if kept is None and volume_node is None and case is not None and is_bound(segmentation_node, case):
+        if labels_zyx(scene, logic, case, segmentation_node, None) is None:  # nothing to draft it on: say so
+            return (f"The volume of {case.scan.stem} left the scene and '{segmentation_node.GetName()}' could not be read "
+                    "on the case's grid: its edits since the last pause are only in that segmentation. Load the scan "
+                    "again and select it to have them drafted.")
     return None if kept is None else f"Your unsaved edits of {case.scan.stem} are kept as a {kept}: open the case again to continue."
 
 

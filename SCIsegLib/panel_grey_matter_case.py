@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import mrml
-from .cases.drafts import Draft, draft_labels, read_record, write_draft
+from .cases.drafts import GREY_MATTER_KEY, Draft, draft_labels, read_record, write_draft
 from .cases.scan import CaseRefused
 from .panel_grey_matter import GM_FILE_SUFFIX, MODEL_ATTRIBUTE, draft_path
 
@@ -34,6 +34,14 @@ from .panel_grey_matter import GM_FILE_SUFFIX, MODEL_ATTRIBUTE, draft_path
 SAVED_ATTRIBUTE = "SCIseg.GreyMatterSaved"
 DRAFTED_ATTRIBUTE = "SCIseg.GreyMatterDrafted"
 _DRAWN_ON = "SCIseg.DrawnOn"  # panel_case.DRAWN_ON_ATTRIBUTE (panel_case imports this module)
+#: panel_case.SUPERSEDED_ATTRIBUTE: a newer segmentation became the case's; this one is no longer drafted.
+SUPERSEDED = "SCIseg.Superseded"
+
+
+def _is_cases(segmentation_node, case) -> bool:
+    """The segmentation is the case's own (panel_case.is_bound): made for its scan, not superseded."""
+    return (segmentation_node is not None and segmentation_node.GetAttribute(_DRAWN_ON) == case.scan.key
+            and segmentation_node.GetAttribute(SUPERSEDED) is None)
 
 
 def digest(mask_zyx: np.ndarray) -> str:
@@ -67,7 +75,7 @@ def grey_matter_digest(scene, logic, segmentation_node, volume_node) -> str | No
 def grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node) -> bool:
     """True when the case's own segmentation has a grey-matter segment that differs from what was saved (the
     model's mask, the version's, the last export)."""
-    if case is None or segmentation_node is None or segmentation_node.GetAttribute(_DRAWN_ON) != case.scan.key:
+    if case is None or not _is_cases(segmentation_node, case):
         return False
     mask = _segment_zyx(scene, logic, segmentation_node, volume_node)
     return mask is not None and digest(mask) != segmentation_node.GetAttribute(SAVED_ATTRIBUTE)
@@ -75,10 +83,9 @@ def grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node) -> b
 
 def keep_draft(scene, logic, case, segmentation_node, volume_node, rater: str) -> Draft | None:
     """Unsaved grey-matter edits of the case's own segmentation go to the rater's grey-matter draft (atomic); back to
-    what is saved, the draft goes. Returns the draft written, None when nothing was written."""
-    if case is None or segmentation_node is None or volume_node is None:
-        return None
-    if segmentation_node.GetAttribute(_DRAWN_ON) != case.scan.key:
+    what is saved, the draft goes. Returns the draft written, None when nothing was written. ``volume_node`` None:
+    the volume left the scene; the segmentation is read on its own reference geometry."""
+    if case is None or not _is_cases(segmentation_node, case):
         return None
     mask = _segment_zyx(scene, logic, segmentation_node, volume_node)
     if mask is None:
@@ -89,14 +96,34 @@ def keep_draft(scene, logic, case, segmentation_node, volume_node, rater: str) -
         return None
     if current == segmentation_node.GetAttribute(DRAFTED_ATTRIBUTE) and path.is_file():
         return None
-    image = mrml.image_from_array_zyx(mask.astype(np.uint8), mrml.image_from_volume_node(volume_node))
-    try:
-        on_case_grid = sitk.GetArrayFromImage(case.check(image, case.scan.key, "the grey matter")).astype(np.uint8)
-    except CaseRefused:
+    on_case_grid = _on_case_grid(case, mask, segmentation_node, volume_node)
+    if on_case_grid is None:
         return None
     draft = write_draft(path.parent, case.scan, rater, on_case_grid, case.base.name)
     segmentation_node.SetAttribute(DRAFTED_ATTRIBUTE, current)
     return draft
+
+
+def _on_case_grid(case, mask_zyx: np.ndarray, segmentation_node, volume_node) -> np.ndarray | None:
+    """A grey-matter mask read on the volume's grid (None: the segmentation's reference geometry) on the case's grid;
+    None when it lies on another grid."""
+    image = mrml.image_from_array_zyx(mask_zyx.astype(np.uint8), mrml.reference_grid(segmentation_node, volume_node))
+    try:
+        return sitk.GetArrayFromImage(case.check(image, case.scan.key, "the grey matter")).astype(np.uint8)
+    except CaseRefused:
+        return None
+
+
+def keep_superseded(scene, logic, case, segmentation_node, volume_node, rater: str, folder: Path, suffix: str) -> Draft | None:
+    """Before the case's segmentation is superseded (``panel_case.supersede``): its unsaved grey matter is written to
+    ``folder`` (``<rater key><suffix>``, the grey-matter draft's format), never to the rater's grey-matter draft,
+    which follows the case's new segmentation. Returns what was written, None when nothing was unsaved."""
+    if not grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node):
+        return None
+    on_case_grid = _on_case_grid(case, _segment_zyx(scene, logic, segmentation_node, volume_node), segmentation_node, volume_node)
+    if on_case_grid is None:
+        return None
+    return write_draft(folder, case.scan, rater, on_case_grid, case.base.name, key=GREY_MATTER_KEY, suffix=suffix)
 
 
 def _read_base(case) -> tuple[np.ndarray, str | None] | None:

@@ -5,6 +5,12 @@ are followed (drafts, live lesion list), the unsaved edits kept before the rater
 :class:`~SCIsegLib.panel.PanelState` and a :class:`~SCIsegLib.panel_view.PanelView` -- so it runs on slicer-core in
 tests with a recording view. The case model itself is :mod:`SCIsegLib.cases`; :mod:`SCIsegLib.panel_case` binds it
 to MRML nodes.
+
+One segmentation per case and volume node is the case's, and the session's case is always opened on that one's base:
+when another one becomes the case's (Segment again, opening a scene that has several, the rater's Yes to "make it
+the case's again"), every other one is superseded first (:func:`SCIsegLib.panel_case.supersede`: its unexported
+edits kept in a file of their own, renamed, no longer drafted). So the rater's one draft never mixes two
+segmentations, never records another one's base, and a switch back is a question, never silent.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .panel import PanelState
-from .panel_view import PanelView, draft_kept_sentence, draft_question, not_drafted_sentence
+from .panel_view import (PanelView, draft_kept_sentence, draft_question, not_drafted_sentence, reclaim_question,
+                         reclaimed_sentence, superseded_sentence)
 
 
 class CaseSession:
@@ -31,6 +38,7 @@ class CaseSession:
         self.case: Any = None  # SCIsegLib.cases.Case of state.case_volume_id
         self.segment_when_opened = False  # Next case: segment the new scan when its case has nothing yet
         self.volume_pending = False  # a volume change is queued (opened once the current slot returned)
+        self.reclaim_pending = False  # a superseded segmentation was selected: asked once the current slot returned
         self.observed: Any = None  # the segmentation whose strokes drive drafts and the live lesion list
         self._tags: tuple[int, ...] = ()  # its observers (mrml.observe_edits)
         self.edits: Any = None  # panel_lesions.EditDebounce, made with the first observed segmentation
@@ -54,7 +62,7 @@ class CaseSession:
 
     def keep_work(self) -> None:
         """The open case's unsaved edits go to the rater's draft (Next case, another volume, Segment again, scene
-        close, exit)."""
+        close, exit); when its volume left the scene, on the case's grid (the segmentation's reference geometry)."""
         if self.case is None:
             return
         from . import panel_case
@@ -116,6 +124,8 @@ class CaseSession:
                 opened = panel_case.opening(self.scene, inputs.export_folder, volume, inputs.rater, draft=opened.offer)
             segmentation = panel_case.selected_segmentation(self.scene, self.logic, opened, volume)
             self.case = opened.case
+            if self.case is not None and panel_case.is_bound(segmentation, self.case):
+                self.supersede_others(volume, segmentation)  # a scene saved with several: one is the case's
             self.parameters.segmentation = segmentation
             if opened.sentence:
                 self.view.say(opened.sentence)
@@ -139,7 +149,11 @@ class CaseSession:
             self.edits = self.edits or EditDebounce()
             self._tags = mrml.observe_edits(segmentation_node, self.edited)
             self.edits.touch(self.clock())
-            if self.case is not None and not panel_case.is_bound(segmentation_node, self.case):
+            if self.case is not None and panel_case.made_for_scan(segmentation_node, self.case) and panel_case.is_superseded(segmentation_node):
+                if not self.reclaim_pending:  # asked after this slot (the parameter node's observer fires repeatedly)
+                    self.reclaim_pending = True
+                    self.view.later(self.reclaim_selected)
+            elif self.case is not None and not panel_case.is_bound(segmentation_node, self.case):
                 self.view.say(not_drafted_sentence(segmentation_node.GetName(), self.case.scan.stem))
 
     def edited(self, *unused: Any) -> None:
@@ -182,12 +196,49 @@ class CaseSession:
         self.case, self.state.case_volume_id, self.live, self.lesion_tables = None, None, (None, None), {}
 
     def rebind(self, volume_node, segmentation_node) -> None:
-        """A new prediction or exported version of the open case's volume: the case now starts from it."""
-        if self.case_of(volume_node) is None:
-            return
+        """A new prediction or exported version of the open case's volume: the case now starts from it, and any other
+        segmentation that was the case's is superseded. A segmentation superseded meanwhile changes nothing."""
         from . import panel_case
 
+        if self.case_of(volume_node) is None or not panel_case.is_bound(segmentation_node, self.case):
+            return
+        self.supersede_others(volume_node, segmentation_node)
         self.case = panel_case.case_of(self.view.inputs().export_folder, volume_node, segmentation_node)
+
+    def supersede_others(self, volume_node, segmentation_node) -> None:
+        """``segmentation_node`` is the case's on ``volume_node``: every other one that was is superseded, its
+        unexported edits kept in a file of their own first (:func:`SCIsegLib.panel_case.supersede`), said and logged."""
+        from . import panel_case
+
+        inputs = self.view.inputs()
+        for other in panel_case.live_segmentations(self.scene, self.case, volume_node):
+            if other is not segmentation_node:
+                sentence = panel_case.supersede(self.scene, self.logic, inputs.export_folder, other, volume_node, inputs.rater)
+                self.view.say(sentence)
+                self.view.log([sentence])
+
+    def reclaim_selected(self) -> None:
+        """The rater selected a superseded segmentation of the open case: ask whether it becomes the case's again. Yes:
+        the case's current one is superseded (its edits kept), the case reopens on this one's base and its edits are
+        drafted at once; No: it stays superseded (not drafted, Export refuses it)."""
+        self.reclaim_pending = False
+        from . import mrml, panel_case
+
+        selected = self.parameters.segmentation if self.parameters is not None else None
+        volume = self.scene.GetNodeByID(self.state.case_volume_id) if self.state.case_volume_id else None
+        if (self.case is None or volume is None or not panel_case.made_for_scan(selected, self.case)
+                or not panel_case.is_superseded(selected) or mrml.pairing_problem(selected, volume) is not None):
+            return
+        current = panel_case.bound_segmentation(self.scene, self.case, volume)
+        if not self.view.ask(reclaim_question(self.case.scan.stem, selected.GetName(), current.GetName() if current else None)):
+            self.view.say(superseded_sentence(selected.GetName(), self.case.scan.stem))
+            return
+        panel_case.reclaim(selected)
+        self.supersede_others(volume, selected)
+        inputs = self.view.inputs()
+        self.case = panel_case.case_of(inputs.export_folder, volume, selected)
+        kept = panel_case.draft_unsaved(self.scene, self.logic, self.case, selected, volume, inputs.rater)
+        self.view.say(reclaimed_sentence(selected.GetName(), self.case.base.name, kept))
 
     def lesion_centre(self, table_node, view_row: int) -> tuple[float, float, float] | None:
         """The RAS centre (mm) of the lesion on a clicked row of a lesion table the panel made; None otherwise."""

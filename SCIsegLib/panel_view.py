@@ -104,8 +104,9 @@ def draft_question(scan: str, draft: str) -> str:
 def segment_again_question(scan: str, segmentation: str) -> str:
     """Asked before Segment makes a new segmentation of a case whose segmentation has edits in no version."""
     return (f"Your corrections of {scan} in '{segmentation}' are not exported. Segment again anyway? The new "
-            f"segmentation becomes the case's and your draft follows it once you edit it: these corrections then stay "
-            f"only in '{segmentation}', until the scene is closed. (No: export them first.)")
+            f"segmentation becomes the case's and your draft follows it; '{segmentation}' is then superseded: these "
+            f"corrections are kept in a file of their own (not a version), its further edits are not drafted and Export "
+            f"refuses it until you make it the case's again. (No: export them first.)")
 
 
 def exported_sentence(summary: str, kept: str | None) -> str:
@@ -134,6 +135,37 @@ def not_drafted_sentence(segmentation: str, scan: str) -> str:
     """Said when the selected segmentation was not made for the open case (made in Segment Editor, or imported)."""
     return (f"'{segmentation}' was not made for the case {scan}: its edits are not drafted (Export still checks and "
             "writes it). Select the case's own segmentation to have them drafted.")
+
+
+def reclaim_question(scan: str, segmentation: str, current: str | None) -> str:
+    """Asked when the rater selects a superseded segmentation of the open case (``current``: the case's one now)."""
+    other = (f" '{current}' is then superseded the same way: its edits no version has are kept in a file of their own."
+             if current else "")
+    return (f"'{segmentation}' is a superseded segmentation of {scan}: its edits are not drafted and Export refuses it. "
+            f"Make it the case's segmentation again (drafted from now on, exported from its own base)?{other}")
+
+
+def superseded_now_sentence(name: str, renamed: str, kept: list[str]) -> str:
+    """Said when another segmentation became the case's: where this one's unexported edits are kept."""
+    where = f"its edits no version has are kept in {' and '.join(kept)}" if kept else "it had no edits a version lacks"
+    return (f"'{name}' is no longer the case's segmentation: another one is, and your draft follows that one. It is now "
+            f"'{renamed}' ({where}); its further edits are not drafted. Select it to make it the case's again.")
+
+
+def superseded_sentence(segmentation: str, scan: str) -> str:
+    """Said when the rater keeps a superseded segmentation selected without making it the case's."""
+    return (f"'{segmentation}' stays superseded: its edits are not drafted and Export refuses it (Compare and Measure "
+            f"take it). Select it again to make it the case's segmentation of {scan}.")
+
+
+def superseded_export_sentence(segmentation: str) -> str:
+    return (f"'{segmentation}' was superseded by a newer segmentation of its case, so it is not exported: select it "
+            "and answer Yes to make it the case's again, then export.")
+
+
+def reclaimed_sentence(segmentation: str, base: str, kept: str | None) -> str:
+    drafted = f" Its unsaved edits are kept as a {kept}." if kept else ""
+    return f"'{segmentation}' is the case's segmentation again (started from {base}).{drafted}"
 
 
 def draft_kept_sentence(draft: str) -> str:

@@ -497,3 +497,110 @@ def test_the_same_scan_loaded_twice_never_gets_the_other_nodes_segmentation(scen
     assert mrml.pairing_problem(segmentation, second) is None
     np.testing.assert_array_equal(panel_case.labels_zyx(scene, logic, controller.session.case, segmentation, second), edited)
     controller.shutdown()
+
+
+class FinishedSegmentation:
+    """A Segment run that ended with the model's masks ``cord`` and ``lesion`` (what ``panel_jobs.import_result``
+    reads of a real one)."""
+
+    def __init__(self, work_dir: Path, cord: Path, lesion: Path) -> None:
+        from types import SimpleNamespace
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir, self.masks, self.options = work_dir, {"sc": cord, "lesion": lesion}, SimpleNamespace(model="sciseg-demo")
+
+    def outputs(self) -> dict[str, Path]:
+        return self.masks
+
+
+def draft_record(path: Path):
+    from SCIsegLib.cases.drafts import read_record
+
+    return read_record(path)
+
+
+def test_segment_again_supersedes_the_corrected_segmentation_and_drafts_never_record_another_nodes_base(scene, tmp_path: Path) -> None:
+    """Two segmentations bound to one case shared the rater's one draft: after Segment again, selecting the corrected
+    one again drafted its edits over the new one's with the new one's base (``prediction``, not its ``v001``). Now
+    the new result supersedes it: its unexported edits are kept in a file of their own (with their base), it is
+    renamed and no longer drafted; selecting it asks whether it becomes the case's again (the other one is then
+    superseded the same way), and each draft records the base of the segmentation it holds."""
+    from SCIsegLib import panel_shown
+
+    scene, logic = scene
+    root, first, view, controller, now, corrected, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    controller.export()
+    wait_for_jobs(controller)
+    assert corrected.GetAttribute(panel_case.BASE_ATTRIBUTE) == "v001"
+    case = controller.session.case
+    unexported = paint_lesion(scene, logic, case, corrected, first, np.s_[46:49, 26:29, 29:32])
+    now[0] += 1.5
+    controller.session.tick()
+    assert draft_record(draft_file).base == "v001"
+
+    # Segment again (asked and answered Yes): the model's result arrives as a new segmentation of the case.
+    masks = root / "derivatives" / "sciseg" / "sub-01" / "anat"
+    run = FinishedSegmentation(tmp_path / "run", masks / "sub-01_T2w_sc_seg.nii.gz", masks / "sub-01_T2w_lesion_seg.nii.gz")
+    panel_shown.show_segmentation(controller, panel.Job(Action.SEGMENT, run, volume_id=first.GetID()))
+    fresh = controller.parameters.segmentation
+    assert fresh is not corrected and fresh.GetAttribute(panel_case.BASE_ATTRIBUTE) == "prediction"
+    assert corrected.GetName().endswith("(superseded)"), "the corrected segmentation is still bound to the case"
+    assert not panel_case.is_bound(corrected, controller.session.case)
+    [kept] = (root / "derivatives" / "labels" / ".drafts").rglob("superseded/*.nrrd")
+    assert draft_record(kept).base == "v001" and draft_record(kept).rater == "alice"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(kept))), unexported)
+    assert any(str(kept) in said and "superseded" in said for said in view.said)
+    assert controller.session.case.base.name == "prediction"
+    controller.session.selection_changed()
+    fresh_edit = paint_lesion(scene, logic, controller.session.case, fresh, first, np.s_[30:33, 26:29, 29:32])
+    now[0] += 1.5
+    controller.session.tick()
+    assert draft_record(draft_file).base == "prediction"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), fresh_edit)
+
+    # Selecting the superseded one asks; No: it stays superseded, its strokes are not drafted, Export refuses it.
+    controller.parameters.segmentation = corrected
+    controller.session.selection_changed()
+    view.answers.append(False)
+    view.run_later()
+    assert view.questions and "sub-01_T2w" in view.questions[-1] and corrected.GetName() in view.questions[-1]
+    drafted = draft_file.read_bytes()
+    paint_lesion(scene, logic, None, corrected, first, np.s_[20:22, 26:29, 29:32])
+    now[0] += 1.5
+    controller.session.tick()
+    assert draft_file.read_bytes() == drafted, "a superseded segmentation's strokes replaced the case's draft"
+    controller.export()
+    assert Action.EXPORT not in controller.state.jobs and "superseded" in view.said[-1]
+
+    # Yes: it is the case's again, on its own base; the other one is superseded with its edits kept.
+    controller.parameters.segmentation = fresh
+    controller.session.selection_changed()
+    controller.parameters.segmentation = corrected
+    controller.session.selection_changed()
+    view.answers.append(True)
+    view.run_later()
+    assert panel_case.is_bound(corrected, controller.session.case) and not corrected.GetName().endswith("(superseded)")
+    assert controller.session.case.base.name == "v001" and fresh.GetName().endswith("(superseded)")
+    kept_fresh = [path for path in (root / "derivatives" / "labels" / ".drafts").rglob("superseded/*.nrrd") if path != kept]
+    assert [draft_record(path).base for path in kept_fresh] == ["prediction"]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(kept_fresh[0]))), fresh_edit)
+    assert draft_record(draft_file).base == "v001", "the draft does not record the base of the segmentation it holds"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))),
+                                  panel_case.labels_zyx(scene, logic, controller.session.case, corrected, first))
+    controller.shutdown()
+
+
+def test_strokes_of_a_case_whose_volume_was_removed_are_drafted_on_the_cases_grid(scene, tmp_path: Path) -> None:
+    """The rater deletes the open case's volume (Data module): the selector moves to another volume and keep_work
+    found no volume, so the strokes since the last autosave (up to ~1 s) stayed only in the segmentation node."""
+    scene, logic = scene
+    root, first, view, controller, now, segmentation, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    second = load_with_slicer(scene, scan_path(root, "02"))
+    latest = paint_lesion(scene, logic, controller.session.case, segmentation, first, np.s_[46:49, 26:29, 29:32])
+    scene.RemoveNode(first)  # no pause since the strokes: not autosaved yet
+    controller.parameters.inputVolume = second  # the selector moves to another volume
+    controller.session.selection_changed()
+    assert view.run_later() == 1 and controller.session.case.scan.stem == "sub-02_T2w"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), latest)
+    assert any(said.startswith("Your unsaved edits of sub-01_T2w are kept as a draft by alice") for said in view.said)
+    controller.shutdown()
