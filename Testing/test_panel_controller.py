@@ -604,3 +604,55 @@ def test_strokes_of_a_case_whose_volume_was_removed_are_drafted_on_the_cases_gri
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), latest)
     assert any(said.startswith("Your unsaved edits of sub-01_T2w are kept as a draft by alice") for said in view.said)
     controller.shutdown()
+
+
+def test_a_scene_holding_two_segmentations_of_the_case_opens_one_and_supersedes_the_other(scene, tmp_path: Path) -> None:
+    """A scene saved before superseding existed (or put together by hand) holds two segmentations bound to the open
+    case, each with edits no version has. Opening the case makes one of them the case's; the other is superseded at
+    once, its edits written whole to ``superseded/`` first: neither rater's strokes are lost, and the one draft then
+    holds only the case's segmentation, recording its base."""
+    import slicer
+
+    scene, logic = scene
+    root, first, view, controller, now, corrected, draft_file = opened_and_corrected(scene, logic, tmp_path)
+    case = controller.session.case
+    twin = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(twin)
+    twin.CreateDefaultDisplayNodes()
+    twin.GetSegmentation().DeepCopy(corrected.GetSegmentation())
+    twin.SetReferenceImageGeometryParameterFromVolumeNode(first)
+    for name in corrected.GetAttributeNames():
+        twin.SetAttribute(name, corrected.GetAttribute(name))
+    twin.SetName(f"{corrected.GetName()} copy")
+    assert panel_case.is_bound(twin, case) and panel_case.is_bound(corrected, case)
+    corrected_labels = panel_case.labels_zyx(scene, logic, case, corrected, first)
+    twin_labels = paint_lesion(scene, logic, case, twin, first, np.s_[30:33, 26:29, 29:32])
+    assert not np.array_equal(twin_labels, corrected_labels)
+
+    second = load_with_slicer(scene, scan_path(root, "02"))  # leave the case, then open it again
+    controller.parameters.inputVolume = second
+    controller.session.selection_changed()
+    view.run_later()
+    view.answers.extend([True] * 4)  # restore the draft when asked
+    controller.parameters.inputVolume = first
+    controller.session.selection_changed()
+    view.run_later()
+    assert controller.session.case.scan.stem == "sub-01_T2w"
+    bound = [node for node in (corrected, twin) if panel_case.is_bound(node, controller.session.case)]
+    superseded = [node for node in (corrected, twin) if panel_case.is_superseded(node)]
+    assert len(bound) == 1 and len(superseded) == 1, "two segmentations are still the case's"
+    [kept] = (root / "derivatives" / "labels" / ".drafts").rglob("superseded/*.nrrd")
+    expected = twin_labels if superseded[0] is twin else corrected_labels
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(kept))), expected)
+    assert superseded[0].GetName().endswith("(superseded)")
+    assert any(str(kept) in said for said in view.said)
+
+    case = controller.session.case
+    controller.parameters.segmentation = bound[0]
+    controller.session.selection_changed()
+    latest = paint_lesion(scene, logic, case, bound[0], first, np.s_[20:23, 26:29, 29:32])
+    now[0] += 1.5
+    controller.session.tick()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(draft_file))), latest)
+    assert draft_record(draft_file).base == bound[0].GetAttribute(panel_case.BASE_ATTRIBUTE)
+    controller.shutdown()
