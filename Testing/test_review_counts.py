@@ -276,9 +276,11 @@ def test_during_a_paint_stroke_only_its_view_renders_and_every_view_renders_afte
     interactor = stroked.interactor()
     size = stroked.render_window().GetSize()
     x, y = size[0] // 2, size[1] // 2
+    smoothed = stroked.render_window().GetMultiSamples()
     interactor.SetEventInformation(x, y, 0, 0, "\0", 0)
     interactor.LeftButtonPressEvent()
     assert [view.is_render_blocked for view in views] == [view is not stroked for view in views]
+    assert smoothed > 0 and stroked.render_window().GetMultiSamples() == 0  # its stroke frames: no anti-aliasing
     before = dict(asked)
     for step in range(4):
         interactor.SetEventInformation(x + step, y + step, 0, 0, "\0", 0)
@@ -288,6 +290,7 @@ def test_during_a_paint_stroke_only_its_view_renders_and_every_view_renders_afte
     interactor.LeftButtonReleaseEvent()  # the stroke is applied: every view waits for its counts, then renders
     _settle(app)
     assert not any(view.is_render_blocked for view in views)
+    assert stroked.render_window().GetMultiSamples() == smoothed  # the frames after the stroke are smoothed again
     assert app.state.counts["lesion"] > lesion_before and app.state.unsaved  # the stroke was painted and counted
 
 
@@ -378,3 +381,4 @@ def test_a_table_measured_in_a_thread_never_replaces_a_newer_one(bids, monkeypat
     release.set()
     _settle(app)
     assert _table(app.state.lesions) == newer == _reference_table(_reference(session)[0], session)
+

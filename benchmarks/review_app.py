@@ -120,7 +120,7 @@ WATCH_FRAMES_JS = """(area) => {
   const canvas = document.createElement('canvas');
   const context = canvas.getContext('2d', {willReadFrequently: true});
   const img = area.querySelector('img.image-display-area');
-  img.addEventListener('load', () => {
+  const measure = () => {
     canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
     context.drawImage(img, 0, 0);
     const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
@@ -130,7 +130,9 @@ WATCH_FRAMES_JS = """(area) => {
       if (r - g > 50 && r - b > 50 && g < 150) lesion++;
     }
     window.scisegFrames.push({t: performance.now(), lesion: lesion});
-  });
+  };
+  img.addEventListener('load', measure);
+  if (img.complete && img.naturalWidth > 0) measure();  // the frame shown now (no new frame may come before a stroke)
   window.scisegText = {counts: [], table: []};  // each change of the counts' and the lesion totals' text (page clock)
   for (const [name, selector] of [['counts', '#voxel-counts'], ['table', '#lesion-totals']]) {
     const element = document.querySelector(selector);
