@@ -32,18 +32,18 @@ from .cases import Case, Draft
 from .cases.drafts import write_draft
 from .cases.scan import CaseRefused
 from .errors import InputError
-from .panel_grey_matter_case import SUPERSEDED, add_base_grey_matter, grey_matter_unsaved, keep_draft, keep_superseded
+from .panel_binding import DRAWN_ON_ATTRIBUTE, SUPERSEDED_ATTRIBUTE, is_bound
+from .panel_binding import is_superseded as is_superseded  # re-exported: the panel's session asks panel_case
+from .panel_binding import made_for_scan as made_for_scan
+from .panel_grey_matter_case import add_base_grey_matter, grey_matter_unsaved, keep_draft, keep_superseded
 from .panel_results import export_result
 from .panel_view import superseded_now_sentence
 
-#: Segmentation node attributes: the case's scan key it was made for, and the base it started from.
-DRAWN_ON_ATTRIBUTE = "SCIseg.DrawnOn"
+#: Segmentation node attribute: the base it started from (the case it was made for and whether it was superseded:
+#: :mod:`SCIsegLib.panel_binding`).
 BASE_ATTRIBUTE = "SCIseg.Base"
 #: Segmentation node attribute: the folder holding the model's masks of a Slicer segmentation (SCT's names).
 PREDICTION_FOLDER_ATTRIBUTE = "SCIseg.PredictionFolder"
-#: Segmentation node attribute: a newer segmentation became its case's (:func:`supersede`); the value is the file
-#: its unexported edits were kept in, or "" when it had none.
-SUPERSEDED_ATTRIBUTE = SUPERSEDED
 SUPERSEDED_SUFFIX = " (superseded)"
 
 
@@ -94,21 +94,6 @@ def case_of(root: str | Path, volume_node, segmentation_node) -> Case | None:
         return open_case(root, volume_node, choice=started or None, prediction=prediction_masks(segmentation_node))
     except InputError:
         return open_case(root, volume_node)
-
-
-def is_bound(segmentation_node, case: Case) -> bool:
-    """True when the segmentation is the case's: made for ``case`` (it carries the case's scan key) and not
-    superseded since (:func:`supersede`)."""
-    return made_for_scan(segmentation_node, case) and not is_superseded(segmentation_node)
-
-
-def made_for_scan(segmentation_node, case: Case) -> bool:
-    """True when the segmentation was made for ``case``'s scan, superseded or not."""
-    return segmentation_node is not None and segmentation_node.GetAttribute(DRAWN_ON_ATTRIBUTE) == case.scan.key
-
-
-def is_superseded(segmentation_node) -> bool:
-    return segmentation_node is not None and segmentation_node.GetAttribute(SUPERSEDED_ATTRIBUTE) is not None
 
 
 def superseded_folder(case: Case) -> Path:

@@ -28,20 +28,12 @@ import SimpleITK as sitk
 from . import mrml
 from .cases.drafts import GREY_MATTER_KEY, Draft, draft_labels, read_record, write_draft
 from .cases.scan import CaseRefused
+from .panel_binding import is_bound
 from .panel_grey_matter import GM_FILE_SUFFIX, MODEL_ATTRIBUTE, draft_path
 
 #: Segmentation node attributes: sha256 of the grey matter last saved (volume grid), and of the last one drafted.
 SAVED_ATTRIBUTE = "SCIseg.GreyMatterSaved"
 DRAFTED_ATTRIBUTE = "SCIseg.GreyMatterDrafted"
-_DRAWN_ON = "SCIseg.DrawnOn"  # panel_case.DRAWN_ON_ATTRIBUTE (panel_case imports this module)
-#: panel_case.SUPERSEDED_ATTRIBUTE: a newer segmentation became the case's; this one is no longer drafted.
-SUPERSEDED = "SCIseg.Superseded"
-
-
-def _is_cases(segmentation_node, case) -> bool:
-    """The segmentation is the case's own (panel_case.is_bound): made for its scan, not superseded."""
-    return (segmentation_node is not None and segmentation_node.GetAttribute(_DRAWN_ON) == case.scan.key
-            and segmentation_node.GetAttribute(SUPERSEDED) is None)
 
 
 def digest(mask_zyx: np.ndarray) -> str:
@@ -75,7 +67,7 @@ def grey_matter_digest(scene, logic, segmentation_node, volume_node) -> str | No
 def grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node) -> bool:
     """True when the case's own segmentation has a grey-matter segment that differs from what was saved (the
     model's mask, the version's, the last export)."""
-    if case is None or not _is_cases(segmentation_node, case):
+    if case is None or not is_bound(segmentation_node, case):
         return False
     mask = _segment_zyx(scene, logic, segmentation_node, volume_node)
     return mask is not None and digest(mask) != segmentation_node.GetAttribute(SAVED_ATTRIBUTE)
@@ -85,7 +77,7 @@ def keep_draft(scene, logic, case, segmentation_node, volume_node, rater: str) -
     """Unsaved grey-matter edits of the case's own segmentation go to the rater's grey-matter draft (atomic); back to
     what is saved, the draft goes. Returns the draft written, None when nothing was written. ``volume_node`` None:
     the volume left the scene; the segmentation is read on its own reference geometry."""
-    if case is None or not _is_cases(segmentation_node, case):
+    if case is None or not is_bound(segmentation_node, case):
         return None
     mask = _segment_zyx(scene, logic, segmentation_node, volume_node)
     if mask is None:
@@ -118,9 +110,12 @@ def keep_superseded(scene, logic, case, segmentation_node, volume_node, rater: s
     """Before the case's segmentation is superseded (``panel_case.supersede``): its unsaved grey matter is written to
     ``folder`` (``<rater key><suffix>``, the grey-matter draft's format), never to the rater's grey-matter draft,
     which follows the case's new segmentation. Returns what was written, None when nothing was unsaved."""
-    if not grey_matter_unsaved(scene, logic, case, segmentation_node, volume_node):
+    if case is None or not is_bound(segmentation_node, case):
         return None
-    on_case_grid = _on_case_grid(case, _segment_zyx(scene, logic, segmentation_node, volume_node), segmentation_node, volume_node)
+    mask = _segment_zyx(scene, logic, segmentation_node, volume_node)  # read once: the test below and the file
+    if mask is None or digest(mask) == segmentation_node.GetAttribute(SAVED_ATTRIBUTE):
+        return None
+    on_case_grid = _on_case_grid(case, mask, segmentation_node, volume_node)
     if on_case_grid is None:
         return None
     return write_draft(folder, case.scan, rater, on_case_grid, case.base.name, key=GREY_MATTER_KEY, suffix=suffix)

@@ -120,13 +120,15 @@ class MeasuresMixin:
         else:
             self._ask_lesion_table(opening, labels)
 
-    def _measure_table_now(self, labels: np.ndarray) -> None:
+    def _measure_table_now(self, labels: np.ndarray) -> bool:
         """The lesion table of ``labels`` measured and sent in this turn of the event loop (a quick one: the views'
-        frames wait for it); a measurement still running in a thread will not replace it."""
+        frames wait for it); a measurement still running in a thread will not replace it. False when the case refused
+        the labels (the reason is shown)."""
         self._table_requests += 1
         checked = self._checked_for_table(labels)
         if checked is not None:
             self._show_lesion_table(*self._timed_lesion_rows(*checked))
+        return checked is not None
 
     def _checked_for_table(self, labels: np.ndarray | None):
         """(labels on the case's grid, that grid) of the open case (``labels``: read just before; None: read now),
@@ -212,9 +214,5 @@ class MeasuresMixin:
             return
         labels = self.session.labels()
         self.state.counts = self.session.voxel_counts(labels)
-        self._table_requests += 1  # a table measuring in a thread is older than this one
-        checked = self._checked_for_table(labels)
-        if checked is None:
-            return
-        self._show_lesion_table(*self._timed_lesion_rows(*checked))
-        self.save_draft(labels)
+        if self._measure_table_now(labels):
+            self.save_draft(labels)
