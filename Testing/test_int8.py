@@ -56,6 +56,17 @@ def test_quantization_stores_an_int8_ir_the_engine_runs_and_a_report_of_what_it_
     assert sorted(p.name for p in folder.iterdir()) == ["fold_all.bin", "fold_all.xml", "report.json"]
     assert staging_leftovers(cache, model) == []
     assert (folder / "fold_all.xml").read_text().count('type="FakeQuantize"') > 10  # the convolutions run in int8
+    import openvino
+
+    ops = openvino.Core().read_model(folder / "fold_all.xml").get_ordered_ops()
+    fed = {op.get_friendly_name(): op.input_value(0).get_node().get_type_name() for op in ops
+           if op.get_type_name() in ("Convolution", "MVN")}
+    convolutions = [op.get_friendly_name() for op in ops if op.get_type_name() == "Convolution"]
+    norms = [name for name in fed if name not in convolutions]
+    assert len(norms) >= 10 and all(fed[name] != "FakeQuantize" for name in norms)  # instance norms whole, in floating point
+    quantized_input = [fed[name] in ("FakeQuantize", "Concat") for name in convolutions]  # a Concat of quantized inputs
+    assert quantized_input == [False] + [True] * (len(convolutions) - 2) + [False]  # the first and last in floating point
+    assert report["calibration"]["nncf"]["floating_point"] == "the first and the last convolution, the instance norms' inputs"
     assert json.loads((folder / "report.json").read_text()) == report
     fold = report["folds"]["all"]
     assert fold["weights_sha256"] == file_sha256(model.checkpoint_files()[0])

@@ -22,6 +22,10 @@ from ..hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
+#: How the torch network is converted now (:func:`~.runtimes.convert_network`); a cache entry made another way
+#: (``torch.jit.trace``; ``torch.export`` with the instance norms decomposed, before session 10) is rebuilt, not reused.
+CONVERTER = "torch.export, instance norm kept whole"
+
 
 @dataclass(frozen=True)
 class CacheKey:
@@ -35,8 +39,7 @@ class CacheKey:
         precision: "bf16" or "fp32" (OpenVINO's inference precision hint).
         cpu: the CPU's name and its bf16/AMX flags.
         openvino: the OpenVINO version.
-        converter: how the torch network was converted (``torch.export``: :func:`~.runtimes.convert_network`);
-            entries made another way (``torch.jit.trace`` before) are rebuilt, not reused.
+        converter: how the torch network was converted (:data:`CONVERTER`; an int8 entry names its quantization).
     """
 
     model_folder: str
@@ -46,7 +49,7 @@ class CacheKey:
     precision: str
     cpu: str
     openvino: str
-    converter: str = "torch.export"
+    converter: str = CONVERTER
 
     def fields(self) -> dict[str, Any]:
         return {"model_folder": self.model_folder, "weights_sha256": self.weights_sha256, "fold": self.fold, "input_shape": list(self.input_shape),

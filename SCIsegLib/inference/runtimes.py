@@ -21,7 +21,7 @@ import torch
 
 from ..hashing import file_sha256
 from .cpu import cpu_identity
-from .openvino_cache import CacheKey, CompiledModelCache
+from .openvino_cache import CONVERTER, CacheKey, CompiledModelCache
 
 
 class AutocastNetwork(torch.nn.Module):
@@ -48,17 +48,37 @@ class AutocastNetwork(torch.nn.Module):
             return self.inner(x).float().contiguous()
 
 
+def _decompositions(torch_ops_to_keep: list) -> object:
+    """torch.export's decomposition table less OpenVINO's own list of ops it converts whole, less ``torch_ops_to_keep``."""
+    from openvino.frontend.pytorch.torchdynamo.export_decompositions import ops_to_not_decompose
+    from torch.export.decomp_utils import CustomDecompTable
+
+    table = CustomDecompTable()
+    for op in [*ops_to_not_decompose(), *torch_ops_to_keep]:
+        if op in table:
+            table.pop(op)
+    return table
+
+
 def convert_network(ov, network: torch.nn.Module, input_shape: tuple[int, ...], strides: tuple[int, ...] | None = None):
     """An ``openvino.Model`` of ``network`` (eval mode) for the input shape (batch, channels, z, y, x) in voxels.
 
     Through ``torch.export.export`` (the path torch keeps; ``ov.convert_model(network, example_input=...)``
-    traces with ``torch.jit.trace``, which torch deprecates). OpenVINO's reader of the exported program
-    still calls a pytree check that torch marks deprecated (one ``FutureWarning`` per conversion, not ours
-    to fix): that one message is silenced here, nothing else.
+    traces with ``torch.jit.trace``, which torch deprecates). The exported program is decomposed here, with
+    OpenVINO's own table (what ``ov.convert_model`` of an exported program would do) but with
+    ``aten.instance_norm`` kept whole: OpenVINO converts it to one MVN operation. Decomposed (torch's
+    ``_native_batch_norm_legit``), each of nnU-Net's instance norms became three ReduceMean and a dozen
+    element-wise operations that the CPU plugin does not fuse, with layout reorders around them (a
+    192x256x48 tile of the SCIseg-sized network: 1.82 s against 1.60 s in bf16), and that NNCF quantized
+    (the variance's square in int8: ``benchmarks/inference_speed.md``, session 10). torch's decomposition and OpenVINO's reader of
+    the program still call a pytree check that torch marks deprecated (one ``FutureWarning`` per
+    conversion, not ours to fix): that one message is silenced here, nothing else.
 
     ``strides`` (the network's total downsampling per spatial axis): the spatial sizes are left free, any
     multiple of them (``torch.export.Dim``), so that the model can be reshaped to any such tile and compiled.
     """
+    from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
+
     dynamic = None
     if strides is not None:
         from torch.export import Dim
@@ -69,7 +89,8 @@ def convert_network(ov, network: torch.nn.Module, input_shape: tuple[int, ...], 
         program = torch.export.export(network, (torch.zeros(input_shape),), dynamic_shapes=dynamic)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-        return ov.convert_model(program)
+        program = program.run_decompositions(_decompositions([torch.ops.aten.instance_norm.default]))
+        return ov.convert_model(TorchFXPythonDecoder(program.module(), dynamic_shapes=True))
 
 
 class OpenVINONetwork(torch.nn.Module):
@@ -142,13 +163,13 @@ class OpenVINONetwork(torch.nn.Module):
         for parameters, fold, checkpoint, fold_int8 in zip(fold_parameters, fold_names, checkpoint_files, quantized, strict=True):
             weights = file_sha256(checkpoint)
             free, free_status, identity = None, "none", None
-            converter = "torch.export"
+            converter = CONVERTER
             if fold_int8 is not None:  # the quantized network, its tile size free: reshaped to each tile
                 free, free_status = fold_int8, "int8"
                 converter = f"nncf int8 {int8.identity(fold)}"
             elif strides is not None:
                 free_key = CacheKey(model_folder, weights, str(fold), (*input_shape[:2], *(-s for s in strides)), "fp32",
-                                    cpu_identity(), ov.__version__, "torch.export, free tile size")
+                                    cpu_identity(), ov.__version__, f"{CONVERTER}, free tile size")
 
                 def convert(parameters: dict = parameters):
                     network.load_state_dict(parameters)
