@@ -33,8 +33,6 @@ from .cases.drafts import write_draft
 from .cases.scan import CaseRefused
 from .errors import InputError
 from .panel_binding import DRAWN_ON_ATTRIBUTE, SUPERSEDED_ATTRIBUTE, is_bound
-from .panel_binding import is_superseded as is_superseded  # re-exported: the panel's session asks panel_case
-from .panel_binding import made_for_scan as made_for_scan
 from .panel_grey_matter_case import add_base_grey_matter, grey_matter_unsaved, keep_draft, keep_superseded
 from .panel_results import export_result
 from .panel_view import superseded_now_sentence

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from . import dependencies, models, panel, runner
+from . import dependencies, models, panel, panel_binding, runner
 from .panel import Action, Finished, Outcome, PanelState
 from .panel_session import CaseSession
 from .panel_warm import PanelEngines
@@ -223,11 +223,11 @@ class PanelController:
                     volume_id=volume.GetID(), segmentation_id=segmentation.GetID())
 
     def export(self, *unused: Any) -> None:
-        from . import panel_case, panel_jobs
+        from . import panel_jobs
         from .panel_view import superseded_export_sentence
 
         segmentation = self.parameters.segmentation
-        if panel_case.is_superseded(segmentation):  # its edits are kept in a file; the case's draft is another's
+        if panel_binding.is_superseded(segmentation):  # its edits are kept in a file; the case's draft is another's
             self.view.say(superseded_export_sentence(segmentation.GetName()))
             return
         checked = self._checked(Action.EXPORT, segmentation)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from . import mrml, panel, panel_case, panel_grey_matter, runner, volume
+from . import mrml, panel, panel_binding, panel_case, panel_grey_matter, runner, volume
 
 #: Segmentation node attribute: the model that made it.
 MODEL_ATTRIBUTE = "SCIseg.Model"
@@ -63,7 +63,7 @@ def import_result(scene, logic, run: runner.SegmentationRun, volume_node, predic
     node.SetAttribute(panel_case.PREDICTION_FOLDER_ATTRIBUTE, str(folder))
     node.SetAttribute(MODEL_ATTRIBUTE, run.options.model)
     if case is not None:
-        node.SetAttribute(panel_case.DRAWN_ON_ATTRIBUTE, case.scan.key)
+        node.SetAttribute(panel_binding.DRAWN_ON_ATTRIBUTE, case.scan.key)
         node.SetAttribute(panel_case.BASE_ATTRIBUTE, "prediction")
     node.CreateClosedSurfaceRepresentation()
     return node
@@ -128,7 +128,7 @@ def start_export(scene, logic, segmentation_node, volume_node, root: str, rater:
         arguments += ["--base", base]
     if masks:
         arguments += ["--prediction-cord", str(masks[0]), "--prediction-lesion", str(masks[1])]
-    drawn_on = segmentation_node.GetAttribute(panel_case.DRAWN_ON_ATTRIBUTE)
+    drawn_on = segmentation_node.GetAttribute(panel_binding.DRAWN_ON_ATTRIBUTE)
     if drawn_on:
         arguments += ["--drawn-on", drawn_on]
     model = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)

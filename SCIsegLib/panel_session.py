@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import panel_binding
 from .panel import PanelState
 from .panel_view import (PanelView, draft_kept_sentence, draft_question, not_drafted_sentence, reclaim_question,
                          reclaimed_sentence, superseded_sentence)
@@ -96,7 +97,7 @@ class CaseSession:
 
         inputs = self.view.inputs()
         case = self.case if self.case_of(volume_node) is not None else None
-        if case is None or not panel_case.is_bound(segmentation_node, case):
+        if case is None or not panel_binding.is_bound(segmentation_node, case):
             case = panel_case.case_of(inputs.export_folder, volume_node, segmentation_node)
         return panel_case.draft_unsaved(self.scene, self.logic, case, segmentation_node, volume_node, inputs.rater)
 
@@ -124,7 +125,7 @@ class CaseSession:
                 opened = panel_case.opening(self.scene, inputs.export_folder, volume, inputs.rater, draft=opened.offer)
             segmentation = panel_case.selected_segmentation(self.scene, self.logic, opened, volume)
             self.case = opened.case
-            if self.case is not None and panel_case.is_bound(segmentation, self.case):
+            if self.case is not None and panel_binding.is_bound(segmentation, self.case):
                 self.supersede_others(volume, segmentation)  # a scene saved with several: one is the case's
             self.parameters.segmentation = segmentation
             if opened.sentence:
@@ -143,17 +144,16 @@ class CaseSession:
             mrml.stop_observing_edits(self.observed, self._tags)
         self.observed, self._tags = segmentation_node, ()
         if segmentation_node is not None:
-            from . import panel_case
             from .panel_lesions import EditDebounce
 
             self.edits = self.edits or EditDebounce()
             self._tags = mrml.observe_edits(segmentation_node, self.edited)
             self.edits.touch(self.clock())
-            if self.case is not None and panel_case.made_for_scan(segmentation_node, self.case) and panel_case.is_superseded(segmentation_node):
+            if self.case is not None and panel_binding.made_for_scan(segmentation_node, self.case) and panel_binding.is_superseded(segmentation_node):
                 if not self.reclaim_pending:  # asked after this slot (the parameter node's observer fires repeatedly)
                     self.reclaim_pending = True
                     self.view.later(self.reclaim_selected)
-            elif self.case is not None and not panel_case.is_bound(segmentation_node, self.case):
+            elif self.case is not None and not panel_binding.is_bound(segmentation_node, self.case):
                 self.view.say(not_drafted_sentence(segmentation_node.GetName(), self.case.scan.stem))
 
     def edited(self, *unused: Any) -> None:
@@ -200,7 +200,7 @@ class CaseSession:
         segmentation that was the case's is superseded. A segmentation superseded meanwhile changes nothing."""
         from . import panel_case
 
-        if self.case_of(volume_node) is None or not panel_case.is_bound(segmentation_node, self.case):
+        if self.case_of(volume_node) is None or not panel_binding.is_bound(segmentation_node, self.case):
             return
         self.supersede_others(volume_node, segmentation_node)
         self.case = panel_case.case_of(self.view.inputs().export_folder, volume_node, segmentation_node)
@@ -226,8 +226,8 @@ class CaseSession:
 
         selected = self.parameters.segmentation if self.parameters is not None else None
         volume = self.scene.GetNodeByID(self.state.case_volume_id) if self.state.case_volume_id else None
-        if (self.case is None or volume is None or not panel_case.made_for_scan(selected, self.case)
-                or not panel_case.is_superseded(selected) or mrml.pairing_problem(selected, volume) is not None):
+        if (self.case is None or volume is None or not panel_binding.made_for_scan(selected, self.case)
+                or not panel_binding.is_superseded(selected) or mrml.pairing_problem(selected, volume) is not None):
             return
         current = panel_case.bound_segmentation(self.scene, self.case, volume)
         if not self.view.ask(reclaim_question(self.case.scan.stem, selected.GetName(), current.GetName() if current else None)):

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is a test dependency (pip install .[test])")
 
-from SCIsegLib import mrml, panel, panel_case, panel_controller, panel_view  # noqa: E402
+from SCIsegLib import mrml, panel, panel_binding, panel_case, panel_controller, panel_view  # noqa: E402
 from SCIsegLib.panel import Action, PanelInputs  # noqa: E402
 from slicer_scene import PanelParameters, RecordingView, load_with_slicer  # noqa: E402
 from test_panel import PythonChild  # noqa: E402
@@ -545,7 +545,7 @@ def test_segment_again_supersedes_the_corrected_segmentation_and_drafts_never_re
     fresh = controller.parameters.segmentation
     assert fresh is not corrected and fresh.GetAttribute(panel_case.BASE_ATTRIBUTE) == "prediction"
     assert corrected.GetName().endswith("(superseded)"), "the corrected segmentation is still bound to the case"
-    assert not panel_case.is_bound(corrected, controller.session.case)
+    assert not panel_binding.is_bound(corrected, controller.session.case)
     [kept] = (root / "derivatives" / "labels" / ".drafts").rglob("superseded/*.nrrd")
     assert draft_record(kept).base == "v001" and draft_record(kept).rater == "alice"
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(kept))), unexported)
@@ -579,7 +579,7 @@ def test_segment_again_supersedes_the_corrected_segmentation_and_drafts_never_re
     controller.session.selection_changed()
     view.answers.append(True)
     view.run_later()
-    assert panel_case.is_bound(corrected, controller.session.case) and not corrected.GetName().endswith("(superseded)")
+    assert panel_binding.is_bound(corrected, controller.session.case) and not corrected.GetName().endswith("(superseded)")
     assert controller.session.case.base.name == "v001" and fresh.GetName().endswith("(superseded)")
     kept_fresh = [path for path in (root / "derivatives" / "labels" / ".drafts").rglob("superseded/*.nrrd") if path != kept]
     assert [draft_record(path).base for path in kept_fresh] == ["prediction"]
@@ -624,7 +624,7 @@ def test_a_scene_holding_two_segmentations_of_the_case_opens_one_and_supersedes_
     for name in corrected.GetAttributeNames():
         twin.SetAttribute(name, corrected.GetAttribute(name))
     twin.SetName(f"{corrected.GetName()} copy")
-    assert panel_case.is_bound(twin, case) and panel_case.is_bound(corrected, case)
+    assert panel_binding.is_bound(twin, case) and panel_binding.is_bound(corrected, case)
     corrected_labels = panel_case.labels_zyx(scene, logic, case, corrected, first)
     twin_labels = paint_lesion(scene, logic, case, twin, first, np.s_[30:33, 26:29, 29:32])
     assert not np.array_equal(twin_labels, corrected_labels)
@@ -638,8 +638,8 @@ def test_a_scene_holding_two_segmentations_of_the_case_opens_one_and_supersedes_
     controller.session.selection_changed()
     view.run_later()
     assert controller.session.case.scan.stem == "sub-01_T2w"
-    bound = [node for node in (corrected, twin) if panel_case.is_bound(node, controller.session.case)]
-    superseded = [node for node in (corrected, twin) if panel_case.is_superseded(node)]
+    bound = [node for node in (corrected, twin) if panel_binding.is_bound(node, controller.session.case)]
+    superseded = [node for node in (corrected, twin) if panel_binding.is_superseded(node)]
     assert len(bound) == 1 and len(superseded) == 1, "two segmentations are still the case's"
     [kept] = (root / "derivatives" / "labels" / ".drafts").rglob("superseded/*.nrrd")
     expected = twin_labels if superseded[0] is twin else corrected_labels

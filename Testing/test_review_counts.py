@@ -381,4 +381,3 @@ def test_a_table_measured_in_a_thread_never_replaces_a_newer_one(bids, monkeypat
     release.set()
     _settle(app)
     assert _table(app.state.lesions) == newer == _reference_table(_reference(session)[0], session)
-

@@ -46,6 +46,9 @@ BRUSH_EFFECTS = ("paint", "erase")  # their brush and stroke are drawn as model 
 class EditingMixin:
     """The editing actions of :class:`~.app.ReviewApp` (``self.slicer_app``'s editor, ``self.session``, ``self.state``)."""
 
+    #: During a Paint/Erase stroke: (the stroked view, its multisamples), restored by :meth:`render_every_view`.
+    _smoothing: tuple | None = None
+
     def set_effect(self, name: str) -> None:
         if self.session.case is None or name not in EFFECTS:
             return
@@ -108,8 +111,8 @@ class EditingMixin:
         for view in getattr(self, "_stroke_views", ()):
             if view.is_render_blocked:
                 view.set_render_blocked(False)
-        stroked, samples = getattr(self, "_smoothing", None) or (None, 0)
-        if stroked is not None:
+        if self._smoothing is not None:
+            stroked, samples = self._smoothing
             self._smoothing = None
             stroked.render_window().SetMultiSamples(samples)
             stroked.schedule_render()
